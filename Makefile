@@ -1,0 +1,52 @@
+# autorule developer commands. `make test` and `make demo` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch for laptops and CI; on a GPU cluster set TORCH_SPEC to the build you need.
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ROOT ?= outputs
+
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export WANDB_MODE ?= disabled
+
+.PHONY: install test test-all demo lint format bench data clean
+
+install: $(STAMP)
+
+# Re-installs only when the package metadata changes, so a second `make install` is instant.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -m "not bench and not gpu" tests
+
+test-all: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(PY) -m autorule stage=pipeline paths.root=$(ROOT)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+
+format: install
+	$(VENV)/bin/ruff format src tests benchmarks scripts
+	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
+
+bench: install
+	$(PY) -m pytest -q -m bench -s benchmarks
+
+# Regenerates the bundled synthetic data under data/ (deterministic; the result is committed).
+data: install
+	$(PY) scripts/make_tiny_data.py --out data
+
+clean:
+	rm -rf $(ROOT) .cache
