@@ -1,0 +1,286 @@
+"""The stage/artifact contract: folders, manifests, hashes and atomic commits.
+
+Layout (all under ``paths.root``)::
+
+    <root>/<stage>/<dataset>-<hash12>/          the artifact, present only once complete
+    <root>/<stage>/<dataset>-<hash12>/manifest.json
+    <root>/<stage>/<dataset>-<hash12>/config.yaml   full resolved config, secrets masked
+    <root>/<stage>/.<dataset>-<hash12>.partial/  work in progress (never read by other stages)
+
+``hash12`` is the start of the stage's *config hash*: a sha256 over the config subtrees listed in
+the stage's :class:`~autorule.stages.StageSpec`, its format version and, recursively, the config
+hashes of its upstream stages. Two experiments that agree on those values share the folder; any
+difference gives a new folder, so artifacts of different configs never mix.
+
+A stage writes into the ``.partial`` folder and commits by renaming it into place after writing a
+manifest with ``status: complete``; a crash at any point leaves no folder that looks complete.
+
+An artifact is *up to date* when its manifest is complete, its config hash matches, and every
+upstream artifact it read still has the content hash recorded in ``inputs`` (so recomputing an
+upstream stage into different content makes its downstream stages out of date).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from autorule.secrets import redact
+from autorule.stages import SPECS, StageSpec
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+PACKAGES = ("autorule", "torch", "transformers", "trl", "datasets", "accelerate", "deepspeed",
+            "tokenizers", "hydra-core", "boto3", "openai", "vllm")
+
+
+class StageInputError(RuntimeError):
+    """An upstream artifact a stage needs is missing or incomplete."""
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if head in tree:
+        if rest and isinstance(tree[head], dict):
+            _drop(tree[head], rest)
+        elif not rest:
+            del tree[head]
+
+
+def stage_config(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """The config values that decide ``stage``'s output, as a nested plain dict."""
+    spec = SPECS[stage]
+    tree: dict[str, Any] = {}
+    for key in spec.keys:
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _select(cfg, key)
+    for key in spec.ignore:
+        _drop(tree, key)
+    return tree
+
+
+def digest(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj``."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def config_hash(cfg: DictConfig, stage: str) -> str:
+    """Hash of everything that decides ``stage``'s output, upstream stages included."""
+    spec = SPECS[stage]
+    return digest({
+        "stage": stage,
+        "version": spec.version,
+        "config": stage_config(cfg, stage),
+        "inputs": {name: config_hash(cfg, name) for name in spec.inputs},
+    })
+
+
+def artifact_path(cfg: DictConfig, stage: str) -> Path:
+    """Folder of ``stage``'s artifact for this config (it may not exist yet)."""
+    root = Path(cfg.paths.root).expanduser().resolve()
+    return root / stage / f"{cfg.dataset.name}-{config_hash(cfg, stage)[:12]}"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (manifest excluded), keyed by relative path."""
+    return {
+        p.relative_to(folder).as_posix(): file_sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Manifests
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest in ``folder``, or None when there is none or it cannot be parsed."""
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_sha() -> str | None:
+    """The commit of the autorule checkout in use (with ``-dirty`` when modified), if any."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def make_command(cfg: DictConfig, stage: str) -> str:
+    """The command line that (re)makes ``stage`` with the overrides of the current run."""
+    overrides = [o for o in (OmegaConf.select(cfg, "run.overrides") or [])
+                 if not o.split("=", 1)[0].lstrip("+~") in ("stage", "force")]
+    return " ".join(["python -m autorule", f"stage={stage}", *overrides])
+
+
+def is_up_to_date(cfg: DictConfig, stage: str, folder: Path | None = None) -> tuple[bool, str]:
+    """Whether ``stage``'s artifact is complete and current; the second value says why not."""
+    folder = folder or artifact_path(cfg, stage)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return False, "no artifact yet"
+    if manifest.get("status") != "complete":
+        return False, f"artifact status is {manifest.get('status')!r}"
+    if manifest.get("config_hash") != config_hash(cfg, stage):
+        return False, "config changed"
+    for name, recorded in manifest.get("inputs", {}).items():
+        current = read_manifest(Path(recorded["path"]))
+        if current is not None and current.get("artifact_hash") != recorded["hash"]:
+            return False, f"upstream '{name}' was recomputed"
+    return True, "complete and up to date"
+
+
+# --------------------------------------------------------------------------------------------
+# Running one stage
+
+
+class StageJob:
+    """One run of one stage: finds its inputs, gives it a work folder, commits the artifact.
+
+    Typical use inside ``stages/<name>.py``::
+
+        job = StageJob(cfg, "sft")
+        if job.done:
+            return job.path
+        data = job.input("preprocess") / "train_sft.parquet"
+        ...  # write files into job.workdir
+        return job.commit(counts={"rows": n})
+    """
+
+    def __init__(self, cfg: DictConfig, stage: str):
+        self.cfg, self.stage = cfg, stage
+        self.spec: StageSpec = SPECS[stage]
+        self.config_hash = config_hash(cfg, stage)
+        self.path = artifact_path(cfg, stage)
+        self.workdir = self.path.with_name(f".{self.path.name}.partial")
+        self._inputs: dict[str, dict[str, str]] = {}
+        force = bool(OmegaConf.select(cfg, "force", default=False))
+        fresh, reason = is_up_to_date(cfg, stage, self.path)
+        self.done = fresh and not force
+        if self.done:
+            log.info("[%s] %s: %s — nothing to do (force=true recomputes)", stage, reason,
+                     self.path)
+            return
+        log.info("[%s] running (%s) -> %s", stage, "forced" if fresh else reason, self.path)
+        for name in self.spec.inputs:
+            self.input(name)  # fail fast, before any work, when an input is missing
+        if self.workdir.exists() and (force or not self.spec.resumable):
+            shutil.rmtree(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.workdir / MANIFEST, self._manifest("running", {}, {}))
+
+    def input(self, name: str) -> Path:
+        """Folder of the complete upstream artifact ``name``; raises with the command to make it."""
+        if name not in self.spec.inputs:
+            raise KeyError(f"stage {self.stage!r} does not declare input {name!r}")
+        folder = artifact_path(self.cfg, name)
+        manifest = read_manifest(folder)
+        if manifest is None or manifest.get("status") != "complete":
+            state = "missing" if manifest is None else f"incomplete ({manifest.get('status')})"
+            raise StageInputError(
+                f"stage '{self.stage}' needs the '{name}' artifact at {folder}, which is {state}. "
+                f"Make it first with:\n  {make_command(self.cfg, name)}"
+            )
+        self._inputs[name] = {"path": str(folder), "hash": manifest["artifact_hash"]}
+        return folder
+
+    def _manifest(self, status: str, counts: dict[str, int], files: dict[str, str],
+                  extra: dict | None = None) -> dict:
+        return redact({
+            "stage": self.stage,
+            "status": status,
+            "config_hash": self.config_hash,
+            "artifact_hash": digest({"config_hash": self.config_hash, "files": files}),
+            "inputs": self._inputs,
+            "counts": counts,
+            "files": files,
+            "config": stage_config(self.cfg, self.stage),
+            "command": make_command(self.cfg, self.stage),
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "git_sha": git_sha(),
+            "versions": package_versions(),
+            **(extra or {}),
+        })
+
+    def commit(self, counts: dict[str, int] | None = None, extra: dict | None = None) -> Path:
+        """Writes the manifest as complete and moves the work folder into place atomically."""
+        counts = dict(counts or {})
+        for k, v in counts.items():
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"count {k!r} must be an int, got {type(v).__name__}")
+        resolved = OmegaConf.to_container(self.cfg, resolve=True)
+        (self.workdir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(
+            redact(resolved))))
+        files = hash_files(self.workdir)
+        write_json_atomic(self.workdir / MANIFEST,
+                          self._manifest("complete", counts, files, extra))
+        old = None
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(self.path, old)
+        os.rename(self.workdir, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("[%s] complete: %s", self.stage, self.path)
+        return self.path

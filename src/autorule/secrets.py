@@ -1,0 +1,93 @@
+"""Keeps secrets out of everything autorule writes: manifests, saved configs and logs.
+
+Two nets, because either alone misses cases:
+
+* by key: any mapping key that names a credential (``api_key``, ``aws_secret_access_key``,
+  ``token``, ``password`` ...) has its value replaced, whatever the value is;
+* by value: any string that contains a known secret value (taken from environment variables whose
+  names look like credentials, e.g. ``AWS_SECRET_ACCESS_KEY`` or ``OPENAI_API_KEY``) or that looks
+  like an access key (``AKIA...``, ``sk-...``, ``hf_...``) has that part masked.
+
+Config keys that *name* an environment variable (``api_key_env: OPENAI_API_KEY``) are allowed and
+kept: they hold no secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+MASK = "***"
+
+# Keys whose values are credentials. Keys ending in "_env" name a variable and are kept.
+# "token" alone is too broad (max_tokens, pad_token), so only credential-style token names match.
+_SECRET_KEY = re.compile(
+    r"(secret|password|passwd|api[_-]?key|access[_-]?key|session[_-]?key|credential"
+    r"|private[_-]?key|authorization|auth[_-]?header"
+    r"|(^|[_-])(auth|access|api|hf|bearer|session|refresh|github|wandb|security)[_-]?token$"
+    r"|^token$)",
+    re.IGNORECASE,
+)
+_ENV_NAME = re.compile(r"_env$|_env_var$|^env_", re.IGNORECASE)
+# Shapes of common credentials, masked wherever they appear.
+_SECRET_VALUE = re.compile(
+    r"(AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key ids
+    r"|sk-[A-Za-z0-9_\-]{16,}"  # OpenAI-style keys
+    r"|hf_[A-Za-z0-9]{20,}"  # Hugging Face tokens
+    r"|xox[abpr]-[A-Za-z0-9\-]{10,}"  # Slack tokens
+)
+
+
+def is_secret_key(key: str) -> bool:
+    """True when a mapping key names a credential (and not merely the variable holding one)."""
+    return bool(_SECRET_KEY.search(key)) and not _ENV_NAME.search(key)
+
+
+def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values of environment variables whose names look like credentials (long enough to matter)."""
+    environ = os.environ if environ is None else environ
+    values = {v for k, v in environ.items() if is_secret_key(k) and len(v) >= 8}
+    # Longest first so a secret that contains another is masked whole.
+    return sorted(values, key=len, reverse=True)
+
+
+def redact_text(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Masks known secret values and credential-shaped substrings in ``text``."""
+    for value in secret_env_values(environ):
+        text = text.replace(value, MASK)
+    return _SECRET_VALUE.sub(MASK, text)
+
+
+def redact(obj: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """Returns a copy of a JSON-like object with secret keys and secret-looking values masked."""
+    if isinstance(obj, Mapping):
+        return {
+            k: (MASK if is_secret_key(str(k)) and obj[k] not in (None, "") else redact(v, environ))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [redact(v, environ) for v in obj]
+    if isinstance(obj, str):
+        return redact_text(obj, environ)
+    return obj
+
+
+class RedactingFilter(logging.Filter):
+    """Logging filter that masks secrets in every record before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def install_log_redaction() -> None:
+    """Adds :class:`RedactingFilter` to every handler of the root logger (idempotent)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

@@ -1,0 +1,192 @@
+"""Deterministic synthetic data in the exact schemas of the hub datasets autorule reads.
+
+Two datasets are produced, laid out like their hub repositories so the real loaders read them:
+
+* ``ultrafeedback_binarized/data/<split>-00000-of-00001.parquet`` for the splits ``train_prefs``,
+  ``test_prefs``, ``train_sft`` and ``test_sft`` with the columns of
+  ``HuggingFaceH4/ultrafeedback_binarized`` (``prompt``, ``prompt_id``, ``chosen``, ``rejected``,
+  ``messages``, ``score_chosen``, ``score_rejected``).
+* ``mt_bench_human_judgments/data/human-00000-of-00001.parquet`` with the columns of
+  ``lmsys/mt_bench_human_judgments`` (``question_id``, ``model_a``, ``model_b``, ``winner``,
+  ``judge``, ``conversation_a``, ``conversation_b``, ``turn``).
+
+The preference signal is learnable on purpose: a chosen answer greets the user, restates the
+topic, gives numbered steps and a summary; a rejected answer is curt, off topic and dismissive. A
+tiny reward model picks this up in a few hundred steps, so later stages can assert that training
+helped. A fixed share of rows breaks each preprocess filter (long texts, tied or inverted scores,
+the word "confidence"), so the filter counts are exercised on every run.
+
+Regenerate the committed copy with ``python scripts/make_tiny_data.py --out data``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pandas as pd
+
+TOPICS = [
+    "baking bread", "learning python", "saving money", "planting tomatoes", "running a marathon",
+    "writing a cover letter", "fixing a bike tire", "brewing coffee", "studying for exams",
+    "training a puppy", "painting a room", "planning a trip", "cleaning a laptop",
+    "starting a podcast", "making pasta", "reading more books", "sleeping better",
+    "learning guitar", "reducing stress", "organizing a closet", "choosing a laptop",
+    "writing a poem", "cooking rice", "building a website", "learning chess",
+    "repairing a faucet", "growing herbs", "managing email", "giving a speech",
+    "knitting a scarf", "buying a used car", "composting at home",
+]
+ASKS = [
+    "How do I get started with {t}?", "Can you explain the basics of {t}?",
+    "What are good tips for {t}?", "Give me a short plan for {t}.",
+    "What mistakes should I avoid when {t}?", "Why is {t} harder than it looks?",
+]
+STEPS = [
+    "gather what you need", "set a small first goal", "practice a little every day",
+    "write down what worked", "ask someone with experience", "review your progress weekly",
+    "keep the setup simple", "fix one problem at a time", "measure before you change things",
+]
+FILLER = [
+    "weather", "banana", "spaceship", "random", "elevator", "lottery", "volcano", "penguin",
+    "television", "umbrella", "carpet", "gravity",
+]
+DISMISSIVE = ["idk.", "whatever.", "not sure, look it up.", "no idea honestly.", "meh."]
+MT_CATEGORIES = [
+    "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
+]
+MT_MODELS = ["alpaca-13b", "claude-v1", "gpt-3.5-turbo", "gpt-4", "llama-13b", "vicuna-13b-v1.2"]
+
+
+def _msg(role: str, content: str) -> dict:
+    return {"content": content, "role": role}
+
+
+def good_answer(rng: random.Random, topic: str, extra_words: int = 0) -> str:
+    steps = rng.sample(STEPS, 3)
+    body = " ".join(f"{i}. To make progress with {topic}, {s}." for i, s in enumerate(steps, 1))
+    padding = " ".join(rng.choice(STEPS) for _ in range(extra_words // 4))
+    summary = f"In summary, {topic} gets easier with steady practice."
+    return f"Sure, happy to help with {topic}! {body} {padding} {summary}".replace("  ", " ")
+
+
+def bad_answer(rng: random.Random, extra_words: int = 0) -> str:
+    words = " ".join(rng.choice(FILLER) for _ in range(3 + extra_words))
+    return f"{rng.choice(DISMISSIVE)} {words}"
+
+
+def _long_text(rng: random.Random, words: int = 900) -> str:
+    return " ".join(rng.choice(FILLER + STEPS) for _ in range(words))
+
+
+def make_ultrafeedback_split(
+    n: int, seed: int, split: str, bad_fraction: float = 0.08, extra_words: int = 0
+) -> pd.DataFrame:
+    """Builds ``n`` rows of one UltraFeedback-binarized split.
+
+    ``bad_fraction`` of the rows each break one preprocess filter, cycling through the reasons.
+    ``extra_words`` lengthens every answer (used by the benchmark to reach realistic sizes).
+    """
+    rng = random.Random(f"{seed}-{split}")
+    breakers = ["long_prompt", "long_chosen", "long_rejected", "tie", "inverted",
+                "confidence_chosen", "confidence_rejected"]
+    rows = []
+    for i in range(n):
+        topic = rng.choice(TOPICS)
+        prompt = rng.choice(ASKS).format(t=topic)
+        chosen = good_answer(rng, topic, extra_words)
+        rejected = bad_answer(rng, extra_words)
+        score_chosen = float(rng.choice([7, 7.5, 8, 8.5, 9, 10]))
+        score_rejected = float(rng.choice([1, 2, 3, 4, 5, 6]))
+        if rng.random() < bad_fraction:
+            kind = breakers[i % len(breakers)]
+            if kind == "long_prompt":
+                prompt = prompt + " Context: " + _long_text(rng)
+            elif kind == "long_chosen":
+                chosen = chosen + " " + _long_text(rng)
+            elif kind == "long_rejected":
+                rejected = rejected + " " + _long_text(rng)
+            elif kind == "tie":
+                score_rejected = score_chosen
+            elif kind == "inverted":
+                score_chosen, score_rejected = score_rejected, score_chosen
+            elif kind == "confidence_chosen":
+                chosen = chosen + " Confidence: 90%"
+            else:
+                rejected = rejected + " My confidence is low."
+        # Same id scheme as the hub copy: sha256 of the prompt text; salted with the row index so
+        # the synthetic rows stay unique even when a template repeats.
+        prompt_id = hashlib.sha256(f"{prompt}#{split}#{i}".encode()).hexdigest()
+        chosen_msgs = [_msg("user", prompt), _msg("assistant", chosen)]
+        rejected_msgs = [_msg("user", prompt), _msg("assistant", rejected)]
+        rows.append({
+            "prompt": prompt,
+            "prompt_id": prompt_id,
+            "chosen": chosen_msgs,
+            "rejected": rejected_msgs,
+            "messages": chosen_msgs,
+            "score_chosen": score_chosen,
+            "score_rejected": score_rejected,
+        })
+    return pd.DataFrame(rows)
+
+
+def make_mt_bench(seed: int, judgments_per_question: int = 6) -> pd.DataFrame:
+    """Builds a small copy of ``lmsys/mt_bench_human_judgments`` (split ``human``).
+
+    Questions 81-160 in eight ten-question category blocks, as in MT-Bench; about one judgment in
+    eight is a tie so the tie filter has work to do.
+    """
+    rng = random.Random(f"{seed}-mt")
+    rows = []
+    for qid in range(81, 161):
+        category = MT_CATEGORIES[(qid - 81) // 10]
+        topic = rng.choice(TOPICS)
+        question = f"[{category}] Tell me about {topic}."
+        for j in range(judgments_per_question):
+            model_a, model_b = rng.sample(MT_MODELS, 2)
+            turn = 1 + (j % 2)
+            good, bad = good_answer(rng, topic), bad_answer(rng)
+            a_wins = rng.random() < 0.5
+            ans_a, ans_b = (good, bad) if a_wins else (bad, good)
+            r = rng.random()
+            winner = "tie" if r < 0.08 else "tie (bothbad)" if r < 0.12 else (
+                "model_a" if a_wins else "model_b")
+            conv_a = [_msg("user", question), _msg("assistant", ans_a)]
+            conv_b = [_msg("user", question), _msg("assistant", ans_b)]
+            if turn == 2:
+                follow = "Now make it shorter."
+                conv_a += [_msg("user", follow), _msg("assistant", ans_a[:80])]
+                conv_b += [_msg("user", follow), _msg("assistant", ans_b[:80])]
+            rows.append({
+                "question_id": qid,
+                "model_a": model_a,
+                "model_b": model_b,
+                "winner": winner,
+                "judge": f"author_{rng.randint(0, 5)}",
+                "conversation_a": conv_a,
+                "conversation_b": conv_b,
+                "turn": turn,
+            })
+    return pd.DataFrame(rows)
+
+
+UF_SPLITS = {"train_prefs": 480, "test_prefs": 160, "train_sft": 480, "test_sft": 160}
+
+
+def write_ultrafeedback(
+    out: Path, sizes: dict[str, int] | None = None, seed: int = 0, extra_words: int = 0
+) -> Path:
+    """Writes an UltraFeedback-binarized copy in the hub layout under ``out``; returns ``out``."""
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for split, n in (sizes or UF_SPLITS).items():
+        df = make_ultrafeedback_split(n, seed, split, extra_words=extra_words)
+        df.to_parquet(out / "data" / f"{split}-00000-of-00001.parquet", index=False)
+    return out
+
+
+def write_mt_bench(out: Path, seed: int = 0) -> Path:
+    """Writes an MT-Bench human-judgments copy in the hub layout under ``out``; returns ``out``."""
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    make_mt_bench(seed).to_parquet(out / "data" / "human-00000-of-00001.parquet", index=False)
+    return out
