@@ -34,15 +34,15 @@ demo: install
 	$(PY) -m autorule stage=pipeline paths.root=$(ROOT)
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks scripts
-	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
 
 format: install
-	$(VENV)/bin/ruff format src tests benchmarks scripts
-	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
+	$(VENV)/bin/ruff format src tests scripts
+	$(VENV)/bin/ruff check --fix src tests scripts
 
 bench: install
-	$(PY) -m pytest -q -m bench -s benchmarks
+	$(PY) -m pytest -q -m bench -s tests/benchmarks
 
 # Regenerates the bundled synthetic data under data/ (deterministic; the result is committed).
 data: install

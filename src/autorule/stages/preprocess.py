@@ -88,12 +88,16 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
     tokenizer = load_tokenizer(cfg)
     batch = int(p.batch_size)
 
+    # Token counts are memoised by text: on the hub copy the SFT and preference splits share
+    # their prompts and chosen answers, so each distinct text is tokenized once.
+    known: dict[str, int] = {}
+
     def count_tokens(texts: list[str]) -> list[int]:
-        lengths: list[int] = []
-        for i in range(0, len(texts), batch):
-            enc = tokenizer(texts[i:i + batch], add_special_tokens=False)["input_ids"]
-            lengths += [len(ids) for ids in enc]
-        return lengths
+        todo = list(dict.fromkeys(t for t in texts if t not in known))
+        for i in range(0, len(todo), batch):
+            enc = tokenizer(todo[i:i + batch], add_special_tokens=False)["input_ids"]
+            known.update(zip(todo[i:i + batch], map(len, enc)))
+        return [known[t] for t in texts]
 
     counts: dict[str, int] = {}
     for split in p.splits:

@@ -1,0 +1,30 @@
+"""Shared test set-up: everything offline, one tiny-model build per test session."""
+
+import os
+import tempfile
+
+# Offline before anything imports huggingface_hub / datasets / transformers.
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    WANDB_MODE="disabled",
+    TOKENIZERS_PARALLELISM="false",
+)
+# Tiny models are keyed by spec and corpus, so one cache serves every test of the session.
+os.environ.setdefault("AUTORULE_CACHE", tempfile.mkdtemp(prefix="autorule-test-cache-"))
+os.environ.pop("AUTORULE_ROOT", None)
+
+import pytest  # noqa: E402
+
+from autorule.config import compose  # noqa: E402
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """Composes the config with ``paths.root`` in a fresh temporary folder."""
+
+    def _make(*overrides: str, root=None):
+        return compose([f"paths.root={root or tmp_path / 'out'}", *overrides])
+
+    return _make

@@ -1,0 +1,194 @@
+"""The stage/artifact contract, on toy stages registered for the test."""
+
+import json
+import logging
+import uuid
+
+import pytest
+from omegaconf import open_dict
+
+from autorule import artifacts
+from autorule.artifacts import (
+    StageInputError,
+    StageJob,
+    artifact_path,
+    config_hash,
+    is_up_to_date,
+    read_manifest,
+)
+from autorule.stages import SPECS, StageSpec
+
+
+@pytest.fixture(autouse=True)
+def toy_stages(monkeypatch):
+    # "up" writes content that depends on the config, plus a nonce when asked, so a forced re-run
+    # can change (or keep) its content; "down" reads it.
+    monkeypatch.setitem(SPECS, "up", StageSpec(keys=("seed",)))
+    monkeypatch.setitem(SPECS, "down", StageSpec(inputs=("up",), keys=("dataset.name",)))
+
+
+def run_up(cfg, nonce=False):
+    job = StageJob(cfg, "up")
+    if job.done:
+        return job, False
+    text = f"seed={cfg.seed}" + (f" {uuid.uuid4()}" if nonce else "")
+    (job.workdir / "data.txt").write_text(text)
+    job.commit({"rows": 1})
+    return job, True
+
+
+def run_down(cfg):
+    job = StageJob(cfg, "down")
+    if job.done:
+        return job, False
+    text = (job.input("up") / "data.txt").read_text()
+    (job.workdir / "copy.txt").write_text(text)
+    job.commit({"rows": 1})
+    return job, True
+
+
+def set_force(cfg, value=True):
+    with open_dict(cfg):
+        cfg.force = value
+    return cfg
+
+
+def test_manifest_fields(make_cfg):
+    cfg = make_cfg()
+    job, ran = run_up(cfg)
+    assert ran
+    m = read_manifest(job.path)
+    for key in ("stage", "status", "config_hash", "inputs", "counts", "created_at", "git_sha",
+                "versions", "artifact_hash", "files"):
+        assert key in m, key
+    assert m["stage"] == "up" and m["status"] == "complete"
+    assert m["config_hash"] == config_hash(cfg, "up")
+    assert m["counts"] == {"rows": 1}
+    assert "torch" in m["versions"] and "python" in m["versions"]
+    assert set(m["files"]) == {"data.txt", "config.yaml"}
+    assert job.path.name.startswith("uf-") and job.path.parent.name == "up"
+    _, ran_down = run_down(cfg)
+    down = read_manifest(artifact_path(cfg, "down"))
+    assert down["inputs"]["up"] == {"path": str(job.path), "hash": m["artifact_hash"]}
+
+
+def test_second_run_does_no_work_and_says_so(make_cfg, caplog):
+    cfg = make_cfg()
+    job, _ = run_up(cfg)
+    mtime = (job.path / "manifest.json").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="autorule.artifacts"):
+        _, ran = run_up(cfg)
+    assert not ran
+    assert "nothing to do" in caplog.text
+    assert (job.path / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_force_recomputes(make_cfg):
+    cfg = make_cfg()
+    run_up(cfg, nonce=True)
+    before = read_manifest(artifact_path(cfg, "up"))["artifact_hash"]
+    _, ran = run_up(set_force(cfg), nonce=True)
+    assert ran
+    assert read_manifest(artifact_path(cfg, "up"))["artifact_hash"] != before
+    # No leftovers from the swap.
+    assert [p.name for p in artifact_path(cfg, "up").parent.iterdir()] == [
+        artifact_path(cfg, "up").name]
+
+
+def test_configs_get_their_own_folders_and_share_upstream(make_cfg):
+    a, b = make_cfg("seed=1"), make_cfg("seed=2")
+    assert artifact_path(a, "up") != artifact_path(b, "up")
+    # A key outside a stage's spec does not change its folder: experiments share the artifact.
+    c = make_cfg("seed=1", "dataset.revision=main")
+    assert artifact_path(a, "up") == artifact_path(c, "up")
+    # Downstream hashes include the upstream config hash.
+    assert artifact_path(a, "down") != artifact_path(b, "down")
+
+
+def test_preprocess_hash_ignores_speed_knobs(make_cfg):
+    base = config_hash(make_cfg(), "preprocess")
+    assert config_hash(make_cfg("preprocess.batch_size=7"), "preprocess") == base
+    assert config_hash(make_cfg("preprocess.filter.max_tokens=256"), "preprocess") != base
+    assert config_hash(make_cfg("seed=5"), "preprocess") == base
+
+
+def test_upstream_recompute_invalidates_downstream(make_cfg):
+    cfg = make_cfg()
+    run_up(cfg, nonce=True)
+    run_down(cfg)
+    assert is_up_to_date(cfg, "down") == (True, "complete and up to date")
+    # Forcing upstream into *identical* content keeps downstream current...
+    run_up(set_force(make_cfg()), nonce=False)
+    run_up(set_force(make_cfg()), nonce=False)
+    run_down(cfg)
+    assert is_up_to_date(cfg, "down")[0]
+    # ...but new content makes it out of date, and the next run recomputes it.
+    run_up(set_force(make_cfg()), nonce=True)
+    fresh, reason = is_up_to_date(cfg, "down")
+    assert not fresh and reason == "upstream 'up' was recomputed"
+    _, ran = run_down(cfg)
+    assert ran and is_up_to_date(cfg, "down")[0]
+
+
+def test_crash_mid_stage_leaves_nothing_complete(make_cfg):
+    cfg = make_cfg()
+    job = StageJob(cfg, "up")
+    (job.workdir / "data.txt").write_text("half")
+    # The stage dies here (no commit).
+    assert not job.path.exists()
+    assert read_manifest(job.workdir)["status"] == "running"
+    assert is_up_to_date(cfg, "up") == (False, "no artifact yet")
+    with pytest.raises(StageInputError):
+        run_down(cfg)
+    _, ran = run_up(cfg)  # the next run starts over and completes
+    assert ran and (artifact_path(cfg, "up") / "data.txt").read_text() == "seed=0"
+
+
+def test_crash_during_commit_swap_leaves_nothing_complete(make_cfg, monkeypatch):
+    cfg = make_cfg()
+    run_up(cfg)
+    real_rename = artifacts.os.rename
+    calls = []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the old artifact was moved away; die before the new one lands
+            raise KeyboardInterrupt
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "rename", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_up(set_force(make_cfg()), nonce=True)
+    monkeypatch.setattr(artifacts.os, "rename", real_rename)
+    assert not artifact_path(cfg, "up").exists()
+    assert not is_up_to_date(cfg, "up")[0]
+
+
+def test_corrupt_manifest_is_not_complete(make_cfg):
+    cfg = make_cfg()
+    job, _ = run_up(cfg)
+    (job.path / "manifest.json").write_text("{not json")
+    assert is_up_to_date(cfg, "up") == (False, "no artifact yet")
+
+
+def test_missing_input_names_the_command(make_cfg):
+    cfg = make_cfg("dataset=mt", "seed=3")
+    with pytest.raises(StageInputError) as err:
+        run_down(cfg)
+    msg = str(err.value)
+    assert "python -m autorule stage=up" in msg
+    assert "dataset=mt" in msg and "seed=3" in msg
+    assert "missing" in msg
+    assert not artifact_path(cfg, "down").exists()
+
+
+def test_counts_must_be_integers(make_cfg):
+    job = StageJob(make_cfg(), "up")
+    with pytest.raises(TypeError, match="rows"):
+        job.commit({"rows": 1.5})
+
+
+def test_manifest_is_valid_json_with_sorted_keys(make_cfg):
+    job, _ = run_up(make_cfg())
+    text = (job.path / "manifest.json").read_text()
+    assert json.loads(text)["stage"] == "up"
