@@ -1,6 +1,6 @@
 """Regenerates the bundled synthetic datasets under data/ (deterministic; the output is committed).
 
-    python scripts/make_tiny_data.py --out data
+python scripts/make_tiny_data.py --out data
 """
 
 import argparse

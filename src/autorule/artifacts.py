@@ -43,8 +43,20 @@ from autorule.stages import SPECS, StageSpec
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-PACKAGES = ("autorule", "torch", "transformers", "trl", "datasets", "accelerate", "deepspeed",
-            "tokenizers", "hydra-core", "boto3", "openai", "vllm")
+PACKAGES = (
+    "autorule",
+    "torch",
+    "transformers",
+    "trl",
+    "datasets",
+    "accelerate",
+    "deepspeed",
+    "tokenizers",
+    "hydra-core",
+    "boto3",
+    "openai",
+    "vllm",
+)
 
 
 class StageInputError(RuntimeError):
@@ -95,12 +107,14 @@ def digest(obj: Any) -> str:
 def config_hash(cfg: DictConfig, stage: str) -> str:
     """Hash of everything that decides ``stage``'s output, upstream stages included."""
     spec = SPECS[stage]
-    return digest({
-        "stage": stage,
-        "version": spec.version,
-        "config": stage_config(cfg, stage),
-        "inputs": {name: config_hash(cfg, name) for name in spec.inputs},
-    })
+    return digest(
+        {
+            "stage": stage,
+            "version": spec.version,
+            "config": stage_config(cfg, stage),
+            "inputs": {name: config_hash(cfg, name) for name in spec.inputs},
+        }
+    )
 
 
 def artifact_path(cfg: DictConfig, stage: str) -> Path:
@@ -158,10 +172,21 @@ def git_sha() -> str | None:
     """The commit of the autorule checkout in use (with ``-dirty`` when modified), if any."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{sha}-dirty" if dirty else sha
@@ -169,8 +194,11 @@ def git_sha() -> str | None:
 
 def make_command(cfg: DictConfig, stage: str) -> str:
     """The command line that (re)makes ``stage`` with the overrides of the current run."""
-    overrides = [o for o in (OmegaConf.select(cfg, "run.overrides") or [])
-                 if not o.split("=", 1)[0].lstrip("+~") in ("stage", "force")]
+    overrides = [
+        o
+        for o in (OmegaConf.select(cfg, "run.overrides") or [])
+        if o.split("=", 1)[0].lstrip("+~") not in ("stage", "force")
+    ]
     return " ".join(["python -m autorule", f"stage={stage}", *overrides])
 
 
@@ -219,8 +247,9 @@ class StageJob:
         fresh, reason = is_up_to_date(cfg, stage, self.path)
         self.done = fresh and not force
         if self.done:
-            log.info("[%s] %s: %s — nothing to do (force=true recomputes)", stage, reason,
-                     self.path)
+            log.info(
+                "[%s] %s: %s — nothing to do (force=true recomputes)", stage, reason, self.path
+            )
             return
         log.info("[%s] running (%s) -> %s", stage, "forced" if fresh else reason, self.path)
         for name in self.spec.inputs:
@@ -245,23 +274,26 @@ class StageJob:
         self._inputs[name] = {"path": str(folder), "hash": manifest["artifact_hash"]}
         return folder
 
-    def _manifest(self, status: str, counts: dict[str, int], files: dict[str, str],
-                  extra: dict | None = None) -> dict:
-        return redact({
-            "stage": self.stage,
-            "status": status,
-            "config_hash": self.config_hash,
-            "artifact_hash": digest({"config_hash": self.config_hash, "files": files}),
-            "inputs": self._inputs,
-            "counts": counts,
-            "files": files,
-            "config": stage_config(self.cfg, self.stage),
-            "command": make_command(self.cfg, self.stage),
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_sha": git_sha(),
-            "versions": package_versions(),
-            **(extra or {}),
-        })
+    def _manifest(
+        self, status: str, counts: dict[str, int], files: dict[str, str], extra: dict | None = None
+    ) -> dict:
+        return redact(
+            {
+                "stage": self.stage,
+                "status": status,
+                "config_hash": self.config_hash,
+                "artifact_hash": digest({"config_hash": self.config_hash, "files": files}),
+                "inputs": self._inputs,
+                "counts": counts,
+                "files": files,
+                "config": stage_config(self.cfg, self.stage),
+                "command": make_command(self.cfg, self.stage),
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "git_sha": git_sha(),
+                "versions": package_versions(),
+                **(extra or {}),
+            }
+        )
 
     def commit(self, counts: dict[str, int] | None = None, extra: dict | None = None) -> Path:
         """Writes the manifest as complete and moves the work folder into place atomically."""
@@ -270,11 +302,11 @@ class StageJob:
             if not isinstance(v, int) or isinstance(v, bool):
                 raise TypeError(f"count {k!r} must be an int, got {type(v).__name__}")
         resolved = OmegaConf.to_container(self.cfg, resolve=True)
-        (self.workdir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(
-            redact(resolved))))
+        (self.workdir / "config.yaml").write_text(
+            OmegaConf.to_yaml(OmegaConf.create(redact(resolved)))
+        )
         files = hash_files(self.workdir)
-        write_json_atomic(self.workdir / MANIFEST,
-                          self._manifest("complete", counts, files, extra))
+        write_json_atomic(self.workdir / MANIFEST, self._manifest("complete", counts, files, extra))
         old = None
         if self.path.exists():
             old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")

@@ -25,8 +25,9 @@ class FilterSettings:
     no_confidence: bool = True
 
 
-def cheap_reason(score_chosen: float, score_rejected: float, chosen: str, rejected: str,
-                 s: FilterSettings) -> str | None:
+def cheap_reason(
+    score_chosen: float, score_rejected: float, chosen: str, rejected: str, s: FilterSettings
+) -> str | None:
     """The first non-length reason to drop a row, or None (no tokenizer needed)."""
     if s.score and not score_chosen > score_rejected:
         return "score"
@@ -35,13 +36,17 @@ def cheap_reason(score_chosen: float, score_rejected: float, chosen: str, reject
     return None
 
 
-def length_reason(prompt_tokens: int, chosen_tokens: int, rejected_tokens: int,
-                  s: FilterSettings) -> str | None:
+def length_reason(
+    prompt_tokens: int, chosen_tokens: int, rejected_tokens: int, s: FilterSettings
+) -> str | None:
     """The first length reason to drop a row, or None."""
     if not s.length:
         return None
-    for reason, n in (("prompt_length", prompt_tokens), ("chosen_length", chosen_tokens),
-                      ("rejected_length", rejected_tokens)):
+    for reason, n in (
+        ("prompt_length", prompt_tokens),
+        ("chosen_length", chosen_tokens),
+        ("rejected_length", rejected_tokens),
+    ):
         if n >= s.max_tokens:
             return reason
     return None
@@ -99,8 +104,9 @@ def mt_question_split(
     block reached the training set; the test questions are the same either way.
     """
     if not 0 < train_per_block < block:
-        raise ValueError(f"train_per_block must be between 1 and {block - 1}, "
-                         f"got {train_per_block}")
+        raise ValueError(
+            f"train_per_block must be between 1 and {block - 1}, got {train_per_block}"
+        )
     train, test = [], []
     for start in range(first, last + 1, block):
         ids = list(range(start, min(start + block, last + 1)))

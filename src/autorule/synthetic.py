@@ -28,32 +28,82 @@ from pathlib import Path
 import pandas as pd
 
 TOPICS = [
-    "baking bread", "learning python", "saving money", "planting tomatoes", "running a marathon",
-    "writing a cover letter", "fixing a bike tire", "brewing coffee", "studying for exams",
-    "training a puppy", "painting a room", "planning a trip", "cleaning a laptop",
-    "starting a podcast", "making pasta", "reading more books", "sleeping better",
-    "learning guitar", "reducing stress", "organizing a closet", "choosing a laptop",
-    "writing a poem", "cooking rice", "building a website", "learning chess",
-    "repairing a faucet", "growing herbs", "managing email", "giving a speech",
-    "knitting a scarf", "buying a used car", "composting at home",
+    "baking bread",
+    "learning python",
+    "saving money",
+    "planting tomatoes",
+    "running a marathon",
+    "writing a cover letter",
+    "fixing a bike tire",
+    "brewing coffee",
+    "studying for exams",
+    "training a puppy",
+    "painting a room",
+    "planning a trip",
+    "cleaning a laptop",
+    "starting a podcast",
+    "making pasta",
+    "reading more books",
+    "sleeping better",
+    "learning guitar",
+    "reducing stress",
+    "organizing a closet",
+    "choosing a laptop",
+    "writing a poem",
+    "cooking rice",
+    "building a website",
+    "learning chess",
+    "repairing a faucet",
+    "growing herbs",
+    "managing email",
+    "giving a speech",
+    "knitting a scarf",
+    "buying a used car",
+    "composting at home",
 ]
 ASKS = [
-    "How do I get started with {t}?", "Can you explain the basics of {t}?",
-    "What are good tips for {t}?", "Give me a short plan for {t}.",
-    "What mistakes should I avoid when {t}?", "Why is {t} harder than it looks?",
+    "How do I get started with {t}?",
+    "Can you explain the basics of {t}?",
+    "What are good tips for {t}?",
+    "Give me a short plan for {t}.",
+    "What mistakes should I avoid when {t}?",
+    "Why is {t} harder than it looks?",
 ]
 STEPS = [
-    "gather what you need", "set a small first goal", "practice a little every day",
-    "write down what worked", "ask someone with experience", "review your progress weekly",
-    "keep the setup simple", "fix one problem at a time", "measure before you change things",
+    "gather what you need",
+    "set a small first goal",
+    "practice a little every day",
+    "write down what worked",
+    "ask someone with experience",
+    "review your progress weekly",
+    "keep the setup simple",
+    "fix one problem at a time",
+    "measure before you change things",
 ]
 FILLER = [
-    "weather", "banana", "spaceship", "random", "elevator", "lottery", "volcano", "penguin",
-    "television", "umbrella", "carpet", "gravity",
+    "weather",
+    "banana",
+    "spaceship",
+    "random",
+    "elevator",
+    "lottery",
+    "volcano",
+    "penguin",
+    "television",
+    "umbrella",
+    "carpet",
+    "gravity",
 ]
 DISMISSIVE = ["idk.", "whatever.", "not sure, look it up.", "no idea honestly.", "meh."]
 MT_CATEGORIES = [
-    "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
+    "writing",
+    "roleplay",
+    "reasoning",
+    "math",
+    "coding",
+    "extraction",
+    "stem",
+    "humanities",
 ]
 MT_MODELS = ["alpaca-13b", "claude-v1", "gpt-3.5-turbo", "gpt-4", "llama-13b", "vicuna-13b-v1.2"]
 
@@ -88,8 +138,15 @@ def make_ultrafeedback_split(
     ``extra_words`` lengthens every answer (used by the benchmark to reach realistic sizes).
     """
     rng = random.Random(f"{seed}-{split}")
-    breakers = ["long_prompt", "long_chosen", "long_rejected", "tie", "inverted",
-                "confidence_chosen", "confidence_rejected"]
+    breakers = [
+        "long_prompt",
+        "long_chosen",
+        "long_rejected",
+        "tie",
+        "inverted",
+        "confidence_chosen",
+        "confidence_rejected",
+    ]
     rows = []
     for i in range(n):
         topic = rng.choice(TOPICS)
@@ -119,15 +176,17 @@ def make_ultrafeedback_split(
         prompt_id = hashlib.sha256(f"{prompt}#{split}#{i}".encode()).hexdigest()
         chosen_msgs = [_msg("user", prompt), _msg("assistant", chosen)]
         rejected_msgs = [_msg("user", prompt), _msg("assistant", rejected)]
-        rows.append({
-            "prompt": prompt,
-            "prompt_id": prompt_id,
-            "chosen": chosen_msgs,
-            "rejected": rejected_msgs,
-            "messages": chosen_msgs,
-            "score_chosen": score_chosen,
-            "score_rejected": score_rejected,
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "prompt_id": prompt_id,
+                "chosen": chosen_msgs,
+                "rejected": rejected_msgs,
+                "messages": chosen_msgs,
+                "score_chosen": score_chosen,
+                "score_rejected": score_rejected,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -150,24 +209,31 @@ def make_mt_bench(seed: int, judgments_per_question: int = 6) -> pd.DataFrame:
             a_wins = rng.random() < 0.5
             ans_a, ans_b = (good, bad) if a_wins else (bad, good)
             r = rng.random()
-            winner = "tie" if r < 0.08 else "tie (bothbad)" if r < 0.12 else (
-                "model_a" if a_wins else "model_b")
+            winner = (
+                "tie"
+                if r < 0.08
+                else "tie (bothbad)"
+                if r < 0.12
+                else ("model_a" if a_wins else "model_b")
+            )
             conv_a = [_msg("user", question), _msg("assistant", ans_a)]
             conv_b = [_msg("user", question), _msg("assistant", ans_b)]
             if turn == 2:
                 follow = "Now make it shorter."
                 conv_a += [_msg("user", follow), _msg("assistant", ans_a[:80])]
                 conv_b += [_msg("user", follow), _msg("assistant", ans_b[:80])]
-            rows.append({
-                "question_id": qid,
-                "model_a": model_a,
-                "model_b": model_b,
-                "winner": winner,
-                "judge": f"author_{rng.randint(0, 5)}",
-                "conversation_a": conv_a,
-                "conversation_b": conv_b,
-                "turn": turn,
-            })
+            rows.append(
+                {
+                    "question_id": qid,
+                    "model_a": model_a,
+                    "model_b": model_b,
+                    "winner": winner,
+                    "judge": f"author_{rng.randint(0, 5)}",
+                    "conversation_a": conv_a,
+                    "conversation_b": conv_b,
+                    "turn": turn,
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -10,6 +10,7 @@ committed: a build takes seconds.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -93,8 +94,9 @@ def _build(out: Path, spec: Mapping, texts: list[str]) -> None:
     torch.manual_seed(int(spec["seed"]))
     policy = LlamaForCausalLM(config)
     torch.manual_seed(int(spec["seed"]) + 1)
-    reward = LlamaForSequenceClassification(config.__class__(**{**config.to_dict(),
-                                                                "num_labels": 1}))
+    reward_config = copy.deepcopy(config)
+    reward_config.num_labels = 1  # a scalar reward head (the setter also resets id2label)
+    reward = LlamaForSequenceClassification(reward_config)
     for role, model in (("policy", policy), ("reward", reward)):
         model.save_pretrained(out / role)
         tokenizer.save_pretrained(out / role)

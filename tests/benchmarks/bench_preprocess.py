@@ -32,8 +32,9 @@ def test_preprocess_uf_full_size(make_cfg, tmp_path, monkeypatch, layout):
     copy = write_ultrafeedback(tmp_path / "uf", HUB_SIZES, seed=1, extra_words=200)
     if layout == "hub":
         data = copy / "data"
-        shutil.copy(data / "train_prefs-00000-of-00001.parquet",
-                    data / "train_sft-00000-of-00001.parquet")
+        shutil.copy(
+            data / "train_prefs-00000-of-00001.parquet", data / "train_sft-00000-of-00001.parquet"
+        )
         test_sft = pd.read_parquet(data / "test_prefs-00000-of-00001.parquet").head(1000)
         test_sft.to_parquet(data / "test_sft-00000-of-00001.parquet", index=False)
     cfg = make_cfg(f"dataset.path={copy}")
@@ -43,6 +44,8 @@ def test_preprocess_uf_full_size(make_cfg, tmp_path, monkeypatch, layout):
     elapsed = time.perf_counter() - t0
     counts = read_manifest(out)["counts"]
     rows = sum(counts[f"{s}_rows_in"] for s in HUB_SIZES)
-    print(f"\n[bench] preprocess uf ({layout} texts): {rows} rows in {elapsed:.1f} s "
-          f"({rows / elapsed:,.0f} rows/s); kept train_prefs={counts['train_prefs_rows']}")
+    print(
+        f"\n[bench] preprocess uf ({layout} texts): {rows} rows in {elapsed:.1f} s "
+        f"({rows / elapsed:,.0f} rows/s); kept train_prefs={counts['train_prefs_rows']}"
+    )
     assert counts["train_prefs_rows_in"] == HUB_SIZES["train_prefs"]

@@ -16,12 +16,13 @@ def options(group: str) -> list[str]:
 
 
 CASES = [(g, o) for g in GROUPS for o in options(g)] + [
-    ("experiment", o) for o in options("experiment")]
+    ("experiment", o) for o in options("experiment")
+]
 
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_option_composes_and_resolves(make_cfg, group, option):
-    override = f"+experiment={option}" if group == "experiment" else f"{group}={option}"
+    override = f"{group}={option}"
     cfg = make_cfg(override)
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     if group == "stage":

@@ -57,8 +57,11 @@ def test_chat_template_switch(make_cfg):
 
 
 def test_filter_switches_keep_everything(make_cfg):
-    cfg = make_cfg("preprocess.filter.length=false", "preprocess.filter.score=false",
-                   "preprocess.filter.no_confidence=false")
+    cfg = make_cfg(
+        "preprocess.filter.length=false",
+        "preprocess.filter.score=false",
+        "preprocess.filter.no_confidence=false",
+    )
     c = read_manifest(preprocess.run(cfg))["counts"]
     assert all(c[f"{s}_rows"] == c[f"{s}_rows_in"] for s in UF_SPLITS)
 
@@ -71,13 +74,17 @@ def test_mt_split(make_cfg, bug):
     test = pd.read_parquet(out / "test.parquet")
     assert not train["winner"].str.startswith("tie").any()
     assert not test["winner"].str.startswith("tie").any()
-    expected_train = {81, 91, 101, 111, 121, 131, 141, 151} if bug else {
-        q for b in range(81, 161, 10) for q in range(b, b + 5)}
+    expected_train = (
+        {81, 91, 101, 111, 121, 131, 141, 151}
+        if bug
+        else {q for b in range(81, 161, 10) for q in range(b, b + 5)}
+    )
     assert set(train["question_id"]) == expected_train
     assert set(test["question_id"]) == {q for b in range(86, 161, 10) for q in range(b, b + 5)}
     c = read_manifest(out)["counts"]
     assert c["rows_in"] == c["dropped_tie"] + c["dropped_unassigned_question"] + len(train) + len(
-        test)
+        test
+    )
     assert c["dropped_tie"] > 0
 
 
@@ -90,20 +97,31 @@ def test_missing_split_is_a_clear_error(make_cfg, tmp_path):
 def test_cli_end_to_end_without_secrets(tmp_path):
     """``python -m autorule stage=preprocess`` in a subprocess; secrets never reach the disk."""
     secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": secret, "OPENAI_API_KEY": "sk-test-abcdefghij"
-           "klmnopqrstuvwxyz"}
+    env = {
+        **os.environ,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "OPENAI_API_KEY": "sk-test-abcdefghijklmnopqrstuvwxyz",
+    }
     root = tmp_path / "root"
     local_copy = Path(__file__).resolve().parents[2] / "data" / "ultrafeedback_binarized"
-    cmd = [sys.executable, "-m", "autorule", "stage=preprocess", "dataset=uf",
-           f"dataset.path={local_copy}", f"paths.root={root}",
-           "+notes.api_key=AKIAABCDEFGHIJKLMNOP"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "autorule",
+        "stage=preprocess",
+        "dataset=uf",
+        f"dataset.path={local_copy}",
+        f"paths.root={root}",
+        "+notes.api_key=AKIAABCDEFGHIJKLMNOP",
+    ]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "profile=tiny" in first.stderr  # the banner
     (out,) = (root / "preprocess").glob("uf-*")
     assert f"preprocess: {out}" in first.stdout
     assert sorted(p.name for p in out.glob("*.parquet")) == sorted(
-        [f"{s}.parquet" for s in UF_SPLITS] + ["test_subset.parquet"])
+        [f"{s}.parquet" for s in UF_SPLITS] + ["test_subset.parquet"]
+    )
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "complete" and m["counts"]["train_prefs_rows"] > 0
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

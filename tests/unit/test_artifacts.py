@@ -58,8 +58,18 @@ def test_manifest_fields(make_cfg):
     job, ran = run_up(cfg)
     assert ran
     m = read_manifest(job.path)
-    for key in ("stage", "status", "config_hash", "inputs", "counts", "created_at", "git_sha",
-                "versions", "artifact_hash", "files"):
+    for key in (
+        "stage",
+        "status",
+        "config_hash",
+        "inputs",
+        "counts",
+        "created_at",
+        "git_sha",
+        "versions",
+        "artifact_hash",
+        "files",
+    ):
         assert key in m, key
     assert m["stage"] == "up" and m["status"] == "complete"
     assert m["config_hash"] == config_hash(cfg, "up")
@@ -92,7 +102,8 @@ def test_force_recomputes(make_cfg):
     assert read_manifest(artifact_path(cfg, "up"))["artifact_hash"] != before
     # No leftovers from the swap.
     assert [p.name for p in artifact_path(cfg, "up").parent.iterdir()] == [
-        artifact_path(cfg, "up").name]
+        artifact_path(cfg, "up").name
+    ]
 
 
 def test_configs_get_their_own_folders_and_share_upstream(make_cfg):

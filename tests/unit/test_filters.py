@@ -72,7 +72,7 @@ def test_filter_rows_counts_each_reason_once():
         (w(3), w(3), w(512), 9, 1),  # rejected length
         (w(511), w(511), w(511), 9, 1),  # kept at the boundary
     ]
-    cols = list(zip(*rows))
+    cols = list(zip(*rows, strict=True))
     calls = []
 
     def count(texts):
@@ -81,8 +81,13 @@ def test_filter_rows_counts_each_reason_once():
 
     keep, dropped = filter_rows(*cols, count_tokens=count, s=S)
     assert keep == [0, 6]
-    assert dropped == {"score": 1, "confidence": 1, "prompt_length": 1, "chosen_length": 1,
-                       "rejected_length": 1}
+    assert dropped == {
+        "score": 1,
+        "confidence": 1,
+        "prompt_length": 1,
+        "chosen_length": 1,
+        "rejected_length": 1,
+    }
     assert set(dropped) == set(REASONS)
     # Only the 5 rows that pass the cheap checks are tokenized (prompt, chosen, rejected).
     assert calls == [5, 5, 5]
@@ -109,4 +114,5 @@ def test_mt_split_rejects_bad_block():
 
 def test_format_prompt_plain():
     assert format_prompt("Hi {there}", "<|user|>{prompt}<|assistant|>") == (
-        "<|user|>Hi {there}<|assistant|>")
+        "<|user|>Hi {there}<|assistant|>"
+    )

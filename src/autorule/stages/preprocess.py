@@ -34,8 +34,15 @@ from autorule.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-UF_COLUMNS = ("prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen",
-              "score_rejected")
+UF_COLUMNS = (
+    "prompt",
+    "prompt_id",
+    "chosen",
+    "rejected",
+    "messages",
+    "score_chosen",
+    "score_rejected",
+)
 MT_COLUMNS = ("question_id", "winner", "conversation_a", "conversation_b")
 
 
@@ -45,8 +52,9 @@ def run(cfg: DictConfig) -> Path:
         return job.path
     builders = {"uf": _ultrafeedback, "mt": _mt_bench}
     if cfg.dataset.name not in builders:
-        raise ValueError(f"preprocess knows datasets {sorted(builders)}, "
-                         f"got dataset.name={cfg.dataset.name!r}")
+        raise ValueError(
+            f"preprocess knows datasets {sorted(builders)}, got dataset.name={cfg.dataset.name!r}"
+        )
     counts = builders[cfg.dataset.name](cfg, job.workdir)
     return job.commit(counts)
 
@@ -63,12 +71,15 @@ def _load_split(cfg: DictConfig, split: str) -> pd.DataFrame:
     try:
         ds = datasets.load_dataset(path, split=split, revision=cfg.dataset.revision)
     except ValueError as err:  # datasets names the available splits in its message
-        raise ValueError(f"dataset.path={path} has no split {split!r} "
-                         f"(key preprocess.splits / dataset.split): {err}") from err
+        raise ValueError(
+            f"dataset.path={path} has no split {split!r} "
+            f"(key preprocess.splits / dataset.split): {err}"
+        ) from err
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"dataset.path={path} could not be loaded: {err}. Give a hub id or a local folder "
-            "laid out like the hub repository (data/<split>-00000-of-00001.parquet)") from err
+            "laid out like the hub repository (data/<split>-00000-of-00001.parquet)"
+        ) from err
     return ds.to_pandas()
 
 
@@ -95,8 +106,8 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
     def count_tokens(texts: list[str]) -> list[int]:
         todo = list(dict.fromkeys(t for t in texts if t not in known))
         for i in range(0, len(todo), batch):
-            enc = tokenizer(todo[i:i + batch], add_special_tokens=False)["input_ids"]
-            known.update(zip(todo[i:i + batch], map(len, enc)))
+            enc = tokenizer(todo[i : i + batch], add_special_tokens=False)["input_ids"]
+            known.update(zip(todo[i : i + batch], map(len, enc), strict=True))
         return [known[t] for t in texts]
 
     counts: dict[str, int] = {}
@@ -106,8 +117,14 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
         chosen = [m[-1]["content"] for m in df["chosen"]]
         rejected = [m[-1]["content"] for m in df["rejected"]]
         keep, dropped = filter_rows(
-            df["prompt"].tolist(), chosen, rejected, df["score_chosen"].tolist(),
-            df["score_rejected"].tolist(), count_tokens, settings)
+            df["prompt"].tolist(),
+            chosen,
+            rejected,
+            df["score_chosen"].tolist(),
+            df["score_rejected"].tolist(),
+            count_tokens,
+            settings,
+        )
         clean = df.iloc[keep].reset_index(drop=True)
         clean["chosen_content"] = [chosen[i] for i in keep]
         clean["rejected_content"] = [rejected[i] for i in keep]
@@ -117,8 +134,13 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
         counts[f"{split}_rows_in"] = len(df)
         counts[f"{split}_rows"] = len(clean)
         counts.update({f"{split}_dropped_{reason}": n for reason, n in dropped.items()})
-        log.info("[preprocess] %s: kept %d of %d rows (%s)", split, len(clean), len(df),
-                 ", ".join(f"{k}={v}" for k, v in dropped.items() if v))
+        log.info(
+            "[preprocess] %s: kept %d of %d rows (%s)",
+            split,
+            len(clean),
+            len(df),
+            ", ".join(f"{k}={v}" for k, v in dropped.items() if v),
+        )
         if split == "test_prefs":
             subset = clean.head(int(p.test_subset_size))
             subset.to_parquet(out / "test_subset.parquet", index=False)
@@ -132,10 +154,15 @@ def _format_prompts(prompts: list[str], p: DictConfig, tokenizer) -> list[str]:
     if p.prompt_format == "plain":
         return [format_prompt(x, p.plain_template) for x in prompts]
     if p.prompt_format == "chat_template":
-        return [tokenizer.apply_chat_template([{"role": "user", "content": x}], tokenize=False,
-                                              add_generation_prompt=True) for x in prompts]
-    raise ValueError(f"preprocess.prompt_format must be plain or chat_template, "
-                     f"got {p.prompt_format!r}")
+        return [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": x}], tokenize=False, add_generation_prompt=True
+            )
+            for x in prompts
+        ]
+    raise ValueError(
+        f"preprocess.prompt_format must be plain or chat_template, got {p.prompt_format!r}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,8 +176,10 @@ def _mt_bench(cfg: DictConfig, out: Path) -> dict[str, int]:
     ties = df["winner"].astype(str).str.startswith("tie")
     judged = df[~ties]
     train_ids, test_ids = mt_question_split(
-        block=int(p.mt_block_size), train_per_block=int(p.mt_train_per_block),
-        first_question_only=bool(p.mt_first_question_only))
+        block=int(p.mt_block_size),
+        train_per_block=int(p.mt_train_per_block),
+        first_question_only=bool(p.mt_first_question_only),
+    )
     train = judged[judged["question_id"].isin(train_ids)].reset_index(drop=True)
     test = judged[judged["question_id"].isin(test_ids)].reset_index(drop=True)
     train.to_parquet(out / "train.parquet", index=False)
