@@ -31,8 +31,18 @@ log = logging.getLogger(__name__)
 
 
 def config_kwargs(cfg: DictConfig, stage: str, workdir: Path) -> dict[str, Any]:
-    """Keyword arguments for ``SFTConfig`` / ``RewardConfig``; exports the tracker's variables."""
-    world = int(os.environ.get("WORLD_SIZE", cfg.launcher.num_processes))
+    """Keyword arguments for ``SFTConfig`` / ``RewardConfig``; exports the tracker's variables.
+
+    Gradient accumulation uses the number of processes actually running, so the global batch
+    holds even when accelerate starts fewer workers than launcher.num_processes asked for (on a
+    machine without GPUs it runs one).
+    """
+    from accelerate import PartialState
+
+    world = PartialState().num_processes
+    if world != int(cfg.launcher.num_processes):
+        log.warning("launcher.num_processes=%s but %d process(es) are running; gradient "
+                    "accumulation follows the running count", cfg.launcher.num_processes, world)
     overrides = list(cfg.get("run", {}).get("overrides", []))
     tracking, env = logging_kwargs(cfg.logger, stage, overrides, str(cfg.profile.name))
     os.environ.update(env)
