@@ -61,15 +61,29 @@ def accelerate_command(cfg: DictConfig, stage: str, config_file: Path) -> list[s
     lc, section = cfg.launcher, cfg[stage]
     machines = int(lc.num_machines)
     rank = NODE_RANK if lc.srun and machines > 1 else str(lc.machine_rank)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch",
-           "--num_processes", str(world_size(cfg)), "--num_machines", str(machines),
-           "--machine_rank", rank]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(world_size(cfg)),
+        "--num_machines",
+        str(machines),
+        "--machine_rank",
+        rank,
+    ]
     if machines > 1:
         if not lc.main_process_ip:
-            raise ValueError("launcher.num_machines > 1 needs launcher.main_process_ip "
-                             "(the address of machine 0)")
-        cmd += ["--main_process_ip", str(lc.main_process_ip),
-                "--main_process_port", str(lc.main_process_port)]
+            raise ValueError(
+                "launcher.num_machines > 1 needs launcher.main_process_ip "
+                "(the address of machine 0)"
+            )
+        cmd += [
+            "--main_process_ip",
+            str(lc.main_process_ip),
+            "--main_process_port",
+            str(lc.main_process_port),
+        ]
     if section.deepspeed:
         ds_file = CONF_DIR / "deepspeed" / f"{section.deepspeed}.json"
         if not ds_file.exists():
@@ -103,8 +117,11 @@ def worker_config_path(workdir: Path, cfg: DictConfig) -> Path:
 def save_worker_config(cfg: DictConfig, stage: str, workdir: Path, inputs: dict[str, Path]) -> Path:
     """Writes the resolved config (secrets masked) plus the folders the workers use."""
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    resolved["worker"] = {"stage": stage, "workdir": str(workdir),
-                          "inputs": {k: str(v) for k, v in inputs.items()}}
+    resolved["worker"] = {
+        "stage": stage,
+        "workdir": str(workdir),
+        "inputs": {k: str(v) for k, v in inputs.items()},
+    }
     resolved["force"] = False  # the work folder is prepared; workers must never clear it
     path = worker_config_path(workdir, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,15 +138,19 @@ def dry_run_report(cfg: DictConfig, stage: str, workdir: Path) -> str:
     else:
         command = "in-process (one process: no launcher)"
     args = trainer_kwargs(cfg[stage], world_size(cfg))
-    lines = [f"[autorule] dry run of stage {stage} (processes={world_size(cfg)}, "
-             f"machines={cfg.launcher.num_machines})", command,
-             f"[autorule] {stage} trainer arguments:"]
+    lines = [
+        f"[autorule] dry run of stage {stage} (processes={world_size(cfg)}, "
+        f"machines={cfg.launcher.num_machines})",
+        command,
+        f"[autorule] {stage} trainer arguments:",
+    ]
     lines += [f"  {k}={v}" for k, v in args.items()]
     return "\n".join(lines)
 
 
-def run_training(cfg: DictConfig, stage: str, train: TrainFn,
-                 callbacks: Sequence[Any] = ()) -> Path:
+def run_training(
+    cfg: DictConfig, stage: str, train: TrainFn, callbacks: Sequence[Any] = ()
+) -> Path:
     """The body of a training stage's ``run(cfg)``; returns the artifact folder.
 
     ``callbacks`` (transformers ``TrainerCallback`` objects) reach the trainer only in-process.

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 def pairwise_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
     """Share of pairs whose chosen answer scores strictly higher than the rejected one."""
     _check_pairs(chosen, rejected)
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
+    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(chosen)
 
 
 def mean_std(scores: Sequence[float]) -> tuple[float, float]:
@@ -35,7 +35,7 @@ def summarize(chosen: Sequence[float], rejected: Sequence[float]) -> dict[str, f
         "accuracy": pairwise_accuracy(chosen, rejected),
         "reward_mean": mean,
         "reward_std": std,
-        "margin_mean": sum(c - r for c, r in zip(chosen, rejected)) / len(chosen),
+        "margin_mean": sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(chosen),
         "scored_pairs": len(chosen),
     }
 

@@ -41,16 +41,26 @@ def config_kwargs(cfg: DictConfig, stage: str, workdir: Path) -> dict[str, Any]:
 
     world = PartialState().num_processes
     if world != int(cfg.launcher.num_processes):
-        log.warning("launcher.num_processes=%s but %d process(es) are running; gradient "
-                    "accumulation follows the running count", cfg.launcher.num_processes, world)
+        log.warning(
+            "launcher.num_processes=%s but %d process(es) are running; gradient "
+            "accumulation follows the running count",
+            cfg.launcher.num_processes,
+            world,
+        )
     overrides = list(cfg.get("run", {}).get("overrides", []))
     tracking, env = logging_kwargs(cfg.logger, stage, overrides, str(cfg.profile.name))
     os.environ.update(env)
-    return {
+    kwargs = {
         "output_dir": str(workdir / CHECKPOINTS),
         **trainer_kwargs(cfg[stage], world),
         **tracking,
     }
+    # transformers 5 renamed gradient_checkpointing (a deprecated alias until v6).
+    from transformers import TrainingArguments
+
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__:
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    return kwargs
 
 
 def fit(trainer, workdir: Path) -> tuple[Any, int | None]:
@@ -81,8 +91,14 @@ def save(trainer, workdir: Path, metrics: dict[str, Any]) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def base_metrics(trainer, result, resumed_from: int | None, eval_loss: float | None,
-                 train_rows: int, eval_rows: int) -> dict[str, Any]:
+def base_metrics(
+    trainer,
+    result,
+    resumed_from: int | None,
+    eval_loss: float | None,
+    train_rows: int,
+    eval_rows: int,
+) -> dict[str, Any]:
     """The metrics both training stages report."""
     return {
         "train_loss": final_train_loss(trainer),

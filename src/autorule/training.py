@@ -1,4 +1,4 @@
-"""Pure helpers shared by the training stages (``sft``, ``rm``): config section -> trainer arguments.
+"""Pure helpers of the training stages (``sft``, ``rm``): config section -> trainer arguments.
 
 Nothing here imports torch or TRL, so the dry run and the unit tests use the same code that the
 trainers are built from. The stage files pass :func:`trainer_kwargs` and :func:`logging_kwargs`
@@ -24,18 +24,21 @@ def grad_accumulation(global_batch: int, micro_batch: int, world_size: int) -> i
     """Micro batches each process accumulates so that one optimizer step sees ``global_batch``."""
     per_step = micro_batch * world_size
     if global_batch <= 0 or micro_batch <= 0 or world_size <= 0:
-        raise ValueError(f"batch sizes and world size must be positive, got global={global_batch} "
-                         f"micro={micro_batch} world={world_size}")
+        raise ValueError(
+            f"batch sizes and world size must be positive, got global={global_batch} "
+            f"micro={micro_batch} world={world_size}"
+        )
     if global_batch % per_step:
         raise ValueError(
             f"global_batch_size={global_batch} is not divisible by micro_batch_size={micro_batch} "
             f"x processes={world_size} (= {per_step}); change the global or micro batch size or "
-            "launcher.num_processes")
+            "launcher.num_processes"
+        )
     return global_batch // per_step
 
 
 def trainer_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any]:
-    """TrainingArguments fields common to SFTConfig and RewardConfig, from an ``sft``/``rm`` section.
+    """TrainingArguments fields shared by SFTConfig and RewardConfig, from a stage section.
 
     ``warmup_ratio`` goes into ``warmup_steps``: transformers 5 reads a value below 1 as a share of
     the training steps.
@@ -56,7 +59,8 @@ def trainer_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any
         "per_device_train_batch_size": int(s["micro_batch_size"]),
         "per_device_eval_batch_size": int(s["eval_batch_size"]),
         "gradient_accumulation_steps": grad_accumulation(
-            int(s["global_batch_size"]), int(s["micro_batch_size"]), world_size),
+            int(s["global_batch_size"]), int(s["micro_batch_size"]), world_size
+        ),
         "bf16": s["precision"] == "bf16",
         "gradient_checkpointing": bool(s["gradient_checkpointing"]),
         "max_length": int(s["max_length"]),
@@ -73,8 +77,11 @@ def trainer_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any
 def run_name(stage: str, overrides: Sequence[str]) -> str:
     """A tracker run name from the command-line overrides (already redacted), e.g.
     ``rm profile=paper rm.learning_rate=1e-5``; overrides about paths and launching are left out."""
-    kept = [o for o in overrides
-            if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in _NOT_IN_RUN_NAME]
+    kept = [
+        o
+        for o in overrides
+        if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in _NOT_IN_RUN_NAME
+    ]
     return " ".join([stage, *kept])
 
 
@@ -87,8 +94,9 @@ def tracker_group(overrides: Sequence[str], profile: str) -> str:
     return profile
 
 
-def logging_kwargs(logger: Mapping[str, Any], stage: str, overrides: Sequence[str],
-                   profile: str) -> tuple[dict[str, Any], dict[str, str]]:
+def logging_kwargs(
+    logger: Mapping[str, Any], stage: str, overrides: Sequence[str], profile: str
+) -> tuple[dict[str, Any], dict[str, str]]:
     """TrainingArguments fields for the tracker, and the environment variables it reads.
 
     W&B takes its project, entity and group from the environment (``WANDB_PROJECT`` ...), which

@@ -1,4 +1,4 @@
-"""Entry point of one training process started by ``accelerate launch`` (see :mod:`autorule.launch`).
+"""Entry point of one training process started by ``accelerate launch`` (:mod:`autorule.launch`).
 
     python -m autorule.worker <work folder>/launch/config-machine0.yaml
 

@@ -41,9 +41,19 @@ class StageSpec:
 # Training keys that change how the work runs (memory, speed, checkpoint and log cadence) but not
 # the trained model; micro batch size is here because gradient accumulation keeps the global batch.
 TRAINING_RUNTIME_KEYS = {
-    stage: tuple(f"{stage}.{k}" for k in (
-        "micro_batch_size", "eval_batch_size", "gradient_checkpointing", "deepspeed", "save_steps",
-        "save_total_limit", "logging_steps", "eval_steps"))
+    stage: tuple(
+        f"{stage}.{k}"
+        for k in (
+            "micro_batch_size",
+            "eval_batch_size",
+            "gradient_checkpointing",
+            "deepspeed",
+            "save_steps",
+            "save_total_limit",
+            "logging_steps",
+            "eval_steps",
+        )
+    )
     for stage in ("sft", "rm")
 }
 

@@ -46,13 +46,16 @@ def preference_pairs(parquet: Path):
     """A ``datasets.Dataset`` of ``prompt``, ``chosen``, ``rejected`` (TRL adds eos and joins)."""
     import datasets
 
-    df = pd.read_parquet(parquet, columns=["formatted_prompt", "chosen_content",
-                                           "rejected_content"])
-    return datasets.Dataset.from_dict({
-        "prompt": df["formatted_prompt"].tolist(),
-        "chosen": df["chosen_content"].tolist(),
-        "rejected": df["rejected_content"].tolist(),
-    })
+    df = pd.read_parquet(
+        parquet, columns=["formatted_prompt", "chosen_content", "rejected_content"]
+    )
+    return datasets.Dataset.from_dict(
+        {
+            "prompt": df["formatted_prompt"].tolist(),
+            "chosen": df["chosen_content"].tolist(),
+            "rejected": df["rejected_content"].tolist(),
+        }
+    )
 
 
 def pair_scores(logits, labels=None):
@@ -66,8 +69,9 @@ def pair_scores(logits, labels=None):
     return torch.stack([chosen, rejected], dim=-1)
 
 
-def train(cfg: DictConfig, workdir: Path, inputs: dict[str, Path],
-          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, workdir: Path, inputs: dict[str, Path], callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
     """Trains in this process (one of many under accelerate); writes model/ and metrics.json."""
     from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
@@ -82,9 +86,15 @@ def train(cfg: DictConfig, workdir: Path, inputs: dict[str, Path],
     eval_ds = preference_pairs(data / f"{r.eval_split}.parquet")
 
     args = RewardConfig(**config_kwargs(cfg, "rm", workdir))
-    trainer = RewardTrainer(model=init, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                            processing_class=tokenizer, callbacks=list(callbacks),
-                            preprocess_logits_for_metrics=pair_scores)
+    trainer = RewardTrainer(
+        model=init,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        preprocess_logits_for_metrics=pair_scores,
+    )
     result, resumed_from = fit(trainer, workdir)
     eval_loss = trainer.evaluate()["eval_loss"]
 

@@ -38,14 +38,17 @@ def prompt_completion(parquet: Path, eos_token: str):
     import datasets
 
     df = pd.read_parquet(parquet, columns=["formatted_prompt", "response"])
-    return datasets.Dataset.from_dict({
-        "prompt": df["formatted_prompt"].tolist(),
-        "completion": [r + eos_token for r in df["response"]],
-    })
+    return datasets.Dataset.from_dict(
+        {
+            "prompt": df["formatted_prompt"].tolist(),
+            "completion": [r + eos_token for r in df["response"]],
+        }
+    )
 
 
-def train(cfg: DictConfig, workdir: Path, inputs: dict[str, Path],
-          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, workdir: Path, inputs: dict[str, Path], callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
     """Trains in this process (one of many under accelerate); writes model/ and metrics.json."""
     from trl import SFTConfig, SFTTrainer
 
@@ -55,11 +58,15 @@ def train(cfg: DictConfig, workdir: Path, inputs: dict[str, Path],
     train_ds = prompt_completion(data / f"{s.train_split}.parquet", tokenizer.eos_token)
     eval_ds = prompt_completion(data / f"{s.eval_split}.parquet", tokenizer.eos_token)
 
-    args = SFTConfig(**config_kwargs(cfg, "sft", workdir), completion_only_loss=True,
-                     packing=False)
-    trainer = SFTTrainer(model=resolve(cfg, "policy"), args=args, train_dataset=train_ds,
-                         eval_dataset=eval_ds, processing_class=tokenizer,
-                         callbacks=list(callbacks))
+    args = SFTConfig(**config_kwargs(cfg, "sft", workdir), completion_only_loss=True, packing=False)
+    trainer = SFTTrainer(
+        model=resolve(cfg, "policy"),
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
     result, resumed_from = fit(trainer, workdir)
     eval_loss = trainer.evaluate()["eval_loss"]
 
