@@ -161,6 +161,8 @@ def run_training(
         print(dry_run_report(cfg, stage, work_path(path)), flush=True)
         return path
     machine0 = int(cfg.launcher.machine_rank) == 0
+    if not machine0 and int(cfg.launcher.num_machines) < 2:
+        raise ValueError("launcher.machine_rank > 0 needs launcher.num_machines > 1")
     job = StageJob(cfg, stage) if machine0 else None
     if job is not None and job.done:
         return job.path
@@ -172,6 +174,8 @@ def run_training(
     if not distributed(cfg):
         metrics = train(cfg, workdir, inputs, callbacks)
     else:
+        if callbacks:
+            log.warning("[%s] callbacks are not passed to launched workers", stage)
         config_file = save_worker_config(cfg, stage, workdir, inputs)
         cmd = launch_command(cfg, stage, config_file)
         log.info("[%s] launching: %s", stage, show(cmd))
