@@ -112,7 +112,7 @@ def config_hash(cfg: DictConfig, stage: str) -> str:
             "stage": stage,
             "version": spec.version,
             "config": stage_config(cfg, stage),
-            "inputs": {name: config_hash(cfg, name) for name in spec.inputs},
+            "inputs": {name: config_hash(cfg, name) for name in spec.inputs_for(cfg)},
         }
     )
 
@@ -121,6 +121,11 @@ def artifact_path(cfg: DictConfig, stage: str) -> Path:
     """Folder of ``stage``'s artifact for this config (it may not exist yet)."""
     root = Path(cfg.paths.root).expanduser().resolve()
     return root / stage / f"{cfg.dataset.name}-{config_hash(cfg, stage)[:12]}"
+
+
+def work_path(artifact: Path) -> Path:
+    """The ``.partial`` work folder beside an artifact folder."""
+    return artifact.with_name(f".{artifact.name}.partial")
 
 
 def file_sha256(path: Path) -> str:
@@ -241,7 +246,7 @@ class StageJob:
         self.spec: StageSpec = SPECS[stage]
         self.config_hash = config_hash(cfg, stage)
         self.path = artifact_path(cfg, stage)
-        self.workdir = self.path.with_name(f".{self.path.name}.partial")
+        self.workdir = work_path(self.path)
         self._inputs: dict[str, dict[str, str]] = {}
         force = bool(OmegaConf.select(cfg, "force", default=False))
         fresh, reason = is_up_to_date(cfg, stage, self.path)
@@ -252,7 +257,7 @@ class StageJob:
             )
             return
         log.info("[%s] running (%s) -> %s", stage, "forced" if fresh else reason, self.path)
-        for name in self.spec.inputs:
+        for name in self.spec.inputs_for(cfg):
             self.input(name)  # fail fast, before any work, when an input is missing
         if self.workdir.exists() and (force or not self.spec.resumable):
             shutil.rmtree(self.workdir)
@@ -261,7 +266,7 @@ class StageJob:
 
     def input(self, name: str) -> Path:
         """Folder of the complete upstream artifact ``name``; raises with the command to make it."""
-        if name not in self.spec.inputs:
+        if name not in self.spec.inputs_for(self.cfg):
             raise KeyError(f"stage {self.stage!r} does not declare input {name!r}")
         folder = artifact_path(self.cfg, name)
         manifest = read_manifest(folder)

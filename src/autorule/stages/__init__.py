@@ -9,7 +9,9 @@ the artifact folder, so two experiments that agree on them share the artifact.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,12 +28,54 @@ class StageSpec:
     version: int = 1
     # Training stages keep their partial folder between runs so they can resume from checkpoints.
     resumable: bool = False
+    # Inputs read only under some configs: input name -> predicate on the composed config. An
+    # input whose predicate is false is neither required nor hashed, so its config cannot change
+    # this stage's artifact.
+    only_if: Mapping[str, Callable[[Any], bool]] = field(default_factory=dict)
 
+    def inputs_for(self, cfg: Any) -> tuple[str, ...]:
+        """The upstream stages this stage reads under ``cfg``."""
+        return tuple(n for n in self.inputs if n not in self.only_if or self.only_if[n](cfg))
+
+
+# Training keys that change how the work runs (memory, speed, checkpoint and log cadence) but not
+# the trained model; micro batch size is here because gradient accumulation keeps the global batch.
+TRAINING_RUNTIME_KEYS = {
+    stage: tuple(
+        f"{stage}.{k}"
+        for k in (
+            "micro_batch_size",
+            "eval_batch_size",
+            "gradient_checkpointing",
+            "deepspeed",
+            "save_steps",
+            "save_total_limit",
+            "logging_steps",
+            "eval_steps",
+        )
+    )
+    for stage in ("sft", "rm")
+}
 
 SPECS: dict[str, StageSpec] = {
     "preprocess": StageSpec(
         keys=("dataset", "preprocess", "model.name_or_path", "model.tiny"),
         ignore=("preprocess.batch_size",),
+    ),
+    "sft": StageSpec(
+        inputs=("preprocess",),
+        keys=("sft", "model.name_or_path", "model.tiny"),
+        ignore=TRAINING_RUNTIME_KEYS["sft"],
+        resumable=True,
+    ),
+    # The reward model starts from the SFT model (rm.init=sft, the paper's setup) or from the base
+    # model (rm.init=base); only the first reads, and is hashed with, the sft artifact.
+    "rm": StageSpec(
+        inputs=("preprocess", "sft"),
+        keys=("rm", "model.name_or_path", "model.tiny"),
+        ignore=TRAINING_RUNTIME_KEYS["rm"],
+        resumable=True,
+        only_if={"sft": lambda cfg: cfg.rm.init == "sft"},
     ),
 }
 

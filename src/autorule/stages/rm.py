@@ -1,0 +1,110 @@
+"""Stage ``rm``: the Bradley-Terry reward model, and its scores on held-out pairs.
+
+    python -m autorule stage=rm                                       # tiny profile, CPU
+    python -m autorule stage=rm rm.init=base                          # from the base model
+    sbatch scripts/slurm/rm.sh profile=paper
+
+TRL's ``RewardTrainer`` trains a sequence-classification head (one output) on the preprocessed
+``train_prefs`` pairs, each answer in the paper's template ``<|user|>{prompt}<|assistant|>{answer}``
+plus eos. By default (``rm.init=sft``, as in the paper) it starts from the ``sft`` artifact's
+model, which gets a new score head; ``rm.init=base`` starts from ``model.name_or_path``.
+
+After training, every filtered ``test_prefs`` pair is scored (TRL drops pairs longer than
+``rm.max_length``) and :mod:`autorule.rm_metrics` gives the pairwise accuracy and the mean and
+standard deviation of the reward that GRPO normalises with.
+
+Artifact: ``model/`` (``AutoModelForSequenceClassification.from_pretrained`` loads it),
+``metrics.json`` (final train and eval loss, ``accuracy``, ``reward_mean``, ``reward_std``) and the
+manifest. Resuming and multi-GPU launching work as for ``sft`` (:mod:`autorule.launch`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from autorule import rm_metrics
+from autorule.launch import run_training
+from autorule.models import resolve
+from autorule.trainers import base_metrics, config_kwargs, fit, save
+from autorule.training import MODEL
+
+INITS = ("sft", "base")
+
+
+def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
+    if cfg.rm.init not in INITS:
+        raise ValueError(f"rm.init must be one of {INITS}, got {cfg.rm.init!r}")
+    return run_training(cfg, "rm", train, callbacks)
+
+
+def preference_pairs(parquet: Path):
+    """A ``datasets.Dataset`` of ``prompt``, ``chosen``, ``rejected`` (TRL adds eos and joins)."""
+    import datasets
+
+    df = pd.read_parquet(
+        parquet, columns=["formatted_prompt", "chosen_content", "rejected_content"]
+    )
+    return datasets.Dataset.from_dict(
+        {
+            "prompt": df["formatted_prompt"].tolist(),
+            "chosen": df["chosen_content"].tolist(),
+            "rejected": df["rejected_content"].tolist(),
+        }
+    )
+
+
+def pair_scores(logits, labels=None):
+    """Per-batch hook: TRL's collator stacks all chosen answers, then all rejected ones, so the
+    model's (2B, 1) scores become (B, 2) rows of (chosen, rejected) before they are gathered."""
+    import torch
+
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    chosen, rejected = torch.chunk(logits.squeeze(-1), chunks=2)
+    return torch.stack([chosen, rejected], dim=-1)
+
+
+def train(
+    cfg: DictConfig, workdir: Path, inputs: dict[str, Path], callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """Trains in this process (one of many under accelerate); writes model/ and metrics.json."""
+    from transformers import AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    r = cfg.rm
+    init = str(inputs["sft"] / MODEL) if r.init == "sft" else resolve(cfg, "reward")
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    if tokenizer.pad_token is None:  # Llama-3 has none; TRL copies it into the model config
+        tokenizer.pad_token = tokenizer.eos_token
+    data = inputs["preprocess"]
+    train_ds = preference_pairs(data / f"{r.train_split}.parquet")
+    eval_ds = preference_pairs(data / f"{r.eval_split}.parquet")
+
+    args = RewardConfig(**config_kwargs(cfg, "rm", workdir))
+    trainer = RewardTrainer(
+        model=init,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        preprocess_logits_for_metrics=pair_scores,
+    )
+    result, resumed_from = fit(trainer, workdir)
+    eval_loss = trainer.evaluate()["eval_loss"]
+
+    # Score the held-out pairs (all processes take part; predictions come back in order).
+    scores = trainer.predict(trainer.eval_dataset).predictions
+    chosen, rejected = scores[:, 0].tolist(), scores[:, 1].tolist()
+    metrics = {
+        **base_metrics(trainer, result, resumed_from, eval_loss, len(train_ds), len(eval_ds)),
+        **rm_metrics.summarize(chosen, rejected),
+        "init": str(r.init),
+    }
+    save(trainer, workdir, metrics)
+    return metrics

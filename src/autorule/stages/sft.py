@@ -1,0 +1,75 @@
+"""Stage ``sft``: supervised fine-tuning of the base model on the chosen answers.
+
+    python -m autorule stage=sft                                      # tiny profile, CPU
+    python -m autorule stage=sft profile=paper launcher.num_processes=8
+    sbatch scripts/slurm/sft.sh profile=paper
+
+Each row of the preprocessed ``train_sft`` split becomes a prompt-completion pair in the paper's
+template: prompt ``<|user|>{prompt}<|assistant|>`` (``formatted_prompt``), completion the chosen
+answer followed by the tokenizer's eos. TRL's ``SFTTrainer`` trains with the loss on the completion
+tokens only (``completion_only_loss``) and evaluates on ``test_sft``.
+
+Artifact: ``model/`` (weights, config, tokenizer: ``from_pretrained`` loads it), ``metrics.json``
+(final train and eval loss, steps, rows) and the manifest. An interrupted run resumes from the last
+checkpoint in the work folder when re-run with the same config; see :mod:`autorule.launch` for how
+several GPUs or nodes are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from autorule.launch import run_training
+from autorule.models import load_tokenizer, resolve
+from autorule.trainers import base_metrics, config_kwargs, fit, save
+
+
+def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
+    return run_training(cfg, "sft", train, callbacks)
+
+
+def prompt_completion(parquet: Path, eos_token: str):
+    """A ``datasets.Dataset`` of ``prompt`` = formatted prompt, ``completion`` = response + eos."""
+    import datasets
+
+    df = pd.read_parquet(parquet, columns=["formatted_prompt", "response"])
+    return datasets.Dataset.from_dict(
+        {
+            "prompt": df["formatted_prompt"].tolist(),
+            "completion": [r + eos_token for r in df["response"]],
+        }
+    )
+
+
+def train(
+    cfg: DictConfig, workdir: Path, inputs: dict[str, Path], callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """Trains in this process (one of many under accelerate); writes model/ and metrics.json."""
+    from trl import SFTConfig, SFTTrainer
+
+    s = cfg.sft
+    tokenizer = load_tokenizer(cfg, "policy")
+    data = inputs["preprocess"]
+    train_ds = prompt_completion(data / f"{s.train_split}.parquet", tokenizer.eos_token)
+    eval_ds = prompt_completion(data / f"{s.eval_split}.parquet", tokenizer.eos_token)
+
+    args = SFTConfig(**config_kwargs(cfg, "sft", workdir), completion_only_loss=True, packing=False)
+    trainer = SFTTrainer(
+        model=resolve(cfg, "policy"),
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    result, resumed_from = fit(trainer, workdir)
+    eval_loss = trainer.evaluate()["eval_loss"]
+
+    metrics = base_metrics(trainer, result, resumed_from, eval_loss, len(train_ds), len(eval_ds))
+    save(trainer, workdir, metrics)
+    return metrics

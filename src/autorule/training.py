@@ -1,0 +1,122 @@
+"""Pure helpers of the training stages (``sft``, ``rm``): config section -> trainer arguments.
+
+Nothing here imports torch or TRL, so the dry run and the unit tests use the same code that the
+trainers are built from. The stage files pass :func:`trainer_kwargs` and :func:`logging_kwargs`
+straight into TRL's ``SFTConfig`` / ``RewardConfig``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+CHECKPOINTS = "checkpoints"  # inside the stage's work folder; removed before the commit
+MODEL = "model"  # inside the artifact: weights, config and tokenizer for from_pretrained
+METRICS = "metrics.json"  # inside the artifact: final losses (and, for rm, the scores' statistics)
+
+# Overrides that say where or how a run happens, not what it trains: left out of run names.
+_NOT_IN_RUN_NAME = ("stage", "force", "dry_run", "paths", "launcher", "logger", "hydra")
+
+
+def grad_accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """Micro batches each process accumulates so that one optimizer step sees ``global_batch``."""
+    per_step = micro_batch * world_size
+    if global_batch <= 0 or micro_batch <= 0 or world_size <= 0:
+        raise ValueError(
+            f"batch sizes and world size must be positive, got global={global_batch} "
+            f"micro={micro_batch} world={world_size}"
+        )
+    if global_batch % per_step:
+        raise ValueError(
+            f"global_batch_size={global_batch} is not divisible by micro_batch_size={micro_batch} "
+            f"x processes={world_size} (= {per_step}); change the global or micro batch size or "
+            "launcher.num_processes"
+        )
+    return global_batch // per_step
+
+
+def trainer_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any]:
+    """TrainingArguments fields shared by SFTConfig and RewardConfig, from a stage section.
+
+    ``warmup_ratio`` goes into ``warmup_steps``: transformers 5 reads a value below 1 as a share of
+    the training steps.
+    """
+    s = section
+    if not 0 <= float(s["warmup_ratio"]) < 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got {s['warmup_ratio']}")
+    if s["precision"] not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be bf16 or fp32, got {s['precision']!r}")
+    eval_steps = s.get("eval_steps")
+    return {
+        "learning_rate": float(s["learning_rate"]),
+        "lr_scheduler_type": str(s["lr_scheduler_type"]),
+        "warmup_steps": float(s["warmup_ratio"]),
+        "max_grad_norm": float(s["max_grad_norm"]),
+        "num_train_epochs": float(s["num_train_epochs"]),
+        "max_steps": int(s["max_steps"]),
+        "per_device_train_batch_size": int(s["micro_batch_size"]),
+        "per_device_eval_batch_size": int(s["eval_batch_size"]),
+        "gradient_accumulation_steps": grad_accumulation(
+            int(s["global_batch_size"]), int(s["micro_batch_size"]), world_size
+        ),
+        "bf16": s["precision"] == "bf16",
+        "gradient_checkpointing": bool(s["gradient_checkpointing"]),
+        "max_length": int(s["max_length"]),
+        "seed": int(s["seed"]),
+        "eval_strategy": "steps" if eval_steps else "no",
+        "eval_steps": int(eval_steps) if eval_steps else None,
+        "save_strategy": "steps",
+        "save_steps": int(s["save_steps"]),
+        "save_total_limit": int(s["save_total_limit"]),
+        "logging_steps": int(s["logging_steps"]),
+    }
+
+
+def run_name(stage: str, overrides: Sequence[str]) -> str:
+    """A tracker run name from the command-line overrides (already redacted), e.g.
+    ``rm profile=paper rm.learning_rate=1e-5``; overrides about paths and launching are left out."""
+    kept = [
+        o
+        for o in overrides
+        if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in _NOT_IN_RUN_NAME
+    ]
+    return " ".join([stage, *kept])
+
+
+def tracker_group(overrides: Sequence[str], profile: str) -> str:
+    """The experiment name given on the command line (``experiment=<name>``), else the profile."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") == "experiment" and value:
+            return value
+    return profile
+
+
+def logging_kwargs(
+    logger: Mapping[str, Any], stage: str, overrides: Sequence[str], profile: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """TrainingArguments fields for the tracker, and the environment variables it reads.
+
+    W&B takes its project, entity and group from the environment (``WANDB_PROJECT`` ...), which
+    transformers' callback does not set; the caller exports them before building the trainer.
+    """
+    report_to = list(logger.get("report_to") or [])
+    env: dict[str, str] = {}
+    if "wandb" in report_to:
+        env["WANDB_PROJECT"] = str(logger.get("project") or "autorule")
+        env["WANDB_RUN_GROUP"] = str(logger.get("group") or tracker_group(overrides, profile))
+        if logger.get("entity"):
+            env["WANDB_ENTITY"] = str(logger["entity"])
+    return {"report_to": report_to, "run_name": run_name(stage, overrides)}, env
+
+
+def checkpoint_step(path: str | Path | None) -> int | None:
+    """The step of a ``checkpoint-<step>`` folder (None for None)."""
+    if path is None:
+        return None
+    match = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
+    if not match:
+        raise ValueError(f"not a checkpoint folder: {path}")
+    return int(match.group(1))

@@ -1,0 +1,15 @@
+"""Shared setup of the end-to-end tests."""
+
+import pytest
+
+from autorule.config import compose
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """preprocess -> sft -> rm on the tiny profile, once per session, under one root."""
+    from autorule.stages import preprocess, rm, sft
+
+    root = tmp_path_factory.mktemp("root")
+    cfg = compose(["stage=pipeline", f"paths.root={root}"])
+    return {"preprocess": preprocess.run(cfg), "sft": sft.run(cfg), "rm": rm.run(cfg)}

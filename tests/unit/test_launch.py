@@ -1,0 +1,135 @@
+"""The launch commands of the training stages (dry runs: nothing is trained or written)."""
+
+import json
+import shlex
+
+import pytest
+
+from autorule.config import CONF_DIR, compose
+from autorule.launch import launch_command
+from autorule.stages import rm, sft
+
+
+def dry_run(tmp_path, capsys, module, overrides):
+    cfg = compose([*overrides, "dry_run=true", f"paths.root={tmp_path}"])
+    module.run(cfg)
+    assert not any(tmp_path.iterdir()), "a dry run must not write anything"
+    return capsys.readouterr().out
+
+
+def test_sft_on_one_8_gpu_node(tmp_path, capsys):
+    out = dry_run(tmp_path, capsys, sft, ["stage=sft", "profile=paper", "launcher.num_processes=8"])
+    command = out.splitlines()[1]
+    assert (
+        " -m accelerate.commands.launch --num_processes 8 --num_machines 1 --machine_rank 0 "
+        in command
+    )
+    assert f"--use_deepspeed --deepspeed_config_file {CONF_DIR}/deepspeed/zero2.json" in command
+    assert "--mixed_precision bf16 -m autorule.worker " in command
+    assert command.endswith("/launch/config-machine0.yaml")
+    assert "--main_process_ip" not in command
+    for arg in (
+        "gradient_accumulation_steps=16",
+        "per_device_train_batch_size=2",
+        "learning_rate=5e-06",
+        "lr_scheduler_type=constant_with_warmup",
+        "warmup_steps=0.05",
+        "max_grad_norm=10.0",
+        "num_train_epochs=2.0",
+        "max_length=2048",
+        "bf16=True",
+    ):
+        assert f"\n  {arg}\n" in out
+
+
+def test_rm_on_two_nodes_through_srun(tmp_path, capsys):
+    out = dry_run(
+        tmp_path,
+        capsys,
+        rm,
+        [
+            "stage=rm",
+            "profile=paper",
+            "launcher=slurm",
+            "launcher.num_machines=2",
+            "launcher.num_processes=16",
+            "launcher.main_process_ip=gpu-a01",
+        ],
+    )
+    srun = shlex.split(out.splitlines()[1])
+    assert srun[:5] == ["srun", "--nodes=2", "--ntasks-per-node=1", "bash", "-c"]
+    inner = srun[5]
+    # Each node's shell fills in its own rank.
+    assert "--machine_rank $SLURM_NODEID " in inner
+    assert "--num_processes 16 --num_machines 2 " in inner
+    assert "--main_process_ip gpu-a01 --main_process_port 29500" in inner
+    assert f"--deepspeed_config_file {CONF_DIR}/deepspeed/zero3.json" in inner
+    assert "--deepspeed_multinode_launcher standard" in inner
+    for arg in (
+        "gradient_accumulation_steps=8",
+        "learning_rate=5e-06",
+        "warmup_steps=0.1",
+        "max_grad_norm=5.0",
+        "num_train_epochs=1.0",
+        "bf16=True",
+    ):
+        assert f"\n  {arg}\n" in out
+
+
+def test_second_machine_without_srun_gets_its_rank(tmp_path):
+    cfg = compose(
+        [
+            "stage=sft",
+            "profile=paper",
+            "launcher.num_machines=2",
+            "launcher.num_processes=16",
+            "launcher.machine_rank=1",
+            "launcher.main_process_ip=10.0.0.1",
+            f"paths.root={tmp_path}",
+        ]
+    )
+    cmd = launch_command(cfg, "sft", tmp_path / "c.yaml")
+    assert cmd[cmd.index("--machine_rank") + 1] == "1"
+
+
+def test_commands_parse_with_accelerate(tmp_path):
+    from accelerate.commands.launch import launch_command_parser
+
+    cfg = compose(
+        [
+            "stage=rm",
+            "profile=paper",
+            "launcher.num_machines=2",
+            "launcher.num_processes=16",
+            "launcher.main_process_ip=10.0.0.1",
+        ]
+    )
+    cmd = launch_command(cfg, "rm", tmp_path / "c.yaml")
+    args = launch_command_parser().parse_args(cmd[3:])
+    assert args.module and args.training_script == "autorule.worker"
+    assert args.num_processes == 16 and args.use_deepspeed
+
+
+def test_uneven_batch_and_missing_master_fail_early(tmp_path, capsys):
+    with pytest.raises(ValueError, match="not divisible"):
+        dry_run(tmp_path, capsys, sft, ["stage=sft", "profile=paper", "launcher.num_processes=6"])
+    with pytest.raises(ValueError, match="main_process_ip"):
+        dry_run(
+            tmp_path,
+            capsys,
+            sft,
+            ["stage=sft", "profile=paper", "launcher.num_machines=2", "launcher.num_processes=16"],
+        )
+
+
+@pytest.mark.parametrize("name, stage", [("zero2", 2), ("zero3", 3)])
+def test_deepspeed_configs_leave_batch_values_to_the_trainer(name, stage):
+    ds = json.loads((CONF_DIR / "deepspeed" / f"{name}.json").read_text())
+    assert ds["zero_optimization"]["stage"] == stage
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
+        assert ds[key] == "auto"
