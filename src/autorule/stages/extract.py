@@ -24,8 +24,10 @@ Artifact: ``rules.json`` (the final list of strings), ``rules_unmerged.json`` (t
 after exact de-duplication), ``examples.jsonl`` (one line per pair: ids, winning side, explanation,
 reasoning, rules or the parse error), ``calls.jsonl`` (one record per LLM call: step, latency,
 tokens, retries, cached, error). Counts in the manifest: pairs, calls, cached_calls, failed_calls,
-retries, input_tokens, output_tokens, parse_failures, empty_rule_lists, rules_before_merge,
-rules_after_dedupe, rules_after_merge, merge_calls, merge_rounds, fallback_rules_used.
+retries, input_tokens, output_tokens, parse_failures, empty_rule_lists, source_substituted
+(answers without the requested ``extract.source``, e.g. no reasoning, so the explanation was used),
+rules_before_merge, rules_after_dedupe, rules_after_merge, merge_calls, merge_rounds,
+merge_parse_failures, fallback_rules_used.
 
 When extraction yields no rules at all (the tiny profile's random model), ``extract.fallback_rules``
 names a rule file to use instead; the stage logs a warning and records the fallback in the counts
@@ -80,6 +82,10 @@ def run(cfg: DictConfig) -> Path:
     todo = [i for i, c in enumerate(reasoned) if c.ok]
     analyses = {i: pick_source(examples[i], x.source) for i in todo}
     todo = [i for i in todo if analyses[i]]
+    substituted = sum(1 for i in todo if examples[i]["source_used"] != x.source)
+    if substituted:
+        log.warning("[extract] %d of %d answers had no %s; extracting from their explanation "
+                    "instead (counted as source_substituted)", substituted, len(todo), x.source)
     extracted = llm.complete_all(
         [user(fill(x.prompts.extractor, "extract.prompts.extractor", analysis=analyses[i]))
          for i in todo], desc="extract: rules")
@@ -114,7 +120,8 @@ def run(cfg: DictConfig) -> Path:
         "output_tokens": sum(c["output_tokens"] for c in calls),
         "parse_failures": sum(1 for e in examples if e["parse_error"]) + merge["parse_failures"],
         "empty_rule_lists": sum(1 for e in examples if e["parsed"] and not e["rules"]),
-        "source_missing": sum(1 for e in examples if e["error"] == "no " + x.source),
+        "source_substituted": sum(1 for e in examples
+                                  if e["source_used"] and e["source_used"] != x.source),
         "rules_before_merge": len(extracted_rules),
         "rules_after_dedupe": len(unique),
         "rules_after_merge": len(merged),
@@ -169,13 +176,18 @@ def example_row(pair: Pair, completion: llms.Completion) -> dict:
 
 
 def pick_source(example: dict, source: str) -> str:
-    """The text rules are extracted from; an empty source is recorded as the pair's error."""
-    text = example[source]
-    if not text.strip():
-        example["error"] = f"no {source}"
-        return ""
-    example["source_used"] = source
-    return text
+    """The text rules are extracted from, recorded in ``source_used``.
+
+    A model without a separate reasoning channel (most non-reasoning models, the tiny model) gives
+    no chain of thought; its explanation is used instead and the substitution is counted. A pair
+    with neither gets the error ``no text to extract from``.
+    """
+    for name in (source, "explanation"):
+        if example[name].strip():
+            example["source_used"] = name
+            return example[name]
+    example["error"] = "no text to extract from"
+    return ""
 
 
 def apply_extraction(example: dict, completion: llms.Completion) -> None:
