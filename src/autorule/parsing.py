@@ -12,9 +12,10 @@ tries, in order:
 4. a numbered or bulleted list, one rule per item.
 
 Each JSON candidate is read with :func:`json.loads`, then again after light repairs (typographic
-quotes, trailing commas, closing brackets lost to a token budget), then with :func:`ast.literal_eval`, which accepts Python-style single
-quotes and evaluates literals only: model output is never executed. What cannot be read returns
-an error message instead of rules, so callers can count it; it never raises.
+quotes, trailing commas, closing brackets lost to a token budget), then with
+:func:`ast.literal_eval`, which accepts Python-style single quotes and evaluates literals only:
+model output is never executed. What cannot be read returns an error message instead of rules, so
+callers can count it; it never raises.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ rest:
 
 * **cache** — requests already answered (same backend, model, messages and parameters) are read
   from :class:`~autorule.llm.cache.ResponseCache` instead of being sent; each answer is stored the
-  moment it arrives, so an interrupted run loses at most the calls in flight;
+  moment it arrives, so an interrupted run loses at most the calls in flight. Identical requests
+  within one batch are sent once and count as cached;
 * **concurrency** — remote calls run on a pool of ``max_concurrency`` threads. The API clients are
   synchronous and the work is waiting on the network, so threads are enough; a process pool (as
   the released code used) would only add start-up and pickling cost;
@@ -28,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,14 +131,19 @@ class LLM:
         """
         keys = [self.cache_key(list(m)) for m in requests]
         results: list[Completion | None] = [None] * len(requests)
-        pending = []
+        pending, first = [], {}  # first: key -> index of the one request sent for it
         for i, key in enumerate(keys):
             hit = self.cache.get(key) if self.cache else None
             if hit is not None:
                 stored = {f.name: hit[f.name] for f in fields(Completion) if f.name in hit}
                 results[i] = Completion(**{**stored, "cached": True, "error": None})
-            else:
+            elif key not in first:
+                first[key] = i
                 pending.append(i)
+        # Identical requests in one batch (e.g. MT-Bench judgments of the same answers by
+        # different judges) are sent once: the cache would give them the same answer anyway.
+        repeats = [i for i, r in enumerate(results) if r is None and first[keys[i]] != i]
+        # "cached" counts both: answers not paid for in this run.
         stats = Counter(done=0, failed=0, cached=len(requests) - len(pending))
         from tqdm.auto import tqdm
 
@@ -161,6 +167,9 @@ class LLM:
             self._run([(i, list(requests[i])) for i in pending], report)
         finally:
             bar.close()
+        for i in repeats:
+            sent = results[first[keys[i]]]
+            results[i] = replace(sent, cached=sent.ok)
         if stats["failed"]:
             log.warning("%s: %d of %d calls failed", desc or self.backend, stats["failed"],
                         len(requests))

@@ -7,11 +7,13 @@ format, error mapping and retry paths are exercised without network access or cr
         ...  # llm.endpoint_url=server.url (bedrock) or llm.base_url=server.url + "/v1" (openai)
 
 ``reply(request)`` receives a :class:`FakeRequest` and returns a :class:`FakeReply`: the answer,
-optional reasoning, or an error status. ``server.requests`` logs every request received.
+optional reasoning, or an error status. ``server.requests`` logs every request received (and
+``log_path``, when given, gets one JSON line per request, for a server run in another process).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -51,10 +53,15 @@ class FakeReply:
 
 
 def echo_rules(request: FakeRequest) -> FakeReply:
-    """Default reply: a JSON array of two rules derived from the prompt, with some reasoning."""
-    tag = sum(request.prompt.encode()) % 7
-    rules = [f"The reply follows instruction number {tag}.", "The reply is clear and concise."]
-    return FakeReply(text=json.dumps(rules), reasoning=f"Thinking about request {tag}.")
+    """Default reply: a JSON array of two rules derived from the prompt, with some reasoning.
+
+    The reasoning is unique per prompt (so the next step's prompts differ too); the rules repeat
+    across prompts (so merging has duplicates to fold).
+    """
+    digest = hashlib.sha256(request.prompt.encode()).hexdigest()
+    rules = [f"The reply follows instruction number {int(digest, 16) % 7}.",
+             "The reply is clear and concise."]
+    return FakeReply(text=json.dumps(rules), reasoning=f"Thinking about request {digest[:16]}.")
 
 
 class _Server(ThreadingHTTPServer):
@@ -67,8 +74,8 @@ class FakeLLMServer:
     """Serves Bedrock ``POST /model/{id}/converse`` and OpenAI ``POST /v1/chat/completions``."""
 
     def __init__(self, reply: Callable[[FakeRequest], FakeReply] = echo_rules,
-                 delay: float = 0.0):
-        self.reply, self.delay = reply, delay
+                 delay: float = 0.0, log_path: str | None = None):
+        self.reply, self.delay, self.log_path = reply, delay, log_path
         self.requests: list[FakeRequest] = []
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
@@ -94,6 +101,9 @@ class FakeLLMServer:
         with self._lock:
             request = FakeRequest(protocol, model, content, body, len(self.requests) + 1)
             self.requests.append(request)
+            if self.log_path:  # for a server run in another process
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps({"protocol": protocol, "model": model, "body": body}) + "\n")
         return request
 
     def _handler(self):
@@ -101,6 +111,9 @@ class FakeLLMServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as the real services offer
+            # Headers and body go out in separate writes; with Nagle's algorithm on, the body
+            # would wait for the client's delayed ACK (~40 ms per call on Linux).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
