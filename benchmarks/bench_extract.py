@@ -62,8 +62,12 @@ def _send(args: tuple[str, dict]) -> None:
         import boto3
         from botocore.config import Config
 
-        _client = boto3.client("bedrock-runtime", region_name="us-west-2", endpoint_url=url,
-                               config=Config(retries={"total_max_attempts": 1}))
+        _client = boto3.client(
+            "bedrock-runtime",
+            region_name="us-west-2",
+            endpoint_url=url,
+            config=Config(retries={"total_max_attempts": 1}),
+        )
     _client.converse(modelId="us.deepseek.r1-v1:0", **body)
 
 
@@ -83,8 +87,9 @@ def _write_doc(section: str) -> None:
     block = f"{start}\n{section}\n{end}"
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda m: block, text,
-                      flags=re.DOTALL)
+        text = re.sub(
+            re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.DOTALL
+        )
     else:
         text = text.rstrip("\n") + f"\n\n## Extraction throughput\n\n{block}\n"
     DOC.parent.mkdir(exist_ok=True)
@@ -93,23 +98,38 @@ def _write_doc(section: str) -> None:
 
 @pytest.mark.bench
 def test_extraction_throughput(tmp_path, monkeypatch):
-    for name, value in {"AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE0000",
-                        "AWS_SECRET_ACCESS_KEY": "benchmark-fake-secret-000000",
-                        "AWS_EC2_METADATA_DISABLED": "true", "HF_HUB_OFFLINE": "1",
-                        "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE0000",
+        "AWS_SECRET_ACCESS_KEY": "benchmark-fake-secret-000000",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }.items():
         monkeypatch.setenv(name, value)
-    subprocess.run([sys.executable, "-m", "autorule", "stage=preprocess",
-                    f"paths.root={tmp_path}"], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "autorule", "stage=preprocess", f"paths.root={tmp_path}"],
+        check=True,
+        capture_output=True,
+    )
     log_path = tmp_path / "requests.jsonl"
     urls = multiprocessing.Queue()
     service = multiprocessing.Process(target=_serve, args=(urls, str(log_path)), daemon=True)
     service.start()
     try:
         url = urls.get(timeout=60)
-        cfg = compose(["stage=extract", f"paths.root={tmp_path}", "llm=bedrock",
-                       f"llm.endpoint_url={url}", f"llm.max_concurrency={CONCURRENCY}",
-                       f"extract.num_examples={PAIRS}", "extract.merge_chunk_size=200",
-                       "llm.progress=false"])
+        cfg = compose(
+            [
+                "stage=extract",
+                f"paths.root={tmp_path}",
+                "llm=bedrock",
+                f"llm.endpoint_url={url}",
+                f"llm.max_concurrency={CONCURRENCY}",
+                f"extract.num_examples={PAIRS}",
+                "extract.merge_chunk_size=200",
+                "llm.progress=false",
+            ]
+        )
         in_calls = []  # wall time inside LLM.complete_all: the part the bound speaks of
         complete_all = LLM.complete_all
 
@@ -129,8 +149,9 @@ def test_extraction_throughput(tmp_path, monkeypatch):
         bodies = []
         for r in logged:
             prompt = r["body"]["messages"][-1]["content"][0]["text"]
-            bodies.append((_step(prompt), {k: r["body"][k] for k in ("messages",
-                                                                     "inferenceConfig")}))
+            bodies.append(
+                (_step(prompt), {k: r["body"][k] for k in ("messages", "inferenceConfig")})
+            )
         steps = Counter(step for step, _ in bodies)
 
         # The released approach: the same requests, step by step, from 8 worker processes.
@@ -150,14 +171,15 @@ def test_extraction_throughput(tmp_path, monkeypatch):
         ("autorule, threads, max_concurrency=32: whole stage", stage, bound),
         (f"released code's approach, process pool of {POOL_WORKERS}", pool_time, pool_bound),
     ]
-    table = "\n".join(f"| {name} | {t:.2f} | {b:.2f} | {100 * (t / b - 1):+.1f}% |"
-                      for name, t, b in rows)
+    table = "\n".join(
+        f"| {name} | {t:.2f} | {b:.2f} | {100 * (t / b - 1):+.1f}% |" for name, t, b in rows
+    )
     section = (
         f"Extract stage, {PAIRS} UltraFeedback pairs, `llm=bedrock` (boto3) against a local server "
         f"that answers every call after {DELAY} s: {calls} calls ({dict(steps)}). The bound is "
         f"ceil(calls / concurrency) x {DELAY} s per step, since each step (reason, extract, "
         f"merge) waits for the one before; over all calls at once it would be {flat:.2f} s. "
-        "\"LLM calls\" is the wall time spent answering requests; \"whole stage\" adds start-up "
+        '"LLM calls" is the wall time spent answering requests; "whole stage" adds start-up '
         "(importing boto3, building the client, drawing the pairs) and writing the artifact. The "
         "process pool's time includes starting its workers and their boto3 clients, as the "
         "released code pays them.\n\n"

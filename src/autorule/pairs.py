@@ -33,8 +33,9 @@ def messages(raw: Sequence) -> list[dict[str, str]]:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in raw]
 
 
-def place(chosen: list, rejected: list, rng: random.Random,
-          chosen_first: bool) -> tuple[list, list, str]:
+def place(
+    chosen: list, rejected: list, rng: random.Random, chosen_first: bool
+) -> tuple[list, list, str]:
     """(conversation A, conversation B, winner) with the sides drawn from ``rng``."""
     if chosen_first or rng.random() < 0.5:
         return chosen, rejected, "A"
@@ -45,8 +46,11 @@ def uf_pairs(df: pd.DataFrame, num_examples: int, seed: int, chosen_first: bool)
     """``num_examples`` UltraFeedback preference rows drawn without replacement with ``seed``."""
     n = min(int(num_examples), len(df))
     if n < num_examples:
-        log.warning("extract.num_examples=%d but train_prefs has only %d rows; using all",
-                    num_examples, len(df))
+        log.warning(
+            "extract.num_examples=%d but train_prefs has only %d rows; using all",
+            num_examples,
+            len(df),
+        )
     rows = df.sample(n=n, random_state=seed).reset_index(drop=True)
     rng = random.Random(seed)
     pairs = []
@@ -56,8 +60,13 @@ def uf_pairs(df: pd.DataFrame, num_examples: int, seed: int, chosen_first: bool)
     return pairs
 
 
-def mt_pairs(df: pd.DataFrame, examples_per_question: int, seed: int, chosen_first: bool,
-             num_questions: int | None = None) -> list[Pair]:
+def mt_pairs(
+    df: pd.DataFrame,
+    examples_per_question: int,
+    seed: int,
+    chosen_first: bool,
+    num_questions: int | None = None,
+) -> list[Pair]:
     """Up to ``examples_per_question`` judgments per question (ties are already dropped).
 
     A judgment of turn ``t`` is shown with the first ``t`` user/assistant exchanges only: the
@@ -66,7 +75,7 @@ def mt_pairs(df: pd.DataFrame, examples_per_question: int, seed: int, chosen_fir
     rng = random.Random(seed)
     questions = sorted(df["question_id"].unique())
     if num_questions is not None:
-        questions = questions[:int(num_questions)]
+        questions = questions[: int(num_questions)]
     pairs = []
     for q in questions:
         group = df[df["question_id"] == q]
@@ -75,14 +84,16 @@ def mt_pairs(df: pd.DataFrame, examples_per_question: int, seed: int, chosen_fir
             turn = int(row["turn"]) if "turn" in row and pd.notna(row["turn"]) else None
             conv_a, conv_b = messages(row["conversation_a"]), messages(row["conversation_b"])
             if turn:
-                conv_a, conv_b = conv_a[:2 * turn], conv_b[:2 * turn]
+                conv_a, conv_b = conv_a[: 2 * turn], conv_b[: 2 * turn]
             if row["winner"] == "model_a":
                 chosen, rejected = conv_a, conv_b
             elif row["winner"] == "model_b":
                 chosen, rejected = conv_b, conv_a
             else:
-                raise ValueError(f"MT-Bench winner must be model_a or model_b after preprocess, "
-                                 f"got {row['winner']!r} (question {q})")
+                raise ValueError(
+                    f"MT-Bench winner must be model_a or model_b after preprocess, "
+                    f"got {row['winner']!r} (question {q})"
+                )
             a, b, winner = place(chosen, rejected, rng, chosen_first)
             source = {"question_id": int(q), "turn": turn, "winner": str(row["winner"])}
             for key in ("judge", "model_a", "model_b"):

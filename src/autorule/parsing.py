@@ -29,8 +29,17 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([\]}])")
-_SMART = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'",
-                        "\u2019": "'", "\u00ab": '"', "\u00bb": '"'})
+_SMART = str.maketrans(
+    {
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u00ab": '"',
+        "\u00bb": '"',
+    }
+)
 _LIST_ITEM = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+(.+?)\s*$")
 # Keys under which models wrap the list when they answer with an object instead of an array.
 _WRAPPER_KEYS = ("rules", "rule_list", "items", "list")
@@ -66,7 +75,7 @@ def split_reasoning(text: str) -> tuple[str, str]:
         return reasoning.strip(), answer.strip()
     stripped = text.lstrip()
     if stripped.startswith(THINK_OPEN):
-        return stripped[len(THINK_OPEN):].strip(), ""
+        return stripped[len(THINK_OPEN) :].strip(), ""
     return "", text.strip()
 
 
@@ -132,9 +141,9 @@ def bracket_spans(text: str) -> list[str]:
             elif ch == quote or (ch == "\n" and quote == "'"):
                 quote = ""  # a newline ends a stray apostrophe ("don't") as a quote
             continue
-        if ch in "\"\u201c" and depth:
+        if ch in '"\u201c' and depth:
             quote = '"' if ch == '"' else "\u201d"
-        elif ch == "'" and depth and text[i - 1:i] in ("[", ",", " ", "\n", "\t"):
+        elif ch == "'" and depth and text[i - 1 : i] in ("[", ",", " ", "\n", "\t"):
             quote = "'"
         elif ch == "[":
             if depth == 0:
@@ -143,7 +152,7 @@ def bracket_spans(text: str) -> list[str]:
         elif ch == "]" and depth:
             depth -= 1
             if depth == 0:
-                spans.append(text[start:i + 1])
+                spans.append(text[start : i + 1])
     return spans
 
 

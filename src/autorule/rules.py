@@ -41,7 +41,7 @@ def chunks(items: Sequence[str], size: int) -> list[list[str]]:
     """``items`` cut into consecutive chunks of at most ``size`` (size >= 1)."""
     if size < 1:
         raise ValueError(f"chunk size must be at least 1, got {size}")
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def read_rules_file(path: str | Path) -> list[str]:
@@ -62,8 +62,10 @@ def read_rules_file(path: str | Path) -> list[str]:
     if isinstance(data, dict):
         data = data.get("rules")
     if not isinstance(data, list) or not all(isinstance(r, str) for r in data):
-        raise ValueError(f"rule file {path} must hold a list of strings, or a mapping whose "
-                         "'rules' key holds one")
+        raise ValueError(
+            f"rule file {path} must hold a list of strings, or a mapping whose "
+            "'rules' key holds one"
+        )
     rules = dedupe_rules(data)
     if not rules:
         raise ValueError(f"rule file {path} holds no rules")
@@ -90,5 +92,6 @@ def load_rules(source: DictConfig | str | Path) -> list[str]:
         raise StageInputError(
             f"no rule set: rules.path is not set and the extract artifact {folder} is not "
             f"complete. Make it with:\n  {make_command(source, 'extract')}\n"
-            "or give a rule file with rules.path=<file.json|yaml>")
+            "or give a rule file with rules.path=<file.json|yaml>"
+        )
     return read_rules_file(folder / "rules.json")

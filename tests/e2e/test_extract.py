@@ -20,8 +20,14 @@ from autorule.stages import extract, preprocess
 pytestmark = pytest.mark.slow
 
 SECRET_KEY = "fake-secret-key-for-e2e-tests-0123456789"
-POOL = ["The reply answers the question.", "The reply is concise.", "The reply gives an example.",
-        "The reply is polite.", "The reply uses steps.", "The reply states its assumptions."]
+POOL = [
+    "The reply answers the question.",
+    "The reply is concise.",
+    "The reply gives an example.",
+    "The reply is polite.",
+    "The reply uses steps.",
+    "The reply states its assumptions.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +50,27 @@ def offline(monkeypatch, tmp_path):
 
 
 def config(root, tmp_path, *overrides):
-    return compose(["stage=extract", f"paths.root={root}", f"llm.cache_dir={tmp_path}/llm",
-                    "llm.progress=false", *overrides])
+    return compose(
+        [
+            "stage=extract",
+            f"paths.root={root}",
+            f"llm.cache_dir={tmp_path}/llm",
+            "llm.progress=false",
+            *overrides,
+        ]
+    )
 
 
 def bedrock(server, *overrides):
-    return ["llm=bedrock", f"llm.endpoint_url={server.url}", "llm.retry.initial_wait=0.01",
-            "llm.retry.max_wait=0.02", "llm.retry.jitter=0", "llm.retry.max_attempts=2",
-            *overrides]
+    return [
+        "llm=bedrock",
+        f"llm.endpoint_url={server.url}",
+        "llm.retry.initial_wait=0.01",
+        "llm.retry.max_wait=0.02",
+        "llm.retry.jitter=0",
+        "llm.retry.max_attempts=2",
+        *overrides,
+    ]
 
 
 class Reasoner:
@@ -74,7 +93,7 @@ class Reasoner:
             reply = FakeReply(text=f"Here you go:\n```json\n{json.dumps(rules)}\n```")
         elif "Combine every group" in prompt:
             listed = [line[2:] for line in prompt.splitlines() if line.startswith("- ")]
-            reply = FakeReply(text=json.dumps(listed[:max(1, len(listed) // 2)]))
+            reply = FakeReply(text=json.dumps(listed[: max(1, len(listed) // 2)]))
         else:
             reply = FakeReply(status=400, error_type="ValidationException", message="unknown")
         with self.lock:
@@ -86,8 +105,13 @@ def test_tiny_model_extraction_falls_back_to_the_example_rules(root, tmp_path, c
     cfg = config(root, tmp_path)
     with caplog.at_level(logging.WARNING):
         path = extract.run(cfg)
-    assert {p.name for p in path.iterdir()} >= {"rules.json", "examples.jsonl", "calls.jsonl",
-                                                "rules_unmerged.json", "manifest.json"}
+    assert {p.name for p in path.iterdir()} >= {
+        "rules.json",
+        "examples.jsonl",
+        "calls.jsonl",
+        "rules_unmerged.json",
+        "manifest.json",
+    }
     manifest = read_manifest(path)
     counts = manifest["counts"]
     assert counts["pairs"] == 8 and counts["calls"] >= 8 and counts["failed_calls"] == 0
@@ -143,8 +167,14 @@ def test_interrupted_extraction_resumes_without_repeating_calls(root, tmp_path, 
 
 def test_mt_extraction_takes_judgments_per_question(root, tmp_path):
     with FakeLLMServer(Reasoner()) as server:
-        cfg = config(root, tmp_path, "dataset=mt", "extract.examples_per_question=2",
-                     "extract.chosen_first=true", *bedrock(server))
+        cfg = config(
+            root,
+            tmp_path,
+            "dataset=mt",
+            "extract.examples_per_question=2",
+            "extract.chosen_first=true",
+            *bedrock(server),
+        )
         path = extract.run(cfg)
     examples = [json.loads(line) for line in (path / "examples.jsonl").read_text().splitlines()]
     assert len(examples) == 8 and len({e["question_id"] for e in examples}) == 4

@@ -27,17 +27,26 @@ def fake_aws(monkeypatch, tmp_path):
 
 
 def make(server, tmp_path, **kw) -> BedrockLLM:
-    settings = {"model": MODEL, "region": "us-west-2", "endpoint_url": server.url,
-                "temperature": 0.6, "max_tokens": 64, "retry": FAST_RETRY,
-                "cache_dir": tmp_path / "cache", "progress": False, **kw}
+    settings = {
+        "model": MODEL,
+        "region": "us-west-2",
+        "endpoint_url": server.url,
+        "temperature": 0.6,
+        "max_tokens": 64,
+        "retry": FAST_RETRY,
+        "cache_dir": tmp_path / "cache",
+        "progress": False,
+        **kw,
+    }
     return BedrockLLM(**settings)
 
 
 def test_answer_and_reasoning_blocks(tmp_path):
     reply = FakeReply(text='["Be concise."]', reasoning="The user liked brevity.")
     with FakeLLMServer(lambda r: reply) as server:
-        out = make(server, tmp_path).complete([{"role": "system", "content": "Be brief."},
-                                               {"role": "user", "content": "Why A?"}])
+        out = make(server, tmp_path).complete(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why A?"}]
+        )
     assert out.text == '["Be concise."]'
     assert out.reasoning == "The user liked brevity."
     assert out.input_tokens == 2 and out.output_tokens > 0 and out.retries == 0
@@ -51,8 +60,11 @@ def test_answer_and_reasoning_blocks(tmp_path):
 def test_throttling_is_retried_then_succeeds(tmp_path):
     def reply(request):
         if request.number == 1:
-            return FakeReply(status=429, error_type="ThrottlingException",
-                             message="Too many requests, please wait before trying again.")
+            return FakeReply(
+                status=429,
+                error_type="ThrottlingException",
+                message="Too many requests, please wait before trying again.",
+            )
         return FakeReply(text="ok")
 
     with FakeLLMServer(reply) as server:

@@ -11,9 +11,17 @@ KEY = "sk-test-abcdefghijklmnopqrstuvwxyz"
 
 
 def make(server, tmp_path, **kw) -> OpenAICompatLLM:
-    settings = {"model": "served-r1", "base_url": server.url + "/v1",
-                "api_key_env": "AUTORULE_TEST_API_KEY", "temperature": 0.6, "max_tokens": 64,
-                "retry": FAST_RETRY, "cache_dir": tmp_path / "cache", "progress": False, **kw}
+    settings = {
+        "model": "served-r1",
+        "base_url": server.url + "/v1",
+        "api_key_env": "AUTORULE_TEST_API_KEY",
+        "temperature": 0.6,
+        "max_tokens": 64,
+        "retry": FAST_RETRY,
+        "cache_dir": tmp_path / "cache",
+        "progress": False,
+        **kw,
+    }
     return OpenAICompatLLM(**settings)
 
 
@@ -36,8 +44,11 @@ def test_reasoning_is_split_from_the_answer(tmp_path, how):
 
 def test_rate_limit_is_retried_and_sdk_retries_are_off(tmp_path):
     def reply(request):
-        return FakeReply(status=429, message="slow down") if request.number == 1 \
+        return (
+            FakeReply(status=429, message="slow down")
+            if request.number == 1
             else FakeReply(text="ok")
+        )
 
     with FakeLLMServer(reply) as server:
         out = make(server, tmp_path).complete([{"role": "user", "content": "hi"}])

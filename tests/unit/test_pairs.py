@@ -13,9 +13,13 @@ def conv(prompt, answer):
 
 @pytest.fixture
 def uf():
-    return pd.DataFrame({"prompt_id": [f"p{i}" for i in range(40)],
-                         "chosen": [conv(f"q{i}", f"good{i}") for i in range(40)],
-                         "rejected": [conv(f"q{i}", f"bad{i}") for i in range(40)]})
+    return pd.DataFrame(
+        {
+            "prompt_id": [f"p{i}" for i in range(40)],
+            "chosen": [conv(f"q{i}", f"good{i}") for i in range(40)],
+            "rejected": [conv(f"q{i}", f"bad{i}") for i in range(40)],
+        }
+    )
 
 
 def test_uf_sampling_is_seeded_and_sides_are_random(uf):
@@ -34,10 +38,16 @@ def test_uf_sampling_is_seeded_and_sides_are_random(uf):
 def test_mt_sampling_per_question_and_turns():
     two_turns_a = conv("q1", "a1") + conv("q2", "a2")
     two_turns_b = conv("q1", "b1") + conv("q2", "b2")
-    df = pd.DataFrame({"question_id": [81, 81, 81, 82], "winner": ["model_a", "model_b",
-                                                                     "model_a", "model_b"],
-                       "turn": [1, 2, 2, 1], "judge": ["j1", "j2", "j3", "j4"],
-                       "conversation_a": [two_turns_a] * 4, "conversation_b": [two_turns_b] * 4})
+    df = pd.DataFrame(
+        {
+            "question_id": [81, 81, 81, 82],
+            "winner": ["model_a", "model_b", "model_a", "model_b"],
+            "turn": [1, 2, 2, 1],
+            "judge": ["j1", "j2", "j3", "j4"],
+            "conversation_a": [two_turns_a] * 4,
+            "conversation_b": [two_turns_b] * 4,
+        }
+    )
     pairs = mt_pairs(df, examples_per_question=2, seed=0, chosen_first=True)
     assert [p.source["question_id"] for p in pairs] == [81, 81, 82]
     for p in pairs:

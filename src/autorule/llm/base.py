@@ -85,9 +85,18 @@ class LLM:
 
     backend = "base"
 
-    def __init__(self, *, model: str, temperature: float, max_tokens: int,
-                 max_concurrency: int = 8, retry: dict | None = None, cache: bool = True,
-                 cache_dir: str | Path | None = None, progress: bool = True):
+    def __init__(
+        self,
+        *,
+        model: str,
+        temperature: float,
+        max_tokens: int,
+        max_concurrency: int = 8,
+        retry: dict | None = None,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+    ):
         self.model = str(model)
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
@@ -105,8 +114,12 @@ class LLM:
         return {"temperature": self.temperature, "max_tokens": self.max_tokens}
 
     def request(self, messages: Messages) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model, "messages": messages,
-                "params": self.params()}
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "messages": messages,
+            "params": self.params(),
+        }
 
     def cache_key(self, messages: Messages) -> str:
         return digest(self.request(messages))
@@ -121,9 +134,12 @@ class LLM:
             raise LLMCallError(completion.error)
         return completion
 
-    def complete_all(self, requests: Sequence[Messages], desc: str | None = "llm",
-                     on_result: Callable[[int, Completion], None] | None = None
-                     ) -> list[Completion]:
+    def complete_all(
+        self,
+        requests: Sequence[Messages],
+        desc: str | None = "llm",
+        on_result: Callable[[int, Completion], None] | None = None,
+    ) -> list[Completion]:
         """Answers to ``requests`` in order: cached ones replayed, the rest sent.
 
         ``on_result(index, completion)`` is called as each answer arrives (from worker threads for
@@ -147,8 +163,14 @@ class LLM:
         stats = Counter(done=0, failed=0, cached=len(requests) - len(pending))
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(requests), initial=stats["cached"], desc=desc, unit="call",
-                   disable=not self.progress or desc is None, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(requests),
+            initial=stats["cached"],
+            desc=desc,
+            unit="call",
+            disable=not self.progress or desc is None,
+            dynamic_ncols=True,
+        )
         bar.set_postfix(stats, refresh=False)
 
         def report(i: int, completion: Completion) -> None:
@@ -171,12 +193,14 @@ class LLM:
             sent = results[first[keys[i]]]
             results[i] = replace(sent, cached=sent.ok)
         if stats["failed"]:
-            log.warning("%s: %d of %d calls failed", desc or self.backend, stats["failed"],
-                        len(requests))
+            log.warning(
+                "%s: %d of %d calls failed", desc or self.backend, stats["failed"], len(requests)
+            )
         return results  # type: ignore[return-value]
 
-    def _run(self, items: list[tuple[int, Messages]],
-             report: Callable[[int, Completion], None]) -> None:
+    def _run(
+        self, items: list[tuple[int, Messages]], report: Callable[[int, Completion], None]
+    ) -> None:
         """Answers every ``(index, messages)`` item and calls ``report`` for each."""
         raise NotImplementedError
 
@@ -214,8 +238,11 @@ class RemoteLLM(LLM):
             wait=wait_exponential_jitter(initial=r.initial_wait, max=r.max_wait, jitter=r.jitter),
             retry=retry_if_exception(self.is_retryable),
             before_sleep=lambda state: log.info(
-                "%s: attempt %d failed (%s); retrying", self.backend, state.attempt_number,
-                state.outcome.exception() if state.outcome else "?"),
+                "%s: attempt %d failed (%s); retrying",
+                self.backend,
+                state.attempt_number,
+                state.outcome.exception() if state.outcome else "?",
+            ),
             reraise=True,
         )
         start = time.perf_counter()
@@ -226,8 +253,10 @@ class RemoteLLM(LLM):
             kind = "gave up after" if self.is_retryable(err) else "not retryable, after"
             return Completion(
                 error=f"{self.backend} call to {self.model} failed ({kind} {attempts} "
-                      f"attempt(s)): {type(err).__name__}: {err}",
-                latency_s=time.perf_counter() - start, retries=attempts - 1)
+                f"attempt(s)): {type(err).__name__}: {err}",
+                latency_s=time.perf_counter() - start,
+                retries=attempts - 1,
+            )
         completion.retries = retrying.statistics.get("attempt_number", 1) - 1
         completion.latency_s = time.perf_counter() - start
         return self.finish(completion)
@@ -235,10 +264,13 @@ class RemoteLLM(LLM):
     def _run(self, items, report) -> None:
         if not items:
             return
-        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items)),
-                                  thread_name_prefix=f"llm-{self.backend}")
-        futures = [pool.submit(lambda i, m: report(i, self.call_with_retries(m)), i, m)
-                   for i, m in items]
+        pool = ThreadPoolExecutor(
+            max_workers=min(self.max_concurrency, len(items)),
+            thread_name_prefix=f"llm-{self.backend}",
+        )
+        futures = [
+            pool.submit(lambda i, m: report(i, self.call_with_retries(m)), i, m) for i, m in items
+        ]
         try:
             for future in as_completed(futures):
                 future.result()  # surfaces bugs in report/on_result
@@ -260,7 +292,7 @@ class LocalLLM(LLM):
 
     def _run(self, items, report) -> None:
         for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
+            chunk = items[start : start + self.batch_size]
             t0 = time.perf_counter()
             completions = self.generate_batch([m for _, m in chunk])
             per_item = (time.perf_counter() - t0) / len(chunk)

@@ -13,11 +13,18 @@ from __future__ import annotations
 from autorule.llm.base import Completion, Messages, RemoteLLM
 
 # Error codes Bedrock uses for conditions that pass with time.
-RETRYABLE_CODES = frozenset({
-    "ThrottlingException", "TooManyRequestsException", "ServiceUnavailableException",
-    "InternalServerException", "ModelTimeoutException", "ModelNotReadyException",
-    "RequestTimeout", "RequestTimeoutException",
-})
+RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "TooManyRequestsException",
+        "ServiceUnavailableException",
+        "InternalServerException",
+        "ModelTimeoutException",
+        "ModelNotReadyException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
 
 
 class BedrockLLM(RemoteLLM):
@@ -25,8 +32,15 @@ class BedrockLLM(RemoteLLM):
 
     backend = "bedrock"
 
-    def __init__(self, *, region: str, endpoint_url: str | None = None,
-                 read_timeout: float = 3600, connect_timeout: float = 60, **common):
+    def __init__(
+        self,
+        *,
+        region: str,
+        endpoint_url: str | None = None,
+        read_timeout: float = 3600,
+        connect_timeout: float = 60,
+        **common,
+    ):
         super().__init__(**common)
         import boto3
         from botocore.config import Config
@@ -39,27 +53,39 @@ class BedrockLLM(RemoteLLM):
             max_pool_connections=self.max_concurrency,
         )
         # boto3 clients are thread-safe (sessions are not): one client serves every thread.
-        self.client = boto3.client("bedrock-runtime", region_name=region,
-                                   endpoint_url=endpoint_url or None, config=config)
+        self.client = boto3.client(
+            "bedrock-runtime", region_name=region, endpoint_url=endpoint_url or None, config=config
+        )
 
     def call_once(self, messages: Messages) -> Completion:
         system = [{"text": m["content"]} for m in messages if m["role"] == "system"]
-        turns = [{"role": m["role"], "content": [{"text": m["content"]}]}
-                 for m in messages if m["role"] != "system"]
-        kwargs = {"modelId": self.model, "messages": turns,
-                  "inferenceConfig": {"temperature": self.temperature,
-                                      "maxTokens": self.max_tokens}}
+        turns = [
+            {"role": m["role"], "content": [{"text": m["content"]}]}
+            for m in messages
+            if m["role"] != "system"
+        ]
+        kwargs = {
+            "modelId": self.model,
+            "messages": turns,
+            "inferenceConfig": {"temperature": self.temperature, "maxTokens": self.max_tokens},
+        }
         if system:
             kwargs["system"] = system
         response = self.client.converse(**kwargs)
         blocks = response.get("output", {}).get("message", {}).get("content", [])
         text = "".join(b["text"] for b in blocks if "text" in b)
-        reasoning = "".join(b["reasoningContent"].get("reasoningText", {}).get("text", "")
-                            for b in blocks if "reasoningContent" in b)
+        reasoning = "".join(
+            b["reasoningContent"].get("reasoningText", {}).get("text", "")
+            for b in blocks
+            if "reasoningContent" in b
+        )
         usage = response.get("usage", {})
-        return Completion(text=text, reasoning=reasoning,
-                          input_tokens=int(usage.get("inputTokens", 0)),
-                          output_tokens=int(usage.get("outputTokens", 0)))
+        return Completion(
+            text=text,
+            reasoning=reasoning,
+            input_tokens=int(usage.get("inputTokens", 0)),
+            output_tokens=int(usage.get("outputTokens", 0)),
+        )
 
     def is_retryable(self, error: BaseException) -> bool:
         from botocore.exceptions import ClientError, HTTPClientError

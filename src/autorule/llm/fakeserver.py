@@ -59,8 +59,10 @@ def echo_rules(request: FakeRequest) -> FakeReply:
     across prompts (so merging has duplicates to fold).
     """
     digest = hashlib.sha256(request.prompt.encode()).hexdigest()
-    rules = [f"The reply follows instruction number {int(digest, 16) % 7}.",
-             "The reply is clear and concise."]
+    rules = [
+        f"The reply follows instruction number {int(digest, 16) % 7}.",
+        "The reply is clear and concise.",
+    ]
     return FakeReply(text=json.dumps(rules), reasoning=f"Thinking about request {digest[:16]}.")
 
 
@@ -73,16 +75,19 @@ class _Server(ThreadingHTTPServer):
 class FakeLLMServer:
     """Serves Bedrock ``POST /model/{id}/converse`` and OpenAI ``POST /v1/chat/completions``."""
 
-    def __init__(self, reply: Callable[[FakeRequest], FakeReply] = echo_rules,
-                 delay: float = 0.0, log_path: str | None = None):
+    def __init__(
+        self,
+        reply: Callable[[FakeRequest], FakeReply] = echo_rules,
+        delay: float = 0.0,
+        log_path: str | None = None,
+    ):
         self.reply, self.delay, self.log_path = reply, delay, log_path
         self.requests: list[FakeRequest] = []
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         # A short poll interval makes shutdown() quick (the default waits up to 0.5 s).
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
 
     def __enter__(self) -> FakeLLMServer:
         self._thread.start()
@@ -123,7 +128,7 @@ class FakeLLMServer:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 path = unquote(self.path)
                 if path.startswith("/model/") and path.endswith("/converse"):
-                    protocol, model = BEDROCK, path[len("/model/"):-len("/converse")]
+                    protocol, model = BEDROCK, path[len("/model/") : -len("/converse")]
                 elif path.rstrip("/").endswith("/chat/completions"):
                     protocol, model = OPENAI, body.get("model", "")
                 else:
@@ -144,8 +149,13 @@ class FakeLLMServer:
                         headers["x-amzn-ErrorType"] = reply.error_type
                     payload: dict = {"message": reply.message or reply.error_type}
                 else:
-                    payload = {"error": {"message": reply.message, "type": reply.error_type,
-                                         "code": reply.status}}
+                    payload = {
+                        "error": {
+                            "message": reply.message,
+                            "type": reply.error_type,
+                            "code": reply.status,
+                        }
+                    }
                 self._send(reply.status, payload, headers)
 
             def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
@@ -171,10 +181,12 @@ def _bedrock_body(request: FakeRequest, reply: FakeReply) -> dict:
         content.append({"reasoningContent": {"reasoningText": {"text": reply.reasoning}}})
     content.append({"text": reply.text})
     n_in, n_out = _tokens(request.prompt), _tokens(reply.reasoning + " " + reply.text)
-    return {"output": {"message": {"role": "assistant", "content": content}},
-            "stopReason": "end_turn",
-            "usage": {"inputTokens": n_in, "outputTokens": n_out, "totalTokens": n_in + n_out},
-            "metrics": {"latencyMs": 1}}
+    return {
+        "output": {"message": {"role": "assistant", "content": content}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": n_in, "outputTokens": n_out, "totalTokens": n_in + n_out},
+        "metrics": {"latencyMs": 1},
+    }
 
 
 def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
@@ -183,11 +195,15 @@ def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
         if reply.reasoning_as == "inline":
             message["content"] = f"<think>{reply.reasoning}</think>{reply.text}"
         else:
-            message["reasoning_content" if reply.reasoning_as == "field" else "reasoning"] = \
+            message["reasoning_content" if reply.reasoning_as == "field" else "reasoning"] = (
                 reply.reasoning
+            )
     n_in, n_out = _tokens(request.prompt), _tokens(reply.reasoning + " " + reply.text)
-    return {"id": f"chatcmpl-{request.number}", "object": "chat.completion", "created": 0,
-            "model": request.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": n_in, "completion_tokens": n_out,
-                      "total_tokens": n_in + n_out}}
+    return {
+        "id": f"chatcmpl-{request.number}",
+        "object": "chat.completion",
+        "created": 0,
+        "model": request.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+    }

@@ -15,8 +15,15 @@ class HFLLM(LocalLLM):
 
     backend = "hf"
 
-    def __init__(self, *, device: str = "auto", dtype: str = "auto",
-                 max_input_tokens: int | None = None, seed: int = 0, **common):
+    def __init__(
+        self,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_input_tokens: int | None = None,
+        seed: int = 0,
+        **common,
+    ):
         super().__init__(**common)
         self.device, self.dtype = device, dtype
         self.max_input_tokens, self.seed = max_input_tokens, int(seed)
@@ -44,8 +51,9 @@ class HFLLM(LocalLLM):
 
     def _prompt(self, tokenizer, messages: Messages) -> str:
         if tokenizer.chat_template:
-            return tokenizer.apply_chat_template(messages, tokenize=False,
-                                                 add_generation_prompt=True)
+            return tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
         return "\n\n".join(m["content"] for m in messages)
 
     def generate_batch(self, batch: list[Messages]) -> list[Completion]:
@@ -54,18 +62,32 @@ class HFLLM(LocalLLM):
         model, tokenizer = self._load()
         context = getattr(model.config, "max_position_embeddings", None) or 4096
         limit = self.max_input_tokens or max(1, context - self.max_tokens)
-        enc = tokenizer([self._prompt(tokenizer, m) for m in batch], return_tensors="pt",
-                        padding=True, truncation=True, max_length=limit,
-                        add_special_tokens=False).to(model.device)
+        enc = tokenizer(
+            [self._prompt(tokenizer, m) for m in batch],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=limit,
+            add_special_tokens=False,
+        ).to(model.device)
         torch.manual_seed(self.seed)
-        sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 \
+        sampling = (
+            {"do_sample": True, "temperature": self.temperature}
+            if self.temperature > 0
             else {"do_sample": False}
+        )
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=self.max_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, **sampling)
-        new = out[:, enc["input_ids"].shape[1]:]
+            out = model.generate(
+                **enc,
+                max_new_tokens=self.max_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         n_in = enc["attention_mask"].sum(dim=1).tolist()
         n_out = (new != tokenizer.pad_token_id).sum(dim=1).tolist()
-        return [Completion(text=t, input_tokens=int(i), output_tokens=int(o))
-                for t, i, o in zip(texts, n_in, n_out, strict=True)]
+        return [
+            Completion(text=t, input_tokens=int(i), output_tokens=int(o))
+            for t, i, o in zip(texts, n_in, n_out, strict=True)
+        ]

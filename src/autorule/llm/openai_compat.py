@@ -23,32 +23,46 @@ class OpenAICompatLLM(RemoteLLM):
 
     backend = "openai"
 
-    def __init__(self, *, base_url: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 timeout: float = 3600, **common):
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout: float = 3600,
+        **common,
+    ):
         super().__init__(**common)
         import openai
 
         key = os.environ.get(api_key_env) if api_key_env else None
-        if not key:
+        if api_key_env and not key:
             # Local servers (vLLM, SGLang) accept any key; a real API answers 401, reported as a
             # non-retryable failure.
-            log.warning("environment variable %s is not set; sending a placeholder API key",
-                        api_key_env)
+            log.warning(
+                "environment variable %s is not set; sending a placeholder API key", api_key_env
+            )
         self.base_url = base_url
-        self.client = openai.OpenAI(base_url=base_url, api_key=key or "not-set",
-                                    timeout=timeout, max_retries=0)
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=key or "not-set", timeout=timeout, max_retries=0
+        )
 
     def call_once(self, messages: Messages) -> Completion:
         response = self.client.chat.completions.create(
-            model=self.model, messages=messages, temperature=self.temperature,
-            max_tokens=self.max_tokens)
+            model=self.model,
+            messages=messages,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+        )
         message = response.choices[0].message
         extra = message.model_extra or {}
         reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
         usage = response.usage
-        return Completion(text=message.content or "", reasoning=str(reasoning),
-                          input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                          output_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
+        return Completion(
+            text=message.content or "",
+            reasoning=str(reasoning),
+            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        )
 
     def is_retryable(self, error: BaseException) -> bool:
         import openai

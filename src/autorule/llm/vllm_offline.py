@@ -27,17 +27,32 @@ class VLLMOfflineLLM(LocalLLM):
 
     backend = "vllm"
 
-    def __init__(self, *, top_p: float = 1.0, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 seed: int = 0, **common):
+    def __init__(
+        self,
+        *,
+        top_p: float = 1.0,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        seed: int = 0,
+        **common,
+    ):
         super().__init__(**common)
         vllm = import_vllm()  # fail at start-up, not after the first cache misses
         self.top_p, self.seed = float(top_p), int(seed)
-        self.sampling = vllm.SamplingParams(temperature=self.temperature, top_p=self.top_p,
-                                            max_tokens=self.max_tokens, seed=self.seed)
-        self._engine_args = {"model": self.model, "tensor_parallel_size": tensor_parallel_size,
-                             "gpu_memory_utilization": gpu_memory_utilization,
-                             "max_model_len": max_model_len, "seed": self.seed}
+        self.sampling = vllm.SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+        self._engine_args = {
+            "model": self.model,
+            "tensor_parallel_size": tensor_parallel_size,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_model_len,
+            "seed": self.seed,
+        }
         self._engine = None
 
     def params(self) -> dict:
@@ -47,6 +62,11 @@ class VLLMOfflineLLM(LocalLLM):
         if self._engine is None:  # built on the first cache miss: a fully cached run needs no GPU
             self._engine = import_vllm().LLM(**self._engine_args)
         outputs = self._engine.chat(batch, self.sampling, use_tqdm=False)
-        return [Completion(text=o.outputs[0].text, input_tokens=len(o.prompt_token_ids or ()),
-                           output_tokens=len(o.outputs[0].token_ids or ()))
-                for o in outputs]
+        return [
+            Completion(
+                text=o.outputs[0].text,
+                input_tokens=len(o.prompt_token_ids or ()),
+                output_tokens=len(o.outputs[0].token_ids or ()),
+            )
+            for o in outputs
+        ]

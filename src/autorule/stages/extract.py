@@ -73,8 +73,9 @@ def run(cfg: DictConfig) -> Path:
         calls.extend({"step": step, "index": i, **c.record()} for i, c in enumerate(completions))
 
     # ---- 1. reason: why did the user prefer the winner?
-    reasoned = llm.complete_all([reason_request(x.prompts.reasoner, p) for p in pairs],
-                                desc="extract: reason")
+    reasoned = llm.complete_all(
+        [reason_request(x.prompts.reasoner, p) for p in pairs], desc="extract: reason"
+    )
     record("reason", reasoned)
 
     # ---- 2. extract: rules from the reasoning (or the explanation)
@@ -84,11 +85,20 @@ def run(cfg: DictConfig) -> Path:
     todo = [i for i in todo if analyses[i]]
     substituted = sum(1 for i in todo if examples[i]["source_used"] != x.source)
     if substituted:
-        log.warning("[extract] %d of %d answers had no %s; extracting from their explanation "
-                    "instead (counted as source_substituted)", substituted, len(todo), x.source)
+        log.warning(
+            "[extract] %d of %d answers had no %s; extracting from their explanation "
+            "instead (counted as source_substituted)",
+            substituted,
+            len(todo),
+            x.source,
+        )
     extracted = llm.complete_all(
-        [user(fill(x.prompts.extractor, "extract.prompts.extractor", analysis=analyses[i]))
-         for i in todo], desc="extract: rules")
+        [
+            user(fill(x.prompts.extractor, "extract.prompts.extractor", analysis=analyses[i]))
+            for i in todo
+        ],
+        desc="extract: rules",
+    )
     record("extract", extracted)
     for i, completion in zip(todo, extracted, strict=True):
         apply_extraction(examples[i], completion)
@@ -101,7 +111,8 @@ def run(cfg: DictConfig) -> Path:
         raise RuntimeError(
             f"{failed} of {len(calls)} LLM calls failed (extract.max_failed_calls="
             f"{x.max_failed_calls}); first error: {first}\nFinished calls are cached: re-run the "
-            f"same command to retry only the failed ones. Details: {job.workdir}/examples.jsonl")
+            f"same command to retry only the failed ones. Details: {job.workdir}/examples.jsonl"
+        )
 
     # ---- 3. merge: exact duplicates, then near-duplicates with the LLM
     extracted_rules = [r for e in examples for r in e["rules"]]
@@ -120,8 +131,9 @@ def run(cfg: DictConfig) -> Path:
         "output_tokens": sum(c["output_tokens"] for c in calls),
         "parse_failures": sum(1 for e in examples if e["parse_error"]) + merge["parse_failures"],
         "empty_rule_lists": sum(1 for e in examples if e["parsed"] and not e["rules"]),
-        "source_substituted": sum(1 for e in examples
-                                  if e["source_used"] and e["source_used"] != x.source),
+        "source_substituted": sum(
+            1 for e in examples if e["source_used"] and e["source_used"] != x.source
+        ),
         "rules_before_merge": len(extracted_rules),
         "rules_after_dedupe": len(unique),
         "rules_after_merge": len(merged),
@@ -137,7 +149,8 @@ def run(cfg: DictConfig) -> Path:
         counts["fallback_rules_used"] = 1
     (job.workdir / "rules.json").write_text(json.dumps(final, indent=2, ensure_ascii=False) + "\n")
     (job.workdir / "rules_unmerged.json").write_text(
-        json.dumps(unique, indent=2, ensure_ascii=False) + "\n")
+        json.dumps(unique, indent=2, ensure_ascii=False) + "\n"
+    )
     write_jsonl(job.workdir / "calls.jsonl", calls)
     log.info("[extract] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
     return job.commit(counts, extra={"extract": extra})
@@ -155,24 +168,39 @@ def load_pairs(cfg: DictConfig, folder: Path) -> list[Pair]:
         return uf_pairs(df, int(x.num_examples), int(x.seed), bool(x.chosen_first))
     if cfg.dataset.name == "mt":
         df = pd.read_parquet(folder / "train.parquet")
-        return mt_pairs(df, int(x.examples_per_question), int(x.seed), bool(x.chosen_first),
-                        x.num_questions)
+        return mt_pairs(
+            df, int(x.examples_per_question), int(x.seed), bool(x.chosen_first), x.num_questions
+        )
     raise ValueError(f"extract knows datasets uf and mt, got dataset.name={cfg.dataset.name!r}")
 
 
 def reason_request(template: str, pair: Pair) -> list[dict[str, str]]:
-    return user(fill(template, "extract.prompts.reasoner",
-                     conversation_a=render_conversation(pair.conversation_a),
-                     conversation_b=render_conversation(pair.conversation_b),
-                     winner=pair.winner))
+    return user(
+        fill(
+            template,
+            "extract.prompts.reasoner",
+            conversation_a=render_conversation(pair.conversation_a),
+            conversation_b=render_conversation(pair.conversation_b),
+            winner=pair.winner,
+        )
+    )
 
 
 def example_row(pair: Pair, completion: llms.Completion) -> dict:
     """The line of ``examples.jsonl`` for one pair, after the reasoning step."""
-    return {"pair_id": pair.pair_id, **pair.source, "winner": pair.winner,
-            "explanation": completion.text, "reasoning": completion.reasoning,
-            "source_used": None, "rules": [], "parsed": False, "parse_error": None,
-            "parse_method": None, "error": completion.error}
+    return {
+        "pair_id": pair.pair_id,
+        **pair.source,
+        "winner": pair.winner,
+        "explanation": completion.text,
+        "reasoning": completion.reasoning,
+        "source_used": None,
+        "rules": [],
+        "parsed": False,
+        "parse_error": None,
+        "parse_method": None,
+        "error": completion.error,
+    }
 
 
 def pick_source(example: dict, source: str) -> str:
@@ -195,8 +223,12 @@ def apply_extraction(example: dict, completion: llms.Completion) -> None:
         example["error"] = completion.error
         return
     parsed = parse_rules(completion.text)
-    example.update(rules=parsed.rules, parsed=parsed.ok, parse_error=parsed.error,
-                   parse_method=parsed.method or None)
+    example.update(
+        rules=parsed.rules,
+        parsed=parsed.ok,
+        parse_error=parsed.error,
+        parse_method=parsed.method or None,
+    )
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -209,8 +241,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 # Merging
 
 
-def merge_rules(llm: llms.LLM, rules: list[str], template: str, chunk_size: int
-                ) -> tuple[list[str], dict]:
+def merge_rules(
+    llm: llms.LLM, rules: list[str], template: str, chunk_size: int
+) -> tuple[list[str], dict]:
     """Merges near-duplicate rules with the LLM, chunk by chunk when the list is long.
 
     Each round merges every chunk of ``chunk_size`` rules; the merged chunks form the next round's
@@ -223,19 +256,27 @@ def merge_rules(llm: llms.LLM, rules: list[str], template: str, chunk_size: int
         info["rounds"] += 1
         parts = chunks(rules, chunk_size)
         answers = llm.complete_all(
-            [user(fill(template, "extract.prompts.merger", rules=render_rules(part)))
-             for part in parts], desc=f"extract: merge round {info['rounds']}")
-        info["calls"] += [{"step": f"merge{info['rounds']}", "index": i, **c.record()}
-                          for i, c in enumerate(answers)]
+            [
+                user(fill(template, "extract.prompts.merger", rules=render_rules(part)))
+                for part in parts
+            ],
+            desc=f"extract: merge round {info['rounds']}",
+        )
+        info["calls"] += [
+            {"step": f"merge{info['rounds']}", "index": i, **c.record()}
+            for i, c in enumerate(answers)
+        ]
         info["calls_made"] += len(answers)
         merged: list[str] = []
         for part, answer in zip(parts, answers, strict=True):
             parsed = parse_rules(answer.text) if answer.ok else None
             if parsed is None or not parsed.ok or not parsed.rules:
                 info["parse_failures"] += int(parsed is not None)
-                log.warning("[extract] merge of %d rules failed (%s); keeping them unmerged",
-                            len(part), answer.error or (parsed.error if parsed else "")
-                            or "empty list")
+                log.warning(
+                    "[extract] merge of %d rules failed (%s); keeping them unmerged",
+                    len(part),
+                    answer.error or (parsed.error if parsed else "") or "empty list",
+                )
                 merged += part
             else:
                 merged += parsed.rules
@@ -243,8 +284,12 @@ def merge_rules(llm: llms.LLM, rules: list[str], template: str, chunk_size: int
         if len(parts) == 1:
             return merged, info
         if len(merged) >= len(rules):
-            log.warning("[extract] merge round %d did not shorten the list (%d rules); stopping "
-                        "with the rules unmerged across chunks", info["rounds"], len(merged))
+            log.warning(
+                "[extract] merge round %d did not shorten the list (%d rules); stopping "
+                "with the rules unmerged across chunks",
+                info["rounds"],
+                len(merged),
+            )
             return merged, info
         rules = merged
     return [], info
@@ -252,14 +297,26 @@ def merge_rules(llm: llms.LLM, rules: list[str], template: str, chunk_size: int
 
 def fallback(x: DictConfig, counts: dict, workdir: Path) -> tuple[list[str], dict]:
     """The fallback rule set when extraction produced none, or an error saying why not."""
-    why = (f"extraction produced no rules ({counts['pairs']} pairs, {counts['failed_calls']} "
-           f"failed calls, {counts['parse_failures']} unparseable answers, "
-           f"{counts['empty_rule_lists']} empty lists; see {workdir}/examples.jsonl)")
+    why = (
+        f"extraction produced no rules ({counts['pairs']} pairs, {counts['failed_calls']} "
+        f"failed calls, {counts['parse_failures']} unparseable answers, "
+        f"{counts['empty_rule_lists']} empty lists; see {workdir}/examples.jsonl)"
+    )
     if not x.fallback_rules:
-        raise RuntimeError(f"{why}. Set extract.fallback_rules=<rule file> to use a fixed rule "
-                           "set instead, or rules.path=<file> in later stages.")
+        raise RuntimeError(
+            f"{why}. Set extract.fallback_rules=<rule file> to use a fixed rule "
+            "set instead, or rules.path=<file> in later stages."
+        )
     rules = read_rules_file(x.fallback_rules)
-    log.warning("[extract] %s; USING THE FALLBACK RULE FILE %s (%d rules) instead. These are not "
-                "extracted rules.", why, x.fallback_rules, len(rules))
-    return rules, {"rules_source": "fallback", "fallback_file": str(x.fallback_rules),
-                   "reason": why}
+    log.warning(
+        "[extract] %s; USING THE FALLBACK RULE FILE %s (%d rules) instead. These are not "
+        "extracted rules.",
+        why,
+        x.fallback_rules,
+        len(rules),
+    )
+    return rules, {
+        "rules_source": "fallback",
+        "fallback_file": str(x.fallback_rules),
+        "reason": why,
+    }
