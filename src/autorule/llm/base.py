@@ -19,6 +19,9 @@ rest:
 
 A call that still fails after its retries does not raise from :meth:`LLM.complete_all`: its
 Completion carries the error, and the caller decides how many failures it tolerates.
+
+On Ctrl-C, queued calls are dropped at once; calls already in flight run to their end and are
+cached before the process exits (a second Ctrl-C abandons them too).
 """
 
 from __future__ import annotations

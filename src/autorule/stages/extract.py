@@ -27,7 +27,8 @@ tokens, retries, cached, error). Counts in the manifest: pairs, calls, cached_ca
 retries, input_tokens, output_tokens, parse_failures, empty_rule_lists, source_substituted
 (answers without the requested ``extract.source``, e.g. no reasoning, so the explanation was used),
 rules_before_merge, rules_after_dedupe, rules_after_merge, merge_calls, merge_rounds,
-merge_parse_failures, fallback_rules_used.
+merge_parse_failures, fallback_rules_used. Call, token and retry counts cover every call the
+artifact rests on, cached ones included (with the figures recorded when they were made).
 
 When extraction yields no rules at all (the tiny profile's random model), ``extract.fallback_rules``
 names a rule file to use instead; the stage logs a warning and records the fallback in the counts
@@ -104,21 +105,14 @@ def run(cfg: DictConfig) -> Path:
         apply_extraction(examples[i], completion)
 
     write_jsonl(job.workdir / "examples.jsonl", examples)
-    failed = sum(1 for c in calls if c["error"])
-    if failed > int(x.max_failed_calls):
-        write_jsonl(job.workdir / "calls.jsonl", calls)
-        first = next(c["error"] for c in calls if c["error"])
-        raise RuntimeError(
-            f"{failed} of {len(calls)} LLM calls failed (extract.max_failed_calls="
-            f"{x.max_failed_calls}); first error: {first}\nFinished calls are cached: re-run the "
-            f"same command to retry only the failed ones. Details: {job.workdir}/examples.jsonl"
-        )
+    stop_on_failures(calls, int(x.max_failed_calls), job.workdir)
 
     # ---- 3. merge: exact duplicates, then near-duplicates with the LLM
     extracted_rules = [r for e in examples for r in e["rules"]]
     unique = dedupe_rules(extracted_rules)
     merged, merge = merge_rules(llm, unique, x.prompts.merger, int(x.merge_chunk_size))
     calls.extend(merge.pop("calls"))
+    stop_on_failures(calls, int(x.max_failed_calls), job.workdir)
 
     # ---- write the artifact
     counts = {
@@ -229,6 +223,23 @@ def apply_extraction(example: dict, completion: llms.Completion) -> None:
         parse_error=parsed.error,
         parse_method=parsed.method or None,
     )
+
+
+def stop_on_failures(calls: list[dict], allowed: int, workdir: Path) -> None:
+    """Raises when more calls failed for good than ``extract.max_failed_calls`` allows.
+
+    Committing would bake the gaps of a transient outage into a complete artifact; raising leaves
+    the finished calls in the cache, so the re-run pays only for the failed ones.
+    """
+    failed = [c for c in calls if c["error"]]
+    if len(failed) > allowed:
+        write_jsonl(workdir / "calls.jsonl", calls)
+        raise RuntimeError(
+            f"{len(failed)} of {len(calls)} LLM calls failed (extract.max_failed_calls={allowed}); "
+            f"first error: {failed[0]['error']}\nFinished calls are cached: re-run the same "
+            f"command to retry only the failed ones. Details: {workdir}/examples.jsonl, "
+            f"{workdir}/calls.jsonl"
+        )
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
