@@ -145,8 +145,9 @@ class LLM:
     ) -> list[Completion]:
         """Answers to ``requests`` in order: cached ones replayed, the rest sent.
 
-        ``on_result(index, completion)`` is called as each answer arrives (from worker threads for
-        remote backends). Failed calls come back with ``error`` set; nothing raises for them.
+        ``on_result(index, completion)`` is called as each answer sent in this run arrives (from
+        worker threads for remote backends; not for cached answers). Failed calls come back with
+        ``error`` set; nothing raises for them.
         """
         keys = [self.cache_key(list(m)) for m in requests]
         results: list[Completion | None] = [None] * len(requests)
