@@ -77,6 +77,29 @@ SPECS: dict[str, StageSpec] = {
         resumable=True,
         only_if={"sft": lambda cfg: cfg.rm.init == "sft"},
     ),
+    "extract": StageSpec(
+        inputs=("preprocess",),
+        # The whole llm group decides the answers (backend, model, sampling), except the keys
+        # below, which only change how fast or how visibly the calls run. Keys a backend lacks
+        # are skipped.
+        keys=("extract", "llm"),
+        ignore=(
+            "llm.max_concurrency",
+            "llm.cache",
+            "llm.cache_dir",
+            "llm.progress",
+            "llm.retry",
+            "llm.read_timeout",
+            "llm.connect_timeout",
+            "llm.timeout",
+            "llm.api_key_env",
+            "llm.batch_size",
+            "llm.device",
+            "extract.max_failed_calls",
+            "llm.gpu_memory_utilization",
+            "llm.tensor_parallel_size",
+        ),
+    ),
 }
 
 # Stages that orchestrate others and write no artifact of their own.

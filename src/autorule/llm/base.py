@@ -1,0 +1,305 @@
+"""What every LLM backend shares: the request cache, retries, bounded concurrency, call records.
+
+A backend implements one call (:meth:`RemoteLLM.call_once` for APIs) or one batch
+(:meth:`LocalLLM.generate_batch` for models run in-process); :meth:`LLM.complete_all` does the
+rest:
+
+* **cache** — requests already answered (same backend, model, messages and parameters) are read
+  from :class:`~autorule.llm.cache.ResponseCache` instead of being sent; each answer is stored the
+  moment it arrives, so an interrupted run loses at most the calls in flight. Identical requests
+  within one batch are sent once and count as cached;
+* **concurrency** — remote calls run on a pool of ``max_concurrency`` threads. The API clients are
+  synchronous and the work is waiting on the network, so threads are enough; a process pool (as
+  the released code used) would only add start-up and pickling cost;
+* **retries** — throttling, 5xx answers and timeouts are retried with exponential backoff plus
+  random jitter (tenacity), so many threads throttled at once do not come back in lockstep. The
+  SDKs' own retries are switched off in each backend so the two layers never multiply;
+* **records** — each call's latency, tokens in and out, retries and error go into
+  :class:`Completion`; a tqdm bar shows calls done, failed and cached.
+
+A call that still fails after its retries does not raise from :meth:`LLM.complete_all`: its
+Completion carries the error, and the caller decides how many failures it tolerates.
+
+On Ctrl-C, queued calls are dropped at once; calls already in flight run to their end and are
+cached before the process exits (a second Ctrl-C abandons them too).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from autorule.artifacts import digest
+from autorule.llm.cache import ResponseCache
+from autorule.parsing import split_reasoning
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+
+
+class LLMCallError(RuntimeError):
+    """An LLM call failed for good (after its retries, or with an error not worth retrying)."""
+
+
+@dataclass
+class Completion:
+    """One answer, or the error that prevented it, with the call's record."""
+
+    text: str = ""  # the answer, reasoning removed
+    reasoning: str = ""  # the chain of thought, when the model produced one
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_s: float = 0.0  # wall time of the call, retries and waits included
+    retries: int = 0
+    cached: bool = False  # replayed from the response cache
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def record(self) -> dict[str, Any]:
+        """The call's record without the texts (for call logs)."""
+        out = asdict(self)
+        del out["text"], out["reasoning"]
+        return out
+
+
+@dataclass
+class RetrySettings:
+    """Backoff for transient errors: wait ~initial_wait * 2**n + U(0, jitter), at most max_wait."""
+
+    max_attempts: int = 8
+    initial_wait: float = 2.0
+    max_wait: float = 120.0
+    jitter: float = 2.0
+
+
+class LLM:
+    """Base of all backends. Subclasses set ``backend`` and implement :meth:`_run`."""
+
+    backend = "base"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        temperature: float,
+        max_tokens: int,
+        max_concurrency: int = 8,
+        retry: dict | None = None,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+    ):
+        self.model = str(model)
+        self.temperature = float(temperature)
+        self.max_tokens = int(max_tokens)
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.retry = RetrySettings(**(retry or {}))
+        self.cache = ResponseCache(cache_dir) if cache and cache_dir is not None else None
+        self.progress = bool(progress)
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------------------
+    # What identifies a request
+
+    def params(self) -> dict[str, Any]:
+        """Generation parameters that change the answer (part of the cache key)."""
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    def request(self, messages: Messages) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "messages": messages,
+            "params": self.params(),
+        }
+
+    def cache_key(self, messages: Messages) -> str:
+        return digest(self.request(messages))
+
+    # ----------------------------------------------------------------------------------------
+    # Public API
+
+    def complete(self, messages: Messages) -> Completion:
+        """One request; raises :class:`LLMCallError` when it fails."""
+        [completion] = self.complete_all([messages], desc=None)
+        if not completion.ok:
+            raise LLMCallError(completion.error)
+        return completion
+
+    def complete_all(
+        self,
+        requests: Sequence[Messages],
+        desc: str | None = "llm",
+        on_result: Callable[[int, Completion], None] | None = None,
+    ) -> list[Completion]:
+        """Answers to ``requests`` in order: cached ones replayed, the rest sent.
+
+        ``on_result(index, completion)`` is called as each answer sent in this run arrives (from
+        worker threads for remote backends; not for cached answers). Failed calls come back with
+        ``error`` set; nothing raises for them.
+        """
+        keys = [self.cache_key(list(m)) for m in requests]
+        results: list[Completion | None] = [None] * len(requests)
+        pending, first = [], {}  # first: key -> index of the one request sent for it
+        for i, key in enumerate(keys):
+            hit = self.cache.get(key) if self.cache else None
+            if hit is not None:
+                stored = {f.name: hit[f.name] for f in fields(Completion) if f.name in hit}
+                results[i] = Completion(**{**stored, "cached": True, "error": None})
+            elif key not in first:
+                first[key] = i
+                pending.append(i)
+        # Identical requests in one batch (e.g. MT-Bench judgments of the same answers by
+        # different judges) are sent once: the cache would give them the same answer anyway.
+        repeats = [i for i, r in enumerate(results) if r is None and first[keys[i]] != i]
+        # "cached" counts both: answers not paid for in this run.
+        stats = Counter(done=0, failed=0, cached=len(requests) - len(pending))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(requests),
+            initial=stats["cached"],
+            desc=desc,
+            unit="call",
+            disable=not self.progress or desc is None,
+            dynamic_ncols=True,
+        )
+        bar.set_postfix(stats, refresh=False)
+
+        def report(i: int, completion: Completion) -> None:
+            # Stored before anything else so a call that finished is never paid for twice.
+            if completion.ok and self.cache is not None:
+                self.cache.put(keys[i], {**self.request(list(requests[i])), **asdict(completion)})
+            with self._lock:
+                results[i] = completion
+                stats["done" if completion.ok else "failed"] += 1
+                bar.set_postfix(stats, refresh=False)
+                bar.update()
+            if on_result is not None:
+                on_result(i, completion)
+
+        try:
+            self._run([(i, list(requests[i])) for i in pending], report)
+        finally:
+            bar.close()
+        for i in repeats:
+            sent = results[first[keys[i]]]
+            results[i] = replace(sent, cached=sent.ok)
+        if stats["failed"]:
+            log.warning(
+                "%s: %d of %d calls failed", desc or self.backend, stats["failed"], len(requests)
+            )
+        return results  # type: ignore[return-value]
+
+    def _run(
+        self, items: list[tuple[int, Messages]], report: Callable[[int, Completion], None]
+    ) -> None:
+        """Answers every ``(index, messages)`` item and calls ``report`` for each."""
+        raise NotImplementedError
+
+    @staticmethod
+    def finish(completion: Completion) -> Completion:
+        """Moves inline ``<think>`` reasoning out of the answer when no separate field held it."""
+        if not completion.reasoning:
+            completion.reasoning, completion.text = split_reasoning(completion.text)
+        return completion
+
+
+class RemoteLLM(LLM):
+    """A backend that sends one request per call to an API, from a thread pool."""
+
+    def call_once(self, messages: Messages) -> Completion:
+        """One attempt; raises the SDK's exception on failure."""
+        raise NotImplementedError
+
+    def is_retryable(self, error: BaseException) -> bool:
+        """True for throttling, server errors and timeouts."""
+        raise NotImplementedError
+
+    def call_with_retries(self, messages: Messages) -> Completion:
+        """One call with backoff on transient errors; a final failure is returned, not raised."""
+        from tenacity import (
+            Retrying,
+            retry_if_exception,
+            stop_after_attempt,
+            wait_exponential_jitter,
+        )
+
+        r = self.retry
+        retrying = Retrying(
+            stop=stop_after_attempt(max(1, r.max_attempts)),
+            wait=wait_exponential_jitter(initial=r.initial_wait, max=r.max_wait, jitter=r.jitter),
+            retry=retry_if_exception(self.is_retryable),
+            before_sleep=lambda state: log.info(
+                "%s: attempt %d failed (%s); retrying",
+                self.backend,
+                state.attempt_number,
+                state.outcome.exception() if state.outcome else "?",
+            ),
+            reraise=True,
+        )
+        start = time.perf_counter()
+        try:
+            completion = retrying(self.call_once, messages)
+        except Exception as err:  # noqa: BLE001 - any failure becomes a recorded failed call
+            attempts = retrying.statistics.get("attempt_number", 1)
+            kind = "gave up after" if self.is_retryable(err) else "not retryable, after"
+            return Completion(
+                error=f"{self.backend} call to {self.model} failed ({kind} {attempts} "
+                f"attempt(s)): {type(err).__name__}: {err}",
+                latency_s=time.perf_counter() - start,
+                retries=attempts - 1,
+            )
+        completion.retries = retrying.statistics.get("attempt_number", 1) - 1
+        completion.latency_s = time.perf_counter() - start
+        return self.finish(completion)
+
+    def _run(self, items, report) -> None:
+        if not items:
+            return
+        pool = ThreadPoolExecutor(
+            max_workers=min(self.max_concurrency, len(items)),
+            thread_name_prefix=f"llm-{self.backend}",
+        )
+        futures = [
+            pool.submit(lambda i, m: report(i, self.call_with_retries(m)), i, m) for i, m in items
+        ]
+        try:
+            for future in as_completed(futures):
+                future.result()  # surfaces bugs in report/on_result
+        finally:
+            # On Ctrl-C or an error, queued calls are dropped; calls already in flight finish
+            # and reach the cache, so a re-run pays for nothing twice.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+class LocalLLM(LLM):
+    """A backend that runs a model in-process and answers requests in batches."""
+
+    def __init__(self, *, batch_size: int = 8, **common):
+        super().__init__(**common)
+        self.batch_size = max(1, int(batch_size))
+
+    def generate_batch(self, batch: list[Messages]) -> list[Completion]:
+        raise NotImplementedError
+
+    def _run(self, items, report) -> None:
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            t0 = time.perf_counter()
+            completions = self.generate_batch([m for _, m in chunk])
+            per_item = (time.perf_counter() - t0) / len(chunk)
+            for (i, _), completion in zip(chunk, completions, strict=True):
+                completion.latency_s = per_item  # a batch's time, shared by its requests
+                report(i, self.finish(completion))

@@ -1,0 +1,99 @@
+"""``llm=bedrock``: models on Amazon Bedrock through the Converse API (boto3 ``bedrock-runtime``).
+
+Credentials come from boto3's usual chain (environment, ``~/.aws``, instance role); none is ever
+read from or written to autorule's config. DeepSeek-R1 on Bedrock returns its chain of thought as a
+``reasoningContent`` block beside the ``text`` block; both are kept, separately.
+
+botocore's own retries are switched off (``total_max_attempts=1``): :mod:`autorule.llm.base`
+retries with jittered backoff, and two retry layers would multiply (8 x 3 attempts per call).
+"""
+
+from __future__ import annotations
+
+from autorule.llm.base import Completion, Messages, RemoteLLM
+
+# Error codes Bedrock uses for conditions that pass with time.
+RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "TooManyRequestsException",
+        "ServiceUnavailableException",
+        "InternalServerException",
+        "ModelTimeoutException",
+        "ModelNotReadyException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
+
+class BedrockLLM(RemoteLLM):
+    """Chat completions from the Bedrock Converse API."""
+
+    backend = "bedrock"
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        endpoint_url: str | None = None,
+        read_timeout: float = 3600,
+        connect_timeout: float = 60,
+        **common,
+    ):
+        super().__init__(**common)
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            read_timeout=read_timeout,
+            connect_timeout=connect_timeout,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            # botocore's default pool holds 10 connections; more threads would queue for one.
+            max_pool_connections=self.max_concurrency,
+        )
+        # boto3 clients are thread-safe (sessions are not): one client serves every thread.
+        self.client = boto3.client(
+            "bedrock-runtime", region_name=region, endpoint_url=endpoint_url or None, config=config
+        )
+
+    def call_once(self, messages: Messages) -> Completion:
+        system = [{"text": m["content"]} for m in messages if m["role"] == "system"]
+        turns = [
+            {"role": m["role"], "content": [{"text": m["content"]}]}
+            for m in messages
+            if m["role"] != "system"
+        ]
+        kwargs = {
+            "modelId": self.model,
+            "messages": turns,
+            "inferenceConfig": {"temperature": self.temperature, "maxTokens": self.max_tokens},
+        }
+        if system:
+            kwargs["system"] = system
+        response = self.client.converse(**kwargs)
+        blocks = response.get("output", {}).get("message", {}).get("content", [])
+        text = "".join(b["text"] for b in blocks if "text" in b)
+        reasoning = "".join(
+            b["reasoningContent"].get("reasoningText", {}).get("text", "")
+            for b in blocks
+            if "reasoningContent" in b
+        )
+        usage = response.get("usage", {})
+        return Completion(
+            text=text,
+            reasoning=reasoning,
+            input_tokens=int(usage.get("inputTokens", 0)),
+            output_tokens=int(usage.get("outputTokens", 0)),
+        )
+
+    def is_retryable(self, error: BaseException) -> bool:
+        from botocore.exceptions import ClientError, HTTPClientError
+
+        if isinstance(error, HTTPClientError):  # timeouts, refused and dropped connections
+            return True
+        if isinstance(error, ClientError):
+            code = error.response.get("Error", {}).get("Code", "")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return code in RETRYABLE_CODES or status == 429 or status >= 500
+        return False

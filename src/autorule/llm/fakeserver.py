@@ -1,0 +1,209 @@
+"""A local stand-in for LLM APIs: Bedrock Converse and OpenAI chat completions over real HTTP.
+
+Tests and the extraction benchmark point the real boto3 and openai clients at it, so the wire
+format, error mapping and retry paths are exercised without network access or credentials::
+
+    with FakeLLMServer(reply=my_reply, delay=0.2) as server:
+        ...  # llm.endpoint_url=server.url (bedrock) or llm.base_url=server.url + "/v1" (openai)
+
+``reply(request)`` receives a :class:`FakeRequest` and returns a :class:`FakeReply`: the answer,
+optional reasoning, or an error status. ``server.requests`` logs every request received (and
+``log_path``, when given, gets one JSON line per request, for a server run in another process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote
+
+BEDROCK, OPENAI = "bedrock", "openai"
+
+
+@dataclass
+class FakeRequest:
+    """One request as the server saw it."""
+
+    protocol: str  # "bedrock" or "openai"
+    model: str
+    prompt: str  # the text of the last user message
+    body: dict[str, Any]
+    number: int  # 1-based count of requests received so far (this one included)
+
+
+@dataclass
+class FakeReply:
+    """What to answer: text and reasoning, or an error status with a message."""
+
+    text: str = ""
+    reasoning: str = ""
+    # How the reasoning travels. bedrock: always a reasoningContent block. openai: "field"
+    # (message.reasoning_content), "reasoning" (message.reasoning) or "inline" (<think> tags).
+    reasoning_as: str = "field"
+    status: int = 200
+    error_type: str = ""  # Bedrock's x-amzn-ErrorType, e.g. ThrottlingException
+    message: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def echo_rules(request: FakeRequest) -> FakeReply:
+    """Default reply: a JSON array of two rules derived from the prompt, with some reasoning.
+
+    The reasoning is unique per prompt (so the next step's prompts differ too); the rules repeat
+    across prompts (so merging has duplicates to fold).
+    """
+    digest = hashlib.sha256(request.prompt.encode()).hexdigest()
+    rules = [
+        f"The reply follows instruction number {int(digest, 16) % 7}.",
+        "The reply is clear and concise.",
+    ]
+    return FakeReply(text=json.dumps(rules), reasoning=f"Thinking about request {digest[:16]}.")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default listen backlog (5) drops connections when dozens of clients connect at once.
+    request_queue_size = 512
+
+
+class FakeLLMServer:
+    """Serves Bedrock ``POST /model/{id}/converse`` and OpenAI ``POST /v1/chat/completions``."""
+
+    def __init__(
+        self,
+        reply: Callable[[FakeRequest], FakeReply] = echo_rules,
+        delay: float = 0.0,
+        log_path: str | None = None,
+    ):
+        self.reply, self.delay, self.log_path = reply, delay, log_path
+        self.requests: list[FakeRequest] = []
+        self._lock = threading.Lock()
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        # A short poll interval makes shutdown() quick (the default waits up to 0.5 s).
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
+
+    def __enter__(self) -> FakeLLMServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _record(self, protocol: str, model: str, body: dict) -> FakeRequest:
+        messages = body.get("messages", [])
+        last = messages[-1] if messages else {}
+        content = last.get("content", "")
+        if isinstance(content, list):  # Bedrock: a list of content blocks
+            content = "".join(block.get("text", "") for block in content)
+        with self._lock:
+            request = FakeRequest(protocol, model, content, body, len(self.requests) + 1)
+            self.requests.append(request)
+            if self.log_path:  # for a server run in another process
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps({"protocol": protocol, "model": model, "body": body}) + "\n")
+        return request
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the real services offer
+            # Headers and body go out in separate writes; with Nagle's algorithm on, the body
+            # would wait for the client's delayed ACK (~40 ms per call on Linux).
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                path = unquote(self.path)
+                if path.startswith("/model/") and path.endswith("/converse"):
+                    protocol, model = BEDROCK, path[len("/model/") : -len("/converse")]
+                elif path.rstrip("/").endswith("/chat/completions"):
+                    protocol, model = OPENAI, body.get("model", "")
+                else:
+                    return self._send(404, {"message": f"no route {path}"})
+                request = server._record(protocol, model, body)
+                if server.delay:
+                    time.sleep(server.delay)
+                reply = server.reply(request)
+                if reply.status != 200:
+                    return self._error(protocol, reply)
+                payload = (_bedrock_body if protocol == BEDROCK else _openai_body)(request, reply)
+                self._send(200, payload, reply.headers)
+
+            def _error(self, protocol: str, reply: FakeReply) -> None:
+                headers = dict(reply.headers)
+                if protocol == BEDROCK:
+                    if reply.error_type:
+                        headers["x-amzn-ErrorType"] = reply.error_type
+                    payload: dict = {"message": reply.message or reply.error_type}
+                else:
+                    payload = {
+                        "error": {
+                            "message": reply.message,
+                            "type": reply.error_type,
+                            "code": reply.status,
+                        }
+                    }
+                self._send(reply.status, payload, headers)
+
+            def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+def _tokens(text: str) -> int:
+    return len(text.split())
+
+
+def _bedrock_body(request: FakeRequest, reply: FakeReply) -> dict:
+    content: list[dict] = []
+    if reply.reasoning:
+        content.append({"reasoningContent": {"reasoningText": {"text": reply.reasoning}}})
+    content.append({"text": reply.text})
+    n_in, n_out = _tokens(request.prompt), _tokens(reply.reasoning + " " + reply.text)
+    return {
+        "output": {"message": {"role": "assistant", "content": content}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": n_in, "outputTokens": n_out, "totalTokens": n_in + n_out},
+        "metrics": {"latencyMs": 1},
+    }
+
+
+def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+    if reply.reasoning:
+        if reply.reasoning_as == "inline":
+            message["content"] = f"<think>{reply.reasoning}</think>{reply.text}"
+        else:
+            message["reasoning_content" if reply.reasoning_as == "field" else "reasoning"] = (
+                reply.reasoning
+            )
+    n_in, n_out = _tokens(request.prompt), _tokens(reply.reasoning + " " + reply.text)
+    return {
+        "id": f"chatcmpl-{request.number}",
+        "object": "chat.completion",
+        "created": 0,
+        "model": request.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+    }

@@ -1,0 +1,74 @@
+"""``llm=openai``: any OpenAI-compatible chat-completions server (vLLM, SGLang, OpenAI itself...).
+
+The API key is read at start-up from the environment variable named by ``api_key_env``; config,
+logs and manifests only ever hold the variable's name. Reasoning is taken from a separate
+``reasoning_content`` (vLLM's reasoning parsers) or ``reasoning`` field of the message when the
+server sends one, and otherwise split from inline ``<think>...</think>`` tags.
+
+The SDK's own retries are off (``max_retries=0``); :mod:`autorule.llm.base` retries instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from autorule.llm.base import Completion, Messages, RemoteLLM
+
+log = logging.getLogger(__name__)
+
+
+class OpenAICompatLLM(RemoteLLM):
+    """Chat completions from an OpenAI-compatible HTTP endpoint."""
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout: float = 3600,
+        **common,
+    ):
+        super().__init__(**common)
+        import openai
+
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not key:
+            # Local servers (vLLM, SGLang) accept any key; a real API answers 401, reported as a
+            # non-retryable failure.
+            log.warning(
+                "environment variable %s is not set; sending a placeholder API key", api_key_env
+            )
+        self.base_url = base_url
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=key or "not-set", timeout=timeout, max_retries=0
+        )
+
+    def call_once(self, messages: Messages) -> Completion:
+        response = self.client.chat.completions.create(
+            model=self.model,
+            messages=messages,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+        )
+        message = response.choices[0].message
+        extra = message.model_extra or {}
+        reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
+        usage = response.usage
+        return Completion(
+            text=message.content or "",
+            reasoning=str(reasoning),
+            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        )
+
+    def is_retryable(self, error: BaseException) -> bool:
+        import openai
+
+        if isinstance(error, (openai.APITimeoutError, openai.APIConnectionError)):
+            return True
+        if isinstance(error, openai.APIStatusError):
+            return error.status_code in (408, 409, 429) or error.status_code >= 500
+        return False

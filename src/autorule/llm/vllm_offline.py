@@ -1,0 +1,72 @@
+"""``llm=vllm``: vLLM's offline engine (``vllm.LLM``) on local GPUs.
+
+vLLM is an optional extra (``pip install 'autorule[vllm]'``) and is imported only here, when this
+backend is built. Requests are sent to the engine in chunks of ``batch_size`` (vLLM schedules each
+chunk continuously) so answers reach the response cache as chunks finish; an interrupted run
+resumes from the last finished chunk.
+"""
+
+from __future__ import annotations
+
+from autorule.llm.base import Completion, LocalLLM, Messages
+
+INSTALL_HINT = "llm=vllm needs vLLM, an optional extra: pip install 'autorule[vllm]'"
+
+
+def import_vllm():
+    """The ``vllm`` module, or an ImportError that says how to install it."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(f"{INSTALL_HINT} ({err})") from err
+    return vllm
+
+
+class VLLMOfflineLLM(LocalLLM):
+    """Batched chat generation with the vLLM engine."""
+
+    backend = "vllm"
+
+    def __init__(
+        self,
+        *,
+        top_p: float = 1.0,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        seed: int = 0,
+        **common,
+    ):
+        super().__init__(**common)
+        vllm = import_vllm()  # fail at start-up, not after the first cache misses
+        self.top_p, self.seed = float(top_p), int(seed)
+        self.sampling = vllm.SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+        self._engine_args = {
+            "model": self.model,
+            "tensor_parallel_size": tensor_parallel_size,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_model_len,
+            "seed": self.seed,
+        }
+        self._engine = None
+
+    def params(self) -> dict:
+        return {**super().params(), "top_p": self.top_p, "seed": self.seed}
+
+    def generate_batch(self, batch: list[Messages]) -> list[Completion]:
+        if self._engine is None:  # built on the first cache miss: a fully cached run needs no GPU
+            self._engine = import_vllm().LLM(**self._engine_args)
+        outputs = self._engine.chat(batch, self.sampling, use_tqdm=False)
+        return [
+            Completion(
+                text=o.outputs[0].text,
+                input_tokens=len(o.prompt_token_ids or ()),
+                output_tokens=len(o.outputs[0].token_ids or ()),
+            )
+            for o in outputs
+        ]

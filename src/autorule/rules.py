@@ -1,0 +1,97 @@
+"""Rule sets: de-duplication, chunking, and loading a rule set for later stages.
+
+A rule set is a list of short strings. Later stages get theirs from :func:`load_rules`, which
+reads either a rule file the user names (``rules.path``, JSON or YAML) or the ``extract`` stage's
+``rules.json``. A rule file is a list of strings, or a mapping whose ``rules`` key holds one (the
+other keys, e.g. a ``description``, are ignored)::
+
+    {"description": "hand-written", "rules": ["The reply answers the question asked.", ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_rule(rule: str) -> str:
+    """The form two rules must share to count as exact duplicates: case and spacing folded."""
+    return _SPACE.sub(" ", rule).strip().rstrip(".").strip().casefold()
+
+
+def dedupe_rules(rules: Iterable[str]) -> list[str]:
+    """Drops exact duplicates (after :func:`normalize_rule`) and blanks; the first spelling wins."""
+    seen: set[str] = set()
+    unique = []
+    for rule in rules:
+        key = normalize_rule(rule)
+        if key and key not in seen:
+            seen.add(key)
+            unique.append(_SPACE.sub(" ", rule).strip())
+    return unique
+
+
+def chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    """``items`` cut into consecutive chunks of at most ``size`` (size >= 1)."""
+    if size < 1:
+        raise ValueError(f"chunk size must be at least 1, got {size}")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def read_rules_file(path: str | Path) -> list[str]:
+    """Reads a JSON or YAML rule file; raises ValueError naming the file when it is malformed."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"rule file {path} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"rule file {path} is not valid JSON: {err}") from err
+    if isinstance(data, dict):
+        data = data.get("rules")
+    if not isinstance(data, list) or not all(isinstance(r, str) for r in data):
+        raise ValueError(
+            f"rule file {path} must hold a list of strings, or a mapping whose "
+            "'rules' key holds one"
+        )
+    rules = dedupe_rules(data)
+    if not rules:
+        raise ValueError(f"rule file {path} holds no rules")
+    return rules
+
+
+def load_rules(source: DictConfig | str | Path) -> list[str]:
+    """The rule set a later stage should use.
+
+    ``source`` is a rule file path, or the run's config: then ``rules.path`` wins when set, and
+    otherwise the complete ``extract`` artifact for this config is read (missing: the error says
+    the command that makes it).
+    """
+    if not isinstance(source, DictConfig):
+        return read_rules_file(source)
+    path = OmegaConf.select(source, "rules.path")
+    if path:
+        return read_rules_file(path)
+    from autorule.artifacts import StageInputError, artifact_path, make_command, read_manifest
+
+    folder = artifact_path(source, "extract")
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("status") != "complete":
+        raise StageInputError(
+            f"no rule set: rules.path is not set and the extract artifact {folder} is not "
+            f"complete. Make it with:\n  {make_command(source, 'extract')}\n"
+            "or give a rule file with rules.path=<file.json|yaml>"
+        )
+    return read_rules_file(folder / "rules.json")

@@ -1,0 +1,198 @@
+"""Extraction throughput: our thread pool against the bound and the released code's process pool.
+
+    make bench        # or: python -m pytest -q -m bench -s tests/benchmarks/bench_extract.py
+
+A local Bedrock-speaking server answers every call after a fixed delay (``DELAY`` seconds), so the
+wall time measures only how well the client keeps calls in flight. The server runs in its own
+process (a real service does not share our interpreter), and so does preprocess, so this process
+looks like ``python -m autorule stage=extract``. We time the real extract stage (256 UltraFeedback
+pairs, ``llm=bedrock``, ``llm.max_concurrency=32``) and compare it with
+
+* the bound: each step (reason, extract, merge) waits for the previous one, so a step of ``n``
+  calls cannot finish faster than ``ceil(n / concurrency) * DELAY``;
+* the released code's approach: a ``multiprocessing`` pool of 8 workers sending the same
+  requests, step by step, with boto3.
+
+The figures are printed and written into docs/benchmarks.md ("Extraction throughput").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from autorule.config import REPO_ROOT, compose
+from autorule.llm.base import LLM
+from autorule.llm.fakeserver import FakeLLMServer
+from autorule.stages import extract
+
+DELAY = 0.2  # seconds the fake service takes per call
+PAIRS = 256
+CONCURRENCY = 32
+POOL_WORKERS = 8  # the released code's process pool
+TARGET = 0.15  # acceptable overhead over the bound
+DOC = REPO_ROOT / "docs" / "benchmarks.md"
+COMMAND = "make bench  # = python -m pytest -q -m bench -s tests/benchmarks"
+
+_client = None
+
+
+def _step(prompt: str) -> str:
+    if "===== Conversation A =====" in prompt:
+        return "reason"
+    return "extract" if "----- analysis -----" in prompt else "merge"
+
+
+def _send(args: tuple[str, dict]) -> None:
+    """One Converse call from a pool worker (one boto3 client per process, as a worker would)."""
+    global _client
+    url, body = args
+    if _client is None:
+        import boto3
+        from botocore.config import Config
+
+        _client = boto3.client(
+            "bedrock-runtime",
+            region_name="us-west-2",
+            endpoint_url=url,
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+    _client.converse(modelId="us.deepseek.r1-v1:0", **body)
+
+
+def _serve(url_queue, log_path: str) -> None:
+    """Runs the fake service in a child process until the parent terminates it."""
+    with FakeLLMServer(delay=DELAY, log_path=log_path) as server:
+        url_queue.put(server.url)
+        threading.Event().wait()
+
+
+def _bound(steps: Counter, concurrency: int) -> float:
+    return sum(math.ceil(n / concurrency) for n in steps.values()) * DELAY
+
+
+def _write_doc(section: str) -> None:
+    start, end = "<!-- extraction-throughput:start -->", "<!-- extraction-throughput:end -->"
+    block = f"{start}\n{section}\n{end}"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if start in text:
+        text = re.sub(
+            re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.DOTALL
+        )
+    else:
+        text = text.rstrip("\n") + f"\n\n## Extraction throughput\n\n{block}\n"
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text)
+
+
+@pytest.mark.bench
+def test_extraction_throughput(tmp_path, monkeypatch):
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE0000",
+        "AWS_SECRET_ACCESS_KEY": "benchmark-fake-secret-000000",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    subprocess.run(
+        [sys.executable, "-m", "autorule", "stage=preprocess", f"paths.root={tmp_path}"],
+        check=True,
+        capture_output=True,
+    )
+    log_path = tmp_path / "requests.jsonl"
+    urls = multiprocessing.Queue()
+    service = multiprocessing.Process(target=_serve, args=(urls, str(log_path)), daemon=True)
+    service.start()
+    try:
+        url = urls.get(timeout=60)
+        cfg = compose(
+            [
+                "stage=extract",
+                f"paths.root={tmp_path}",
+                "llm=bedrock",
+                f"llm.endpoint_url={url}",
+                f"llm.max_concurrency={CONCURRENCY}",
+                f"extract.num_examples={PAIRS}",
+                "extract.merge_chunk_size=200",
+                "llm.progress=false",
+            ]
+        )
+        in_calls = []  # wall time inside LLM.complete_all: the part the bound speaks of
+        complete_all = LLM.complete_all
+
+        def timed(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return complete_all(self, *args, **kwargs)
+            finally:
+                in_calls.append(time.perf_counter() - start)
+
+        monkeypatch.setattr(LLM, "complete_all", timed)
+        t0 = time.perf_counter()
+        extract.run(cfg)
+        stage = time.perf_counter() - t0
+        ours = sum(in_calls)
+        logged = [json.loads(line) for line in log_path.read_text().splitlines()]
+        bodies = []
+        for r in logged:
+            prompt = r["body"]["messages"][-1]["content"][0]["text"]
+            bodies.append(
+                (_step(prompt), {k: r["body"][k] for k in ("messages", "inferenceConfig")})
+            )
+        steps = Counter(step for step, _ in bodies)
+
+        # The released approach: the same requests, step by step, from 8 worker processes.
+        t0 = time.perf_counter()
+        with multiprocessing.Pool(POOL_WORKERS) as pool:
+            for step in ("reason", "extract", "merge"):
+                pool.map(_send, [(url, b) for s, b in bodies if s == step], chunksize=1)
+        pool_time = time.perf_counter() - t0
+    finally:
+        service.terminate()
+
+    calls = sum(steps.values())
+    bound, pool_bound = _bound(steps, CONCURRENCY), _bound(steps, POOL_WORKERS)
+    flat = math.ceil(calls / CONCURRENCY) * DELAY
+    rows = [
+        ("autorule, threads, max_concurrency=32: LLM calls", ours, bound),
+        ("autorule, threads, max_concurrency=32: whole stage", stage, bound),
+        (f"released code's approach, process pool of {POOL_WORKERS}", pool_time, pool_bound),
+    ]
+    table = "\n".join(
+        f"| {name} | {t:.2f} | {b:.2f} | {100 * (t / b - 1):+.1f}% |" for name, t, b in rows
+    )
+    section = (
+        f"Extract stage, {PAIRS} UltraFeedback pairs, `llm=bedrock` (boto3) against a local server "
+        f"that answers every call after {DELAY} s: {calls} calls ({dict(steps)}). The bound is "
+        f"ceil(calls / concurrency) x {DELAY} s per step, since each step (reason, extract, "
+        f"merge) waits for the one before; over all calls at once it would be {flat:.2f} s. "
+        '"LLM calls" is the wall time spent answering requests; "whole stage" adds start-up '
+        "(importing boto3, building the client, drawing the pairs) and writing the artifact. The "
+        "process pool's time includes starting its workers and their boto3 clients, as the "
+        "released code pays them.\n\n"
+        "| client | wall time (s) | bound (s) | over the bound |\n|---|---|---|---|\n"
+        f"{table}\n\n"
+        f"Speed-up of the whole stage over the released approach: {pool_time / stage:.1f}x. "
+        f"Machine: {os.cpu_count()} CPU cores, Python {platform.python_version()}, no GPU; the "
+        "server runs in another process on the same cores, so the client and server compete for "
+        f"them. Target: LLM calls within {TARGET:.0%} of the bound. Command:\n\n"
+        f"```\n{COMMAND}\n```"
+    )
+    print("\n" + section)
+    _write_doc(section)
+    assert calls == 2 * PAIRS + steps["merge"]
+    assert ours <= bound * (1 + TARGET), f"{ours:.2f}s is more than {TARGET:.0%} over {bound:.2f}s"
+    assert pool_time > stage

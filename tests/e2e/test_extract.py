@@ -1,0 +1,188 @@
+"""The extract stage end to end on the tiny profile: the tiny hf model, and Bedrock via a fake.
+
+Preprocess runs once per module (uf and mt); each test composes its own extract config and keeps
+its LLM response cache in its own folder, so no test sees another's cached answers.
+"""
+
+import hashlib
+import json
+import logging
+import threading
+
+import pytest
+
+from autorule.artifacts import read_manifest
+from autorule.config import compose
+from autorule.llm.fakeserver import FakeLLMServer, FakeReply
+from autorule.rules import load_rules, read_rules_file
+from autorule.stages import extract, preprocess
+
+pytestmark = pytest.mark.slow
+
+SECRET_KEY = "fake-secret-key-for-e2e-tests-0123456789"
+POOL = [
+    "The reply answers the question.",
+    "The reply is concise.",
+    "The reply gives an example.",
+    "The reply is polite.",
+    "The reply uses steps.",
+    "The reply states its assumptions.",
+]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("root")
+    for dataset in ("uf", "mt"):
+        preprocess.run(compose(["stage=preprocess", f"dataset={dataset}", f"paths.root={folder}"]))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKE5678")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def config(root, tmp_path, *overrides):
+    return compose(
+        [
+            "stage=extract",
+            f"paths.root={root}",
+            f"llm.cache_dir={tmp_path}/llm",
+            "llm.progress=false",
+            *overrides,
+        ]
+    )
+
+
+def bedrock(server, *overrides):
+    return [
+        "llm=bedrock",
+        f"llm.endpoint_url={server.url}",
+        "llm.retry.initial_wait=0.01",
+        "llm.retry.max_wait=0.02",
+        "llm.retry.jitter=0",
+        "llm.retry.max_attempts=2",
+        *overrides,
+    ]
+
+
+class Reasoner:
+    """Answers the three prompts of conf/stage/extract.yaml like a well-behaved model."""
+
+    def __init__(self):
+        self.fail = False  # answer every request with a non-retryable error
+        self.answered: list[str] = []  # prompts answered successfully, in order
+        self.lock = threading.Lock()
+
+    def __call__(self, request):
+        prompt = request.prompt
+        if self.fail:
+            return FakeReply(status=400, error_type="ValidationException", message="down")
+        h = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
+        if "===== Conversation A =====" in prompt:
+            reply = FakeReply(text="The winner was clearer.", reasoning=f"Reasoning {h % 97}.")
+        elif "----- analysis -----" in prompt:
+            rules = [POOL[h % 6], POOL[(h + 1) % 6], "  " + POOL[h % 6].upper()]
+            reply = FakeReply(text=f"Here you go:\n```json\n{json.dumps(rules)}\n```")
+        elif "Combine every group" in prompt:
+            listed = [line[2:] for line in prompt.splitlines() if line.startswith("- ")]
+            reply = FakeReply(text=json.dumps(listed[: max(1, len(listed) // 2)]))
+        else:
+            reply = FakeReply(status=400, error_type="ValidationException", message="unknown")
+        with self.lock:
+            self.answered.append(prompt)
+        return reply
+
+
+def test_tiny_model_extraction_falls_back_to_the_example_rules(root, tmp_path, caplog):
+    cfg = config(root, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        path = extract.run(cfg)
+    assert {p.name for p in path.iterdir()} >= {
+        "rules.json",
+        "examples.jsonl",
+        "calls.jsonl",
+        "rules_unmerged.json",
+        "manifest.json",
+    }
+    manifest = read_manifest(path)
+    counts = manifest["counts"]
+    assert counts["pairs"] == 8 and counts["calls"] >= 8 and counts["failed_calls"] == 0
+    # Random weights: no usable rules, so the fallback is used, recorded and announced.
+    assert counts["fallback_rules_used"] == 1 and counts["rules_after_merge"] == 0
+    assert manifest["extract"]["rules_source"] == "fallback"
+    assert "FALLBACK RULE FILE" in caplog.text
+    rules = json.loads((path / "rules.json").read_text())
+    assert rules == read_rules_file(cfg.extract.fallback_rules) == load_rules(cfg)
+    examples = [json.loads(line) for line in (path / "examples.jsonl").read_text().splitlines()]
+    assert len(examples) == 8 and all(e["parse_error"] or e["rules"] for e in examples)
+    assert extract.run(cfg) == path  # complete and up to date: nothing recomputed
+
+
+def test_bedrock_extraction_merges_in_chunks(root, tmp_path):
+    with FakeLLMServer(Reasoner()) as server:
+        cfg = config(root, tmp_path, *bedrock(server, "extract.merge_chunk_size=2"))
+        path = extract.run(cfg)
+    counts = read_manifest(path)["counts"]
+    assert counts["pairs"] == 8 and counts["fallback_rules_used"] == 0
+    assert counts["rules_before_merge"] == 24  # three per pair, one an exact duplicate
+    assert counts["rules_after_dedupe"] <= 6 and counts["merge_rounds"] >= 2
+    rules = json.loads((path / "rules.json").read_text())
+    assert rules and len(rules) == counts["rules_after_merge"] < counts["rules_after_dedupe"]
+    assert counts["calls"] == 16 + counts["merge_calls"] == len(server.requests)
+    examples = [json.loads(line) for line in (path / "examples.jsonl").read_text().splitlines()]
+    assert {e["winner"] for e in examples} == {"A", "B"}  # sides are randomised
+    assert all(e["source_used"] == "reasoning" and e["reasoning"] for e in examples)
+
+
+def test_interrupted_extraction_resumes_without_repeating_calls(root, tmp_path, caplog):
+    reasoner = Reasoner()
+
+    def flaky(request):  # the service goes down for good after five answers
+        reasoner.fail = reasoner.fail or request.number > 5
+        return reasoner(request)
+
+    caplog.set_level(logging.INFO)
+    with FakeLLMServer(flaky) as server:
+        cfg = config(root, tmp_path, *bedrock(server, "extract.seed=1"))
+        with pytest.raises(RuntimeError, match="re-run the same command"):
+            extract.run(cfg)
+        assert len(reasoner.answered) == 5
+        reasoner.fail, server.reply = False, reasoner  # the service is back
+        path = extract.run(cfg)
+    assert len(reasoner.answered) == len(set(reasoner.answered))  # no finished call repeated
+    counts = read_manifest(path)["counts"]
+    assert counts["cached_calls"] == 5 and counts["failed_calls"] == 0
+    # Fake AWS credentials never reach the artifact or the logs.
+    for text in [caplog.text, *(p.read_text() for p in path.iterdir())]:
+        assert SECRET_KEY not in text
+
+
+def test_mt_extraction_takes_judgments_per_question(root, tmp_path):
+    with FakeLLMServer(Reasoner()) as server:
+        cfg = config(
+            root,
+            tmp_path,
+            "dataset=mt",
+            "extract.examples_per_question=2",
+            "extract.chosen_first=true",
+            *bedrock(server),
+        )
+        path = extract.run(cfg)
+    examples = [json.loads(line) for line in (path / "examples.jsonl").read_text().splitlines()]
+    assert len(examples) == 8 and len({e["question_id"] for e in examples}) == 4
+    assert {e["winner"] for e in examples} == {"A"}  # chosen_first: the released behaviour
+
+
+def test_no_rules_and_no_fallback_is_an_error(root, tmp_path):
+    with FakeLLMServer(lambda r: FakeReply(text="I would rather not say.")) as server:
+        cfg = config(root, tmp_path, *bedrock(server, "extract.fallback_rules=null"))
+        with pytest.raises(RuntimeError, match="extraction produced no rules.*8 unparseable"):
+            extract.run(cfg)

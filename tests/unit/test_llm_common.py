@@ -1,0 +1,183 @@
+"""Backend selection, the response cache, the optional vLLM extra, and the llm config files."""
+
+import re
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from autorule import llm as llms
+from autorule.artifacts import config_hash
+from autorule.config import CONF_DIR, compose
+from autorule.llm.cache import ResponseCache
+from autorule.llm.vllm_offline import VLLMOfflineLLM
+
+BACKENDS = ("bedrock", "openai", "hf", "vllm")
+
+
+def test_cache_round_trip_and_corrupt_entries(tmp_path):
+    cache = ResponseCache(tmp_path)
+    assert cache.get("ab" * 32) is None
+    cache.put("ab" * 32, {"text": "x"})
+    assert cache.get("ab" * 32) == {"text": "x"}
+    assert not list(tmp_path.rglob("*.tmp"))  # written to a temporary file, then renamed
+    cache.path("cd" * 32).parent.mkdir(parents=True)
+    cache.path("cd" * 32).write_text("{half a fi")
+    assert cache.get("cd" * 32) is None
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_every_llm_key_has_a_comment(name):
+    for path in (CONF_DIR / "llm" / f"{name}.yaml", CONF_DIR / "llm" / "_common.yaml"):
+        for line in path.read_text().splitlines():
+            if re.match(r"^\s*[A-Za-z_]+:\s*\S", line) and "#" not in line:
+                pytest.fail(f"{path.name}: key without a comment: {line!r}")
+
+
+def test_build_picks_the_backend_from_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-unused-in-this-test-0000000000")
+    cfg = compose(["llm=openai", f"paths.root={tmp_path}"])
+    backend = llms.build(cfg)
+    assert type(backend).__name__ == "OpenAICompatLLM"
+    assert backend.cache.folder == Path(cfg.paths.cache) / "llm"
+    with pytest.raises(TypeError, match="unexpected keyword"):  # typos in config fail loudly
+        llms.build(compose(["llm=openai", "+llm.temprature=0.1"]))
+
+
+def test_runtime_keys_do_not_change_the_artifact_hash(tmp_path):
+    base = ["stage=extract", "llm=bedrock", f"paths.root={tmp_path}"]
+    h = config_hash(compose(base), "extract")
+    assert h == config_hash(
+        compose([*base, "llm.max_concurrency=4", "llm.retry.max_attempts=2", "llm.progress=false"]),
+        "extract",
+    )
+    assert h != config_hash(compose([*base, "llm.model=other"]), "extract")
+    assert h != config_hash(compose([*base, "extract.source=explanation"]), "extract")
+
+
+def test_profiles_pick_backends_and_sizes():
+    tiny, paper = compose([]), compose(["profile=paper"])
+    assert tiny.llm._target_.endswith("HFLLM") and tiny.extract.num_examples == 8
+    assert paper.llm._target_.endswith("BedrockLLM") and paper.llm.model == "us.deepseek.r1-v1:0"
+    assert paper.extract.num_examples == 256 and paper.extract.examples_per_question == 8
+    assert compose(["llm=openai"]).llm._target_.endswith("OpenAICompatLLM")  # command line wins
+    for name in BACKENDS:
+        OmegaConf.to_container(compose([f"llm={name}"]).llm, resolve=True)
+
+
+def test_vllm_missing_gives_an_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail
+    with pytest.raises(ImportError, match=re.escape("pip install 'autorule[vllm]'")):
+        VLLMOfflineLLM(model="m", temperature=0.0, max_tokens=8)
+
+
+def test_vllm_backend_with_a_stand_in_engine(monkeypatch, tmp_path):
+    """The engine calls, checked with a stand-in module (vLLM itself needs a GPU)."""
+    seen = {}
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            seen["sampling"] = kw
+
+    class LLM:
+        def __init__(self, **kw):
+            seen["engine"] = kw
+
+        def chat(self, conversations, params, use_tqdm):
+            out = types.SimpleNamespace
+            return [
+                out(
+                    prompt_token_ids=[1, 2],
+                    outputs=[out(text=f'<think>r{i}</think>["rule {i}"]', token_ids=[1, 2, 3])],
+                )
+                for i, _ in enumerate(conversations)
+            ]
+
+    monkeypatch.setitem(
+        sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
+    )
+    backend = VLLMOfflineLLM(
+        model="m", temperature=0.6, max_tokens=8, batch_size=2, cache_dir=tmp_path, progress=False
+    )
+    outs = backend.complete_all([[{"role": "user", "content": str(i)}] for i in range(3)])
+    assert [(o.reasoning, o.text) for o in outs] == [
+        ("r0", '["rule 0"]'),
+        ("r1", '["rule 1"]'),
+        ("r0", '["rule 0"]'),
+    ]  # batches of 2
+    assert seen["sampling"]["max_tokens"] == 8 and seen["engine"]["model"] == "m"
+    assert all(o.input_tokens == 2 and o.output_tokens == 3 for o in outs)
+
+
+class Scripted(llms.base.LocalLLM):
+    """A local backend that answers instantly and can be told to 'crash' on a given batch."""
+
+    backend = "scripted"
+
+    def __init__(self, crash_on_batch=None, **kw):
+        super().__init__(
+            model="m", temperature=0.0, max_tokens=8, batch_size=2, progress=False, **kw
+        )
+        self.crash_on_batch, self.seen = crash_on_batch, []
+
+    def generate_batch(self, batch):
+        if len(self.seen) == self.crash_on_batch:
+            raise KeyboardInterrupt
+        self.seen.append([m[0]["content"] for m in batch])
+        return [llms.Completion(text=f"answer to {m[0]['content']}") for m in batch]
+
+
+def test_identical_requests_are_sent_once(tmp_path):
+    backend = Scripted(cache_dir=tmp_path)
+    requests = [[{"role": "user", "content": c}] for c in "abab"]
+    outs = backend.complete_all(requests)
+    assert backend.seen == [["a", "b"]]
+    assert [o.text for o in outs] == ["answer to a", "answer to b"] * 2
+    assert [o.cached for o in outs] == [False, False, True, True]
+
+
+def test_ctrl_c_keeps_finished_batches(tmp_path):
+    requests = [[{"role": "user", "content": str(i)}] for i in range(6)]
+    with pytest.raises(KeyboardInterrupt):
+        Scripted(crash_on_batch=2, cache_dir=tmp_path).complete_all(requests)
+    again = Scripted(cache_dir=tmp_path)
+    outs = again.complete_all(requests)
+    assert again.seen == [["4", "5"]]  # the first two batches came from the cache
+    assert [o.cached for o in outs] == [True] * 4 + [False] * 2
+
+
+def test_ctrl_c_during_remote_calls_loses_nothing_finished(tmp_path):
+    from autorule.llm.fakeserver import FakeLLMServer
+    from autorule.llm.openai_compat import OpenAICompatLLM
+
+    requests = [[{"role": "user", "content": str(i)}] for i in range(12)]
+    answered = []
+
+    def stop_after_three(i, completion):
+        answered.append(i)
+        if len(answered) == 3:
+            raise KeyboardInterrupt
+
+    with FakeLLMServer(delay=0.05) as server:
+        backend = OpenAICompatLLM(
+            model="m",
+            base_url=server.url + "/v1",
+            api_key_env=None,
+            temperature=0.0,
+            max_tokens=8,
+            max_concurrency=2,
+            cache_dir=tmp_path,
+            progress=False,
+        )
+        with pytest.raises(KeyboardInterrupt):
+            backend.complete_all(requests, on_result=stop_after_three)
+        time.sleep(0.3)  # calls in flight at the interrupt finish and reach the cache
+        first = len(server.requests)
+        assert first < len(requests)  # queued calls were dropped
+        outs = backend.complete_all(requests)
+    prompts = [r.prompt for r in server.requests]
+    assert len(prompts) == len(set(prompts)) == len(requests)  # nothing was sent twice
+    assert sum(o.cached for o in outs) == first

@@ -1,0 +1,68 @@
+"""The OpenAI-compatible backend through the real openai client, against a local server."""
+
+import pytest
+
+from autorule.llm import LLMCallError
+from autorule.llm.fakeserver import FakeLLMServer, FakeReply
+from autorule.llm.openai_compat import OpenAICompatLLM
+
+FAST_RETRY = {"max_attempts": 3, "initial_wait": 0.01, "max_wait": 0.02, "jitter": 0.0}
+KEY = "sk-test-abcdefghijklmnopqrstuvwxyz"
+
+
+def make(server, tmp_path, **kw) -> OpenAICompatLLM:
+    settings = {
+        "model": "served-r1",
+        "base_url": server.url + "/v1",
+        "api_key_env": "AUTORULE_TEST_API_KEY",
+        "temperature": 0.6,
+        "max_tokens": 64,
+        "retry": FAST_RETRY,
+        "cache_dir": tmp_path / "cache",
+        "progress": False,
+        **kw,
+    }
+    return OpenAICompatLLM(**settings)
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv("AUTORULE_TEST_API_KEY", KEY)
+
+
+@pytest.mark.parametrize("how", ["field", "reasoning", "inline"])
+def test_reasoning_is_split_from_the_answer(tmp_path, how):
+    reply = FakeReply(text='["Be concise."]', reasoning="B rambles.", reasoning_as=how)
+    with FakeLLMServer(lambda r: reply) as server:
+        out = make(server, tmp_path).complete([{"role": "user", "content": "Why A?"}])
+    assert (out.text, out.reasoning) == ('["Be concise."]', "B rambles.")
+    assert out.input_tokens == 2 and out.output_tokens > 0
+    [request] = server.requests
+    assert request.body["model"] == "served-r1"
+    assert request.body["temperature"] == 0.6 and request.body["max_tokens"] == 64
+
+
+def test_rate_limit_is_retried_and_sdk_retries_are_off(tmp_path):
+    def reply(request):
+        return (
+            FakeReply(status=429, message="slow down")
+            if request.number == 1
+            else FakeReply(text="ok")
+        )
+
+    with FakeLLMServer(reply) as server:
+        out = make(server, tmp_path).complete([{"role": "user", "content": "hi"}])
+        assert out.text == "ok" and out.retries == 1 and len(server.requests) == 2
+    with FakeLLMServer(lambda r: FakeReply(status=503, message="overloaded")) as server:
+        with pytest.raises(LLMCallError, match="gave up after 3 attempt"):
+            make(server, tmp_path).complete([{"role": "user", "content": "hi again"}])
+        assert len(server.requests) == 3  # ours only, never multiplied by the SDK's
+
+
+def test_api_key_is_read_from_the_named_variable_only(tmp_path):
+    with FakeLLMServer() as server:
+        llm = make(server, tmp_path)
+        llm.complete([{"role": "user", "content": "hi"}])
+    assert llm.client.api_key == KEY
+    cached = "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
+    assert KEY not in cached

@@ -1,0 +1,50 @@
+"""Rule sets: de-duplication, chunking and loading from files or the extract artifact."""
+
+import json
+
+import pytest
+
+from autorule.artifacts import StageInputError
+from autorule.config import REPO_ROOT, compose
+from autorule.rules import chunks, dedupe_rules, load_rules, normalize_rule, read_rules_file
+
+EXAMPLE = REPO_ROOT / "data" / "rules" / "example_rules.json"
+
+
+def test_exact_duplicates_fold_case_and_spacing():
+    rules = ["Be concise.", "  be   CONCISE ", "Cite sources", "", "cite sources."]
+    assert dedupe_rules(rules) == ["Be concise.", "Cite sources"]
+    assert normalize_rule(" A  b. ") == "a b"
+
+
+def test_chunks():
+    assert chunks(list("abcde"), 2) == [["a", "b"], ["c", "d"], ["e"]]
+    assert chunks([], 3) == []
+    with pytest.raises(ValueError):
+        chunks(["a"], 0)
+
+
+def test_rule_files_in_json_and_yaml(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps(["Be concise.", "be concise"]))
+    (tmp_path / "r.yaml").write_text("description: mine\nrules:\n  - Be concise.\n  - Cite.\n")
+    assert load_rules(tmp_path / "r.json") == ["Be concise."]
+    assert load_rules(str(tmp_path / "r.yaml")) == ["Be concise.", "Cite."]
+    (tmp_path / "bad.json").write_text('{"rules": [1, 2]}')
+    with pytest.raises(ValueError, match="list of strings"):
+        load_rules(tmp_path / "bad.json")
+    (tmp_path / "empty.yaml").write_text("rules: []\n")
+    with pytest.raises(ValueError, match="holds no rules"):
+        load_rules(tmp_path / "empty.yaml")
+
+
+def test_the_example_rule_file_is_labelled_and_small():
+    data = json.loads(EXAMPLE.read_text())
+    assert "hand-written" in data["description"].lower()
+    assert len(read_rules_file(EXAMPLE)) == 8
+
+
+def test_load_rules_from_config(tmp_path):
+    cfg = compose([f"paths.root={tmp_path}", f"rules.path={EXAMPLE}"])
+    assert load_rules(cfg) == read_rules_file(EXAMPLE)
+    with pytest.raises(StageInputError, match="stage=extract"):
+        load_rules(compose([f"paths.root={tmp_path}"]))
