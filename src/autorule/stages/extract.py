@@ -139,7 +139,8 @@ def run(cfg: DictConfig) -> Path:
     extra = {"rules_source": "extracted"}
     final = merged
     if not final:
-        final, extra = fallback(x, counts, job.workdir)
+        # Name the folder examples.jsonl will be in: the artifact if the fallback commits it.
+        final, extra = fallback(x, counts, job.path if x.fallback_rules else job.workdir)
         counts["fallback_rules_used"] = 1
     (job.workdir / "rules.json").write_text(json.dumps(final, indent=2, ensure_ascii=False) + "\n")
     (job.workdir / "rules_unmerged.json").write_text(
@@ -306,12 +307,12 @@ def merge_rules(
     return [], info
 
 
-def fallback(x: DictConfig, counts: dict, workdir: Path) -> tuple[list[str], dict]:
+def fallback(x: DictConfig, counts: dict, folder: Path) -> tuple[list[str], dict]:
     """The fallback rule set when extraction produced none, or an error saying why not."""
     why = (
         f"extraction produced no rules ({counts['pairs']} pairs, {counts['failed_calls']} "
         f"failed calls, {counts['parse_failures']} unparseable answers, "
-        f"{counts['empty_rule_lists']} empty lists; see {workdir}/examples.jsonl)"
+        f"{counts['empty_rule_lists']} empty lists; see {folder}/examples.jsonl)"
     )
     if not x.fallback_rules:
         raise RuntimeError(
