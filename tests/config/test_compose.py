@@ -8,11 +8,12 @@ from omegaconf import OmegaConf
 from autorule.config import CONF_DIR
 from autorule.stages import META_STAGES, SPECS
 
-GROUPS = ["stage", "dataset", "model", "profile", "paths"]
+GROUPS = ["stage", "dataset", "model", "profile", "paths", "llm", "launcher", "logger"]
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    # Files starting with "_" are shared fragments included by the options, not options.
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
 
 
 CASES = [(g, o) for g in GROUPS for o in options(g)] + [
