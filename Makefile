@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch for laptops and CI; on a GPU cluster set TORCH_SPEC to the build you need.
 TORCH_SPEC ?= torch==2.13.0
+# Index that serves TORCH_SPEC, when not the one pip is configured with. Linux wheels of torch on
+# PyPI bundle CUDA (gigabytes); for the CPU build there, use
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROOT ?= outputs
@@ -20,7 +24,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

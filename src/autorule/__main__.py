@@ -2,7 +2,14 @@
 
 Composes the config once and hands it to :func:`autorule.pipeline.run_stage`. Everything Hydra
 offers works: ``--cfg job``, ``--help``, ``-m`` sweeps.
+
+Secrets never travel on the command line: Hydra echoes overrides in sweep files and error
+messages before autorule could mask them, so an override that carries a credential is refused
+before Hydra starts, and a failing stage prints its error through the same redaction as the logs.
 """
+
+import sys
+import traceback
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,14 +20,40 @@ from autorule.config import CONF_DIR, finalize
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    from autorule.artifacts import StageInputError
     from autorule.pipeline import run_stage
-    from autorule.secrets import install_log_redaction
+    from autorule.secrets import install_log_redaction, redact_text
 
     install_log_redaction()
     hc = HydraConfig.get()
     finalize(cfg, hc.runtime.choices["stage"], hc.overrides.task)
-    run_stage(cfg)
+    try:
+        run_stage(cfg)
+    except StageInputError as err:  # a user's next step, not a bug: no traceback
+        print(f"[autorule] error: {redact_text(str(err))}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except Exception:
+        # Hydra would print the raw overrides above the traceback; print it masked instead.
+        print(redact_text(traceback.format_exc()), file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def refuse_credentials(argv: list[str]) -> None:
+    """Exits with a clear message when a command-line override carries a credential."""
+    from autorule.secrets import credential_overrides
+
+    found = credential_overrides([a for a in argv if not a.startswith("-") and "=" in a])
+    if found:
+        print(
+            "autorule takes no secrets on the command line, and these overrides look like "
+            f"credentials: {', '.join(found)}. Put the secret in an environment variable and "
+            "name that variable in the config (llm.api_key_env for API keys; AWS credentials "
+            "come from the usual AWS variables, profile or role).",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":
+    refuse_credentials(sys.argv[1:])
     main()

@@ -43,6 +43,7 @@ from autorule.stages import SPECS, StageSpec
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+CONFIG_FILE = "config.yaml"  # the full resolved config, secrets masked
 PACKAGES = (
     "autorule",
     "torch",
@@ -93,7 +94,7 @@ def stage_config(cfg: DictConfig, stage: str) -> dict[str, Any]:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = _select(cfg, key)
-    for key in spec.ignore:
+    for key in spec.ignored(cfg):
         _drop(tree, key)
     return tree
 
@@ -113,6 +114,7 @@ def config_hash(cfg: DictConfig, stage: str) -> str:
             "version": spec.version,
             "config": stage_config(cfg, stage),
             "inputs": {name: config_hash(cfg, name) for name in spec.inputs_for(cfg)},
+            **({"sources": spec.sources(cfg)} if spec.sources else {}),
         }
     )
 
@@ -134,6 +136,19 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def content_hash(config_hash: str, files: dict[str, str]) -> str:
+    """What downstream stages compare to see whether an upstream artifact changed: the config
+    hash and every file's hash except the saved ``config.yaml``, which also records how the run
+    was started (``force=true``, the command-line overrides) and so differs between two runs
+    that produced the same content."""
+    return digest(
+        {
+            "config_hash": config_hash,
+            "files": {k: v for k, v in files.items() if k != CONFIG_FILE},
+        }
+    )
 
 
 def hash_files(folder: Path) -> dict[str, str]:
@@ -271,7 +286,15 @@ class StageJob:
         folder = artifact_path(self.cfg, name)
         manifest = read_manifest(folder)
         if manifest is None or manifest.get("status") != "complete":
-            state = "missing" if manifest is None else f"incomplete ({manifest.get('status')})"
+            if manifest is not None:
+                state = f"incomplete ({manifest.get('status')})"
+            elif work_path(folder).exists():
+                state = (
+                    f"missing (an interrupted or still running job left {work_path(folder).name};"
+                    " re-running resumes or restarts it)"
+                )
+            else:
+                state = "missing"
             raise StageInputError(
                 f"stage '{self.stage}' needs the '{name}' artifact at {folder}, which is {state}. "
                 f"Make it first with:\n  {make_command(self.cfg, name)}"
@@ -287,11 +310,12 @@ class StageJob:
                 "stage": self.stage,
                 "status": status,
                 "config_hash": self.config_hash,
-                "artifact_hash": digest({"config_hash": self.config_hash, "files": files}),
+                "artifact_hash": content_hash(self.config_hash, files),
                 "inputs": self._inputs,
                 "counts": counts,
                 "files": files,
                 "config": stage_config(self.cfg, self.stage),
+                **({"sources": self.spec.sources(self.cfg)} if self.spec.sources else {}),
                 "command": make_command(self.cfg, self.stage),
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "git_sha": git_sha(),
@@ -307,7 +331,7 @@ class StageJob:
             if not isinstance(v, int) or isinstance(v, bool):
                 raise TypeError(f"count {k!r} must be an int, got {type(v).__name__}")
         resolved = OmegaConf.to_container(self.cfg, resolve=True)
-        (self.workdir / "config.yaml").write_text(
+        (self.workdir / CONFIG_FILE).write_text(
             OmegaConf.to_yaml(OmegaConf.create(redact(resolved)))
         )
         files = hash_files(self.workdir)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from autorule.secrets import redact
+from autorule.secrets import redact_override
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def finalize(cfg: DictConfig, stage: str, overrides: Sequence[str]) -> DictConfi
     """Attaches the stage to run and the (redacted) overrides that produced this config."""
     with open_dict(cfg):
         cfg.stage = stage
-        cfg.run = {"overrides": redact(list(overrides))}
+        cfg.run = {"overrides": [redact_override(o) for o in overrides]}
     return cfg
 
 

@@ -13,14 +13,8 @@ from omegaconf import DictConfig
 TINY = "tiny"
 
 
-def resolve(cfg: DictConfig, role: str = "policy", name_or_path: str | None = None) -> str:
-    """Hub id or folder for ``role`` (``policy`` or ``reward``) of the configured model."""
-    name = name_or_path or str(cfg.model.name_or_path)
-    if name != TINY:
-        return name
-    from autorule import tiny
-
-    # The tiny tokenizer is trained on the bundled UltraFeedback copy's training splits.
+def tiny_corpus(cfg: DictConfig) -> list[Path]:
+    """The files the tiny tokenizer is trained on: the bundled UltraFeedback training splits."""
     corpus_dir = Path(cfg.paths.data) / "ultrafeedback_binarized" / "data"
     corpus = sorted(corpus_dir.glob("train_*-00000-of-00001.parquet"))
     if not corpus:
@@ -28,7 +22,17 @@ def resolve(cfg: DictConfig, role: str = "policy", name_or_path: str | None = No
             f"{corpus_dir} holds no train_*.parquet files to train the tiny tokenizer on "
             "(key paths.data); regenerate the bundled data with `make data`"
         )
-    return str(tiny.build(Path(cfg.paths.cache), dict(cfg.model.tiny), corpus) / role)
+    return corpus
+
+
+def resolve(cfg: DictConfig, role: str = "policy", name_or_path: str | None = None) -> str:
+    """Hub id or folder for ``role`` (``policy`` or ``reward``) of the configured model."""
+    name = name_or_path or str(cfg.model.name_or_path)
+    if name != TINY:
+        return name
+    from autorule import tiny
+
+    return str(tiny.build(Path(cfg.paths.cache), dict(cfg.model.tiny), tiny_corpus(cfg)) / role)
 
 
 def load_tokenizer(cfg: DictConfig, role: str = "policy"):

@@ -32,12 +32,14 @@ _SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 _ENV_NAME = re.compile(r"_env$|_env_var$|^env_", re.IGNORECASE)
-# Shapes of common credentials, masked wherever they appear.
+# Shapes of common credentials, masked wherever they appear. Each must start a word, so ordinary
+# text such as "disk-scratch-..." or "risk-assessment-..." is left alone.
 _SECRET_VALUE = re.compile(
-    r"(AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key ids
+    r"(?<![A-Za-z0-9])"
+    r"((AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key ids
     r"|sk-[A-Za-z0-9_\-]{16,}"  # OpenAI-style keys
     r"|hf_[A-Za-z0-9]{20,}"  # Hugging Face tokens
-    r"|xox[abpr]-[A-Za-z0-9\-]{10,}"  # Slack tokens
+    r"|xox[abpr]-[A-Za-z0-9\-]{10,})"  # Slack tokens
 )
 
 
@@ -59,6 +61,34 @@ def redact_text(text: str, environ: Mapping[str, str] | None = None) -> str:
     for value in secret_env_values(environ):
         text = text.replace(value, MASK)
     return _SECRET_VALUE.sub(MASK, text)
+
+
+def override_key(override: str) -> str | None:
+    """The last component of a Hydra override's key (``+llm.api_key=x`` -> ``api_key``)."""
+    key, sep, _ = override.partition("=")
+    if not sep:
+        return None
+    return key.lstrip("+~").rsplit(".", 1)[-1].split("@", 1)[0]
+
+
+def redact_override(override: str, environ: Mapping[str, str] | None = None) -> str:
+    """Masks a ``key=value`` override whose key names a credential, and secrets inside any value."""
+    key = override_key(override)
+    if key is not None and is_secret_key(key):
+        name, _, value = override.partition("=")
+        return f"{name}={MASK}" if value not in ("", "null") else override
+    return redact_text(override, environ)
+
+
+def credential_overrides(
+    overrides: list[str], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """The overrides that carry a credential, as they would be shown once redacted.
+
+    The command line refuses these: Hydra itself echoes overrides (sweep files, error messages)
+    before autorule could mask them, so a secret must come from the environment instead.
+    """
+    return [redact_override(o, environ) for o in overrides if redact_override(o, environ) != o]
 
 
 def redact(obj: Any, environ: Mapping[str, str] | None = None) -> Any:

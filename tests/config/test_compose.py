@@ -55,3 +55,34 @@ def test_command_line_beats_profile(make_cfg):
 def test_pipeline_lists_only_known_stages(make_cfg):
     cfg = make_cfg("stage=pipeline")
     assert cfg.pipeline.stages and set(cfg.pipeline.stages) <= set(SPECS)
+
+
+def _keys_without_comment(path: Path) -> list[str]:
+    """Keys of a YAML file with no comment on their line or on the line just above."""
+    import yaml
+
+    lines = path.read_text().splitlines()
+    missing: list[str] = []
+
+    def walk(node, skip: bool) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = key.value
+                hidden = skip or name in ("hydra", "defaults")
+                row = key.start_mark.line
+                above = lines[row - 1].strip() if row else ""
+                if not hidden and "#" not in lines[row] and not above.startswith("#"):
+                    missing.append(f"{path.relative_to(CONF_DIR)}:{row + 1}: {name}")
+                walk(value, hidden)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item, skip)
+
+    walk(yaml.compose(path.read_text()), False)
+    return missing
+
+
+def test_every_config_key_has_a_comment():
+    """Config is the interface: each key a researcher can turn says what it does."""
+    missing = [m for p in sorted(CONF_DIR.rglob("*.yaml")) for m in _keys_without_comment(p)]
+    assert not missing, "keys without a comment:\n" + "\n".join(missing)

@@ -123,6 +123,42 @@ def test_preprocess_hash_ignores_speed_knobs(make_cfg):
     assert config_hash(make_cfg("seed=5"), "preprocess") == base
 
 
+def test_preprocess_is_named_by_the_data_not_its_path(make_cfg, tmp_path):
+    """Two copies of the same data share the artifact; edited data gets a new one."""
+    import shutil
+
+    bundled = make_cfg().dataset.path
+    copy = tmp_path / "copy"
+    shutil.copytree(bundled, copy)
+    base = config_hash(make_cfg(f"dataset.path={bundled}"), "preprocess")
+    assert config_hash(make_cfg(f"dataset.path={copy}"), "preprocess") == base
+    assert config_hash(make_cfg(f"dataset.path={copy}/"), "preprocess") == base
+    (copy / ".cache").mkdir()  # hidden files (caches, locks) are not data
+    (copy / ".cache" / "x.lock").write_text("")
+    assert config_hash(make_cfg(f"dataset.path={copy}"), "preprocess") == base
+    with open(copy / "data" / "test_sft-00000-of-00001.parquet", "ab") as f:
+        f.write(b"edited")
+    assert config_hash(make_cfg(f"dataset.path={copy}"), "preprocess") != base
+    # A hub id is identified by its id and pinned revision.
+    hub = config_hash(make_cfg("dataset.path=org/data"), "preprocess")
+    assert hub != base
+    assert (
+        config_hash(make_cfg("dataset.path=org/data", "dataset.revision=abc"), "preprocess") != hub
+    )
+
+
+def test_preprocess_hash_ignores_the_other_datasets_settings(make_cfg):
+    uf, mt = make_cfg("dataset=uf"), make_cfg("dataset=mt")
+    uf_hash, mt_hash = config_hash(uf, "preprocess"), config_hash(mt, "preprocess")
+    for key in ("preprocess.mt_first_question_only=true", "preprocess.mt_train_per_block=4"):
+        assert config_hash(make_cfg("dataset=uf", key), "preprocess") == uf_hash
+        assert config_hash(make_cfg("dataset=mt", key), "preprocess") != mt_hash
+    for key in ("preprocess.filter.max_tokens=256", "preprocess.test_subset_size=3"):
+        assert config_hash(make_cfg("dataset=mt", key), "preprocess") == mt_hash
+        assert config_hash(make_cfg("dataset=uf", key), "preprocess") != uf_hash
+    assert config_hash(make_cfg("dataset=mt", "model=llama3_8b"), "preprocess") == mt_hash
+
+
 def test_upstream_recompute_invalidates_downstream(make_cfg):
     cfg = make_cfg()
     run_up(cfg, nonce=True)
@@ -132,6 +168,13 @@ def test_upstream_recompute_invalidates_downstream(make_cfg):
     run_up(set_force(make_cfg()), nonce=False)
     run_up(set_force(make_cfg()), nonce=False)
     run_down(cfg)
+    assert is_up_to_date(cfg, "down")[0]
+    # ...even when the forced run was started differently (the saved config.yaml records the
+    # overrides and force=true, but it is not content)...
+    forced = set_force(make_cfg())
+    with open_dict(forced):
+        forced.run.overrides = ["force=true", "hydra.verbose=true"]
+    run_up(forced, nonce=False)
     assert is_up_to_date(cfg, "down")[0]
     # ...but new content makes it out of date, and the next run recomputes it.
     run_up(set_force(make_cfg()), nonce=True)

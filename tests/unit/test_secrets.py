@@ -2,7 +2,15 @@
 
 import logging
 
-from autorule.secrets import MASK, RedactingFilter, is_secret_key, redact, redact_text
+from autorule.secrets import (
+    MASK,
+    RedactingFilter,
+    credential_overrides,
+    is_secret_key,
+    redact,
+    redact_override,
+    redact_text,
+)
 
 ENV = {
     "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
@@ -56,3 +64,32 @@ def test_log_filter_masks_secret_in_args(monkeypatch):
     )
     assert RedactingFilter().filter(record)
     assert record.getMessage() == f"key={MASK}"
+
+
+def test_credential_shapes_must_start_a_word():
+    """Ordinary words that merely contain ``sk-`` or ``hf_`` are not masked."""
+    for text in (
+        "/scratch/disk-scratch-autorule-runs",
+        "org/risk-assessment-llama-8b-instruct",
+        "task-abcdefghijklmnopqrstu",
+        "leaf_abcdefghijklmnopqrstuvwxyz",
+    ):
+        assert redact_text(text, {}) == text
+    assert redact_text("key=sk-abcdefghijklmnopqrstu", {}) == f"key={MASK}"
+
+
+def test_overrides_are_masked_by_key_whatever_the_value():
+    assert redact_override("+llm.api_key=plainSECRETvalue999") == f"+llm.api_key={MASK}"
+    assert redact_override("++extra.password=hunter2", {}) == f"++extra.password={MASK}"
+    assert redact_override("llm.api_key_env=MY_KEY", {}) == "llm.api_key_env=MY_KEY"
+    assert redact_override("llm.api_key=null", {}) == "llm.api_key=null"
+    assert redact_override("llm.model=x", ENV) == "llm.model=x"
+    assert redact_override("llm.model=not-shaped-like-a-key-123", ENV) == f"llm.model={MASK}"
+
+
+def test_credential_overrides_lists_only_the_offending_ones():
+    found = credential_overrides(
+        ["stage=extract", "+llm.api_key=plain", "llm.model=not-shaped-like-a-key-123"], ENV
+    )
+    assert found == [f"+llm.api_key={MASK}", f"llm.model={MASK}"]
+    assert credential_overrides(["stage=rm", "llm.api_key_env=K", "paths.root=/disk-x"], ENV) == []

@@ -32,6 +32,16 @@ class StageSpec:
     # input whose predicate is false is neither required nor hashed, so its config cannot change
     # this stage's artifact.
     only_if: Mapping[str, Callable[[Any], bool]] = field(default_factory=dict)
+    # Further keys to ignore under some configs (e.g. the MT-Bench split's settings when the
+    # dataset is UltraFeedback): config -> dotted keys.
+    ignore_when: Callable[[Any], tuple[str, ...]] | None = None
+    # Fingerprint of what the stage reads from outside paths.root (a dataset folder, a hub id and
+    # revision), hashed into its config hash: see autorule.sources.
+    sources: Callable[[Any], Any] | None = None
+
+    def ignored(self, cfg: Any) -> tuple[str, ...]:
+        """The keys under ``keys`` that do not decide the output under ``cfg``."""
+        return self.ignore + (self.ignore_when(cfg) if self.ignore_when else ())
 
     def inputs_for(self, cfg: Any) -> tuple[str, ...]:
         """The upstream stages this stage reads under ``cfg``."""
@@ -57,10 +67,45 @@ TRAINING_RUNTIME_KEYS = {
     for stage in ("sft", "rm")
 }
 
+# preprocess settings that only one dataset reads; the other dataset's artifact ignores them.
+_MT_ONLY = (
+    "dataset.split",
+    "preprocess.mt_block_size",
+    "preprocess.mt_train_per_block",
+    "preprocess.mt_first_question_only",
+)
+_UF_ONLY = (
+    "preprocess.filter",
+    "preprocess.splits",
+    "preprocess.test_subset_size",
+    "preprocess.prompt_format",
+    "preprocess.plain_template",
+    "model",  # the policy tokenizer is only used by the UltraFeedback length filter
+)
+
+
+def _preprocess_sources(cfg: Any) -> Any:
+    from autorule.sources import preprocess_sources
+
+    return preprocess_sources(cfg)
+
+
 SPECS: dict[str, StageSpec] = {
+    # The dataset is identified by its content (local folder) or hub id and revision, through
+    # `sources`; dataset.path itself is not hashed, so the same data read from two clones or two
+    # spellings of a path shares one artifact.
     "preprocess": StageSpec(
         keys=("dataset", "preprocess", "model.name_or_path", "model.tiny"),
-        ignore=("preprocess.batch_size",),
+        ignore=(
+            "preprocess.batch_size",
+            "dataset.path",
+            "dataset.hub_id",
+            "dataset.local_copy",
+            "dataset.revision",
+        ),
+        ignore_when=lambda cfg: _MT_ONLY if cfg.dataset.name == "uf" else _UF_ONLY,
+        sources=_preprocess_sources,
+        version=2,
     ),
     "sft": StageSpec(
         inputs=("preprocess",),

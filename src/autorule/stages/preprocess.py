@@ -23,6 +23,7 @@ Counts in the manifest: rows in and out per split and rows dropped per filter re
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -84,9 +85,14 @@ def _load_split(cfg: DictConfig, split: str) -> pd.DataFrame:
 
 
 def _require_columns(df: pd.DataFrame, columns, where: str) -> None:
+    """Every column present and filled: ``datasets`` fills a column that one split's file lacks
+    with nulls, which would otherwise pass as rows the filter silently drops."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{where} lacks the columns {missing}; it has {list(df.columns)}")
+    empty = {c: int(n) for c, n in df[list(columns)].isna().sum().items() if n}
+    if empty:
+        raise ValueError(f"{where} has missing values (column: rows) {empty}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,17 +105,21 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
     tokenizer = load_tokenizer(cfg)
     batch = int(p.batch_size)
 
+    # Counts are of each text alone (no BOS/EOS added), so the 512 limit is on the content.
     # Token counts are memoised by text: on the hub copy the SFT and preference splits share
     # their prompts and chosen answers, so each distinct text is tokenized once.
     known: dict[str, int] = {}
 
+    lengths = token_lengths(tokenizer)
+
     def count_tokens(texts: list[str]) -> list[int]:
         todo = list(dict.fromkeys(t for t in texts if t not in known))
         for i in range(0, len(todo), batch):
-            enc = tokenizer(todo[i : i + batch], add_special_tokens=False)["input_ids"]
-            known.update(zip(todo[i : i + batch], map(len, enc), strict=True))
+            known.update(zip(todo[i : i + batch], lengths(todo[i : i + batch]), strict=True))
         return [known[t] for t in texts]
 
+    if "test_prefs" not in p.splits:
+        raise ValueError("preprocess.splits must include test_prefs: test_subset is drawn from it")
     counts: dict[str, int] = {}
     for split in p.splits:
         df = _load_split(cfg, split)
@@ -125,6 +135,11 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
             count_tokens,
             settings,
         )
+        if not keep:
+            raise ValueError(
+                f"preprocess: the filter dropped all {len(df)} rows of split {split} of "
+                f"{cfg.dataset.path} ({dropped}); check the data or preprocess.filter.*"
+            )
         clean = df.iloc[keep].reset_index(drop=True)
         clean["chosen_content"] = [chosen[i] for i in keep]
         clean["rejected_content"] = [rejected[i] for i in keep]
@@ -145,14 +160,32 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
             subset = clean.head(int(p.test_subset_size))
             subset.to_parquet(out / "test_subset.parquet", index=False)
             counts["test_subset_rows"] = len(subset)
-    if "test_prefs" not in p.splits:
-        raise ValueError("preprocess.splits must include test_prefs: test_subset is drawn from it")
     return counts
+
+
+def token_lengths(tokenizer) -> Callable[[list[str]], list[int]]:
+    """A function: texts -> their token counts without special tokens, as ``tokenizer`` counts.
+
+    A fast tokenizer's Rust backend is called without offset tracking (``encode_batch_fast``),
+    which gives the same ids about 1.7x faster than ``tokenizer(texts)`` on the benchmark input;
+    tokenization is nearly all of this stage's time.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return lambda texts: [
+            len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False)
+        ]
+    # verbose=False: counting long texts is the point, so the "longer than the model's maximum
+    # length" warning would only mislead.
+    return lambda texts: [
+        len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    ]
 
 
 def _format_prompts(prompts: list[str], p: DictConfig, tokenizer) -> list[str]:
     if p.prompt_format == "plain":
-        return [format_prompt(x, p.plain_template) for x in prompts]
+        template = str(p.plain_template)  # read once: config access is slow in a loop
+        return [format_prompt(x, template) for x in prompts]
     if p.prompt_format == "chat_template":
         return [
             tokenizer.apply_chat_template(
