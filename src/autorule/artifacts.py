@@ -243,6 +243,51 @@ def is_up_to_date(cfg: DictConfig, stage: str, folder: Path | None = None) -> tu
 # Running one stage
 
 
+# Locks this process holds, by lock file. A stage that failed keeps its lock until the process
+# exits (the OS drops it then, also after a crash); a later run of the same stage in the same
+# process (a retry, a test) takes it over rather than waiting for itself.
+_HELD_LOCKS: dict[str, int] = {}
+
+
+def lock_path(artifact: Path) -> Path:
+    """The lock file beside an artifact folder (empty; left in place)."""
+    return artifact.with_name(f".{artifact.name}.lock")
+
+
+def acquire_lock(artifact: Path) -> None:
+    """Waits until no other process runs the stage that writes ``artifact``.
+
+    Two jobs of a sweep that need the same upstream artifact (the same preprocess or SFT output)
+    would otherwise both compute it and delete each other's work folder; with the lock the second
+    waits, then finds the artifact complete and does nothing. Uses ``flock``, which the OS
+    releases when a process dies; on a file system without it the run goes on unlocked.
+    """
+    import fcntl
+
+    key = str(lock_path(artifact))
+    if key in _HELD_LOCKS:
+        return
+    lock_path(artifact).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process that is writing %s", artifact)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as err:
+        os.close(fd)
+        log.warning("cannot lock %s (%s): concurrent runs of this stage may collide", key, err)
+        return
+    _HELD_LOCKS[key] = fd
+
+
+def release_lock(artifact: Path) -> None:
+    fd = _HELD_LOCKS.pop(str(lock_path(artifact)), None)
+    if fd is not None:
+        os.close(fd)
+
+
 class StageJob:
     """One run of one stage: finds its inputs, gives it a work folder, commits the artifact.
 
@@ -264,9 +309,11 @@ class StageJob:
         self.workdir = work_path(self.path)
         self._inputs: dict[str, dict[str, str]] = {}
         force = bool(OmegaConf.select(cfg, "force", default=False))
+        acquire_lock(self.path)  # held until commit: one writer per artifact at a time
         fresh, reason = is_up_to_date(cfg, stage, self.path)
         self.done = fresh and not force
         if self.done:
+            release_lock(self.path)
             log.info(
                 "[%s] %s: %s — nothing to do (force=true recomputes)", stage, reason, self.path
             )
@@ -343,5 +390,6 @@ class StageJob:
         os.rename(self.workdir, self.path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        release_lock(self.path)
         log.info("[%s] complete: %s", self.stage, self.path)
         return self.path

@@ -100,10 +100,10 @@ def test_force_recomputes(make_cfg):
     _, ran = run_up(set_force(cfg), nonce=True)
     assert ran
     assert read_manifest(artifact_path(cfg, "up"))["artifact_hash"] != before
-    # No leftovers from the swap.
-    assert [p.name for p in artifact_path(cfg, "up").parent.iterdir()] == [
-        artifact_path(cfg, "up").name
-    ]
+    # No leftovers from the swap (the empty lock file stays).
+    assert [
+        p.name for p in artifact_path(cfg, "up").parent.iterdir() if not p.name.endswith(".lock")
+    ] == [artifact_path(cfg, "up").name]
 
 
 def test_configs_get_their_own_folders_and_share_upstream(make_cfg):
@@ -246,3 +246,32 @@ def test_manifest_is_valid_json_with_sorted_keys(make_cfg):
     job, _ = run_up(make_cfg())
     text = (job.path / "manifest.json").read_text()
     assert json.loads(text)["stage"] == "up"
+
+
+def test_concurrent_runs_of_one_stage_compute_it_once(make_cfg, tmp_path):
+    """A second process that needs the same artifact waits for the first, then reuses it."""
+    import multiprocessing
+    import time
+
+    cfg = make_cfg()
+    started = tmp_path / "started"
+
+    def slow_writer():
+        job = StageJob(cfg, "up")
+        started.write_text("")
+        time.sleep(1.5)  # the other process arrives while this one is still working
+        (job.workdir / "data.txt").write_text("written by the first process")
+        job.commit({"rows": 1})
+
+    child = multiprocessing.get_context("fork").Process(target=slow_writer)
+    child.start()
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    _, ran = run_up(cfg)
+    child.join(30)
+    assert child.exitcode == 0
+    assert not ran  # waited, then found the artifact complete
+    path = artifact_path(cfg, "up")
+    assert (path / "data.txt").read_text() == "written by the first process"
+    assert is_up_to_date(cfg, "up")[0]
