@@ -309,8 +309,13 @@ class StageJob:
         self.workdir = work_path(self.path)
         self._inputs: dict[str, dict[str, str]] = {}
         force = bool(OmegaConf.select(cfg, "force", default=False))
-        acquire_lock(self.path)  # held until commit: one writer per artifact at a time
         fresh, reason = is_up_to_date(cfg, stage, self.path)
+        if not fresh or force:
+            for name in self.spec.inputs_for(cfg):
+                self.input(name)  # fail fast, before writing anything, when an input is missing
+            acquire_lock(self.path)  # held until commit: one writer per artifact at a time
+            # Another process may have completed the artifact while this one waited.
+            fresh, reason = is_up_to_date(cfg, stage, self.path)
         self.done = fresh and not force
         if self.done:
             release_lock(self.path)
@@ -319,8 +324,6 @@ class StageJob:
             )
             return
         log.info("[%s] running (%s) -> %s", stage, "forced" if fresh else reason, self.path)
-        for name in self.spec.inputs_for(cfg):
-            self.input(name)  # fail fast, before any work, when an input is missing
         if self.workdir.exists() and (force or not self.spec.resumable):
             shutil.rmtree(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
