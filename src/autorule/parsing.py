@@ -2,20 +2,29 @@
 
 Models asked for "a JSON array of strings" answer in many shapes: a bare array, an array inside a
 ```json fence, an array after a sentence of preamble, an array with a trailing comma or single or
-typographic quotes, an object such as ``{"rules": [...]}``, or a numbered list. :func:`parse_rules`
-tries, in order:
+typographic quotes, an object such as ``{"rules": [...]}``, a list cut off by the token budget, or
+a numbered list. :func:`parse_rules` looks for candidate lists in three tiers:
 
-1. JSON arrays (or ``{"rules": [...]}`` objects) in fenced code blocks, last block first;
+1. JSON arrays (or ``{"rules": [...]}`` objects) in fenced code blocks;
 2. the whole answer as JSON;
-3. every bracket-balanced ``[...]`` span in the text, last first (models tend to think aloud and
-   give the final list at the end);
-4. a numbered or bulleted list, one rule per item.
+3. every bracket-balanced ``[...]`` span in the text, plus an unclosed one at its end.
+
+Within a tier the answer is the last *non-empty* list (models draft and then give the final list at
+the end; an empty list mentioned in passing, "the rejected one has []", is not the answer), unless
+a list is labelled as final ("Final: [...]", "Final answer:"), in which case the last labelled one
+wins over lists that follow it ("Also consider [...]"). A lower tier is consulted only when the
+tiers above hold no non-empty list; an answer whose only lists are empty parses as no rules.
+Skipped candidates are noted in :attr:`ParsedRules.warnings`, so the choice can be audited.
+
+A list cut off by the token budget (``["a", "b", "c is cu``) keeps its complete items and is
+flagged :attr:`ParsedRules.truncated`. Only when no JSON list is found at all is a numbered or
+bulleted list read as rules (4.), and not when the text before it reads as a refusal ("I can't
+comply because:" followed by reasons is not a rule list).
 
 Each JSON candidate is read with :func:`json.loads`, then again after light repairs (typographic
-quotes, trailing commas, closing brackets lost to a token budget), then with
-:func:`ast.literal_eval`, which accepts Python-style single quotes and evaluates literals only:
-model output is never executed. What cannot be read returns an error message instead of rules, so
-callers can count it; it never raises.
+quotes, trailing commas), then with :func:`ast.literal_eval`, which accepts Python-style single
+quotes and evaluates literals only: model output is never executed. What cannot be read returns
+an error message instead of rules, so callers can count it; it never raises.
 """
 
 from __future__ import annotations
@@ -40,7 +49,19 @@ _SMART = str.maketrans(
         "\u00bb": '"',
     }
 )
-_LIST_ITEM = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+(.+?)\s*$")
+_LIST_ITEM = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+(.+?)\s*$", re.MULTILINE)
+# A list labelled as the final answer: "final" shortly before it, on its line or the one above,
+# with no other list in between ("Final: [a]. Also consider [b]" labels only [a]).
+_FINAL_LABEL = re.compile(r"\bfinal\b[^\n\[\]]*\n?[^\n\[\]]*\Z", re.IGNORECASE)
+_LABEL_WINDOW = 80  # characters before a list searched for the label
+_CUT_TRIES = 3  # prefixes of a cut-off list tried, longest first
+# Openings of a refusal. Checked only in the text before a bulleted list (the JSON tiers do not
+# need it: an array of strings is an answer in the requested format whatever surrounds it).
+_REFUSAL = re.compile(
+    r"\b(?:I\s+(?:can\s*not|can't|won't|will\s+not|must\s+decline|refuse|am\s+(?:unable|not\s+able))"
+    r"|I'm\s+(?:sorry|unable|not\s+able)|I\s+apologi[sz]e|unable\s+to\s+(?:comply|help|assist))",
+    re.IGNORECASE,
+)
 # Keys under which models wrap the list when they answer with an object instead of an array.
 _WRAPPER_KEYS = ("rules", "rule_list", "items", "list")
 _ITEM_KEYS = ("rule", "text", "content")
@@ -55,6 +76,10 @@ class ParsedRules:
     method: str = ""
     # Why nothing could be read; None on success (an empty JSON array is a success).
     error: str | None = None
+    # The list was cut off (token budget): ``rules`` holds only the items that arrived whole.
+    truncated: bool = False
+    # What a reader of the parse should know: truncation, other lists that were not chosen.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -103,11 +128,6 @@ def _decode(candidate: str) -> list[str] | None:
     """Reads one candidate with json, then after repairs, then as a Python literal."""
     repaired = _TRAILING_COMMA.sub(r"\1", candidate.translate(_SMART))
     attempts = [candidate, repaired]
-    stripped = repaired.strip()
-    missing = stripped.count("[") - stripped.count("]")
-    if stripped.startswith("[") and missing > 0:
-        # Cut off by the token budget after a complete item: keep the items that did arrive.
-        attempts.append(_TRAILING_COMMA.sub(r"\1", stripped.rstrip(",") + "]" * missing))
     for attempt in attempts:
         try:
             # strict=False lets raw newlines and tabs inside strings through.
@@ -126,12 +146,24 @@ def _decode(candidate: str) -> list[str] | None:
     return None
 
 
-def bracket_spans(text: str) -> list[str]:
-    """Every top-level ``[...]`` span of ``text`` whose brackets balance, in order of appearance.
+@dataclass
+class _Scan:
+    """The ``[...]`` structure of a text (see :func:`_scan`)."""
 
-    Brackets inside quoted strings do not count, so ``["use [brackets] freely"]`` is one span.
+    spans: list[tuple[int, int]]  # (start, end) of each balanced top-level span
+    open_start: int | None  # start of a top-level span still open at the end of the text
+    cuts: list[int]  # in that open span: offsets where a prefix of whole items ends
+
+
+def _scan(text: str) -> _Scan:
+    """Finds the top-level ``[...]`` spans of ``text``, ignoring brackets inside quoted strings.
+
+    When the text ends inside a span (output cut off), also records where each whole item of that
+    span ends: after a closing quote, ``}`` or ``]`` back at the span's own level, and at each
+    comma there. ``text[start:cut] + "]"`` is then a list of the items that arrived whole.
     """
-    spans, depth, start, quote, escaped = [], 0, 0, "", False
+    spans, cuts = [], []
+    depth, braces, start, quote, escaped = 0, 0, 0, "", False
     for i, ch in enumerate(text):
         if quote:
             if escaped:
@@ -139,6 +171,8 @@ def bracket_spans(text: str) -> list[str]:
             elif ch == "\\":
                 escaped = True
             elif ch == quote or (ch == "\n" and quote == "'"):
+                if depth == 1 and not braces and ch == quote:
+                    cuts.append(i + 1)  # a string item arrived whole
                 quote = ""  # a newline ends a stray apostrophe ("don't") as a quote
             continue
         if ch in '"\u201c' and depth:
@@ -147,21 +181,81 @@ def bracket_spans(text: str) -> list[str]:
             quote = "'"
         elif ch == "[":
             if depth == 0:
-                start = i
+                start, cuts, braces = i, [], 0
             depth += 1
         elif ch == "]" and depth:
             depth -= 1
             if depth == 0:
-                spans.append(text[start : i + 1])
-    return spans
+                spans.append((start, i + 1))
+            elif depth == 1 and not braces:
+                cuts.append(i + 1)  # a nested list item closed
+        elif ch == "{" and depth:
+            braces += 1
+        elif ch == "}" and braces:
+            braces -= 1
+            if depth == 1 and not braces:
+                cuts.append(i + 1)  # an object item ({"rule": ...}) closed
+        elif ch == "," and depth == 1 and not braces:
+            cuts.append(i)  # everything before a top-level comma is whole
+    return _Scan(spans, start if depth else None, cuts)
+
+
+def bracket_spans(text: str) -> list[str]:
+    """Every top-level ``[...]`` span of ``text`` whose brackets balance, in order of appearance.
+
+    Brackets inside quoted strings do not count, so ``["use [brackets] freely"]`` is one span.
+    """
+    return [text[a:b] for a, b in _scan(text).spans]
+
+
+@dataclass
+class _Candidate:
+    rules: list[str]
+    start: int  # offset in the answer, for the "final" label and for messages
+    truncated: bool = False
+
+
+def _candidates(text: str, offset: int = 0) -> list[_Candidate]:
+    """The lists of rules among the bracket spans of ``text`` (an unclosed last one included)."""
+    scan = _scan(text)
+    found = []
+    for a, b in scan.spans:
+        rules = _decode(text[a:b])
+        if rules is not None:
+            found.append(_Candidate(rules, offset + a))
+    if scan.open_start is not None:
+        # Cut off: the longest prefix of whole items that reads as a list. A few earlier cuts are
+        # tried when the last does not read (a comma inside a quote style the scanner missed);
+        # not all of them, which would be quadratic on long unclosed prose like "[see a, b, ...".
+        for cut in reversed(scan.cuts[-_CUT_TRIES:]):
+            rules = _decode(text[scan.open_start : cut] + "]")
+            if rules is not None:
+                if rules:  # an unfinished list with no whole item is no answer
+                    found.append(_Candidate(rules, offset + scan.open_start, truncated=True))
+                break
+    return found
+
+
+def _choose(candidates: list[_Candidate], answer: str) -> tuple[_Candidate | None, list[str]]:
+    """The answer among one tier's lists (rules in the module docstring), with warnings."""
+    full = [c for c in candidates if c.rules]
+    if not full:
+        return (candidates[-1] if candidates else None), []
+    labelled = [
+        c for c in full if _FINAL_LABEL.search(answer[max(0, c.start - _LABEL_WINDOW) : c.start])
+    ]
+    chosen = (labelled or full)[-1]
+    warnings = []
+    if len(full) > 1:
+        why = "the last one labelled final" if labelled else "the last one"
+        warnings.append(
+            f"{len(full)} non-empty lists in the answer; took {why} (at character {chosen.start})"
+        )
+    return chosen, warnings
 
 
 def _list_items(text: str) -> list[str]:
-    items = []
-    for line in text.splitlines():
-        match = _LIST_ITEM.match(line)
-        if match:
-            items.append(match.group(1).strip().strip('"').strip())
+    items = (m.group(1).strip().strip('"').strip() for m in _LIST_ITEM.finditer(text))
     return [item for item in items if item]
 
 
@@ -172,22 +266,51 @@ def parse_rules(text: str | None) -> ParsedRules:
     _, answer = split_reasoning(text)
     if not answer:
         return ParsedRules(error="the answer holds only reasoning (cut off inside <think>?)")
-    for fence in reversed(_FENCE.findall(answer)):
-        rules = _decode(fence[1].strip())
-        if rules is None:
-            spans = bracket_spans(fence[1])
-            rules = next((r for r in map(_decode, reversed(spans)) if r is not None), None)
-        if rules is not None:
-            return ParsedRules(rules, "fence")
-    rules = _decode(answer)
-    if rules is not None:
-        return ParsedRules(rules, "json")
-    for span in reversed(bracket_spans(answer)):
-        rules = _decode(span)
-        if rules is not None:
-            return ParsedRules(rules, "span")
+
+    def fenced() -> list[_Candidate]:
+        found = []
+        for fence in _FENCE.finditer(answer):
+            body = fence.group(2).strip()
+            rules = _decode(body)
+            if rules is not None:
+                found.append(_Candidate(rules, fence.start()))
+            else:
+                found += _candidates(fence.group(2), fence.start(2))
+        return found
+
+    def whole() -> list[_Candidate]:
+        rules = _decode(answer)
+        return [] if rules is None else [_Candidate(rules, 0)]
+
+    empty = None  # the first all-empty tier's answer, used when no tier has a non-empty list
+    for method, tier in (("fence", fenced), ("json", whole), ("span", lambda: _candidates(answer))):
+        chosen, warnings = _choose(tier(), answer)
+        if chosen is None:
+            continue
+        if chosen.truncated:
+            warnings.insert(
+                0,
+                f"the list was cut off; kept its {len(chosen.rules)} complete item(s)",
+            )
+        parsed = ParsedRules(chosen.rules, method, truncated=chosen.truncated, warnings=warnings)
+        if chosen.rules:
+            return parsed
+        empty = empty or parsed
+
+    if empty is not None:
+        return empty
     items = _list_items(answer)
     if items:
-        return ParsedRules(items, "list")
-    preview = " ".join(answer.split())[:120]
-    return ParsedRules(error=f"no JSON array or list of rules found in: {preview!r}")
+        preamble = answer[: _LIST_ITEM.search(answer).start()].translate(_SMART)
+        refusal = _REFUSAL.search(preamble)
+        if refusal is None:
+            return ParsedRules(items, "list")
+        return ParsedRules(
+            error=f"the answer reads as a refusal ({refusal.group(0)!r}...), not a list of rules: "
+            f"{_preview(answer)!r}"
+        )
+    return ParsedRules(error=f"no JSON array or list of rules found in: {_preview(answer)!r}")
+
+
+def _preview(text: str) -> str:
+    return " ".join(text.split())[:120]

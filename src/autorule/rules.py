@@ -11,11 +11,14 @@ other keys, e.g. a ``description``, are ignored)::
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
 
 _SPACE = re.compile(r"\s+")
 
@@ -77,7 +80,9 @@ def load_rules(source: DictConfig | str | Path) -> list[str]:
 
     ``source`` is a rule file path, or the run's config: then ``rules.path`` wins when set, and
     otherwise the complete ``extract`` artifact for this config is read (missing: the error says
-    the command that makes it).
+    the command that makes it). When that artifact holds the fallback rule file instead of
+    extracted rules (``extract.fallback_rules``), a warning says so every time it is read: a
+    model trained on hand-written example rules must not pass for one trained on extracted ones.
     """
     if not isinstance(source, DictConfig):
         return read_rules_file(source)
@@ -94,4 +99,18 @@ def load_rules(source: DictConfig | str | Path) -> list[str]:
             f"complete. Make it with:\n  {make_command(source, 'extract')}\n"
             "or give a rule file with rules.path=<file.json|yaml>"
         )
-    return read_rules_file(folder / "rules.json")
+    rules = read_rules_file(folder / "rules.json")
+    info = manifest.get("extract") or {}
+    if info.get("rules_source") == "fallback" or manifest.get("counts", {}).get(
+        "fallback_rules_used"
+    ):
+        log.warning(
+            "the extract artifact %s holds the FALLBACK rule file %s (%d hand-written example "
+            "rules), NOT rules extracted from preferences: %s. Re-run extraction with a working "
+            "LLM, or choose a rule set explicitly with rules.path=<file>.",
+            folder,
+            info.get("fallback_file", "?"),
+            len(rules),
+            info.get("reason", "extraction produced no rules"),
+        )
+    return rules

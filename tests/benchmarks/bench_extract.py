@@ -3,17 +3,23 @@
     make bench        # or: python -m pytest -q -m bench -s tests/benchmarks/bench_extract.py
 
 A local Bedrock-speaking server answers every call after a fixed delay (``DELAY`` seconds), so the
-wall time measures only how well the client keeps calls in flight. The server runs in its own
-process (a real service does not share our interpreter), and so does preprocess, so this process
-looks like ``python -m autorule stage=extract``. We time the real extract stage (256 UltraFeedback
-pairs, ``llm=bedrock``, ``llm.max_concurrency=32``) and compare it with
+wall time measures only how well the client keeps calls in flight. Real reasoning calls take tens
+of seconds; ``DELAY`` is long enough (1 s) that the stage's fixed start-up (importing boto3,
+drawing the pairs, writing the artifact: ~0.3-0.5 s) is a few percent of the whole stage, as in
+a real run, rather than the sixth it was at 0.2 s; and short enough that the benchmark takes
+under two minutes on 2 cores. The 15% target is about the whole stage. The server runs in its
+own process (a real service does not share our interpreter), and so does preprocess, so this
+process looks like ``python -m autorule stage=extract``. We time the real extract stage (256
+UltraFeedback pairs, ``llm=bedrock``, ``llm.max_concurrency=32``) and compare it with
 
 * the bound: each step (reason, extract, merge) waits for the previous one, so a step of ``n``
   calls cannot finish faster than ``ceil(n / concurrency) * DELAY``;
 * the released code's approach: a ``multiprocessing`` pool of 8 workers sending the same
   requests, step by step, with boto3.
 
-The figures are printed and written into docs/benchmarks.md ("Extraction throughput").
+The figures are printed. With ``AUTORULE_BENCH_WRITE_DOCS=1`` they are also written into
+docs/benchmarks.md ("Extraction throughput"), and only after every assert passed, so a failing
+run never replaces the recorded figures (and a plain ``make bench`` leaves the tree clean).
 """
 
 from __future__ import annotations
@@ -37,13 +43,16 @@ from autorule.llm.base import LLM
 from autorule.llm.fakeserver import FakeLLMServer
 from autorule.stages import extract
 
-DELAY = 0.2  # seconds the fake service takes per call
+DELAY = 1.0  # seconds the fake service takes per call
 PAIRS = 256
 CONCURRENCY = 32
 POOL_WORKERS = 8  # the released code's process pool
-TARGET = 0.15  # acceptable overhead over the bound
+TARGET = 0.15  # acceptable overhead of the whole stage over the bound
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
-COMMAND = "make bench  # = python -m pytest -q -m bench -s tests/benchmarks"
+WRITE_DOCS = "AUTORULE_BENCH_WRITE_DOCS"  # =1: record the figures in DOC when the asserts pass
+COMMAND = (
+    f"{WRITE_DOCS}=1 .venv/bin/python -m pytest -q -m bench -s tests/benchmarks/bench_extract.py"
+)
 
 _client = None
 
@@ -98,6 +107,7 @@ def _write_doc(section: str) -> None:
 
 @pytest.mark.bench
 def test_extraction_throughput(tmp_path, monkeypatch):
+    load_before = os.getloadavg()[0]  # other work on the cores makes the figures noisier
     for name, value in {
         "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE0000",
         "AWS_SECRET_ACCESS_KEY": "benchmark-fake-secret-000000",
@@ -167,8 +177,8 @@ def test_extraction_throughput(tmp_path, monkeypatch):
     bound, pool_bound = _bound(steps, CONCURRENCY), _bound(steps, POOL_WORKERS)
     flat = math.ceil(calls / CONCURRENCY) * DELAY
     rows = [
-        ("autorule, threads, max_concurrency=32: LLM calls", ours, bound),
         ("autorule, threads, max_concurrency=32: whole stage", stage, bound),
+        ("autorule, threads, max_concurrency=32: LLM calls only", ours, bound),
         (f"released code's approach, process pool of {POOL_WORKERS}", pool_time, pool_bound),
     ]
     table = "\n".join(
@@ -179,20 +189,26 @@ def test_extraction_throughput(tmp_path, monkeypatch):
         f"that answers every call after {DELAY} s: {calls} calls ({dict(steps)}). The bound is "
         f"ceil(calls / concurrency) x {DELAY} s per step, since each step (reason, extract, "
         f"merge) waits for the one before; over all calls at once it would be {flat:.2f} s. "
-        '"LLM calls" is the wall time spent answering requests; "whole stage" adds start-up '
-        "(importing boto3, building the client, drawing the pairs) and writing the artifact. The "
-        "process pool's time includes starting its workers and their boto3 clients, as the "
-        "released code pays them.\n\n"
+        '"Whole stage" is `extract.run` end to end: start-up (importing boto3, building the '
+        "client, drawing the pairs), the LLM calls, and writing the artifact; "
+        '"LLM calls only" is the wall time inside `complete_all`. The process pool\'s time '
+        "includes starting its workers and their boto3 clients, as the released code pays them.\n\n"
         "| client | wall time (s) | bound (s) | over the bound |\n|---|---|---|---|\n"
         f"{table}\n\n"
         f"Speed-up of the whole stage over the released approach: {pool_time / stage:.1f}x. "
-        f"Machine: {os.cpu_count()} CPU cores, Python {platform.python_version()}, no GPU; the "
-        "server runs in another process on the same cores, so the client and server compete for "
-        f"them. Target: LLM calls within {TARGET:.0%} of the bound. Command:\n\n"
+        f"Target: the whole stage within {TARGET:.0%} of the bound at concurrency {CONCURRENCY}. "
+        f"Machine: {os.cpu_count()} CPU cores, no GPU, Python {platform.python_version()}, "
+        f"1-minute load average {load_before:.2f} at the start and "
+        f"{os.getloadavg()[0]:.2f} at the end; the server runs in another process on the same "
+        "cores, so the client and server compete for them. Figures are written here by the "
+        f"benchmark itself, only when its asserts pass and `{WRITE_DOCS}=1` is set. Command:\n\n"
         f"```\n{COMMAND}\n```"
     )
     print("\n" + section)
-    _write_doc(section)
     assert calls == 2 * PAIRS + steps["merge"]
-    assert ours <= bound * (1 + TARGET), f"{ours:.2f}s is more than {TARGET:.0%} over {bound:.2f}s"
+    assert stage <= bound * (1 + TARGET), (
+        f"whole stage {stage:.2f}s is more than {TARGET:.0%} over the bound {bound:.2f}s"
+    )
     assert pool_time > stage
+    if os.environ.get(WRITE_DOCS) == "1":
+        _write_doc(section)

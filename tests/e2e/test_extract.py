@@ -120,7 +120,10 @@ def test_tiny_model_extraction_falls_back_to_the_example_rules(root, tmp_path, c
     assert manifest["extract"]["rules_source"] == "fallback"
     assert "FALLBACK RULE FILE" in caplog.text
     rules = json.loads((path / "rules.json").read_text())
+    caplog.clear()
     assert rules == read_rules_file(cfg.extract.fallback_rules) == load_rules(cfg)
+    # Later stages reading this artifact are told too (load_rules warns on each read).
+    assert "holds the FALLBACK rule file" in caplog.text and "NOT rules extracted" in caplog.text
     examples = [json.loads(line) for line in (path / "examples.jsonl").read_text().splitlines()]
     assert len(examples) == 8 and all(e["parse_error"] or e["rules"] for e in examples)
     assert extract.run(cfg) == path  # complete and up to date: nothing recomputed
@@ -186,3 +189,27 @@ def test_no_rules_and_no_fallback_is_an_error(root, tmp_path):
         cfg = config(root, tmp_path, *bedrock(server, "extract.fallback_rules=null"))
         with pytest.raises(RuntimeError, match="extraction produced no rules.*8 unparseable"):
             extract.run(cfg)
+
+
+def test_cut_off_answers_keep_whole_rules_and_cut_merges_change_nothing(root, tmp_path):
+    def cut_off(request):  # every answer hits the token budget in the middle of a rule
+        prompt = request.prompt
+        if "===== Conversation A =====" in prompt:
+            return FakeReply(text="The winner was clearer.", reasoning="It was clearer.")
+        h = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
+        if "----- analysis -----" in prompt:
+            return FakeReply(text=f'```json\n["{POOL[h % 6]}", "{POOL[(h + 1) % 6]}", "The rep')
+        return FakeReply(text='["The reply is concise and polite.", "The reply ans')  # merge
+
+    with FakeLLMServer(cut_off) as server:
+        path = extract.run(config(root, tmp_path, *bedrock(server)))
+    counts = read_manifest(path)["counts"]
+    assert counts["truncated_rule_lists"] == 8 and counts["parse_failures"] == 1
+    assert counts["rules_before_merge"] == 16 and counts["merge_parse_failures"] == 1
+    examples = [json.loads(line) for line in (path / "examples.jsonl").read_text().splitlines()]
+    assert all(e["parse_truncated"] and len(e["rules"]) == 2 for e in examples)
+    assert all("cut off" in e["parse_warnings"][0] for e in examples)
+    # The cut merge answer lost rules: it is not taken, the rules stay unmerged.
+    rules = json.loads((path / "rules.json").read_text())
+    assert rules == json.loads((path / "rules_unmerged.json").read_text())
+    assert "The reply is concise and polite." not in rules

@@ -2,8 +2,18 @@
 
 import json
 import logging
+import socket
 
 import pytest
+from botocore.exceptions import (
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ParamValidationError,
+    ReadTimeoutError,
+    SSLError,
+)
 
 from autorule.llm import LLMCallError
 from autorule.llm.bedrock import BedrockLLM
@@ -83,12 +93,17 @@ def test_persistent_5xx_ends_in_a_clear_error(tmp_path):
         assert len(server.requests) == 3
         [failed] = llm.complete_all([[{"role": "user", "content": "hi"}]], desc=None)
     assert not failed.ok and "boom" in failed.error and failed.retries == 2
+    # botocore's "(reached max retries: 0)" (its own retries are off) must not sit beside ours.
+    assert "max retries" not in failed.error
+    assert "InternalServerException (HTTP 500): boom" in failed.error
 
 
 def test_client_errors_are_not_retried(tmp_path):
     reply = FakeReply(status=400, error_type="ValidationException", message="bad model id")
     with FakeLLMServer(lambda r: reply) as server:
-        with pytest.raises(LLMCallError, match="not retryable.*bad model id"):
+        with pytest.raises(
+            LLMCallError, match="not retryable, stopped after 1 attempt.*bad model id"
+        ):
             make(server, tmp_path).complete([{"role": "user", "content": "hi"}])
     assert len(server.requests) == 1
 
@@ -116,3 +131,68 @@ def test_credentials_stay_out_of_logs_and_cache(tmp_path, caplog):
     assert json.loads(cached)["model"] == MODEL
     for text in (caplog.text, cached):
         assert SECRET_KEY not in text and ACCESS_KEY not in text
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_read_timeout_is_retried_then_succeeds(tmp_path):
+    def reply(request):  # the first answer comes after the client stopped waiting
+        late = request.number == 1
+        return FakeReply(text="late" if late else "ok", delay=0.6 if late else 0.0)
+
+    with FakeLLMServer(reply) as server:
+        out = make(server, tmp_path, read_timeout=0.2).complete([{"role": "user", "content": "hi"}])
+    assert out.text == "ok" and out.retries == 1 and len(server.requests) == 2
+
+
+def test_read_timeouts_give_up_with_a_clear_error(tmp_path):
+    with FakeLLMServer(lambda r: FakeReply(text="late", delay=0.5)) as server:
+        llm = make(server, tmp_path, read_timeout=0.1)
+        [failed] = llm.complete_all([[{"role": "user", "content": "hi"}]], desc=None)
+        assert len(server.requests) == 3
+    assert failed.retries == 2
+    assert failed.error.startswith(
+        f"bedrock call to {MODEL} failed (gave up after 3 attempt(s), llm.retry.max_attempts=3): "
+        "ReadTimeoutError: Read timeout on endpoint URL"
+    )
+
+
+def test_refused_connections_are_retried(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="autorule.llm.base")
+    llm = BedrockLLM(
+        model=MODEL,
+        region="us-west-2",
+        endpoint_url=f"http://127.0.0.1:{closed_port()}",
+        temperature=0.6,
+        max_tokens=64,
+        retry={**FAST_RETRY, "max_attempts": 4},
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    [failed] = llm.complete_all([[{"role": "user", "content": "hi"}]], desc=None)
+    assert failed.retries == 3 and "gave up after 4 attempt(s)" in failed.error
+    assert "EndpointConnectionError: Could not connect" in failed.error
+    assert caplog.text.count("retrying") == 3  # one log line per retry, none after the last
+    assert not list((tmp_path / "cache").rglob("*.json"))  # failures are never cached
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable"),
+    [
+        (EndpointConnectionError(endpoint_url="http://x"), True),  # connection refused
+        (ConnectTimeoutError(endpoint_url="http://x"), True),
+        (ReadTimeoutError(endpoint_url="http://x"), True),
+        (ConnectionClosedError(endpoint_url="http://x"), True),
+        (SSLError(endpoint_url="http://x", error="certificate verify failed"), False),
+        (NoCredentialsError(), False),
+        (ParamValidationError(report="bad"), False),
+    ],
+)
+def test_transport_errors_that_are_retried(tmp_path, error, retryable):
+    with FakeLLMServer() as server:
+        assert make(server, tmp_path).is_retryable(error) is retryable

@@ -110,6 +110,13 @@ def test_vllm_backend_with_a_stand_in_engine(monkeypatch, tmp_path):
     ]  # batches of 2
     assert seen["sampling"]["max_tokens"] == 8 and seen["engine"]["model"] == "m"
     assert all(o.input_tokens == 2 and o.output_tokens == 3 for o in outs)
+    # A fully cached re-run never builds the engine (no weights loaded, no GPU needed).
+    del seen["engine"]
+    replay = VLLMOfflineLLM(
+        model="m", temperature=0.6, max_tokens=8, batch_size=2, cache_dir=tmp_path, progress=False
+    )
+    assert all(o.cached for o in replay.complete_all([[{"role": "user", "content": "0"}]]))
+    assert "engine" not in seen
 
 
 class Scripted(llms.base.LocalLLM):
@@ -181,3 +188,47 @@ def test_ctrl_c_during_remote_calls_loses_nothing_finished(tmp_path):
     prompts = [r.prompt for r in server.requests]
     assert len(prompts) == len(set(prompts)) == len(requests)  # nothing was sent twice
     assert sum(o.cached for o in outs) == first
+
+
+def _hang_up_while_waiting(server) -> None:
+    """Sends a request, then resets the connection before the (delayed) answer is written."""
+    import json
+    import socket
+    import struct
+
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        while not server.requests:
+            time.sleep(0.01)
+        # SO_LINGER with a zero timeout: close() sends a reset, as a client giving up may.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def test_fake_server_is_quiet_when_a_client_hangs_up(capfd):
+    import threading
+
+    from autorule.llm.fakeserver import FakeLLMServer, FakeReply
+
+    handlers = []  # the server thread that answers each request (replies run in it)
+
+    def late(request):
+        handlers.append(threading.current_thread())
+        return FakeReply(text="late", delay=0.3)
+
+    def broken(request):
+        handlers.append(threading.current_thread())
+        raise KeyError("a bug in the reply function")
+
+    for reply in (late, broken):
+        with FakeLLMServer(reply) as server:
+            _hang_up_while_waiting(server)
+        handlers[-1].join(timeout=10)  # request threads outlive the server's exit
+    # The late write fails silently; a genuine error still prints its traceback.
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "ConnectionResetError" not in err and "BrokenPipe" not in err
+    assert "KeyError: 'a bug in the reply function'" in err

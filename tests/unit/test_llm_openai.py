@@ -1,5 +1,7 @@
 """The OpenAI-compatible backend through the real openai client, against a local server."""
 
+import socket
+
 import pytest
 
 from autorule.llm import LLMCallError
@@ -66,3 +68,50 @@ def test_api_key_is_read_from_the_named_variable_only(tmp_path):
     assert llm.client.api_key == KEY
     cached = "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
     assert KEY not in cached
+
+
+def test_timeouts_are_retried(tmp_path):
+    def reply(request):  # the first answer comes after the client stopped waiting
+        late = request.number == 1
+        return FakeReply(text="late" if late else "ok", delay=0.6 if late else 0.0)
+
+    with FakeLLMServer(reply) as server:
+        out = make(server, tmp_path, timeout=0.2).complete([{"role": "user", "content": "hi"}])
+        assert out.text == "ok" and out.retries == 1 and len(server.requests) == 2
+    with FakeLLMServer(lambda r: FakeReply(text="late", delay=0.5)) as server:
+        llm = make(server, tmp_path, timeout=0.1)
+        [failed] = llm.complete_all([[{"role": "user", "content": "hi again"}]], desc=None)
+        assert len(server.requests) == 3
+    assert failed.retries == 2 and "gave up after 3 attempt(s)" in failed.error
+    assert "APITimeoutError" in failed.error
+
+
+def test_refused_connections_are_retried(tmp_path):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    llm = OpenAICompatLLM(
+        model="served-r1",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        api_key_env="AUTORULE_TEST_API_KEY",
+        temperature=0.6,
+        max_tokens=64,
+        retry={**FAST_RETRY, "max_attempts": 4},
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    [failed] = llm.complete_all([[{"role": "user", "content": "hi"}]], desc=None)
+    assert failed.retries == 3 and "gave up after 4 attempt(s)" in failed.error
+    assert "APIConnectionError" in failed.error
+
+
+def test_the_cache_follows_the_model_not_the_endpoint(tmp_path):
+    # Deliberate (autorule.llm.cache): a server restarted on another port keeps its answers.
+    request = [{"role": "user", "content": "hi"}]
+    with FakeLLMServer() as first:
+        answer = make(first, tmp_path).complete(request)
+    with FakeLLMServer() as moved:
+        again = make(moved, tmp_path).complete(request)
+        other_model = make(moved, tmp_path, model="another-model").complete(request)
+    assert moved.url != first.url and again.cached and again.text == answer.text
+    assert not other_model.cached and len(moved.requests) == 1

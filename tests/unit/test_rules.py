@@ -1,10 +1,11 @@
 """Rule sets: de-duplication, chunking and loading from files or the extract artifact."""
 
 import json
+import logging
 
 import pytest
 
-from autorule.artifacts import StageInputError
+from autorule.artifacts import StageInputError, artifact_path
 from autorule.config import REPO_ROOT, compose
 from autorule.rules import chunks, dedupe_rules, load_rules, normalize_rule, read_rules_file
 
@@ -48,3 +49,39 @@ def test_load_rules_from_config(tmp_path):
     assert load_rules(cfg) == read_rules_file(EXAMPLE)
     with pytest.raises(StageInputError, match="stage=extract"):
         load_rules(compose([f"paths.root={tmp_path}"]))
+
+
+def fake_extract_artifact(cfg, rules: list[str], extra: dict, fallback_used: int) -> None:
+    """A complete extract artifact as extract.run commits it (manifest fields load_rules reads)."""
+    folder = artifact_path(cfg, "extract")
+    folder.mkdir(parents=True)
+    (folder / "rules.json").write_text(json.dumps(rules))
+    manifest = {
+        "stage": "extract",
+        "status": "complete",
+        "counts": {"fallback_rules_used": fallback_used},
+        "extract": extra,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_fallback_rules_from_the_extract_artifact_are_announced(tmp_path, caplog):
+    fallback = compose([f"paths.root={tmp_path / 'a'}"])
+    fake_extract_artifact(
+        fallback,
+        read_rules_file(EXAMPLE),
+        {"rules_source": "fallback", "fallback_file": str(EXAMPLE), "reason": "no rules (8 pairs)"},
+        fallback_used=1,
+    )
+    with caplog.at_level(logging.WARNING, logger="autorule.rules"):
+        assert load_rules(fallback) == read_rules_file(EXAMPLE)
+    [record] = caplog.records
+    assert "FALLBACK rule file" in record.message and "hand-written" in record.message
+    assert str(EXAMPLE) in record.message and "no rules (8 pairs)" in record.message
+
+    caplog.clear()
+    extracted = compose([f"paths.root={tmp_path / 'b'}"])
+    fake_extract_artifact(extracted, ["Be concise."], {"rules_source": "extracted"}, 0)
+    with caplog.at_level(logging.WARNING, logger="autorule.rules"):
+        assert load_rules(extracted) == ["Be concise."]
+    assert not caplog.records

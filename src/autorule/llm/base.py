@@ -11,9 +11,10 @@ rest:
 * **concurrency** — remote calls run on a pool of ``max_concurrency`` threads. The API clients are
   synchronous and the work is waiting on the network, so threads are enough; a process pool (as
   the released code used) would only add start-up and pickling cost;
-* **retries** — throttling, 5xx answers and timeouts are retried with exponential backoff plus
-  random jitter (tenacity), so many threads throttled at once do not come back in lockstep. The
-  SDKs' own retries are switched off in each backend so the two layers never multiply;
+* **retries** — throttling, 5xx answers, timeouts and failed connections (refused, dropped) are
+  retried with exponential backoff plus random jitter (tenacity), so many threads throttled at
+  once do not come back in lockstep. The SDKs' own retries are switched off in each backend so the
+  two layers never multiply;
 * **records** — each call's latency, tokens in and out, retries and error go into
   :class:`Completion`; a tqdm bar shows calls done, failed and cached.
 
@@ -117,6 +118,11 @@ class LLM:
         return {"temperature": self.temperature, "max_tokens": self.max_tokens}
 
     def request(self, messages: Messages) -> dict[str, Any]:
+        """What identifies a request in the cache.
+
+        The endpoint is left out on purpose, so a server moved to another host or port keeps its
+        cache; see :mod:`autorule.llm.cache`.
+        """
         return {
             "backend": self.backend,
             "model": self.model,
@@ -224,8 +230,12 @@ class RemoteLLM(LLM):
         raise NotImplementedError
 
     def is_retryable(self, error: BaseException) -> bool:
-        """True for throttling, server errors and timeouts."""
+        """True for throttling, server errors, timeouts and failed connections."""
         raise NotImplementedError
+
+    def describe_error(self, error: BaseException) -> str:
+        """One line naming what went wrong, for the call record (backends may reword SDK text)."""
+        return f"{type(error).__name__}: {error}"
 
     def call_with_retries(self, messages: Messages) -> Completion:
         """One call with backoff on transient errors; a final failure is returned, not raised."""
@@ -254,10 +264,16 @@ class RemoteLLM(LLM):
             completion = retrying(self.call_once, messages)
         except Exception as err:  # noqa: BLE001 - any failure becomes a recorded failed call
             attempts = retrying.statistics.get("attempt_number", 1)
-            kind = "gave up after" if self.is_retryable(err) else "not retryable, after"
+            # Our attempt count only: the SDKs' retries are off, so it is the whole story.
+            if self.is_retryable(err):
+                why = (
+                    f"gave up after {attempts} attempt(s), llm.retry.max_attempts={r.max_attempts}"
+                )
+            else:
+                why = f"not retryable, stopped after {attempts} attempt(s)"
             return Completion(
-                error=f"{self.backend} call to {self.model} failed ({kind} {attempts} "
-                f"attempt(s)): {type(err).__name__}: {err}",
+                error=f"{self.backend} call to {self.model} failed ({why}): "
+                f"{self.describe_error(err)}",
                 latency_s=time.perf_counter() - start,
                 retries=attempts - 1,
             )

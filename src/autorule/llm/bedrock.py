@@ -88,12 +88,32 @@ class BedrockLLM(RemoteLLM):
         )
 
     def is_retryable(self, error: BaseException) -> bool:
-        from botocore.exceptions import ClientError, HTTPClientError
+        from botocore.exceptions import ClientError, HTTPClientError, SSLError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
-        if isinstance(error, HTTPClientError):  # timeouts, refused and dropped connections
+        if isinstance(error, SSLError):  # a certificate that fails validation fails again
+            return False
+        # The transport errors botocore's own "standard" retry mode retries. Two families:
+        # HTTPClientError (read timeouts, connections closed mid-response) and ConnectionError
+        # (refused connections: EndpointConnectionError; connect timeouts: ConnectTimeoutError).
+        if isinstance(error, (HTTPClientError, BotoConnectionError)):
             return True
         if isinstance(error, ClientError):
             code = error.response.get("Error", {}).get("Code", "")
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             return code in RETRYABLE_CODES or status == 429 or status >= 500
         return False
+
+    def describe_error(self, error: BaseException) -> str:
+        from botocore.exceptions import ClientError
+
+        if isinstance(error, ClientError):
+            # str(ClientError) reads "... when calling the Converse operation (reached max
+            # retries: 0): ..."; botocore's count is 0 because its retries are off, which next to
+            # our attempt count reads as a contradiction. Code, status and message say it all.
+            info = error.response.get("Error", {})
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+            code = info.get("Code") or type(error).__name__
+            message = info.get("Message") or ""
+            return f"{code} (HTTP {status})" + (f": {message}" if message else "")
+        return super().describe_error(error)

@@ -10,6 +10,13 @@ never cached.
 
 Note that a sampled answer (temperature > 0) is cached like any other: the same request made twice
 gets the same answer. That is what makes re-runs reproducible.
+
+Where the request is sent (``llm.base_url``, ``llm.endpoint_url``, ``llm.region``) is deliberately
+not part of the key: a vLLM server restarted on another node or port (every SLURM job gets new
+ones) or a Bedrock model reached through a VPC endpoint still answers as the same model, and its
+cached answers stay valid. The model name is what identifies the weights, so two servers that
+serve *different* weights under the same name would share answers: give them different names
+(``vllm serve --served-model-name``) or separate ``llm.cache_dir`` folders.
 """
 
 from __future__ import annotations

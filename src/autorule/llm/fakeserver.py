@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from typing import Any
 from urllib.parse import unquote
 
 BEDROCK, OPENAI = "bedrock", "openai"
+# What writing to (or reading from) a socket the client has closed raises.
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class FakeReply:
     error_type: str = ""  # Bedrock's x-amzn-ErrorType, e.g. ThrottlingException
     message: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds to wait before answering, on top of the server's delay
 
 
 def echo_rules(request: FakeRequest) -> FakeReply:
@@ -70,6 +74,14 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # The default listen backlog (5) drops connections when dozens of clients connect at once.
     request_queue_size = 512
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that timed out (or was interrupted) has closed its end; writing the late answer
+        # then fails. That is the client's business, not a server bug: no traceback for it. Every
+        # other error still prints one (socketserver's default).
+        if isinstance(sys.exc_info()[1], _CLIENT_GONE):
+            return
+        super().handle_error(request, client_address)
 
 
 class FakeLLMServer:
@@ -137,6 +149,8 @@ class FakeLLMServer:
                 if server.delay:
                     time.sleep(server.delay)
                 reply = server.reply(request)
+                if reply.delay:
+                    time.sleep(reply.delay)
                 if reply.status != 200:
                     return self._error(protocol, reply)
                 payload = (_bedrock_body if protocol == BEDROCK else _openai_body)(request, reply)

@@ -59,7 +59,9 @@ class VLLMOfflineLLM(LocalLLM):
         return {**super().params(), "top_p": self.top_p, "seed": self.seed}
 
     def generate_batch(self, batch: list[Messages]) -> list[Completion]:
-        if self._engine is None:  # built on the first cache miss: a fully cached run needs no GPU
+        # Built on the first cache miss, so a fully cached run loads no weights and needs no GPU.
+        # It still needs vllm installed and importable: the constructor imports it.
+        if self._engine is None:
             self._engine = import_vllm().LLM(**self._engine_args)
         outputs = self._engine.chat(batch, self.sampling, use_tqdm=False)
         return [

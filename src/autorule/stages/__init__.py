@@ -144,6 +144,7 @@ SPECS: dict[str, StageSpec] = {
             "llm.gpu_memory_utilization",
             "llm.tensor_parallel_size",
         ),
+        version=2,  # 2: parser prefers the last non-empty list, keeps cut-off lists' whole items
     ),
 }
 

@@ -24,8 +24,10 @@ Artifact: ``rules.json`` (the final list of strings), ``rules_unmerged.json`` (t
 after exact de-duplication), ``examples.jsonl`` (one line per pair: ids, winning side, explanation,
 reasoning, rules or the parse error), ``calls.jsonl`` (one record per LLM call: step, latency,
 tokens, retries, cached, error). Counts in the manifest: pairs, calls, cached_calls, failed_calls,
-retries, input_tokens, output_tokens, parse_failures, empty_rule_lists, source_substituted
-(answers without the requested ``extract.source``, e.g. no reasoning, so the explanation was used),
+retries, input_tokens, output_tokens, parse_failures, empty_rule_lists, truncated_rule_lists
+(answers cut off mid-list: their complete rules are kept, see ``parse_warnings`` in
+``examples.jsonl``), source_substituted (answers without the requested ``extract.source``, e.g. no
+reasoning, so the explanation was used),
 rules_before_merge, rules_after_dedupe, rules_after_merge, merge_calls, merge_rounds,
 merge_parse_failures, fallback_rules_used. Call, token and retry counts cover every call the
 artifact rests on, cached ones included (with the figures recorded when they were made).
@@ -125,6 +127,7 @@ def run(cfg: DictConfig) -> Path:
         "output_tokens": sum(c["output_tokens"] for c in calls),
         "parse_failures": sum(1 for e in examples if e["parse_error"]) + merge["parse_failures"],
         "empty_rule_lists": sum(1 for e in examples if e["parsed"] and not e["rules"]),
+        "truncated_rule_lists": sum(1 for e in examples if e["parse_truncated"]),
         "source_substituted": sum(
             1 for e in examples if e["source_used"] and e["source_used"] != x.source
         ),
@@ -194,6 +197,8 @@ def example_row(pair: Pair, completion: llms.Completion) -> dict:
         "parsed": False,
         "parse_error": None,
         "parse_method": None,
+        "parse_truncated": False,
+        "parse_warnings": [],
         "error": completion.error,
     }
 
@@ -223,6 +228,8 @@ def apply_extraction(example: dict, completion: llms.Completion) -> None:
         parsed=parsed.ok,
         parse_error=parsed.error,
         parse_method=parsed.method or None,
+        parse_truncated=parsed.truncated,
+        parse_warnings=parsed.warnings,
     )
 
 
@@ -260,8 +267,10 @@ def merge_rules(
 
     Each round merges every chunk of ``chunk_size`` rules; the merged chunks form the next round's
     list, until a round that fits in one prompt. A chunk whose answer fails or cannot be parsed
-    keeps its rules unmerged (and is counted). A round that does not shorten the list stops the
-    loop with a warning, since another round over the same chunks would not converge either.
+    keeps its rules unmerged (and is counted); so does one cut off by the token budget, whose
+    missing rules would otherwise be dropped from the rule set. A round that does not shorten the
+    list stops the loop with a warning, since another round over the same chunks would not
+    converge either.
     """
     info = {"calls": [], "calls_made": 0, "rounds": 0, "parse_failures": 0}
     while rules:
@@ -282,12 +291,13 @@ def merge_rules(
         merged: list[str] = []
         for part, answer in zip(parts, answers, strict=True):
             parsed = parse_rules(answer.text) if answer.ok else None
-            if parsed is None or not parsed.ok or not parsed.rules:
+            if parsed is None or not parsed.ok or not parsed.rules or parsed.truncated:
                 info["parse_failures"] += int(parsed is not None)
+                why = answer.error or (parsed.error if parsed else "") or "empty list"
+                if parsed is not None and parsed.truncated:
+                    why = "the merged list was cut off (token budget: llm.max_tokens)"
                 log.warning(
-                    "[extract] merge of %d rules failed (%s); keeping them unmerged",
-                    len(part),
-                    answer.error or (parsed.error if parsed else "") or "empty list",
+                    "[extract] merge of %d rules failed (%s); keeping them unmerged", len(part), why
                 )
                 merged += part
             else:
