@@ -9,24 +9,89 @@
 # directly with `accelerate launch` on one node, through `srun` (one launcher per node, machine
 # rank $SLURM_NODEID) on several.
 #
-# AUTORULE_DRY_RUN=1 prints that command instead of running it. To see the accelerate/srun commands
-# and the trainer's hyperparameters the stage would then start, append dry_run=true to a real run.
+# AUTORULE_DRY_RUN=1 prints that command, then runs it with dry_run=true, which prints the
+# accelerate/srun command and the trainer's hyperparameters and writes nothing. It also works off
+# the cluster with a faked allocation, e.g.
+#   AUTORULE_DRY_RUN=1 SLURM_JOB_NODELIST='gpu-a[01-02]' bash scripts/slurm/sft.sh profile=paper
+# where, without scontrol, a simple expansion reads the node list and, without SLURM_GPUS_ON_NODE
+# and nvidia-smi, 8 GPUs per node are assumed.
 # PYTHON picks the interpreter (default: python on PATH, e.g. your activated environment).
+
+# The #SBATCH --gpus-per-node of scripts/slurm/<stage>.sh: what a dry run off the cluster assumes.
+AUTORULE_DRY_RUN_GPUS=8
+
+# autorule_hostnames <nodelist>: one host name a line, like `scontrol show hostnames`, for dry runs
+# off the cluster only. Handles comma lists and bracket ranges: 'gpu-a[01-02,07],cpu1' gives
+# gpu-a01 gpu-a02 gpu-a07 cpu1 (numbers keep the width of the range's first bound, as in SLURM).
+autorule_hostnames() {
+  local list=$1 item part cur="" ch i n lo hi
+  local depth=0
+  local -a items=() parts=()
+  local re='^([^][]*)\[([^][]*)\](.*)$'
+  for ((i = 0; i < ${#list}; i++)); do  # split at the commas outside brackets
+    ch=${list:i:1}
+    case $ch in
+      '[') depth=$((depth + 1)) ;;
+      ']') depth=$((depth - 1)) ;;
+    esac
+    if [[ $ch == , && $depth -eq 0 ]]; then
+      items+=("$cur")
+      cur=""
+    else
+      cur+=$ch
+    fi
+  done
+  items+=("$cur")
+  for item in "${items[@]}"; do
+    if [[ $item =~ $re ]]; then
+      local prefix=${BASH_REMATCH[1]} suffix=${BASH_REMATCH[3]}
+      IFS=, read -ra parts <<<"${BASH_REMATCH[2]}"
+      for part in "${parts[@]}"; do
+        if [[ $part =~ ^([0-9]+)-([0-9]+)$ ]]; then
+          lo=${BASH_REMATCH[1]}
+          hi=${BASH_REMATCH[2]}
+          for ((n = 10#$lo; n <= 10#$hi; n++)); do
+            autorule_hostnames "$(printf '%s%0*d%s' "$prefix" "${#lo}" "$n" "$suffix")"
+          done
+        else
+          autorule_hostnames "$prefix$part$suffix"  # the suffix may hold another range
+        fi
+      done
+    elif [[ -n $item ]]; then
+      printf '%s\n' "$item"
+    fi
+  done
+}
 
 autorule_stage() {
   local stage=$1
   shift
   local nodelist=${SLURM_JOB_NODELIST:?run inside a SLURM allocation (sbatch), or fake SLURM_JOB_NODELIST}
+  local dry_run=${AUTORULE_DRY_RUN:-0}
   local -a hosts
-  mapfile -t hosts < <(scontrol show hostnames "$nodelist")
+  if command -v scontrol >/dev/null; then
+    mapfile -t hosts < <(scontrol show hostnames "$nodelist")
+  elif [[ $dry_run == 1 ]]; then
+    mapfile -t hosts < <(autorule_hostnames "$nodelist")
+  else
+    echo "autorule: scontrol not found: run inside a SLURM allocation (or set AUTORULE_DRY_RUN=1)" >&2
+    return 1
+  fi
   if [[ ${#hosts[@]} -eq 0 ]]; then
-    echo "autorule: scontrol found no hosts in SLURM_JOB_NODELIST=$nodelist" >&2
+    echo "autorule: no hosts in SLURM_JOB_NODELIST=$nodelist" >&2
     return 1
   fi
   local nodes=${SLURM_NNODES:-${#hosts[@]}}
   local gpus=${SLURM_GPUS_ON_NODE:-}
-  if [[ -z $gpus ]]; then
+  if [[ -z $gpus ]] && command -v nvidia-smi >/dev/null; then
     gpus=$(nvidia-smi --list-gpus | wc -l)
+  fi
+  if [[ -z $gpus && $dry_run == 1 ]]; then
+    gpus=$AUTORULE_DRY_RUN_GPUS
+    echo "autorule: dry run: no SLURM_GPUS_ON_NODE nor nvidia-smi; assuming $gpus GPUs per node" >&2
+  elif [[ -z $gpus ]]; then
+    echo "autorule: cannot count the GPUs: SLURM_GPUS_ON_NODE is unset and nvidia-smi is missing" >&2
+    return 1
   fi
   local -a cmd=(
     "${PYTHON:-python}" -m autorule "stage=$stage" launcher=slurm
@@ -35,12 +100,17 @@ autorule_stage() {
     "launcher.machine_rank=${SLURM_NODEID:-0}"
     "launcher.main_process_ip=${hosts[0]}"
     "launcher.main_process_port=${AUTORULE_MASTER_PORT:-29500}"
-    "$@"
   )
-  if [[ ${AUTORULE_DRY_RUN:-0} == 1 ]]; then
+  # srun >= 22.05 no longer inherits sbatch's --cpus-per-task: pass it on to the per-node tasks.
+  if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
+    cmd+=("launcher.cpus_per_task=$SLURM_CPUS_PER_TASK")
+  fi
+  cmd+=("$@")
+  if [[ $dry_run == 1 ]]; then
     printf '%q ' "${cmd[@]}"
     printf '\n'
-    return 0
+    "${cmd[@]}" dry_run=true
+    return
   fi
   echo "autorule: ${stage} on ${nodes} node(s) x ${gpus} GPU(s), master ${hosts[0]}" >&2
   "${cmd[@]}"

@@ -4,7 +4,7 @@
 # override (hyperparameters live in conf/).
 #   sbatch scripts/slurm/sft.sh profile=paper
 #   sbatch --nodes=2 scripts/slurm/sft.sh profile=paper    # 16 GPUs; the global batch is unchanged
-#   AUTORULE_DRY_RUN=1 bash scripts/slurm/sft.sh ...        # print the command (see common.sh)
+#   AUTORULE_DRY_RUN=1 bash scripts/slurm/sft.sh ...        # print the command and its dry run (common.sh)
 #SBATCH --job-name=autorule-sft
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1

@@ -212,12 +212,13 @@ def git_sha() -> str | None:
     return f"{sha}-dirty" if dirty else sha
 
 
-def make_command(cfg: DictConfig, stage: str) -> str:
-    """The command line that (re)makes ``stage`` with the overrides of the current run."""
+def make_command(cfg: DictConfig, stage: str, drop: tuple[str, ...] = ("stage", "force")) -> str:
+    """The command line that (re)makes ``stage`` with the overrides of the current run, less
+    those whose top-level key is in ``drop``."""
     overrides = [
         o
         for o in (OmegaConf.select(cfg, "run.overrides") or [])
-        if o.split("=", 1)[0].lstrip("+~") not in ("stage", "force")
+        if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in drop
     ]
     return " ".join(["python -m autorule", f"stage={stage}", *overrides])
 

@@ -14,8 +14,9 @@ Every worker loads that saved config (never Hydra again) and writes into the sam
 the trainers write checkpoints and the final model from global rank 0 only. When the workers
 exit, machine 0 commits the artifact (manifest, atomic rename). With ``launcher.srun=true`` and
 several machines, one ``srun`` task per node runs the accelerate command with the node's
-``$SLURM_NODEID`` as machine rank. ``dry_run=true`` prints the commands and the trainer's
-hyperparameters instead of running anything.
+``$SLURM_NODEID`` as machine rank. ``dry_run=true`` prints the commands, the global batch
+arithmetic, the DeepSpeed config, the inputs and the trainer's hyperparameters instead of running
+anything. ``launcher.num_processes`` counts the processes of all machines together.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorule.artifacts import StageJob, artifact_path, work_path
+from autorule.artifacts import StageJob, artifact_path, read_manifest, work_path
 from autorule.config import CONF_DIR
 from autorule.secrets import redact
 from autorule.stages import SPECS
+from autorule.trainers import finish_tracker
 from autorule.training import METRICS, trainer_kwargs
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,46 @@ def distributed(cfg: DictConfig) -> bool:
     return world_size(cfg) > 1 or int(cfg.launcher.num_machines) > 1
 
 
+def check_launcher(cfg: DictConfig) -> None:
+    """Fails early, naming the keys, on process counts that accelerate would misread.
+
+    ``launcher.num_processes`` is the total over all machines, as accelerate's
+    ``--num_processes``: accelerate starts ``num_processes // num_machines`` per machine, so an
+    uneven total would silently drop processes (and zero per machine would start none).
+    """
+    lc = cfg.launcher
+    procs, machines, rank = world_size(cfg), int(lc.num_machines), int(lc.machine_rank)
+    if procs < 1 or machines < 1:
+        raise ValueError(
+            f"launcher.num_processes={procs} and launcher.num_machines={machines} must be >= 1"
+        )
+    if machines > 1 and (procs < machines or procs % machines):
+        raise ValueError(
+            f"launcher.num_processes={procs} is the total over all machines and must be at least, "
+            f"and a multiple of, launcher.num_machines={machines} (the same number of processes "
+            f"on every machine), e.g. launcher.num_processes={machines * 8} for {machines} "
+            "machines of 8 GPUs"
+        )
+    if not 0 <= rank < machines:
+        raise ValueError(
+            f"launcher.machine_rank={rank} must be in [0, launcher.num_machines={machines})"
+        )
+
+
+def deepspeed_file(cfg: DictConfig, stage: str) -> Path | None:
+    """The DeepSpeed JSON of ``<stage>.deepspeed`` (None when unset); it must exist."""
+    name = cfg[stage].deepspeed
+    if not name:
+        return None
+    path = CONF_DIR / "deepspeed" / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{stage}.deepspeed={name}: no {path}")
+    return path
+
+
 def accelerate_command(cfg: DictConfig, stage: str, config_file: Path) -> list[str]:
     """The ``accelerate launch`` command line that runs ``stage``'s workers on this machine."""
+    check_launcher(cfg)
     lc, section = cfg.launcher, cfg[stage]
     machines = int(lc.num_machines)
     rank = NODE_RANK if lc.srun and machines > 1 else str(lc.machine_rank)
@@ -84,10 +124,8 @@ def accelerate_command(cfg: DictConfig, stage: str, config_file: Path) -> list[s
             "--main_process_port",
             str(lc.main_process_port),
         ]
-    if section.deepspeed:
-        ds_file = CONF_DIR / "deepspeed" / f"{section.deepspeed}.json"
-        if not ds_file.exists():
-            raise FileNotFoundError(f"{stage}.deepspeed={section.deepspeed}: no {ds_file}")
+    ds_file = deepspeed_file(cfg, stage)
+    if ds_file is not None:
         cmd += ["--use_deepspeed", "--deepspeed_config_file", str(ds_file)]
         if machines > 1:  # accelerate's default multi-node DeepSpeed launcher is pdsh
             cmd += ["--deepspeed_multinode_launcher", "standard"]
@@ -102,7 +140,12 @@ def launch_command(cfg: DictConfig, stage: str, config_file: Path) -> list[str]:
     if not (cfg.launcher.srun and machines > 1):
         return cmd
     inner = " ".join(a if a == NODE_RANK else shlex.quote(a) for a in cmd)
-    return ["srun", f"--nodes={machines}", "--ntasks-per-node=1", "bash", "-c", inner]
+    srun = ["srun", f"--nodes={machines}", "--ntasks-per-node=1"]
+    # srun >= 22.05 no longer inherits sbatch's --cpus-per-task: without it each node's launcher
+    # (and all its workers and data loaders) would get one CPU.
+    if cfg.launcher.get("cpus_per_task"):
+        srun.append(f"--cpus-per-task={int(cfg.launcher.cpus_per_task)}")
+    return [*srun, "bash", "-c", inner]
 
 
 def show(cmd: Sequence[str]) -> str:
@@ -131,38 +174,74 @@ def save_worker_config(cfg: DictConfig, stage: str, workdir: Path, inputs: dict[
     return path
 
 
-def dry_run_report(cfg: DictConfig, stage: str, workdir: Path) -> str:
-    """What the stage would run: the command and the trainer's hyperparameters."""
+def artifact_state(folder: Path) -> str:
+    """``exists`` when ``folder`` holds a complete artifact, else ``missing``."""
+    manifest = read_manifest(folder)
+    return "exists" if manifest is not None and manifest.get("status") == "complete" else "missing"
+
+
+def dry_run_report(cfg: DictConfig, stage: str, workdir: Path, notes: Sequence[str] = ()) -> str:
+    """What the stage would run: the command, the batch arithmetic, the DeepSpeed config, the
+    inputs (and ``notes`` from the stage), then the trainer's hyperparameters."""
+    section, world = cfg[stage], world_size(cfg)
     if distributed(cfg):
         command = show(launch_command(cfg, stage, worker_config_path(workdir, cfg)))
+        ds_file = deepspeed_file(cfg, stage)
+        deepspeed = f"deepspeed config: {ds_file}" if ds_file else "deepspeed: none"
     else:
         command = "in-process (one process: no launcher)"
-    args = trainer_kwargs(cfg[stage], world_size(cfg))
+        deepspeed = (
+            f"deepspeed: not used with one process ({stage}.deepspeed={section.deepspeed} "
+            "applies when launched on several)"
+            if section.deepspeed
+            else "deepspeed: none"
+        )
+    args = trainer_kwargs(section, world)
     lines = [
-        f"[autorule] dry run of stage {stage} (processes={world_size(cfg)}, "
+        f"[autorule] dry run of stage {stage} (processes={world}, "
         f"machines={cfg.launcher.num_machines})",
         command,
-        f"[autorule] {stage} trainer arguments:",
+        f"  global_batch={section.global_batch_size} (micro {args['per_device_train_batch_size']}"
+        f" x {world} processes x accumulation {args['gradient_accumulation_steps']})",
+        f"  {deepspeed}",
     ]
+    for name in SPECS[stage].inputs_for(cfg):
+        folder = artifact_path(cfg, name)
+        lines.append(f"  input {name} -> {folder} ({artifact_state(folder)})")
+    lines += [f"  {note}" for note in notes]
+    lines.append(f"[autorule] {stage} trainer arguments:")
     lines += [f"  {k}={v}" for k, v in args.items()]
     return "\n".join(lines)
 
 
 def run_training(
-    cfg: DictConfig, stage: str, train: TrainFn, callbacks: Sequence[Any] = ()
+    cfg: DictConfig,
+    stage: str,
+    train: TrainFn,
+    callbacks: Sequence[Any] = (),
+    describe: Callable[[DictConfig], Sequence[str]] | None = None,
 ) -> Path:
     """The body of a training stage's ``run(cfg)``; returns the artifact folder.
 
     ``callbacks`` (transformers ``TrainerCallback`` objects) reach the trainer only in-process.
+    ``describe`` gives the stage's own lines of the dry-run report.
     """
+    check_launcher(cfg)
+    if cfg[stage].deepspeed and not distributed(cfg):
+        log.warning(
+            "[%s] %s.deepspeed=%s is not used with one process: it trains in-process without "
+            "DeepSpeed (launcher.num_processes > 1 launches it)",
+            stage,
+            stage,
+            cfg[stage].deepspeed,
+        )
     path = artifact_path(cfg, stage)
     input_names = SPECS[stage].inputs_for(cfg)
     if cfg.get("dry_run"):
-        print(dry_run_report(cfg, stage, work_path(path)), flush=True)
+        notes = describe(cfg) if describe is not None else ()
+        print(dry_run_report(cfg, stage, work_path(path), notes), flush=True)
         return path
     machine0 = int(cfg.launcher.machine_rank) == 0
-    if not machine0 and int(cfg.launcher.num_machines) < 2:
-        raise ValueError("launcher.machine_rank > 0 needs launcher.num_machines > 1")
     job = StageJob(cfg, stage) if machine0 else None
     if job is not None and job.done:
         return job.path
@@ -172,7 +251,13 @@ def run_training(
         workdir, inputs = work_path(path), {n: artifact_path(cfg, n) for n in input_names}
 
     if not distributed(cfg):
-        metrics = train(cfg, workdir, inputs, callbacks)
+        # Launched workers are processes of their own, whose tracker run ends when they exit.
+        try:
+            metrics = train(cfg, workdir, inputs, callbacks)
+        except BaseException:
+            finish_tracker(failed=True)
+            raise
+        finish_tracker()
     else:
         if callbacks:
             log.warning("[%s] callbacks are not passed to launched workers", stage)

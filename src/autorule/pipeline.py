@@ -1,4 +1,9 @@
-"""Dispatch: run the selected stage, or every stage of ``pipeline.stages`` in order."""
+"""Dispatch: run the selected stage, or every stage of ``pipeline.stages`` in order.
+
+With ``dry_run=true`` nothing runs and nothing is written: training stages print their launch
+command and trainer arguments (:mod:`autorule.launch`); every other stage (whose work would be hub
+downloads or paid LLM calls) is skipped here, and its command and artifact folder are printed.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,14 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from autorule import stages
+from autorule.artifacts import artifact_path, is_up_to_date, make_command
 
 log = logging.getLogger(__name__)
+
+# Stages whose run(cfg) honours dry_run itself (through autorule.launch.run_training).
+DRY_RUN_STAGES = ("sft", "rm")
+# Overrides that do not belong in the command that runs one stage for real.
+_NOT_IN_STAGE_COMMAND = ("stage", "dry_run", "pipeline")
 
 
 def banner(cfg: DictConfig) -> str:
@@ -19,16 +30,41 @@ def banner(cfg: DictConfig) -> str:
     return line
 
 
+def dry_run_note(cfg: DictConfig, name: str) -> str:
+    """What running non-training stage ``name`` would do; it has no dry run of its own."""
+    path = artifact_path(cfg, name)
+    fresh, reason = is_up_to_date(cfg, name, path)
+    if fresh and not cfg.get("force"):
+        state = "exists and is up to date: the run would do nothing"
+    elif fresh:
+        state = "exists; force=true: the run would recompute it"
+    else:
+        state = f"{reason}: the run would make it"
+    return "\n".join(
+        [
+            f"[autorule] dry run: stage {name} not run (it has no dry run); it would run",
+            f"  {make_command(cfg, name, drop=_NOT_IN_STAGE_COMMAND)}",
+            f"  artifact {path} ({state})",
+        ]
+    )
+
+
 def run_stage(cfg: DictConfig) -> dict[str, Path]:
     """Runs ``cfg.stage`` (a stage name or ``pipeline``); returns stage name -> artifact folder."""
     banner(cfg)
     names = list(cfg.pipeline.stages) if cfg.stage == "pipeline" else [cfg.stage]
+    dry_run = bool(cfg.get("dry_run"))
     done: dict[str, Path] = {}
     for name in names:
         module = stages.load(name)
         with open_dict(cfg):
             cfg.stage = name
-        done[name] = module.run(cfg)
+        if dry_run and name not in DRY_RUN_STAGES:
+            print(dry_run_note(cfg, name), flush=True)
+            done[name] = artifact_path(cfg, name)
+        else:
+            done[name] = module.run(cfg)
+    suffix = " (dry run, nothing written)" if dry_run else ""
     for name, path in done.items():
-        print(f"[autorule] {name}: {path}", flush=True)
+        print(f"[autorule] {name}: {path}{suffix}", flush=True)
     return done

@@ -1,7 +1,8 @@
 """What the ``sft`` and ``rm`` stages do alike around their TRL trainer.
 
-Builds the trainer arguments from the stage's config section, resumes from the last checkpoint in
-the work folder, and writes the artifact's ``model/`` and ``metrics.json``. Checkpoints live in
+Builds the trainer arguments from the stage's config section, resumes from the newest complete
+checkpoint in the work folder (one a killed job left half-written is removed), writes the
+artifact's ``model/`` and ``metrics.json``, and closes the tracker's run. Checkpoints live in
 ``<work folder>/checkpoints`` while training (``save_total_limit`` of them, by default only the
 last, which is all a resume needs) and are deleted once the final model is saved, so the
 committed artifact holds one copy of the weights.
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ from autorule.training import (
 )
 
 log = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"  # transformers' TRAINER_STATE_NAME, written last
 
 
 def config_kwargs(cfg: DictConfig, stage: str, workdir: Path) -> dict[str, Any]:
@@ -48,7 +52,7 @@ def config_kwargs(cfg: DictConfig, stage: str, workdir: Path) -> dict[str, Any]:
             world,
         )
     overrides = list(cfg.get("run", {}).get("overrides", []))
-    tracking, env = logging_kwargs(cfg.logger, stage, overrides, str(cfg.profile.name))
+    tracking, env = logging_kwargs(cfg.logger, stage, overrides, str(cfg.experiment_name))
     os.environ.update(env)
     kwargs = {
         "output_dir": str(workdir / CHECKPOINTS),
@@ -63,15 +67,71 @@ def config_kwargs(cfg: DictConfig, stage: str, workdir: Path) -> dict[str, Any]:
     return kwargs
 
 
-def fit(trainer, workdir: Path) -> tuple[Any, int | None]:
-    """Trains, resuming from the latest ``checkpoint-*`` in the work folder when there is one."""
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(folder: Path, remove_incomplete: bool = True) -> Path | None:
+    """The newest complete ``checkpoint-<step>`` in ``folder`` (None when there is none).
 
-    folder = workdir / CHECKPOINTS
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    A checkpoint is complete when its ``trainer_state.json`` exists and parses:
+    ``Trainer._save_checkpoint`` writes it last (after weights, optimizer, scheduler and RNG
+    states), and not atomically. A job killed while saving leaves a folder without it, which
+    transformers' ``get_last_checkpoint`` would still pick, failing every re-run with "Can't find a
+    valid checkpoint". Incomplete folders are logged and, with ``remove_incomplete``, deleted.
+    """
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (step, path)
+        for path in folder.iterdir()
+        if path.is_dir() and (step := _step_or_none(path)) is not None
+    )
+    complete = [path for _, path in found if _has_trainer_state(path)]
+    for _, path in found:
+        if path not in complete:
+            action = "removing" if remove_incomplete else "skipping"
+            log.warning(
+                "incomplete checkpoint %s (no valid %s): %s it", path, TRAINER_STATE, action
+            )
+            if remove_incomplete:
+                shutil.rmtree(path, ignore_errors=True)
+    return complete[-1] if complete else None
+
+
+def _step_or_none(path: Path) -> int | None:
+    try:
+        return checkpoint_step(path)
+    except ValueError:
+        return None
+
+
+def _has_trainer_state(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def fit(trainer, workdir: Path) -> tuple[Any, int | None]:
+    """Trains, resuming from the newest complete ``checkpoint-*`` in the work folder if any."""
+    # Every process picks the same folder; only the main one deletes (the work folder is shared).
+    last = last_complete_checkpoint(
+        workdir / CHECKPOINTS, remove_incomplete=trainer.is_world_process_zero()
+    )
     if last is not None:
         log.info("resuming from %s", last)
-    return trainer.train(resume_from_checkpoint=last), checkpoint_step(last)
+    result = trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
+    return result, checkpoint_step(last)
+
+
+def finish_tracker(failed: bool = False) -> None:
+    """Closes the open W&B run, if any, so the next training stage in this process gets its own.
+
+    transformers' ``WandbCallback`` logs into ``wandb.run`` whenever one is open instead of
+    starting a run with the stage's name and group, so without this ``stage=pipeline`` would log
+    rm into sft's run. wandb is only looked up, never imported: runs without it stay free of it.
+    """
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
 
 
 def final_train_loss(trainer) -> float | None:
@@ -99,12 +159,19 @@ def base_metrics(
     train_rows: int,
     eval_rows: int,
 ) -> dict[str, Any]:
-    """The metrics both training stages report."""
+    """The metrics both training stages report.
+
+    ``train_loss_mean`` is transformers' ``training_loss``: the mean over the optimizer steps run
+    in this process only, so after a resume it leaves out the steps before ``resumed_from_step``.
+    ``train_loss_mean_steps`` says how many steps it covers (``global_step`` unless resumed).
+    """
+    step = int(trainer.state.global_step)
     return {
         "train_loss": final_train_loss(trainer),
         "train_loss_mean": float(result.training_loss),
+        "train_loss_mean_steps": step - (resumed_from or 0),
         "eval_loss": eval_loss,
-        "global_step": int(trainer.state.global_step),
+        "global_step": step,
         "resumed_from_step": resumed_from,
         "train_rows": train_rows,
         "eval_rows": eval_rows,

@@ -16,8 +16,18 @@ CHECKPOINTS = "checkpoints"  # inside the stage's work folder; removed before th
 MODEL = "model"  # inside the artifact: weights, config and tokenizer for from_pretrained
 METRICS = "metrics.json"  # inside the artifact: final losses (and, for rm, the scores' statistics)
 
-# Overrides that say where or how a run happens, not what it trains: left out of run names.
-_NOT_IN_RUN_NAME = ("stage", "force", "dry_run", "paths", "launcher", "logger", "hydra")
+# Overrides that say where or how a run happens, not what it trains: left out of run names
+# (``pipeline.stages=[...]`` only picks which stages run in one process).
+_NOT_IN_RUN_NAME = (
+    "stage",
+    "pipeline",
+    "force",
+    "dry_run",
+    "paths",
+    "launcher",
+    "logger",
+    "hydra",
+)
 
 
 def grad_accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
@@ -85,28 +95,21 @@ def run_name(stage: str, overrides: Sequence[str]) -> str:
     return " ".join([stage, *kept])
 
 
-def tracker_group(overrides: Sequence[str], profile: str) -> str:
-    """The experiment name given on the command line (``experiment=<name>``), else the profile."""
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key.lstrip("+~") == "experiment" and value:
-            return value
-    return profile
-
-
 def logging_kwargs(
-    logger: Mapping[str, Any], stage: str, overrides: Sequence[str], profile: str
+    logger: Mapping[str, Any], stage: str, overrides: Sequence[str], experiment_name: str
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """TrainingArguments fields for the tracker, and the environment variables it reads.
 
     W&B takes its project, entity and group from the environment (``WANDB_PROJECT`` ...), which
-    transformers' callback does not set; the caller exports them before building the trainer.
+    transformers' callback does not set; the caller exports them before building the trainer. The
+    group is ``logger.group`` when set, else ``experiment_name`` (each ``conf/experiment/*.yaml``
+    sets its own), so the stages of one experiment group together.
     """
     report_to = list(logger.get("report_to") or [])
     env: dict[str, str] = {}
     if "wandb" in report_to:
         env["WANDB_PROJECT"] = str(logger.get("project") or "autorule")
-        env["WANDB_RUN_GROUP"] = str(logger.get("group") or tracker_group(overrides, profile))
+        env["WANDB_RUN_GROUP"] = str(logger.get("group") or experiment_name)
         if logger.get("entity"):
             env["WANDB_ENTITY"] = str(logger["entity"])
     return {"report_to": report_to, "run_name": run_name(stage, overrides)}, env

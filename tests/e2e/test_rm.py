@@ -11,11 +11,17 @@ from autorule.stages import preprocess, rm
 
 pytestmark = pytest.mark.slow
 
-# The bundled pairs separate easily (polite on-topic numbered steps vs curt off-topic answers):
-# the tiny profile's 30 steps reached accuracy 1.0 on the 148 held-out pairs for seeds 0, 1, 2
-# and for rm.init=base; 0.8 leaves room for numeric drift across platforms and is still far
-# above chance (0.5).
-MIN_ACCURACY = 0.8
+# The bundled pairs separate easily (polite on-topic numbered steps vs curt off-topic answers; the
+# chosen answers are also longer), so even an untrained reward head can rank them: its random sign
+# decides. Measured on the 148 held-out pairs (tiny profile, 30 steps, seeds 0-4):
+#   untrained (the stage's init: the sft model plus TRL's seeded new head): accuracy 0.027, 0.000,
+#     0.980, 0.473, 0.966; eval loss 0.731, 0.809, 0.634, 0.697, 0.629 (about ln 2 = 0.693)
+#   trained: accuracy 1.0 for every seed; eval loss 0.0036, 0.0046, 0.0036, 0.0041, 0.0033
+# Accuracy alone therefore cannot show learning (an untrained seed reached 0.98); the loss can: an
+# untrained head's margins are tiny (|mean margin| <= 0.22), so its loss stays near ln 2.
+MIN_ACCURACY = 0.95  # measured 1.0; room for numeric drift across platforms
+MAX_EVAL_LOSS = 0.05  # measured <= 0.0046; 14x below ln 2, which chance (zero margins) gives
+MIN_LOSS_DROP = 10  # untrained / trained eval loss: measured 170-200
 
 
 def test_rm_artifact_scores_held_out_pairs(trained):
@@ -25,12 +31,30 @@ def test_rm_artifact_scores_held_out_pairs(trained):
     metrics = json.loads((path / "metrics.json").read_text())
     assert manifest["metrics"] == metrics
     assert metrics["init"] == "sft" and metrics["global_step"] == 30
-    assert metrics["accuracy"] >= MIN_ACCURACY, metrics
     assert metrics["reward_std"] > 0 and metrics["scored_pairs"] == metrics["eval_rows"]
     assert {"train_loss", "eval_loss", "reward_mean"} <= metrics.keys()
     model = AutoModelForSequenceClassification.from_pretrained(path / "model")
     assert model.config.num_labels == 1
     assert not (path / "checkpoints").exists()
+
+
+def test_rm_training_learned_more_than_the_untrained_init(trained, tmp_path):
+    """The trained scores beat the same init, untrained, on the same held-out pairs."""
+    metrics = json.loads((trained["rm"] / "metrics.json").read_text())
+    cfg = compose(["stage=rm", f"paths.root={trained['rm'].parents[1]}"])
+    data = trained["preprocess"]
+    untrained = rm.build_trainer(
+        cfg,
+        tmp_path,
+        {"preprocess": data, "sft": trained["sft"]},
+        rm.preference_pairs(data / f"{cfg.rm.train_split}.parquet"),
+        rm.preference_pairs(data / f"{cfg.rm.eval_split}.parquet"),
+    )
+    before = {"eval_loss": untrained.evaluate()["eval_loss"], **rm.score(untrained)}
+    assert before["scored_pairs"] == metrics["scored_pairs"]
+    assert metrics["eval_loss"] <= MAX_EVAL_LOSS, (metrics, before)
+    assert metrics["eval_loss"] * MIN_LOSS_DROP <= before["eval_loss"], (metrics, before)
+    assert metrics["accuracy"] >= max(MIN_ACCURACY, before["accuracy"]), (metrics, before)
 
 
 def test_rm_rerun_is_a_no_op(trained):

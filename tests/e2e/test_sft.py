@@ -5,8 +5,9 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from autorule.artifacts import read_manifest, work_path
-from autorule.stages import preprocess, sft
+from autorule.artifacts import artifact_path, read_manifest, work_path
+from autorule.config import compose
+from autorule.stages import preprocess, rm, sft
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +19,7 @@ def test_sft_artifact(trained):
     metrics = json.loads((path / "metrics.json").read_text())
     assert manifest["metrics"] == metrics
     assert metrics["global_step"] == 8 and metrics["resumed_from_step"] is None
+    assert metrics["train_loss_mean_steps"] == 8
     assert metrics["train_loss"] > 0 and metrics["eval_loss"] > 0
     assert manifest["counts"]["train_rows"] == metrics["train_rows"] > 0
     # One copy of the weights: the work folder's checkpoints are gone.
@@ -47,10 +49,17 @@ def test_sft_resumes_after_an_interruption(make_cfg):
     preprocess.run(cfg)
     with pytest.raises(Interrupted):
         sft.run(cfg, callbacks=[StopAfterSave(4)])
+    # A job killed while writing the next checkpoint leaves it without trainer_state.json (which
+    # transformers writes last); the re-run must skip it, not fail on it.
+    killed = work_path(artifact_path(cfg, "sft")) / "checkpoints" / "checkpoint-8"
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half a file")
     path = sft.run(cfg)  # the same command again
     assert not work_path(path).exists()
     metrics = json.loads((path / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 4 and metrics["global_step"] == 8
+    # The mean loss covers only the steps this process ran, and says so.
+    assert metrics["train_loss_mean_steps"] == 4
 
 
 def test_sft_through_the_launcher(make_cfg):
@@ -63,3 +72,59 @@ def test_sft_through_the_launcher(make_cfg):
     assert "workdir:" in saved and "stage: sft" in saved
     assert read_manifest(path)["metrics"]["global_step"] == 8
     assert (path / "model" / "config.json").exists()
+
+
+class RecordRun(TrainerCallback):
+    """Records the W&B run a stage logs into (opened by transformers' callback on train begin)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import wandb
+
+        self.name, self.group = wandb.run.name, wandb.run.group
+
+
+def test_each_training_stage_logs_into_its_own_wandb_run(make_cfg):
+    """stage=pipeline trains sft and rm in one process: rm must not log into sft's W&B run.
+    WANDB_MODE=disabled (tests/conftest.py) gives a real, offline no-op wandb.run."""
+    import wandb
+
+    cfg = make_cfg(
+        "stage=pipeline",
+        "logger=wandb",
+        "experiment_name=e2e",
+        "sft.max_steps=2",
+        "rm.max_steps=2",
+        "rm.init=base",
+    )
+    preprocess.run(cfg)
+    seen = {}
+    for stage in (sft, rm):
+        record = RecordRun()
+        stage.run(cfg, callbacks=[record])
+        seen[stage.__name__.rsplit(".", 1)[1]] = (record.name, record.group)
+        assert wandb.run is None  # finished with its stage
+    # Each run carries its own stage's name; both are grouped by experiment_name.
+    overrides = "experiment_name=e2e sft.max_steps=2 rm.max_steps=2 rm.init=base"
+    assert seen == {"sft": (f"sft {overrides}", "e2e"), "rm": (f"rm {overrides}", "e2e")}
+
+
+def test_sft_loss_is_on_the_response_only(trained, tmp_path):
+    """In a batch as the trainer collates it, the prompt ``<|user|>...<|assistant|>`` is masked
+    out of the loss (label -100) and every response token, eos included, is learned."""
+    cfg = compose(["stage=sft", f"paths.root={trained['sft'].parents[1]}"])
+    data = trained["preprocess"]
+    trainer = sft.build_trainer(cfg, tmp_path, {"preprocess": data})
+    tokenizer = trainer.processing_class
+    rows = sft.prompt_completion(data / f"{cfg.sft.train_split}.parquet", tokenizer.eos_token)
+    n = 4
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+    for i, row in enumerate(rows.select(range(n))):
+        ids, labels = batch["input_ids"][i], batch["labels"][i]
+        learned = labels != -100
+        real = ids != tokenizer.pad_token_id  # rows of one batch are padded to the longest
+        assert row["prompt"].startswith("<|user|>") and row["prompt"].endswith("<|assistant|>")
+        assert tokenizer.decode(ids[real & ~learned]) == row["prompt"]
+        assert tokenizer.decode(ids[learned]) == row["completion"]
+        assert row["completion"].endswith(tokenizer.eos_token)
+        assert (labels[learned] == ids[learned]).all()
+        assert not learned[: int((real & ~learned).sum())].any()  # the prompt comes first

@@ -1,13 +1,16 @@
 """The launch commands of the training stages (dry runs: nothing is trained or written)."""
 
 import json
+import logging
 import shlex
 
 import pytest
 
+from autorule.artifacts import artifact_path, config_hash
 from autorule.config import CONF_DIR, compose
 from autorule.launch import launch_command
-from autorule.stages import rm, sft
+from autorule.pipeline import run_stage
+from autorule.stages import extract, preprocess, rm, sft
 
 
 def dry_run(tmp_path, capsys, module, overrides):
@@ -28,6 +31,9 @@ def test_sft_on_one_8_gpu_node(tmp_path, capsys):
     assert "--mixed_precision bf16 -m autorule.worker " in command
     assert command.endswith("/launch/config-machine0.yaml")
     assert "--main_process_ip" not in command
+    assert "\n  global_batch=256 (micro 2 x 8 processes x accumulation 16)\n" in out
+    assert f"\n  deepspeed config: {CONF_DIR}/deepspeed/zero2.json\n" in out
+    assert "\n  input preprocess -> " in out and "(missing)" in out
     for arg in (
         "gradient_accumulation_steps=16",
         "per_device_train_batch_size=2",
@@ -65,6 +71,10 @@ def test_rm_on_two_nodes_through_srun(tmp_path, capsys):
     assert "--main_process_ip gpu-a01 --main_process_port 29500" in inner
     assert f"--deepspeed_config_file {CONF_DIR}/deepspeed/zero3.json" in inner
     assert "--deepspeed_multinode_launcher standard" in inner
+    assert "\n  global_batch=256 (micro 2 x 16 processes x accumulation 8)\n" in out
+    assert f"\n  deepspeed config: {CONF_DIR}/deepspeed/zero3.json\n" in out
+    sft_path = artifact_path(compose(["profile=paper", f"paths.root={tmp_path}"]), "sft")
+    assert f"\n  init=sft -> {sft_path} (missing)\n" in out
     for arg in (
         "gradient_accumulation_steps=8",
         "learning_rate=5e-06",
@@ -133,3 +143,81 @@ def test_deepspeed_configs_leave_batch_values_to_the_trainer(name, stage):
         "gradient_clipping",
     ):
         assert ds[key] == "auto"
+
+
+def test_rm_from_base_names_the_model_and_reads_no_sft(tmp_path, capsys):
+    out = dry_run(tmp_path, capsys, rm, ["stage=rm", "profile=paper", "rm.init=base"])
+    assert "\n  init=base -> meta-llama/Meta-Llama-3-8B\n" in out
+    assert "input sft" not in out
+
+
+def test_one_process_says_deepspeed_is_not_used(tmp_path, capsys, caplog):
+    with caplog.at_level(logging.WARNING, logger="autorule.launch"):
+        out = dry_run(tmp_path, capsys, sft, ["stage=sft", "profile=paper"])
+    assert "sft.deepspeed=zero2 is not used with one process" in caplog.text
+    assert "\n  deepspeed: not used with one process" in out
+    assert "--use_deepspeed" not in out
+    assert "\n  global_batch=256 (micro 2 x 1 processes x accumulation 128)\n" in out
+
+
+@pytest.mark.parametrize(
+    "processes, machines, rank, message",
+    [
+        (3, 2, 0, "launcher.num_processes=3 is the total over all machines"),
+        (1, 2, 0, "a multiple of, launcher.num_machines=2"),
+        (0, 1, 0, "must be >= 1"),
+        (16, 2, 2, r"launcher.machine_rank=2 must be in \[0, launcher.num_machines=2\)"),
+    ],
+)
+def test_process_counts_that_accelerate_would_misread_fail_early(
+    tmp_path, capsys, processes, machines, rank, message
+):
+    with pytest.raises(ValueError, match=message):
+        dry_run(
+            tmp_path,
+            capsys,
+            sft,
+            [
+                "stage=sft",
+                "profile=paper",
+                f"launcher.num_processes={processes}",
+                f"launcher.num_machines={machines}",
+                f"launcher.machine_rank={rank}",
+                "launcher.main_process_ip=10.0.0.1",
+            ],
+        )
+
+
+def must_not_run(cfg):
+    raise AssertionError("a dry run ran a stage that has no dry run")
+
+
+def test_pipeline_dry_run_runs_no_non_training_stage(tmp_path, capsys, monkeypatch):
+    """Under profile=paper preprocess would download from the hub and extract would pay for LLM
+    calls: a dry run prints their commands and artifact folders instead."""
+    monkeypatch.setattr(preprocess, "run", must_not_run)
+    monkeypatch.setattr(extract, "run", must_not_run)
+    cfg = compose(["stage=pipeline", "profile=paper", "dry_run=true", f"paths.root={tmp_path}"])
+    done = run_stage(cfg)
+    out = capsys.readouterr().out
+    assert not any(tmp_path.iterdir()), "a dry run must not write anything"
+    for name in ("preprocess", "extract"):
+        assert f"\n  python -m autorule stage={name} profile=paper paths.root={tmp_path}\n" in out
+        assert f"\n  artifact {done[name]} (no artifact yet: the run would make it)\n" in out
+    assert "[autorule] dry run of stage sft " in out and "[autorule] dry run of stage rm " in out
+    assert list(done) == ["preprocess", "extract", "sft", "rm"]
+    for name, path in done.items():
+        assert f"\n[autorule] {name}: {path} (dry run, nothing written)\n" in out
+
+
+def test_dry_run_of_one_stage_says_its_artifact_exists(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(preprocess, "run", must_not_run)
+    cfg = compose(["stage=preprocess", "dry_run=true", f"paths.root={tmp_path}"])
+    folder = artifact_path(cfg, "preprocess")
+    folder.mkdir(parents=True)
+    manifest = {"status": "complete", "config_hash": config_hash(cfg, "preprocess"), "inputs": {}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert run_stage(cfg) == {"preprocess": folder}
+    out = capsys.readouterr().out
+    assert f"artifact {folder} (exists and is up to date: the run would do nothing)" in out
+    assert f"[autorule] preprocess: {folder} (dry run, nothing written)" in out

@@ -9,37 +9,49 @@ from pathlib import Path
 
 import pytest
 
-from autorule.config import REPO_ROOT, compose
-from autorule.stages import sft
+from autorule.config import REPO_ROOT
 
 SCRIPTS = REPO_ROOT / "scripts" / "slurm"
 STAGES = ("sft", "rm")
 
 
-def run_script(tmp_path: Path, stage: str, env: dict[str, str], *overrides: str):
-    """Runs scripts/slurm/<stage>.sh in dry-run mode with a fake scontrol on PATH."""
+def run_script(
+    tmp_path: Path, stage: str, env: dict[str, str], *overrides: str, scontrol: bool = True
+):
+    """Runs scripts/slurm/<stage>.sh in dry-run mode (which runs autorule with dry_run=true) and,
+    unless ``scontrol=False``, with a fake scontrol on PATH."""
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
-    scontrol = fake / "scontrol"
-    # Expands "gpu-a[01-02]"-style lists the way `scontrol show hostnames` does, for this test.
-    scontrol.write_text(
-        "#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] || exit 2\n"
-        "printf 'gpu-a01\\ngpu-a02\\n' | head -n \"${SLURM_NNODES:-1}\"\n"
-    )
-    scontrol.chmod(0o755)
+    if scontrol:
+        # Expands "gpu-a[01-02]"-style lists the way `scontrol show hostnames` does, for this test.
+        (fake / "scontrol").write_text(
+            "#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] || exit 2\n"
+            "printf 'gpu-a01\\ngpu-a02\\n' | head -n \"${SLURM_NNODES:-1}\"\n"
+        )
+        (fake / "scontrol").chmod(0o755)
+    # Without scontrol nothing else is on PATH either (no nvidia-smi): a laptop off the cluster.
+    path = f"{fake}:{os.environ['PATH']}" if scontrol else str(fake)
     full_env = {
-        "PATH": f"{fake}:{os.environ['PATH']}",
+        **{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")},
+        "PATH": path,
+        "PYTHON": sys.executable,
         "AUTORULE_DRY_RUN": "1",
         "SLURM_SUBMIT_DIR": str(REPO_ROOT),
         **env,
     }
     return subprocess.run(
-        ["bash", str(SCRIPTS / f"{stage}.sh"), *overrides],
+        [shutil.which("bash"), str(SCRIPTS / f"{stage}.sh"), *overrides],
         env=full_env,
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
+
+
+def printed(result) -> tuple[list[str], str]:
+    """The command the script would run (its first line), and what its dry run printed."""
+    first, _, rest = result.stdout.partition("\n")
+    return shlex.split(first), rest
 
 
 @pytest.mark.parametrize("path", sorted(SCRIPTS.glob("*.sh")), ids=lambda p: p.name)
@@ -67,11 +79,12 @@ def test_two_nodes_dry_run(tmp_path, stage):
         "SLURM_NNODES": "2",
         "SLURM_NODEID": "0",
         "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_CPUS_PER_TASK": "64",
     }
     result = run_script(tmp_path, stage, env, "profile=paper", "seed=1")
     assert result.returncode == 0, result.stderr
-    cmd = shlex.split(result.stdout)
-    assert cmd[:4] == ["python", "-m", "autorule", f"stage={stage}"]
+    cmd, out = printed(result)
+    assert cmd[:4] == [sys.executable, "-m", "autorule", f"stage={stage}"]
     assert cmd[4:] == [
         "launcher=slurm",
         "launcher.num_machines=2",
@@ -79,21 +92,67 @@ def test_two_nodes_dry_run(tmp_path, stage):
         "launcher.machine_rank=0",
         "launcher.main_process_ip=gpu-a01",
         "launcher.main_process_port=29500",
+        "launcher.cpus_per_task=64",
         "profile=paper",
         "seed=1",
     ]
+    # ... and the dry run of that command: srun (with the CPUs sbatch gave), accelerate, batch.
+    srun = shlex.split(out.splitlines()[1])
+    assert srun[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=64"]
+    assert "--num_processes 16 --num_machines 2 --machine_rank $SLURM_NODEID" in srun[-1]
+    assert "\n  global_batch=256 (micro 2 x 16 processes x accumulation 8)\n" in out
+    assert "\n  seed=1\n" in out
 
 
-def test_one_node_dry_run_composes_and_launches_without_srun(tmp_path, capsys):
+def test_one_node_dry_run_launches_accelerate_without_srun(tmp_path):
     env = {"SLURM_JOB_NODELIST": "gpu-a01", "SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "8"}
     result = run_script(tmp_path, "sft", env, "profile=paper")
     assert result.returncode == 0, result.stderr
-    overrides = shlex.split(result.stdout)[3:]
-    sft.run(compose([*overrides, "dry_run=true", f"paths.root={tmp_path / 'out'}"]))
-    out = capsys.readouterr().out
-    assert "--num_processes 8 --num_machines 1 --machine_rank 0" in out
-    assert not out.splitlines()[1].startswith("srun")
+    cmd, out = printed(result)
+    assert "launcher.num_processes=8" in cmd and not any("cpus_per_task" in a for a in cmd)
+    command = out.splitlines()[1]
+    assert " -m accelerate.commands.launch --num_processes 8 --num_machines 1 " in command
+    assert not command.startswith("srun")
     assert "\n  gradient_accumulation_steps=16\n" in out
+
+
+def test_dry_run_off_the_cluster_needs_no_scontrol_nor_gpus(tmp_path):
+    """What the README shows on a laptop: no scontrol, no nvidia-smi, no SLURM_GPUS_ON_NODE."""
+    result = run_script(
+        tmp_path, "rm", {"SLURM_JOB_NODELIST": "gpu-b[07-08]"}, "profile=paper", scontrol=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "not found" not in result.stderr
+    assert "assuming 8 GPUs per node" in result.stderr
+    cmd, out = printed(result)
+    assert "launcher.num_machines=2" in cmd and "launcher.num_processes=16" in cmd
+    assert "launcher.main_process_ip=gpu-b07" in cmd
+    assert "--main_process_ip gpu-b07 " in out and "\n  init=sft -> " in out
+
+
+def test_without_scontrol_a_real_run_refuses(tmp_path):
+    env = {"SLURM_JOB_NODELIST": "gpu-b07", "AUTORULE_DRY_RUN": "0"}
+    result = run_script(tmp_path, "sft", env, scontrol=False)
+    assert result.returncode != 0
+    assert "scontrol not found" in result.stderr and not result.stdout
+
+
+@pytest.mark.parametrize(
+    "nodelist, hosts",
+    [
+        ("gpu-a01", ["gpu-a01"]),
+        ("n1,n2,n3", ["n1", "n2", "n3"]),
+        ("gpu-a[01-02]", ["gpu-a01", "gpu-a02"]),
+        ("gpu-a[08-10,12],cpu1", ["gpu-a08", "gpu-a09", "gpu-a10", "gpu-a12", "cpu1"]),
+        ("r[1-2]-g[9-10]", ["r1-g9", "r1-g10", "r2-g9", "r2-g10"]),
+    ],
+)
+def test_node_list_expansion_without_scontrol(nodelist, hosts):
+    script = f'source {shlex.quote(str(SCRIPTS / "common.sh"))}; autorule_hostnames "$1"'
+    result = subprocess.run(
+        ["bash", "-c", script, "bash", nodelist], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.splitlines() == hosts
 
 
 def test_outside_slurm_it_says_so(tmp_path):

@@ -40,29 +40,50 @@ def test_paper_profile_gives_the_released_hyperparameters():
 def test_tiny_profile_trains_in_fp32_without_a_tracker():
     cfg = compose(["stage=sft"])
     assert not trainer_kwargs(cfg.sft, 1)["bf16"]
-    assert logging_kwargs(cfg.logger, "sft", [], "tiny")[0]["report_to"] == []
+    assert logging_kwargs(cfg.logger, "sft", [], "default")[0]["report_to"] == []
 
 
-def test_wandb_names_come_from_the_overrides():
-    cfg = compose(["stage=rm", "logger=wandb"])
+def test_wandb_names_come_from_the_overrides_and_the_experiment_name():
+    cfg = compose(["stage=rm", "logger=wandb", "experiment_name=uf_paper"])
     overrides = [
-        "stage=rm",
-        "experiment=uf_paper",
+        "stage=pipeline",
+        "experiment=autorule_uf",
+        "pipeline.stages=[sft,rm]",
         "rm.learning_rate=1e-5",
         "paths.root=/x",
         "launcher.num_processes=8",
     ]
-    kwargs, env = logging_kwargs(cfg.logger, "rm", overrides, "tiny")
+    kwargs, env = logging_kwargs(cfg.logger, "rm", overrides, cfg.experiment_name)
     assert kwargs == {
         "report_to": ["wandb"],
-        "run_name": "rm experiment=uf_paper rm.learning_rate=1e-5",
+        "run_name": "rm experiment=autorule_uf rm.learning_rate=1e-5",
     }
     assert env == {"WANDB_PROJECT": "autorule", "WANDB_RUN_GROUP": "uf_paper"}
-    assert logging_kwargs(cfg.logger, "rm", [], "tiny")[1]["WANDB_RUN_GROUP"] == "tiny"
 
 
-def test_run_name_keeps_no_paths():
-    assert run_name("sft", ["paths.root=/scratch/me", "force=true", "seed=1"]) == "sft seed=1"
+def test_wandb_group_is_logger_group_else_experiment_name():
+    def group(*overrides):
+        cfg = compose(["stage=sft", "logger=wandb", *overrides])
+        return logging_kwargs(cfg.logger, "sft", [], cfg.experiment_name)[1]["WANDB_RUN_GROUP"]
+
+    assert group("experiment_name=ablation-3") == "ablation-3"
+    assert group("experiment_name=ablation-3", "logger.group=mine") == "mine"
+    assert group() == "default"
+
+
+def test_an_experiment_file_names_the_wandb_group():
+    cfg = compose(["stage=sft", "logger=wandb", "experiment=autorule_uf"])
+    assert logging_kwargs(cfg.logger, "sft", [], cfg.experiment_name)[1]["WANDB_RUN_GROUP"] == (
+        "autorule_uf"
+    )
+    # The command line still wins over the experiment file.
+    cfg = compose(["stage=sft", "experiment=autorule_uf", "experiment_name=mine"])
+    assert cfg.experiment_name == "mine"
+
+
+def test_run_name_keeps_no_paths_nor_the_pipeline_selection():
+    overrides = ["paths.root=/scratch/me", "force=true", "pipeline.stages=[sft,rm]", "seed=1"]
+    assert run_name("sft", overrides) == "sft seed=1"
 
 
 def test_checkpoint_step():

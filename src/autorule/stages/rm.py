@@ -28,7 +28,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from autorule import rm_metrics
-from autorule.launch import run_training
+from autorule.artifacts import artifact_path
+from autorule.launch import artifact_state, run_training
 from autorule.models import resolve
 from autorule.trainers import base_metrics, config_kwargs, fit, save
 from autorule.training import MODEL
@@ -39,7 +40,15 @@ INITS = ("sft", "base")
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
     if cfg.rm.init not in INITS:
         raise ValueError(f"rm.init must be one of {INITS}, got {cfg.rm.init!r}")
-    return run_training(cfg, "rm", train, callbacks)
+    return run_training(cfg, "rm", train, callbacks, describe=describe_init)
+
+
+def describe_init(cfg: DictConfig) -> list[str]:
+    """The dry run's line on the model training starts from (and whether it is there yet)."""
+    if cfg.rm.init == "sft":
+        sft = artifact_path(cfg, "sft")
+        return [f"init=sft -> {sft} ({artifact_state(sft)})"]
+    return [f"init=base -> {cfg.model.name_or_path}"]
 
 
 def preference_pairs(parquet: Path):
@@ -69,41 +78,56 @@ def pair_scores(logits, labels=None):
     return torch.stack([chosen, rejected], dim=-1)
 
 
-def train(
-    cfg: DictConfig, workdir: Path, inputs: dict[str, Path], callbacks: Sequence[Any] = ()
-) -> dict[str, Any]:
-    """Trains in this process (one of many under accelerate); writes model/ and metrics.json."""
+def build_trainer(
+    cfg: DictConfig,
+    workdir: Path,
+    inputs: dict[str, Path],
+    train_ds,
+    eval_ds,
+    callbacks: Sequence[Any] = (),
+):
+    """The stage's ``RewardTrainer``, its model as training starts from it (TRL seeds with
+    ``rm.seed`` before it adds the new score head, so the same config gives the same head)."""
     from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    r = cfg.rm
-    init = str(inputs["sft"] / MODEL) if r.init == "sft" else resolve(cfg, "reward")
+    init = str(inputs["sft"] / MODEL) if cfg.rm.init == "sft" else resolve(cfg, "reward")
     tokenizer = AutoTokenizer.from_pretrained(init)
     if tokenizer.pad_token is None:  # Llama-3 has none; TRL copies it into the model config
         tokenizer.pad_token = tokenizer.eos_token
-    data = inputs["preprocess"]
-    train_ds = preference_pairs(data / f"{r.train_split}.parquet")
-    eval_ds = preference_pairs(data / f"{r.eval_split}.parquet")
-
-    args = RewardConfig(**config_kwargs(cfg, "rm", workdir))
-    trainer = RewardTrainer(
+    return RewardTrainer(
         model=init,
-        args=args,
+        args=RewardConfig(**config_kwargs(cfg, "rm", workdir)),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         callbacks=list(callbacks),
         preprocess_logits_for_metrics=pair_scores,
     )
+
+
+def score(trainer) -> dict[str, float | int]:
+    """Scores the trainer's eval pairs (all processes take part; predictions come back in order)
+    and summarises them (:func:`autorule.rm_metrics.summarize`)."""
+    scores = trainer.predict(trainer.eval_dataset).predictions
+    return rm_metrics.summarize(scores[:, 0].tolist(), scores[:, 1].tolist())
+
+
+def train(
+    cfg: DictConfig, workdir: Path, inputs: dict[str, Path], callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """Trains in this process (one of many under accelerate); writes model/ and metrics.json."""
+    r = cfg.rm
+    data = inputs["preprocess"]
+    train_ds = preference_pairs(data / f"{r.train_split}.parquet")
+    eval_ds = preference_pairs(data / f"{r.eval_split}.parquet")
+    trainer = build_trainer(cfg, workdir, inputs, train_ds, eval_ds, callbacks)
     result, resumed_from = fit(trainer, workdir)
     eval_loss = trainer.evaluate()["eval_loss"]
 
-    # Score the held-out pairs (all processes take part; predictions come back in order).
-    scores = trainer.predict(trainer.eval_dataset).predictions
-    chosen, rejected = scores[:, 0].tolist(), scores[:, 1].tolist()
     metrics = {
         **base_metrics(trainer, result, resumed_from, eval_loss, len(train_ds), len(eval_ds)),
-        **rm_metrics.summarize(chosen, rejected),
+        **score(trainer),
         "init": str(r.init),
     }
     save(trainer, workdir, metrics)

@@ -46,10 +46,13 @@ def prompt_completion(parquet: Path, eos_token: str):
     )
 
 
-def train(
-    cfg: DictConfig, workdir: Path, inputs: dict[str, Path], callbacks: Sequence[Any] = ()
-) -> dict[str, Any]:
-    """Trains in this process (one of many under accelerate); writes model/ and metrics.json."""
+def build_trainer(
+    cfg: DictConfig,
+    workdir: Path,
+    inputs: dict[str, Path],
+    callbacks: Sequence[Any] = (),
+):
+    """The stage's ``SFTTrainer`` on the prompt-completion rows of both splits."""
     from trl import SFTConfig, SFTTrainer
 
     s = cfg.sft
@@ -57,9 +60,9 @@ def train(
     data = inputs["preprocess"]
     train_ds = prompt_completion(data / f"{s.train_split}.parquet", tokenizer.eos_token)
     eval_ds = prompt_completion(data / f"{s.eval_split}.parquet", tokenizer.eos_token)
-
+    # completion_only_loss: the labels of the prompt tokens are -100, so only the answer is learned.
     args = SFTConfig(**config_kwargs(cfg, "sft", workdir), completion_only_loss=True, packing=False)
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=resolve(cfg, "policy"),
         args=args,
         train_dataset=train_ds,
@@ -67,9 +70,17 @@ def train(
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
+
+
+def train(
+    cfg: DictConfig, workdir: Path, inputs: dict[str, Path], callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """Trains in this process (one of many under accelerate); writes model/ and metrics.json."""
+    trainer = build_trainer(cfg, workdir, inputs, callbacks)
     result, resumed_from = fit(trainer, workdir)
     eval_loss = trainer.evaluate()["eval_loss"]
 
-    metrics = base_metrics(trainer, result, resumed_from, eval_loss, len(train_ds), len(eval_ds))
+    train_rows, eval_rows = len(trainer.train_dataset), len(trainer.eval_dataset)
+    metrics = base_metrics(trainer, result, resumed_from, eval_loss, train_rows, eval_rows)
     save(trainer, workdir, metrics)
     return metrics

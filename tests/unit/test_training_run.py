@@ -1,0 +1,108 @@
+"""run_training around a stand-in train function, the tracker's lifetime and resume checkpoints.
+
+No model is trained here: the preprocess input is a literal manifest and ``train`` a stub.
+"""
+
+import json
+import logging
+import sys
+import types
+
+import pytest
+
+from autorule.artifacts import artifact_path, read_manifest
+from autorule.launch import run_training
+from autorule.trainers import finish_tracker, last_complete_checkpoint
+
+
+class FakeWandb(types.ModuleType):
+    """Stands in for the ``wandb`` module: an open run, and ``finish`` closes it."""
+
+    def __init__(self):
+        super().__init__("wandb")
+        self.run = object()
+        self.finished: list[int] = []
+
+    def finish(self, exit_code=None):
+        self.finished.append(exit_code)
+        self.run = None
+
+
+@pytest.fixture
+def fake_wandb(monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    return fake
+
+
+def with_preprocess(cfg):
+    """Fakes a complete preprocess artifact, which is all run_training checks of it."""
+    folder = artifact_path(cfg, "preprocess")
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"status": "complete", "artifact_hash": "x"}))
+    return cfg
+
+
+def stub_train(cfg, workdir, inputs, callbacks):
+    metrics = {"global_step": 3}
+    (workdir / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def test_finish_tracker_closes_an_open_run_only(fake_wandb, monkeypatch):
+    finish_tracker()
+    assert fake_wandb.finished == [0] and fake_wandb.run is None
+    finish_tracker()  # no run open: nothing to finish
+    assert fake_wandb.finished == [0]
+    monkeypatch.delitem(sys.modules, "wandb")
+    finish_tracker()  # wandb never imported: it stays so
+    assert "wandb" not in sys.modules
+
+
+def test_each_in_process_stage_finishes_its_tracker_run(make_cfg, fake_wandb):
+    cfg = with_preprocess(make_cfg("stage=sft"))
+    path = run_training(cfg, "sft", stub_train)
+    assert read_manifest(path)["status"] == "complete"
+    assert fake_wandb.finished == [0] and fake_wandb.run is None
+
+
+def test_a_failed_stage_finishes_its_run_as_failed(make_cfg, fake_wandb):
+    cfg = with_preprocess(make_cfg("stage=sft"))
+
+    def crash(*args):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_training(cfg, "sft", crash)
+    assert fake_wandb.finished == [1]
+
+
+def checkpoint(folder, step, state='{"global_step": 1}'):
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"weights")
+    if state is not None:
+        (path / "trainer_state.json").write_text(state)
+    return path
+
+
+def test_resume_skips_and_removes_checkpoints_killed_while_saving(tmp_path, caplog):
+    folder = tmp_path / "checkpoints"
+    complete = checkpoint(folder, 10)
+    checkpoint(folder, 9)  # numerically smaller name sorted wrongly as text: 9 < 10
+    killed = checkpoint(folder, 20, state=None)  # killed before the trainer state was written
+    torn = checkpoint(folder, 30, state='{"global_st')  # killed while writing it
+    (folder / "runs").mkdir()  # other folders are left alone
+    with caplog.at_level(logging.WARNING):
+        assert last_complete_checkpoint(folder) == complete
+    assert not killed.exists() and not torn.exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-10", "checkpoint-9", "runs"]
+    assert "incomplete checkpoint" in caplog.text and "checkpoint-20" in caplog.text
+
+
+def test_resume_only_reads_when_asked_not_to_remove(tmp_path):
+    folder = tmp_path / "checkpoints"
+    killed = checkpoint(folder, 20, state=None)
+    assert last_complete_checkpoint(folder, remove_incomplete=False) is None
+    assert killed.exists()
+    assert last_complete_checkpoint(tmp_path / "absent") is None
