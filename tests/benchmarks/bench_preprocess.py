@@ -5,7 +5,7 @@ Generates a synthetic copy with the hub's split sizes (61,135 pairs in each trai
 ``preprocess.run``: dataset load, the filter with its tokenization, formatting, parquet writes.
 Two layouts: ``distinct`` (every split has its own texts: the worst case) and ``hub`` (the SFT
 splits reuse the preference splits' prompts and chosen answers, as the hub copy's do, so the
-memoised token counts are reused). Target: under a minute on 2 cores. Figures go to
+memoised token counts are reused). Target, asserted: under a minute on 2 cores. Figures go to
 docs/benchmarks.md by hand, with the machine they were taken on.
 """
 
@@ -49,3 +49,4 @@ def test_preprocess_uf_full_size(make_cfg, tmp_path, monkeypatch, layout):
         f"({rows / elapsed:,.0f} rows/s); kept train_prefs={counts['train_prefs_rows']}"
     )
     assert counts["train_prefs_rows_in"] == HUB_SIZES["train_prefs"]
+    assert elapsed < 60, f"target: under a minute on 2 cores, took {elapsed:.1f} s"
