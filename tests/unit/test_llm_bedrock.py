@@ -2,7 +2,6 @@
 
 import json
 import logging
-import socket
 
 import pytest
 from botocore.exceptions import (
@@ -17,7 +16,7 @@ from botocore.exceptions import (
 
 from autorule.llm import LLMCallError
 from autorule.llm.bedrock import BedrockLLM
-from autorule.llm.fakeserver import FakeLLMServer, FakeReply
+from autorule.llm.fakeserver import FakeLLMServer, FakeReply, closed_port
 from autorule.secrets import RedactingFilter
 
 ACCESS_KEY = "AKIAFAKEFAKEFAKE1234"
@@ -131,13 +130,6 @@ def test_credentials_stay_out_of_logs_and_cache(tmp_path, caplog):
     assert json.loads(cached)["model"] == MODEL
     for text in (caplog.text, cached):
         assert SECRET_KEY not in text and ACCESS_KEY not in text
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on: connecting to it is refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_read_timeout_is_retried_then_succeeds(tmp_path):

@@ -1,11 +1,9 @@
 """The OpenAI-compatible backend through the real openai client, against a local server."""
 
-import socket
-
 import pytest
 
 from autorule.llm import LLMCallError
-from autorule.llm.fakeserver import FakeLLMServer, FakeReply
+from autorule.llm.fakeserver import FakeLLMServer, FakeReply, closed_port
 from autorule.llm.openai_compat import OpenAICompatLLM
 
 FAST_RETRY = {"max_attempts": 3, "initial_wait": 0.01, "max_wait": 0.02, "jitter": 0.0}
@@ -87,12 +85,9 @@ def test_timeouts_are_retried(tmp_path):
 
 
 def test_refused_connections_are_retried(tmp_path):
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     llm = OpenAICompatLLM(
         model="served-r1",
-        base_url=f"http://127.0.0.1:{port}/v1",
+        base_url=f"http://127.0.0.1:{closed_port()}/v1",
         api_key_env="AUTORULE_TEST_API_KEY",
         temperature=0.6,
         max_tokens=64,
