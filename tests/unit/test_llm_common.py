@@ -31,7 +31,7 @@ def test_cache_round_trip_and_corrupt_entries(tmp_path):
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_every_llm_key_has_a_comment(name):
-    for path in (CONF_DIR / "llm" / f"{name}.yaml", CONF_DIR / "llm" / "_common.yaml"):
+    for path in (CONF_DIR / "llm" / f"{name}.yaml", CONF_DIR / "llm_common.yaml"):
         for line in path.read_text().splitlines():
             if re.match(r"^\s*[A-Za-z_]+:\s*\S", line) and "#" not in line:
                 pytest.fail(f"{path.name}: key without a comment: {line!r}")
