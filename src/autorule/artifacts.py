@@ -138,15 +138,25 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+LAUNCH_DIR = "launch"  # the worker configs of a launched (multi-process) training run
+# Files that record how a run was started (force=true, the overrides, checkpoint and logging
+# cadence, the tracker's run name) rather than what it made: two runs that produced the same
+# content differ in them, so the content hash leaves them out. By file name, plus LAUNCH_DIR.
+RUN_RECORDS = (CONFIG_FILE, "training_args.bin")
+
+
+def is_run_record(relpath: str) -> bool:
+    """Whether the artifact file at ``relpath`` records how the run was started."""
+    return relpath.rsplit("/", 1)[-1] in RUN_RECORDS or relpath.startswith(f"{LAUNCH_DIR}/")
+
+
 def content_hash(config_hash: str, files: dict[str, str]) -> str:
     """What downstream stages compare to see whether an upstream artifact changed: the config
-    hash and every file's hash except the saved ``config.yaml``, which also records how the run
-    was started (``force=true``, the command-line overrides) and so differs between two runs
-    that produced the same content."""
+    hash and every file's hash except the run records (:func:`is_run_record`)."""
     return digest(
         {
             "config_hash": config_hash,
-            "files": {k: v for k, v in files.items() if k != CONFIG_FILE},
+            "files": {k: v for k, v in files.items() if not is_run_record(k)},
         }
     )
 
@@ -269,15 +279,19 @@ def acquire_lock(artifact: Path) -> None:
     if key in _HELD_LOCKS:
         return
     lock_path(artifact).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = None
     try:
+        # Read-only and world-writable at creation (less the umask): flock needs no write
+        # access, so colleagues sharing a paths.root can lock a file one of them created.
+        fd = os.open(key, os.O_RDONLY | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("waiting for another process that is writing %s", artifact)
+            log.warning("waiting for another process that is writing %s (lock %s)", artifact, key)
             fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError as err:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
         log.warning("cannot lock %s (%s): concurrent runs of this stage may collide", key, err)
         return
     _HELD_LOCKS[key] = fd
@@ -292,14 +306,15 @@ def release_lock(artifact: Path) -> None:
 class StageJob:
     """One run of one stage: finds its inputs, gives it a work folder, commits the artifact.
 
-    Typical use inside ``stages/<name>.py``::
+    Typical use inside ``stages/<name>.py`` (the ``with`` block releases the job's lock if the
+    stage fails)::
 
-        job = StageJob(cfg, "sft")
-        if job.done:
-            return job.path
-        data = job.input("preprocess") / "train_sft.parquet"
-        ...  # write files into job.workdir
-        return job.commit(counts={"rows": n})
+        with StageJob(cfg, "sft") as job:
+            if job.done:
+                return job.path
+            data = job.input("preprocess") / "train_sft.parquet"
+            ...  # write files into job.workdir
+            return job.commit(counts={"rows": n})
     """
 
     def __init__(self, cfg: DictConfig, stage: str):
@@ -329,6 +344,16 @@ class StageJob:
             shutil.rmtree(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.workdir / MANIFEST, self._manifest("running", {}, {}))
+
+    def __enter__(self) -> StageJob:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        # A failed run gives up its lock at once, so other processes waiting for this artifact
+        # go on (and find it incomplete) even while this process lives on (a notebook, a test).
+        if exc_type is not None:
+            release_lock(self.path)
+        return False
 
     def input(self, name: str) -> Path:
         """Folder of the complete upstream artifact ``name``; raises with the command to make it."""

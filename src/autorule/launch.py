@@ -21,6 +21,7 @@ anything. ``launcher.num_processes`` counts the processes of all machines togeth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorule.artifacts import StageJob, artifact_path, read_manifest, work_path
+from autorule.artifacts import LAUNCH_DIR, StageJob, artifact_path, read_manifest, work_path
 from autorule.config import CONF_DIR
 from autorule.secrets import redact
 from autorule.stages import SPECS
@@ -154,7 +155,7 @@ def show(cmd: Sequence[str]) -> str:
 
 
 def worker_config_path(workdir: Path, cfg: DictConfig) -> Path:
-    return workdir / "launch" / f"config-machine{int(cfg.launcher.machine_rank)}.yaml"
+    return workdir / LAUNCH_DIR / f"config-machine{int(cfg.launcher.machine_rank)}.yaml"
 
 
 def save_worker_config(cfg: DictConfig, stage: str, workdir: Path, inputs: dict[str, Path]) -> Path:
@@ -243,30 +244,32 @@ def run_training(
         return path
     machine0 = int(cfg.launcher.machine_rank) == 0
     job = StageJob(cfg, stage) if machine0 else None
-    if job is not None and job.done:
-        return job.path
-    if job is not None:
-        workdir, inputs = job.workdir, {n: job.input(n) for n in input_names}
-    else:  # other machines only start their workers; machine 0 prepares and commits
-        workdir, inputs = work_path(path), {n: artifact_path(cfg, n) for n in input_names}
+    # The job's lock is released if training fails; other machines hold no job.
+    with job if job is not None else contextlib.nullcontext():
+        if job is not None and job.done:
+            return job.path
+        if job is not None:
+            workdir, inputs = job.workdir, {n: job.input(n) for n in input_names}
+        else:  # other machines only start their workers; machine 0 prepares and commits
+            workdir, inputs = work_path(path), {n: artifact_path(cfg, n) for n in input_names}
 
-    if not distributed(cfg):
-        # Launched workers are processes of their own, whose tracker run ends when they exit.
-        try:
-            metrics = train(cfg, workdir, inputs, callbacks)
-        except BaseException:
-            finish_tracker(failed=True)
-            raise
-        finish_tracker()
-    else:
-        if callbacks:
-            log.warning("[%s] callbacks are not passed to launched workers", stage)
-        config_file = save_worker_config(cfg, stage, workdir, inputs)
-        cmd = launch_command(cfg, stage, config_file)
-        log.info("[%s] launching: %s", stage, show(cmd))
-        subprocess.run(cmd, check=True)
-        if job is None:
-            return path
-        metrics = json.loads((workdir / METRICS).read_text())
-    counts = {k: int(metrics[k]) for k in COUNT_KEYS if metrics.get(k) is not None}
-    return job.commit(counts, extra={"metrics": metrics})
+        if not distributed(cfg):
+            # Launched workers are processes of their own, whose tracker run ends when they exit.
+            try:
+                metrics = train(cfg, workdir, inputs, callbacks)
+            except BaseException:
+                finish_tracker(failed=True)
+                raise
+            finish_tracker()
+        else:
+            if callbacks:
+                log.warning("[%s] callbacks are not passed to launched workers", stage)
+            config_file = save_worker_config(cfg, stage, workdir, inputs)
+            cmd = launch_command(cfg, stage, config_file)
+            log.info("[%s] launching: %s", stage, show(cmd))
+            subprocess.run(cmd, check=True)
+            if job is None:
+                return path
+            metrics = json.loads((workdir / METRICS).read_text())
+        counts = {k: int(metrics[k]) for k in COUNT_KEYS if metrics.get(k) is not None}
+        return job.commit(counts, extra={"metrics": metrics})

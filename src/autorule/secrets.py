@@ -32,12 +32,14 @@ _SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 _ENV_NAME = re.compile(r"_env$|_env_var$|^env_", re.IGNORECASE)
-# Shapes of common credentials, masked wherever they appear. Each must start a word, so ordinary
-# text such as "disk-scratch-..." or "risk-assessment-..." is left alone.
+# Shapes of common credentials, masked wherever they appear. Each must start the text or follow
+# white space, an escaped newline or tab (as in a repr), or a delimiter of assignments and
+# quoting (= : " ' ( [ { , ;), so names like "disk-scratch-...", "org/sk-llama-3-8b-..." or
+# "scikit_sk-learn-..." are left alone.
 _SECRET_VALUE = re.compile(
-    r"(?<![A-Za-z0-9])"
+    r"(?:^|(?<=[\s=:\"'(\[{,;])|(?<=\\[ntr]))"
     r"((AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key ids
-    r"|sk-[A-Za-z0-9_\-]{16,}"  # OpenAI-style keys
+    r"|sk-(?=[A-Za-z0-9_\-]*[0-9])[A-Za-z0-9_\-]{16,}"  # OpenAI-style keys (random: a digit)
     r"|hf_[A-Za-z0-9]{20,}"  # Hugging Face tokens
     r"|xox[abpr]-[A-Za-z0-9\-]{10,})"  # Slack tokens
 )
@@ -71,12 +73,39 @@ def override_key(override: str) -> str | None:
     return key.lstrip("+~").rsplit(".", 1)[-1].split("@", 1)[0]
 
 
+def _holds_secret_key(value: Any) -> bool:
+    """Whether a parsed override value (dicts, lists, sweeps of them) has a credential key."""
+    if isinstance(value, Mapping):
+        return any(
+            (is_secret_key(str(k)) and v not in (None, "")) or _holds_secret_key(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, (list, tuple)):
+        return any(_holds_secret_key(v) for v in value)
+    options = getattr(value, "list", None)  # a sweep: a=x,y or choice(...)
+    return isinstance(options, list) and _holds_secret_key(options)
+
+
+def _structured_value(override: str) -> Any:
+    """The value of an override as Hydra parses it (dicts and lists included), or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides([override])[0].value()
+    except Exception:  # not a valid override: Hydra itself will reject it
+        return None
+
+
 def redact_override(override: str, environ: Mapping[str, str] | None = None) -> str:
-    """Masks a ``key=value`` override whose key names a credential, and secrets inside any value."""
+    """Masks a ``key=value`` override whose key names a credential, or whose dict value holds one
+    (``+x={api_key: ...}``), and secrets inside any value."""
     key = override_key(override)
-    if key is not None and is_secret_key(key):
+    if key is not None:
         name, _, value = override.partition("=")
-        return f"{name}={MASK}" if value not in ("", "null") else override
+        if is_secret_key(key):
+            return f"{name}={MASK}" if value not in ("", "null") else override
+        if ("{" in value or "[" in value) and _holds_secret_key(_structured_value(override)):
+            return f"{name}={MASK}"
     return redact_text(override, environ)
 
 

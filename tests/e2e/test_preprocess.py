@@ -192,6 +192,7 @@ def test_cli_refuses_credentials_before_anything_is_written(tmp_path):
         ["+llm.api_key=plainSECRETvalue999"],
         ["-m", "dataset=uf,mt", "+extra.password=hunter2SECRETpw"],
         ["llm.model=sk-test-abcdefghijklmnopqrstuvwxyz"],
+        ["+notes={api_key: plainSECRETvalue999}"],
     ):
         res = _cli("stage=preprocess", f"paths.root={root}", *args, env=env)
         assert res.returncode == 2, res.stderr[-2000:]

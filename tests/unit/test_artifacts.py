@@ -275,3 +275,55 @@ def test_concurrent_runs_of_one_stage_compute_it_once(make_cfg, tmp_path):
     path = artifact_path(cfg, "up")
     assert (path / "data.txt").read_text() == "written by the first process"
     assert is_up_to_date(cfg, "up")[0]
+
+
+def test_content_hash_ignores_records_of_how_the_run_was_started():
+    from autorule.artifacts import content_hash
+
+    files = {
+        "model/model.safetensors": "w1",
+        "config.yaml": "c1",
+        "model/training_args.bin": "t1",
+        "launch/config-machine0.yaml": "l1",
+    }
+    restarted = {
+        **files,
+        "config.yaml": "c2",
+        "model/training_args.bin": "t2",
+        "launch/config-machine0.yaml": "l2",
+    }
+    assert content_hash("h", files) == content_hash("h", restarted)
+    assert content_hash("h", files) != content_hash("h", {**files, "model/model.safetensors": "w2"})
+    assert content_hash("h", files) != content_hash("g", files)
+
+
+def test_a_failed_stage_releases_its_lock_at_once(make_cfg):
+    """Other processes waiting for the artifact must not wait for this process to exit."""
+    import fcntl
+    import multiprocessing
+    import os
+
+    from autorule.artifacts import lock_path
+
+    cfg = make_cfg()
+    with pytest.raises(RuntimeError, match="boom"):
+        with StageJob(cfg, "up"):
+            raise RuntimeError("boom")
+
+    def try_lock(q):
+        fd = os.open(lock_path(artifact_path(cfg, "up")), os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            q.put("free")
+        except BlockingIOError:
+            q.put("held")
+
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=try_lock, args=(q,))
+    child.start()
+    child.join(30)
+    assert q.get(timeout=5) == "free"
+    # The same process can run the stage again right away.
+    _, ran = run_up(cfg)
+    assert ran

@@ -52,7 +52,7 @@ def test_redact_nested_by_key_and_value():
 
 
 def test_redact_text_shapes():
-    assert redact_text("use sk-abcdefghijklmnopqrstu now", {}) == f"use {MASK} now"
+    assert redact_text("use sk-abcdefgh1jklmnopqrstu now", {}) == f"use {MASK} now"
     assert redact_text("hf_abcdefghijklmnopqrstuvwxyz", {}) == MASK
     assert redact_text("nothing here", {}) == "nothing here"
 
@@ -71,11 +71,20 @@ def test_credential_shapes_must_start_a_word():
     for text in (
         "/scratch/disk-scratch-autorule-runs",
         "org/risk-assessment-llama-8b-instruct",
-        "task-abcdefghijklmnopqrstu",
+        "task-abcdefgh1jklmnopqrstu",
         "leaf_abcdefghijklmnopqrstuvwxyz",
+        "/scratch/sk-2024-experiments-long",  # a path component, not a key
+        "org/sk-llama-3-8b-instruct-v2",
+        "sk-learn-and-pytorch-tutorials",  # no digit: not a random key
     ):
         assert redact_text(text, {}) == text
-    assert redact_text("key=sk-abcdefghijklmnopqrstu", {}) == f"key={MASK}"
+    for text, masked in (
+        ("key=sk-abcdefgh1jklmnopqrstu", f"key={MASK}"),
+        ("Bearer sk-proj-Ab3dEfGhIjKlMnOpQrStUv", f"Bearer {MASK}"),
+        ('{"k":"sk-abcdefgh1jklmnopqrstu"}', f'{{"k":"{MASK}"}}'),
+        ("'line\\nsk-abcdefgh1jklmnopqrstu'", f"'line\\n{MASK}'"),  # inside a repr
+    ):
+        assert redact_text(text, {}) == masked
 
 
 def test_overrides_are_masked_by_key_whatever_the_value():
@@ -85,6 +94,14 @@ def test_overrides_are_masked_by_key_whatever_the_value():
     assert redact_override("llm.api_key=null", {}) == "llm.api_key=null"
     assert redact_override("llm.model=x", ENV) == "llm.model=x"
     assert redact_override("llm.model=not-shaped-like-a-key-123", ENV) == f"llm.model={MASK}"
+
+
+def test_dict_and_list_overrides_are_masked_when_they_hold_a_credential_key():
+    assert redact_override("+foo={api_key: hunter2secret}", {}) == f"+foo={MASK}"
+    assert redact_override("x=[1,{password: a}]", {}) == f"x={MASK}"
+    assert redact_override("x={a: 1},{token: z}", {}) == f"x={MASK}"  # a sweep
+    for ok in ("stage=a,b", "+x={a: 1, b: [2]}", "extract.prompts.reasoner='Use {winner} [x]'"):
+        assert redact_override(ok, {}) == ok
 
 
 def test_credential_overrides_lists_only_the_offending_ones():

@@ -59,99 +59,104 @@ SOURCES = ("reasoning", "explanation")
 
 
 def run(cfg: DictConfig) -> Path:
-    job = StageJob(cfg, "extract")
-    if job.done:
-        return job.path
-    x = cfg.extract
-    if x.source not in SOURCES:
-        raise ValueError(f"extract.source must be one of {SOURCES}, got {x.source!r}")
+    with StageJob(cfg, "extract") as job:
+        if job.done:
+            return job.path
+        x = cfg.extract
+        if x.source not in SOURCES:
+            raise ValueError(f"extract.source must be one of {SOURCES}, got {x.source!r}")
 
-    # ---- load: the sampled pairs
-    pairs = load_pairs(cfg, job.input("preprocess"))
-    log.info("[extract] %d pairs from dataset %s", len(pairs), cfg.dataset.name)
-    llm = llms.build(cfg)
-    calls: list[dict] = []
+        # ---- load: the sampled pairs
+        pairs = load_pairs(cfg, job.input("preprocess"))
+        log.info("[extract] %d pairs from dataset %s", len(pairs), cfg.dataset.name)
+        llm = llms.build(cfg)
+        calls: list[dict] = []
 
-    def record(step: str, completions: list[llms.Completion]) -> None:
-        calls.extend({"step": step, "index": i, **c.record()} for i, c in enumerate(completions))
+        def record(step: str, completions: list[llms.Completion]) -> None:
+            calls.extend(
+                {"step": step, "index": i, **c.record()} for i, c in enumerate(completions)
+            )
 
-    # ---- 1. reason: why did the user prefer the winner?
-    reasoned = llm.complete_all(
-        [reason_request(x.prompts.reasoner, p) for p in pairs], desc="extract: reason"
-    )
-    record("reason", reasoned)
-
-    # ---- 2. extract: rules from the reasoning (or the explanation)
-    examples = [example_row(p, c) for p, c in zip(pairs, reasoned, strict=True)]
-    todo = [i for i, c in enumerate(reasoned) if c.ok]
-    analyses = {i: pick_source(examples[i], x.source) for i in todo}
-    todo = [i for i in todo if analyses[i]]
-    substituted = sum(1 for i in todo if examples[i]["source_used"] != x.source)
-    if substituted:
-        log.warning(
-            "[extract] %d of %d answers had no %s; extracting from their explanation "
-            "instead (counted as source_substituted)",
-            substituted,
-            len(todo),
-            x.source,
+        # ---- 1. reason: why did the user prefer the winner?
+        reasoned = llm.complete_all(
+            [reason_request(x.prompts.reasoner, p) for p in pairs], desc="extract: reason"
         )
-    extracted = llm.complete_all(
-        [
-            user(fill(x.prompts.extractor, "extract.prompts.extractor", analysis=analyses[i]))
-            for i in todo
-        ],
-        desc="extract: rules",
-    )
-    record("extract", extracted)
-    for i, completion in zip(todo, extracted, strict=True):
-        apply_extraction(examples[i], completion)
+        record("reason", reasoned)
 
-    write_jsonl(job.workdir / "examples.jsonl", examples)
-    stop_on_failures(calls, int(x.max_failed_calls), job.workdir)
+        # ---- 2. extract: rules from the reasoning (or the explanation)
+        examples = [example_row(p, c) for p, c in zip(pairs, reasoned, strict=True)]
+        todo = [i for i, c in enumerate(reasoned) if c.ok]
+        analyses = {i: pick_source(examples[i], x.source) for i in todo}
+        todo = [i for i in todo if analyses[i]]
+        substituted = sum(1 for i in todo if examples[i]["source_used"] != x.source)
+        if substituted:
+            log.warning(
+                "[extract] %d of %d answers had no %s; extracting from their explanation "
+                "instead (counted as source_substituted)",
+                substituted,
+                len(todo),
+                x.source,
+            )
+        extracted = llm.complete_all(
+            [
+                user(fill(x.prompts.extractor, "extract.prompts.extractor", analysis=analyses[i]))
+                for i in todo
+            ],
+            desc="extract: rules",
+        )
+        record("extract", extracted)
+        for i, completion in zip(todo, extracted, strict=True):
+            apply_extraction(examples[i], completion)
 
-    # ---- 3. merge: exact duplicates, then near-duplicates with the LLM
-    extracted_rules = [r for e in examples for r in e["rules"]]
-    unique = dedupe_rules(extracted_rules)
-    merged, merge = merge_rules(llm, unique, x.prompts.merger, int(x.merge_chunk_size))
-    calls.extend(merge.pop("calls"))
-    stop_on_failures(calls, int(x.max_failed_calls), job.workdir)
+        write_jsonl(job.workdir / "examples.jsonl", examples)
+        stop_on_failures(calls, int(x.max_failed_calls), job.workdir)
 
-    # ---- write the artifact
-    counts = {
-        "pairs": len(pairs),
-        "calls": len(calls),
-        "cached_calls": sum(1 for c in calls if c["cached"]),
-        "failed_calls": sum(1 for c in calls if c["error"]),
-        "retries": sum(c["retries"] for c in calls),
-        "input_tokens": sum(c["input_tokens"] for c in calls),
-        "output_tokens": sum(c["output_tokens"] for c in calls),
-        "parse_failures": sum(1 for e in examples if e["parse_error"]) + merge["parse_failures"],
-        "empty_rule_lists": sum(1 for e in examples if e["parsed"] and not e["rules"]),
-        "truncated_rule_lists": sum(1 for e in examples if e["parse_truncated"]),
-        "source_substituted": sum(
-            1 for e in examples if e["source_used"] and e["source_used"] != x.source
-        ),
-        "rules_before_merge": len(extracted_rules),
-        "rules_after_dedupe": len(unique),
-        "rules_after_merge": len(merged),
-        "merge_calls": merge["calls_made"],
-        "merge_rounds": merge["rounds"],
-        "merge_parse_failures": merge["parse_failures"],
-        "fallback_rules_used": 0,
-    }
-    extra = {"rules_source": "extracted"}
-    final = merged
-    if not final:
-        # Name the folder examples.jsonl will be in: the artifact if the fallback commits it.
-        final, extra = fallback(x, counts, job.path if x.fallback_rules else job.workdir)
-        counts["fallback_rules_used"] = 1
-    (job.workdir / "rules.json").write_text(json.dumps(final, indent=2, ensure_ascii=False) + "\n")
-    (job.workdir / "rules_unmerged.json").write_text(
-        json.dumps(unique, indent=2, ensure_ascii=False) + "\n"
-    )
-    write_jsonl(job.workdir / "calls.jsonl", calls)
-    log.info("[extract] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
-    return job.commit(counts, extra={"extract": extra})
+        # ---- 3. merge: exact duplicates, then near-duplicates with the LLM
+        extracted_rules = [r for e in examples for r in e["rules"]]
+        unique = dedupe_rules(extracted_rules)
+        merged, merge = merge_rules(llm, unique, x.prompts.merger, int(x.merge_chunk_size))
+        calls.extend(merge.pop("calls"))
+        stop_on_failures(calls, int(x.max_failed_calls), job.workdir)
+
+        # ---- write the artifact
+        counts = {
+            "pairs": len(pairs),
+            "calls": len(calls),
+            "cached_calls": sum(1 for c in calls if c["cached"]),
+            "failed_calls": sum(1 for c in calls if c["error"]),
+            "retries": sum(c["retries"] for c in calls),
+            "input_tokens": sum(c["input_tokens"] for c in calls),
+            "output_tokens": sum(c["output_tokens"] for c in calls),
+            "parse_failures": sum(1 for e in examples if e["parse_error"])
+            + merge["parse_failures"],
+            "empty_rule_lists": sum(1 for e in examples if e["parsed"] and not e["rules"]),
+            "truncated_rule_lists": sum(1 for e in examples if e["parse_truncated"]),
+            "source_substituted": sum(
+                1 for e in examples if e["source_used"] and e["source_used"] != x.source
+            ),
+            "rules_before_merge": len(extracted_rules),
+            "rules_after_dedupe": len(unique),
+            "rules_after_merge": len(merged),
+            "merge_calls": merge["calls_made"],
+            "merge_rounds": merge["rounds"],
+            "merge_parse_failures": merge["parse_failures"],
+            "fallback_rules_used": 0,
+        }
+        extra = {"rules_source": "extracted"}
+        final = merged
+        if not final:
+            # Name the folder examples.jsonl will be in: the artifact if the fallback commits it.
+            final, extra = fallback(x, counts, job.path if x.fallback_rules else job.workdir)
+            counts["fallback_rules_used"] = 1
+        (job.workdir / "rules.json").write_text(
+            json.dumps(final, indent=2, ensure_ascii=False) + "\n"
+        )
+        (job.workdir / "rules_unmerged.json").write_text(
+            json.dumps(unique, indent=2, ensure_ascii=False) + "\n"
+        )
+        write_jsonl(job.workdir / "calls.jsonl", calls)
+        log.info("[extract] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+        return job.commit(counts, extra={"extract": extra})
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,16 +48,17 @@ MT_COLUMNS = ("question_id", "winner", "conversation_a", "conversation_b")
 
 
 def run(cfg: DictConfig) -> Path:
-    job = StageJob(cfg, "preprocess")
-    if job.done:
-        return job.path
-    builders = {"uf": _ultrafeedback, "mt": _mt_bench}
-    if cfg.dataset.name not in builders:
-        raise ValueError(
-            f"preprocess knows datasets {sorted(builders)}, got dataset.name={cfg.dataset.name!r}"
-        )
-    counts = builders[cfg.dataset.name](cfg, job.workdir)
-    return job.commit(counts)
+    with StageJob(cfg, "preprocess") as job:
+        if job.done:
+            return job.path
+        builders = {"uf": _ultrafeedback, "mt": _mt_bench}
+        if cfg.dataset.name not in builders:
+            raise ValueError(
+                f"preprocess knows datasets {sorted(builders)}, "
+                f"got dataset.name={cfg.dataset.name!r}"
+            )
+        counts = builders[cfg.dataset.name](cfg, job.workdir)
+        return job.commit(counts)
 
 
 # --------------------------------------------------------------------------------------------
