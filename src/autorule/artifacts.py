@@ -182,6 +182,11 @@ def read_manifest(folder: Path) -> dict | None:
         return None
 
 
+def is_complete(manifest: dict | None) -> bool:
+    """Whether a manifest (from :func:`read_manifest`) marks its artifact complete."""
+    return manifest is not None and manifest.get("status") == "complete"
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
@@ -361,7 +366,7 @@ class StageJob:
             raise KeyError(f"stage {self.stage!r} does not declare input {name!r}")
         folder = artifact_path(self.cfg, name)
         manifest = read_manifest(folder)
-        if manifest is None or manifest.get("status") != "complete":
+        if not is_complete(manifest):
             if manifest is not None:
                 state = f"incomplete ({manifest.get('status')})"
             elif work_path(folder).exists():

@@ -34,7 +34,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorule.artifacts import LAUNCH_DIR, StageJob, artifact_path, read_manifest, work_path
+from autorule.artifacts import (
+    LAUNCH_DIR,
+    StageJob,
+    artifact_path,
+    is_complete,
+    read_manifest,
+    work_path,
+)
 from autorule.config import CONF_DIR
 from autorule.secrets import redact
 from autorule.stages import SPECS
@@ -177,8 +184,7 @@ def save_worker_config(cfg: DictConfig, stage: str, workdir: Path, inputs: dict[
 
 def artifact_state(folder: Path) -> str:
     """``exists`` when ``folder`` holds a complete artifact, else ``missing``."""
-    manifest = read_manifest(folder)
-    return "exists" if manifest is not None and manifest.get("status") == "complete" else "missing"
+    return "exists" if is_complete(read_manifest(folder)) else "missing"
 
 
 def dry_run_report(cfg: DictConfig, stage: str, workdir: Path, notes: Sequence[str] = ()) -> str:

@@ -89,11 +89,17 @@ def load_rules(source: DictConfig | str | Path) -> list[str]:
     path = OmegaConf.select(source, "rules.path")
     if path:
         return read_rules_file(path)
-    from autorule.artifacts import StageInputError, artifact_path, make_command, read_manifest
+    from autorule.artifacts import (
+        StageInputError,
+        artifact_path,
+        is_complete,
+        make_command,
+        read_manifest,
+    )
 
     folder = artifact_path(source, "extract")
     manifest = read_manifest(folder)
-    if manifest is None or manifest.get("status") != "complete":
+    if not is_complete(manifest):
         raise StageInputError(
             f"no rule set: rules.path is not set and the extract artifact {folder} is not "
             f"complete. Make it with:\n  {make_command(source, 'extract')}\n"
