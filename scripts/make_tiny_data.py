@@ -6,7 +6,7 @@ python scripts/make_tiny_data.py --out data
 import argparse
 from pathlib import Path
 
-from autorule.synthetic import write_mt_bench, write_ultrafeedback
+from autorule.data.synthetic import write_mt_bench, write_ultrafeedback
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

@@ -17,7 +17,7 @@ os.environ.pop("AUTORULE_ROOT", None)
 
 import pytest  # noqa: E402
 
-from autorule.config import compose  # noqa: E402
+from autorule.core.config import compose  # noqa: E402
 
 
 @pytest.fixture

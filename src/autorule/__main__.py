@@ -15,14 +15,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from autorule.config import CONF_DIR, finalize
+from autorule.core.config import CONF_DIR, finalize
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from autorule.artifacts import StageInputError
+    from autorule.core.artifacts import StageInputError
+    from autorule.core.secrets import install_log_redaction, redact_text
     from autorule.pipeline import run_stage
-    from autorule.secrets import install_log_redaction, redact_text
 
     install_log_redaction()
     hc = HydraConfig.get()
@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
 
 def refuse_credentials(argv: list[str]) -> None:
     """Exits with a clear message when a command-line override carries a credential."""
-    from autorule.secrets import credential_overrides
+    from autorule.core.secrets import credential_overrides
 
     found = credential_overrides([a for a in argv if not a.startswith("-") and "=" in a])
     if found:

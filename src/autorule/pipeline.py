@@ -1,9 +1,9 @@
 """Dispatch: run the selected stage, or every stage of ``pipeline.stages`` in order.
 
 With ``dry_run=true`` nothing runs and nothing is written: training stages print their launch
-command and trainer arguments (:mod:`autorule.launch`); every other stage (whose work would be hub
-downloads or paid LLM calls) is skipped here, and its command and artifact folder are printed.
-"""
+command and trainer arguments (:mod:`autorule.training.launch`); every other stage (whose work
+would be hub downloads or paid LLM calls) is skipped here, and its command and artifact folder are
+printed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from autorule import stages
-from autorule.artifacts import artifact_path, is_up_to_date, make_command
+from autorule.core.artifacts import artifact_path, is_up_to_date, make_command
 
 log = logging.getLogger(__name__)
 

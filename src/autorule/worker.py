@@ -1,4 +1,5 @@
-"""Entry point of one training process started by ``accelerate launch`` (:mod:`autorule.launch`).
+"""Entry point of one training process started by ``accelerate launch``
+(:mod:`autorule.training.launch`).
 
     python -m autorule.worker <work folder>/launch/config-machine0.yaml
 

@@ -38,10 +38,10 @@ from collections import Counter
 
 import pytest
 
-from autorule.config import REPO_ROOT, compose
+from autorule.core.config import REPO_ROOT, compose
 from autorule.llm.base import LLM
-from autorule.llm.fakeserver import FakeLLMServer
 from autorule.stages import extract
+from fakeserver import FakeLLMServer
 
 DELAY = 1.0  # seconds the fake service takes per call
 PAIRS = 256

@@ -15,10 +15,10 @@ import time
 import pandas as pd
 import pytest
 
-from autorule.artifacts import read_manifest
-from autorule.models import load_tokenizer
+from autorule.core.artifacts import read_manifest
+from autorule.data.model_paths import load_tokenizer
+from autorule.data.synthetic import write_ultrafeedback
 from autorule.stages import preprocess
-from autorule.synthetic import write_ultrafeedback
 
 pytestmark = pytest.mark.bench
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from autorule.config import CONF_DIR
+from autorule.core.config import CONF_DIR
 from autorule.stages import META_STAGES, SPECS
 
 GROUPS = ["stage", "dataset", "model", "profile", "paths", "llm", "launcher", "logger"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from autorule.config import compose
+from autorule.core.config import compose
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,11 @@ import threading
 
 import pytest
 
-from autorule.artifacts import read_manifest
-from autorule.config import compose
-from autorule.llm.fakeserver import FakeLLMServer, FakeReply
-from autorule.rules import load_rules, read_rules_file
+from autorule.core.artifacts import read_manifest
+from autorule.core.config import compose
+from autorule.rules.ruleset import load_rules, read_rules_file
 from autorule.stages import extract, preprocess
+from fakeserver import FakeLLMServer, FakeReply
 
 pytestmark = pytest.mark.slow
 

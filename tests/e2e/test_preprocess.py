@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from autorule.artifacts import read_manifest
-from autorule.filters import REASONS
-from autorule.models import load_tokenizer
+from autorule.core.artifacts import read_manifest
+from autorule.data.filters import REASONS
+from autorule.data.model_paths import load_tokenizer
 from autorule.stages import preprocess
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import json
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from autorule.artifacts import read_manifest
-from autorule.config import compose
+from autorule.core.artifacts import read_manifest
+from autorule.core.config import compose
 from autorule.stages import preprocess, rm
 
 pytestmark = pytest.mark.slow

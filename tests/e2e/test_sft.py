@@ -5,8 +5,8 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from autorule.artifacts import artifact_path, read_manifest, work_path
-from autorule.config import compose
+from autorule.core.artifacts import artifact_path, read_manifest, work_path
+from autorule.core.config import compose
 from autorule.stages import preprocess, rm, sft
 
 pytestmark = pytest.mark.slow

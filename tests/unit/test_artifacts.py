@@ -7,8 +7,8 @@ import uuid
 import pytest
 from omegaconf import open_dict
 
-from autorule import artifacts
-from autorule.artifacts import (
+from autorule.core import artifacts
+from autorule.core.artifacts import (
     StageInputError,
     StageJob,
     artifact_path,
@@ -86,7 +86,7 @@ def test_second_run_does_no_work_and_says_so(make_cfg, caplog):
     cfg = make_cfg()
     job, _ = run_up(cfg)
     mtime = (job.path / "manifest.json").stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="autorule.artifacts"):
+    with caplog.at_level(logging.INFO, logger="autorule.core.artifacts"):
         _, ran = run_up(cfg)
     assert not ran
     assert "nothing to do" in caplog.text
@@ -278,7 +278,7 @@ def test_concurrent_runs_of_one_stage_compute_it_once(make_cfg, tmp_path):
 
 
 def test_content_hash_ignores_records_of_how_the_run_was_started():
-    from autorule.artifacts import content_hash
+    from autorule.core.artifacts import content_hash
 
     files = {
         "model/model.safetensors": "w1",
@@ -303,7 +303,7 @@ def test_a_failed_stage_releases_its_lock_at_once(make_cfg):
     import multiprocessing
     import os
 
-    from autorule.artifacts import lock_path
+    from autorule.core.artifacts import lock_path
 
     cfg = make_cfg()
     with pytest.raises(RuntimeError, match="boom"):

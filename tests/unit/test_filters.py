@@ -2,7 +2,7 @@
 
 import pytest
 
-from autorule.filters import (
+from autorule.data.filters import (
     REASONS,
     FilterSettings,
     cheap_reason,

@@ -6,11 +6,11 @@ import shlex
 
 import pytest
 
-from autorule.artifacts import artifact_path, config_hash
-from autorule.config import CONF_DIR, compose
-from autorule.launch import launch_command
+from autorule.core.artifacts import artifact_path, config_hash
+from autorule.core.config import CONF_DIR, compose
 from autorule.pipeline import run_stage
 from autorule.stages import extract, preprocess, rm, sft
+from autorule.training.launch import launch_command
 
 
 def dry_run(tmp_path, capsys, module, overrides):
@@ -152,7 +152,7 @@ def test_rm_from_base_names_the_model_and_reads_no_sft(tmp_path, capsys):
 
 
 def test_one_process_says_deepspeed_is_not_used(tmp_path, capsys, caplog):
-    with caplog.at_level(logging.WARNING, logger="autorule.launch"):
+    with caplog.at_level(logging.WARNING, logger="autorule.training.launch"):
         out = dry_run(tmp_path, capsys, sft, ["stage=sft", "profile=paper"])
     assert "sft.deepspeed=zero2 is not used with one process" in caplog.text
     assert "\n  deepspeed: not used with one process" in out

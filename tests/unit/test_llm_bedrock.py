@@ -14,10 +14,10 @@ from botocore.exceptions import (
     SSLError,
 )
 
+from autorule.core.secrets import RedactingFilter
 from autorule.llm import LLMCallError
 from autorule.llm.bedrock import BedrockLLM
-from autorule.llm.fakeserver import FakeLLMServer, FakeReply, closed_port
-from autorule.secrets import RedactingFilter
+from fakeserver import FakeLLMServer, FakeReply, closed_port
 
 ACCESS_KEY = "AKIAFAKEFAKEFAKE1234"
 SECRET_KEY = "fake-secret-key-for-tests-0123456789"

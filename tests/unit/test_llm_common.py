@@ -10,8 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from autorule import llm as llms
-from autorule.artifacts import config_hash
-from autorule.config import CONF_DIR, compose
+from autorule.core.artifacts import config_hash
+from autorule.core.config import CONF_DIR, compose
 from autorule.llm.cache import ResponseCache
 from autorule.llm.vllm_offline import VLLMOfflineLLM
 
@@ -157,8 +157,8 @@ def test_ctrl_c_keeps_finished_batches(tmp_path):
 
 
 def test_ctrl_c_during_remote_calls_loses_nothing_finished(tmp_path):
-    from autorule.llm.fakeserver import FakeLLMServer
     from autorule.llm.openai_compat import OpenAICompatLLM
+    from fakeserver import FakeLLMServer
 
     requests = [[{"role": "user", "content": str(i)}] for i in range(12)]
     answered = []
@@ -212,7 +212,7 @@ def _hang_up_while_waiting(server) -> None:
 def test_fake_server_is_quiet_when_a_client_hangs_up(capfd):
     import threading
 
-    from autorule.llm.fakeserver import FakeLLMServer, FakeReply
+    from fakeserver import FakeLLMServer, FakeReply
 
     handlers = []  # the server thread that answers each request (replies run in it)
 

@@ -3,8 +3,8 @@
 import pytest
 
 from autorule.llm import LLMCallError
-from autorule.llm.fakeserver import FakeLLMServer, FakeReply, closed_port
 from autorule.llm.openai_compat import OpenAICompatLLM
+from fakeserver import FakeLLMServer, FakeReply, closed_port
 
 FAST_RETRY = {"max_attempts": 3, "initial_wait": 0.01, "max_wait": 0.02, "jitter": 0.0}
 KEY = "sk-test-abcdefghijklmnopqrstuvwxyz"

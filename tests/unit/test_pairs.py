@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from autorule.pairs import mt_pairs, uf_pairs
-from autorule.prompts import fill, render_conversation
+from autorule.data.pairs import mt_pairs, uf_pairs
+from autorule.rules.prompts import fill, render_conversation
 
 
 def conv(prompt, answer):

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from autorule.parsing import bracket_spans, parse_rules, split_reasoning
+from autorule.llm.reasoning import split_reasoning
+from autorule.rules.parsing import bracket_spans, parse_rules
 
 # (model output, expected rules). Each case is a shape seen from reasoning models.
 CORPUS = [

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from autorule import rm_metrics
+from autorule.training import rm_metrics
 
 
 def test_pairwise_accuracy_counts_strict_wins_only():

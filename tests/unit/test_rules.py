@@ -5,9 +5,9 @@ import logging
 
 import pytest
 
-from autorule.artifacts import StageInputError, artifact_path
-from autorule.config import REPO_ROOT, compose
-from autorule.rules import chunks, dedupe_rules, load_rules, normalize_rule, read_rules_file
+from autorule.core.artifacts import StageInputError, artifact_path
+from autorule.core.config import REPO_ROOT, compose
+from autorule.rules.ruleset import chunks, dedupe_rules, load_rules, normalize_rule, read_rules_file
 
 EXAMPLE = REPO_ROOT / "data" / "rules" / "example_rules.json"
 
@@ -73,7 +73,7 @@ def test_fallback_rules_from_the_extract_artifact_are_announced(tmp_path, caplog
         {"rules_source": "fallback", "fallback_file": str(EXAMPLE), "reason": "no rules (8 pairs)"},
         fallback_used=1,
     )
-    with caplog.at_level(logging.WARNING, logger="autorule.rules"):
+    with caplog.at_level(logging.WARNING, logger="autorule.rules.ruleset"):
         assert load_rules(fallback) == read_rules_file(EXAMPLE)
     [record] = caplog.records
     assert "FALLBACK rule file" in record.message and "hand-written" in record.message
@@ -82,6 +82,6 @@ def test_fallback_rules_from_the_extract_artifact_are_announced(tmp_path, caplog
     caplog.clear()
     extracted = compose([f"paths.root={tmp_path / 'b'}"])
     fake_extract_artifact(extracted, ["Be concise."], {"rules_source": "extracted"}, 0)
-    with caplog.at_level(logging.WARNING, logger="autorule.rules"):
+    with caplog.at_level(logging.WARNING, logger="autorule.rules.ruleset"):
         assert load_rules(extracted) == ["Be concise."]
     assert not caplog.records

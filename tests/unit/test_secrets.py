@@ -2,7 +2,7 @@
 
 import logging
 
-from autorule.secrets import (
+from autorule.core.secrets import (
     MASK,
     RedactingFilter,
     credential_overrides,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autorule.config import REPO_ROOT
+from autorule.core.config import REPO_ROOT
 
 SCRIPTS = REPO_ROOT / "scripts" / "slurm"
 STAGES = ("sft", "rm")

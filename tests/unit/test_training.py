@@ -2,10 +2,10 @@
 
 import pytest
 
-from autorule.artifacts import config_hash
-from autorule.config import compose
+from autorule.core.artifacts import config_hash
+from autorule.core.config import compose
 from autorule.stages import SPECS
-from autorule.training import (
+from autorule.training.arguments import (
     checkpoint_step,
     grad_accumulation,
     logging_kwargs,

@@ -10,9 +10,9 @@ import types
 
 import pytest
 
-from autorule.artifacts import artifact_path, read_manifest
-from autorule.launch import run_training
-from autorule.trainers import finish_tracker, last_complete_checkpoint
+from autorule.core.artifacts import artifact_path, read_manifest
+from autorule.training.launch import run_training
+from autorule.training.loop import finish_tracker, last_complete_checkpoint
 
 
 class FakeWandb(types.ModuleType):

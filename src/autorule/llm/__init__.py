@@ -27,7 +27,7 @@ def build(cfg: DictConfig) -> LLM:
     """
     from hydra.utils import get_class
 
-    from autorule.models import TINY, resolve
+    from autorule.data.model_paths import TINY, resolve
 
     settings = OmegaConf.to_container(cfg.llm, resolve=True)
     target = settings.pop("_target_", None)

@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from autorule.artifacts import digest
+from autorule.core.artifacts import digest
 from autorule.llm.cache import ResponseCache
-from autorule.parsing import split_reasoning
+from autorule.llm.reasoning import split_reasoning
 
 log = logging.getLogger(__name__)
 

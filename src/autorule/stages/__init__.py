@@ -2,8 +2,8 @@
 
 Each stage is a module ``autorule.stages.<name>`` exposing ``run(cfg) -> Path``. Its
 :class:`StageSpec` says which upstream artifacts it reads and which config subtrees decide its
-output; :mod:`autorule.artifacts` hashes exactly those subtrees (plus the upstream hashes) to name
-the artifact folder, so two experiments that agree on them share the artifact.
+output; :mod:`autorule.core.artifacts` hashes exactly those subtrees (plus the upstream hashes)
+to name the artifact folder, so two experiments that agree on them share the artifact.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ _UF_ONLY = (
 
 
 def _preprocess_sources(cfg: Any) -> Any:
-    from autorule.sources import preprocess_sources
+    from autorule.data.fingerprints import preprocess_sources
 
     return preprocess_sources(cfg)
 

@@ -7,10 +7,10 @@
 Three steps, each prompt a template under ``extract.prompts``:
 
 1. **reason** — for each sampled pair the reasoner sees both conversations (sides drawn at random,
-   see :mod:`autorule.pairs`) and which one the user preferred, and explains why;
+   see :mod:`autorule.data.pairs`) and which one the user preferred, and explains why;
 2. **extract** — the reasoning (``extract.source=reasoning``: the chain of thought, default) or the
    final explanation (``explanation``, as the released code did) is turned into a JSON list of
-   short, objective rules, read with :func:`autorule.parsing.parse_rules`;
+   short, objective rules, read with :func:`autorule.rules.parsing.parse_rules`;
 3. **merge** — exact duplicates are dropped (case and spacing folded), then the LLM merges rules
    that say the same thing. A list longer than ``extract.merge_chunk_size`` is merged chunk by
    chunk, and the merged chunks are merged again, until one prompt holds the whole list.
@@ -47,11 +47,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from autorule import llm as llms
-from autorule.artifacts import StageJob
-from autorule.pairs import Pair, mt_pairs, uf_pairs
-from autorule.parsing import parse_rules
-from autorule.prompts import fill, render_conversation, render_rules, user
-from autorule.rules import chunks, dedupe_rules, read_rules_file
+from autorule.core.artifacts import StageJob
+from autorule.data.pairs import Pair, mt_pairs, uf_pairs
+from autorule.rules.parsing import parse_rules
+from autorule.rules.prompts import fill, render_conversation, render_rules, user
+from autorule.rules.ruleset import chunks, dedupe_rules, read_rules_file
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@
 
 ``dataset=uf`` (UltraFeedback, binarized) loads ``dataset.path`` with ``datasets`` (a hub id or a
 local folder in the hub's layout), applies the length-and-score filter of
-:mod:`autorule.filters` to every configured split, adds the columns later stages use, and writes
-``<split>.parquet`` for ``train_sft``, ``test_sft``, ``train_prefs``, ``test_prefs`` plus
+:mod:`autorule.data.filters` to every configured split, adds the columns later stages use, and
+writes ``<split>.parquet`` for ``train_sft``, ``test_sft``, ``train_prefs``, ``test_prefs`` plus
 ``test_subset.parquet`` (the first ``test_subset_size`` filtered test preferences, in order: the
 evaluation prompts of later stages).
 
@@ -15,7 +15,7 @@ tokenizer's chat template), ``chosen_content`` and ``rejected_content`` (the fin
 answer) and ``response`` (the chosen content: the SFT target). The original message lists stay.
 
 ``dataset=mt`` (MT-Bench human judgments) drops ties and writes ``train.parquet`` and
-``test.parquet`` by question id (see :func:`autorule.filters.mt_question_split`).
+``test.parquet`` by question id (see :func:`autorule.data.filters.mt_question_split`).
 
 Counts in the manifest: rows in and out per split and rows dropped per filter reason.
 """
@@ -29,9 +29,9 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from autorule.artifacts import StageJob
-from autorule.filters import FilterSettings, filter_rows, format_prompt, mt_question_split
-from autorule.models import load_tokenizer
+from autorule.core.artifacts import StageJob
+from autorule.data.filters import FilterSettings, filter_rows, format_prompt, mt_question_split
+from autorule.data.model_paths import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ plus eos. By default (``rm.init=sft``, as in the paper) it starts from the ``sft
 model, which gets a new score head; ``rm.init=base`` starts from ``model.name_or_path``.
 
 After training, every filtered ``test_prefs`` pair is scored (TRL drops pairs longer than
-``rm.max_length``) and :mod:`autorule.rm_metrics` gives the pairwise accuracy and the mean and
-standard deviation of the reward that GRPO normalises with.
+``rm.max_length``) and :mod:`autorule.training.rm_metrics` gives the pairwise accuracy and the mean
+and standard deviation of the reward that GRPO normalises with.
 
 Artifact: ``model/`` (``AutoModelForSequenceClassification.from_pretrained`` loads it),
 ``metrics.json`` (final train and eval loss, ``accuracy``, ``reward_mean``, ``reward_std``) and the
-manifest. Resuming and multi-GPU launching work as for ``sft`` (:mod:`autorule.launch`).
+manifest. Resuming and multi-GPU launching work as for ``sft`` (:mod:`autorule.training.launch`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from autorule import rm_metrics
-from autorule.artifacts import artifact_path
-from autorule.launch import artifact_state, run_training
-from autorule.models import resolve
-from autorule.trainers import base_metrics, config_kwargs, fit, save
-from autorule.training import MODEL
+from autorule.core.artifacts import artifact_path
+from autorule.data.model_paths import resolve
+from autorule.training import rm_metrics
+from autorule.training.arguments import MODEL
+from autorule.training.launch import artifact_state, run_training
+from autorule.training.loop import base_metrics, config_kwargs, fit, save
 
 INITS = ("sft", "base")
 
@@ -108,7 +108,7 @@ def build_trainer(
 
 def score(trainer) -> dict[str, float | int]:
     """Scores the trainer's eval pairs (all processes take part; predictions come back in order)
-    and summarises them (:func:`autorule.rm_metrics.summarize`)."""
+    and summarises them (:func:`autorule.training.rm_metrics.summarize`)."""
     scores = trainer.predict(trainer.eval_dataset).predictions
     return rm_metrics.summarize(scores[:, 0].tolist(), scores[:, 1].tolist())
 

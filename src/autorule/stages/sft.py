@@ -11,9 +11,8 @@ tokens only (``completion_only_loss``) and evaluates on ``test_sft``.
 
 Artifact: ``model/`` (weights, config, tokenizer: ``from_pretrained`` loads it), ``metrics.json``
 (final train and eval loss, steps, rows) and the manifest. An interrupted run resumes from the last
-checkpoint in the work folder when re-run with the same config; see :mod:`autorule.launch` for how
-several GPUs or nodes are used.
-"""
+checkpoint in the work folder when re-run with the same config; see :mod:`autorule.training.launch`
+for how several GPUs or nodes are used."""
 
 from __future__ import annotations
 
@@ -24,9 +23,9 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from autorule.launch import run_training
-from autorule.models import load_tokenizer, resolve
-from autorule.trainers import base_metrics, config_kwargs, fit, save
+from autorule.data.model_paths import load_tokenizer, resolve
+from autorule.training.launch import run_training
+from autorule.training.loop import base_metrics, config_kwargs, fit, save
 
 
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:

@@ -89,7 +89,7 @@ def load_rules(source: DictConfig | str | Path) -> list[str]:
     path = OmegaConf.select(source, "rules.path")
     if path:
         return read_rules_file(path)
-    from autorule.artifacts import (
+    from autorule.core.artifacts import (
         StageInputError,
         artifact_path,
         is_complete,

@@ -37,7 +37,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorule.secrets import redact
+from autorule.core.secrets import redact
 from autorule.stages import SPECS, StageSpec
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorule.artifacts import (
+from autorule.core.artifacts import (
     LAUNCH_DIR,
     StageJob,
     artifact_path,
@@ -42,11 +42,11 @@ from autorule.artifacts import (
     read_manifest,
     work_path,
 )
-from autorule.config import CONF_DIR
-from autorule.secrets import redact
+from autorule.core.config import CONF_DIR
+from autorule.core.secrets import redact
 from autorule.stages import SPECS
-from autorule.trainers import finish_tracker
-from autorule.training import METRICS, trainer_kwargs
+from autorule.training.arguments import METRICS, trainer_kwargs
+from autorule.training.loop import finish_tracker
 
 log = logging.getLogger(__name__)
 

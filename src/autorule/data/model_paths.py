@@ -1,7 +1,7 @@
 """Resolving model and tokenizer locations from config.
 
 ``model.name_or_path`` is a hub id, a local folder laid out like one, or the word ``tiny``, which
-builds (once) and uses the tiny local models of :mod:`autorule.tiny`.
+builds (once) and uses the tiny local models of :mod:`autorule.data.tiny`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def resolve(cfg: DictConfig, role: str = "policy", name_or_path: str | None = No
     name = name_or_path or str(cfg.model.name_or_path)
     if name != TINY:
         return name
-    from autorule import tiny
+    from autorule.data import tiny
 
     return str(tiny.build(Path(cfg.paths.cache), dict(cfg.model.tiny), tiny_corpus(cfg)) / role)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from autorule.secrets import redact_override
+from autorule.core.secrets import redact_override
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _register_resolvers() -> None:

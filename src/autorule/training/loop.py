@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from autorule.training import (
+from autorule.training.arguments import (
     CHECKPOINTS,
     METRICS,
     MODEL,
