@@ -35,11 +35,31 @@ def resolve(cfg: DictConfig, role: str = "policy", name_or_path: str | None = No
     return str(tiny.build(Path(cfg.paths.cache), dict(cfg.model.tiny), tiny_corpus(cfg)) / role)
 
 
-def load_tokenizer(cfg: DictConfig, role: str = "policy"):
-    """The configured tokenizer (pad token set: falls back to eos, as Llama-3 needs)."""
-    from transformers import AutoTokenizer
+def ensure_pad_token(tokenizer, pad_token: str | None = None):
+    """Gives ``tokenizer`` a pad token, in place, and returns it.
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(cfg, role))
-    if tokenizer.pad_token is None:
+    ``pad_token`` (``model.pad_token``) names one that must already be in the vocabulary (Llama-3
+    has reserved special tokens for this), so no embedding is added. Without it a tokenizer that
+    has none (Llama-3) pads with eos. That is harmless for generation and SFT, whose masks ignore
+    padding, but a sequence-classification model then pools at the last token that is not eos,
+    i.e. before the final eos: set ``model.pad_token`` where the score must be read at eos.
+    """
+    if pad_token:
+        if tokenizer.convert_tokens_to_ids(pad_token) in (None, tokenizer.unk_token_id):
+            raise ValueError(
+                f"model.pad_token={pad_token!r} is not a token of {tokenizer.name_or_path}; "
+                "pick one of its special tokens, or null to pad with eos"
+            )
+        tokenizer.pad_token = pad_token
+    elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_tokenizer(cfg: DictConfig, role: str = "policy", name_or_path: str | None = None):
+    """The tokenizer of ``role`` (or of the folder ``name_or_path``), with its pad token set
+    (:func:`ensure_pad_token`)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path or resolve(cfg, role))
+    return ensure_pad_token(tokenizer, cfg.model.get("pad_token"))

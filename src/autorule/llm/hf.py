@@ -7,6 +7,7 @@ model it is a slow but dependency-free alternative to ``llm=vllm``.
 
 from __future__ import annotations
 
+from autorule.data.model_paths import ensure_pad_token
 from autorule.llm.base import Completion, LocalLLM, Messages
 
 
@@ -43,8 +44,7 @@ class HFLLM(LocalLLM):
             tokenizer = AutoTokenizer.from_pretrained(self.model)
             tokenizer.padding_side = "left"  # decoder-only models continue from the right end
             tokenizer.truncation_side = "left"
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
+            ensure_pad_token(tokenizer)
             model = AutoModelForCausalLM.from_pretrained(self.model, dtype=self.dtype)
             self._model, self._tokenizer = model.to(device).eval(), tokenizer
         return self._model, self._tokenizer

@@ -28,7 +28,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from autorule.core.artifacts import artifact_path
-from autorule.data.model_paths import resolve
+from autorule.data.model_paths import load_tokenizer, resolve
 from autorule.training import rm_metrics
 from autorule.training.arguments import MODEL
 from autorule.training.launch import artifact_state, run_training
@@ -88,13 +88,10 @@ def build_trainer(
 ):
     """The stage's ``RewardTrainer``, its model as training starts from it (TRL seeds with
     ``rm.seed`` before it adds the new score head, so the same config gives the same head)."""
-    from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     init = str(inputs["sft"] / MODEL) if cfg.rm.init == "sft" else resolve(cfg, "reward")
-    tokenizer = AutoTokenizer.from_pretrained(init)
-    if tokenizer.pad_token is None:  # Llama-3 has none; TRL copies it into the model config
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(cfg, name_or_path=init)  # TRL copies its pad token into the model
     return RewardTrainer(
         model=init,
         args=RewardConfig(**config_kwargs(cfg, "rm", workdir)),
