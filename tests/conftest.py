@@ -28,3 +28,21 @@ def make_cfg(tmp_path):
         return compose([f"paths.root={root or tmp_path / 'out'}", *overrides])
 
     return _make
+
+
+@pytest.fixture
+def rules_of(monkeypatch):
+    """Reads the rule set as a rule-reading stage would (``reader``, registered for the test)."""
+    from autorule.core import stage as stage_registry
+    from autorule.core.artifacts import StageJob
+    from autorule.core.stage import StageSpec
+    from autorule.rules.ruleset import load_rules
+
+    spec = StageSpec(name="reader", keys=("seed",), uses_rules=True)
+    monkeypatch.setitem(stage_registry._REGISTERED, "reader", spec)
+
+    def _rules_of(cfg) -> list[str]:
+        with StageJob(cfg, "reader") as job:
+            return load_rules(job)
+
+    return _rules_of

@@ -38,6 +38,16 @@ def main(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
+def refuse_old_spellings(argv: list[str]) -> None:
+    """Exits with the new spelling when an override uses a key that was renamed."""
+    from autorule.core.config import renamed_overrides
+
+    found = renamed_overrides([a for a in argv if not a.startswith("-") and "=" in a])
+    if found:
+        print("autorule: renamed config keys:\n  " + "\n  ".join(found), file=sys.stderr)
+        sys.exit(2)
+
+
 def refuse_credentials(argv: list[str]) -> None:
     """Exits with a clear message when a command-line override carries a credential."""
     from autorule.core.secrets import credential_overrides
@@ -56,4 +66,5 @@ def refuse_credentials(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     refuse_credentials(sys.argv[1:])
+    refuse_old_spellings(sys.argv[1:])
     main()

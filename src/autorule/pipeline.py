@@ -13,13 +13,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from autorule import stages
 from autorule.core.artifacts import artifact_path, is_up_to_date, make_command
+from autorule.core.stage import load
 
 log = logging.getLogger(__name__)
 
-# Stages whose run(cfg) honours dry_run itself (through autorule.launch.run_training).
-DRY_RUN_STAGES = ("sft", "rm")
 # Overrides that do not belong in the command that runs one stage for real.
 _NOT_IN_STAGE_COMMAND = ("stage", "dry_run", "pipeline")
 
@@ -55,11 +53,12 @@ def run_stage(cfg: DictConfig) -> dict[str, Path]:
     names = list(cfg.pipeline.stages) if cfg.stage == "pipeline" else [cfg.stage]
     dry_run = bool(cfg.get("dry_run"))
     done: dict[str, Path] = {}
-    for name in names:
-        module = stages.load(name)
+    modules = {name: load(name, cfg) for name in names}  # an unknown name fails before any work
+    for name, module in modules.items():
         with open_dict(cfg):
             cfg.stage = name
-        if dry_run and name not in DRY_RUN_STAGES:
+        # Training stages honour dry_run themselves (autorule.training.launch.run_training).
+        if dry_run and not module.SPEC.trains:
             print(dry_run_note(cfg, name), flush=True)
             done[name] = artifact_path(cfg, name)
         else:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from autorule import stages
+from autorule.core.stage import load
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = OmegaConf.load(args.config)
     worker = cfg.worker
     inputs = {name: Path(p) for name, p in worker.inputs.items()}
-    stages.load(worker.stage).train(cfg, Path(worker.workdir), inputs, ())
+    load(worker.stage, cfg).train(cfg, Path(worker.workdir), inputs, ())
 
 
 if __name__ == "__main__":

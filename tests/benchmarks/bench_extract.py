@@ -132,12 +132,12 @@ def test_extraction_throughput(tmp_path, monkeypatch):
             [
                 "stage=extract",
                 f"paths.root={tmp_path}",
-                "llm=bedrock",
-                f"llm.endpoint_url={url}",
-                f"llm.max_concurrency={CONCURRENCY}",
+                "llm@extract.llm=bedrock",
+                f"extract.llm.endpoint_url={url}",
+                f"extract.llm.max_concurrency={CONCURRENCY}",
                 f"extract.num_examples={PAIRS}",
                 "extract.merge_chunk_size=200",
-                "llm.progress=false",
+                "extract.llm.progress=false",
             ]
         )
         in_calls = []  # wall time inside LLM.complete_all: the part the bound speaks of

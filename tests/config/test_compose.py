@@ -6,9 +6,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from autorule.core.config import CONF_DIR
-from autorule.stages import META_STAGES, SPECS
+from autorule.core.stage import META_STAGES, load
 
-GROUPS = ["stage", "dataset", "model", "profile", "paths", "llm", "launcher", "logger"]
+GROUPS = ["stage", "dataset", "model", "profile", "paths", "launcher", "logger"]
+# Groups mounted at a package (the LLM backends, once per role): group -> the package.
+MOUNTED = {"llm": "extract.llm"}
 
 
 def options(group: str) -> list[str]:
@@ -16,9 +18,11 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.name.startswith("_"))
 
 
-CASES = [(g, o) for g in GROUPS for o in options(g)] + [
-    ("experiment", o) for o in options("experiment")
-]
+CASES = (
+    [(g, o) for g in GROUPS for o in options(g)]
+    + [(f"{g}@{package}", o) for g, package in MOUNTED.items() for o in options(g)]
+    + [("experiment", o) for o in options("experiment")]
+)
 
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
@@ -43,8 +47,12 @@ def test_profile_by_dataset(make_cfg, profile, dataset):
 
 
 def test_every_stage_has_a_config_file_and_a_spec():
-    stage_files = set(options("stage"))
-    assert stage_files == set(SPECS) | set(META_STAGES)
+    stage_modules = {p.stem for p in (CONF_DIR.parents[0] / "src/autorule/stages").glob("*.py")} - {
+        "__init__"
+    }
+    assert set(options("stage")) == stage_modules | set(META_STAGES)
+    for name in stage_modules:
+        assert load(name).SPEC.name == name
 
 
 def test_command_line_beats_profile(make_cfg):
@@ -54,7 +62,9 @@ def test_command_line_beats_profile(make_cfg):
 
 def test_pipeline_lists_only_known_stages(make_cfg):
     cfg = make_cfg("stage=pipeline")
-    assert cfg.pipeline.stages and set(cfg.pipeline.stages) <= set(SPECS)
+    assert cfg.pipeline.stages
+    for name in cfg.pipeline.stages:
+        assert load(name, cfg).SPEC.name == name
 
 
 def _keys_without_comment(path: Path) -> list[str]:

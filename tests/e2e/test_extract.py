@@ -13,7 +13,7 @@ import pytest
 
 from autorule.core.artifacts import read_manifest
 from autorule.core.config import compose
-from autorule.rules.ruleset import load_rules, read_rules_file
+from autorule.rules.ruleset import read_rules_file
 from autorule.stages import extract, preprocess
 from fakeserver import FakeLLMServer, FakeReply
 
@@ -54,8 +54,8 @@ def config(root, tmp_path, *overrides):
         [
             "stage=extract",
             f"paths.root={root}",
-            f"llm.cache_dir={tmp_path}/llm",
-            "llm.progress=false",
+            f"extract.llm.cache_dir={tmp_path}/llm",
+            "extract.llm.progress=false",
             *overrides,
         ]
     )
@@ -63,12 +63,12 @@ def config(root, tmp_path, *overrides):
 
 def bedrock(server, *overrides):
     return [
-        "llm=bedrock",
-        f"llm.endpoint_url={server.url}",
-        "llm.retry.initial_wait=0.01",
-        "llm.retry.max_wait=0.02",
-        "llm.retry.jitter=0",
-        "llm.retry.max_attempts=2",
+        "llm@extract.llm=bedrock",
+        f"extract.llm.endpoint_url={server.url}",
+        "extract.llm.retry.initial_wait=0.01",
+        "extract.llm.retry.max_wait=0.02",
+        "extract.llm.retry.jitter=0",
+        "extract.llm.retry.max_attempts=2",
         *overrides,
     ]
 
@@ -101,7 +101,7 @@ class Reasoner:
         return reply
 
 
-def test_tiny_model_extraction_falls_back_to_the_example_rules(root, tmp_path, caplog):
+def test_tiny_model_extraction_falls_back_to_the_example_rules(root, tmp_path, caplog, rules_of):
     cfg = config(root, tmp_path)
     with caplog.at_level(logging.WARNING):
         path = extract.run(cfg)
@@ -117,11 +117,11 @@ def test_tiny_model_extraction_falls_back_to_the_example_rules(root, tmp_path, c
     assert counts["pairs"] == 8 and counts["calls"] >= 8 and counts["failed_calls"] == 0
     # Random weights: no usable rules, so the fallback is used, recorded and announced.
     assert counts["fallback_rules_used"] == 1 and counts["rules_after_merge"] == 0
-    assert manifest["extract"]["rules_source"] == "fallback"
+    assert manifest["extract"]["rules_origin"] == "fallback"
     assert "FALLBACK RULE FILE" in caplog.text
     rules = json.loads((path / "rules.json").read_text())
     caplog.clear()
-    assert rules == read_rules_file(cfg.extract.fallback_rules) == load_rules(cfg)
+    assert rules == read_rules_file(cfg.extract.fallback_rules) == rules_of(cfg)
     # Later stages reading this artifact are told too (load_rules warns on each read).
     assert "holds the FALLBACK rule file" in caplog.text and "NOT rules extracted" in caplog.text
     examples = [json.loads(line) for line in (path / "examples.jsonl").read_text().splitlines()]
@@ -142,7 +142,7 @@ def test_bedrock_extraction_merges_in_chunks(root, tmp_path):
     assert counts["calls"] == 16 + counts["merge_calls"] == len(server.requests)
     examples = [json.loads(line) for line in (path / "examples.jsonl").read_text().splitlines()]
     assert {e["winner"] for e in examples} == {"A", "B"}  # sides are randomised
-    assert all(e["source_used"] == "reasoning" and e["reasoning"] for e in examples)
+    assert all(e["rules_from_used"] == "reasoning" and e["reasoning"] for e in examples)
 
 
 def test_interrupted_extraction_resumes_without_repeating_calls(root, tmp_path, caplog):

@@ -189,9 +189,9 @@ def test_cli_refuses_credentials_before_anything_is_written(tmp_path):
     root = tmp_path / "root"
     env = {**os.environ, "OPENAI_API_KEY": "sk-test-abcdefghijklmnopqrstuvwxyz"}
     for args in (
-        ["+llm.api_key=plainSECRETvalue999"],
+        ["+extract.llm.api_key=plainSECRETvalue999"],
         ["-m", "dataset=uf,mt", "+extra.password=hunter2SECRETpw"],
-        ["llm.model=sk-test-abcdefghijklmnopqrstuvwxyz"],
+        ["extract.llm.model=sk-test-abcdefghijklmnopqrstuvwxyz"],
         ["+notes={api_key: plainSECRETvalue999}"],
     ):
         res = _cli("stage=preprocess", f"paths.root={root}", *args, env=env)

@@ -8,6 +8,7 @@ import pytest
 from omegaconf import open_dict
 
 from autorule.core import artifacts
+from autorule.core import stage as stage_registry
 from autorule.core.artifacts import (
     StageInputError,
     StageJob,
@@ -16,15 +17,18 @@ from autorule.core.artifacts import (
     is_up_to_date,
     read_manifest,
 )
-from autorule.stages import SPECS, StageSpec
+from autorule.core.stage import StageSpec
 
 
 @pytest.fixture(autouse=True)
 def toy_stages(monkeypatch):
     # "up" writes content that depends on the config, plus a nonce when asked, so a forced re-run
     # can change (or keep) its content; "down" reads it.
-    monkeypatch.setitem(SPECS, "up", StageSpec(keys=("seed",)))
-    monkeypatch.setitem(SPECS, "down", StageSpec(inputs=("up",), keys=("dataset.name",)))
+    registry = stage_registry._REGISTERED
+    monkeypatch.setitem(registry, "up", StageSpec(name="up", keys=("seed",)))
+    monkeypatch.setitem(
+        registry, "down", StageSpec(name="down", inputs=("up",), keys=("dataset.name",))
+    )
 
 
 def run_up(cfg, nonce=False):

@@ -1,7 +1,6 @@
 """The launch commands of the training stages (dry runs: nothing is trained or written)."""
 
 import json
-import logging
 import shlex
 
 import pytest
@@ -151,13 +150,20 @@ def test_rm_from_base_names_the_model_and_reads_no_sft(tmp_path, capsys):
     assert "input sft" not in out
 
 
-def test_one_process_says_deepspeed_is_not_used(tmp_path, capsys, caplog):
-    with caplog.at_level(logging.WARNING, logger="autorule.training.launch"):
-        out = dry_run(tmp_path, capsys, sft, ["stage=sft", "profile=paper"])
-    assert "sft.deepspeed=zero2 is not used with one process" in caplog.text
-    assert "\n  deepspeed: not used with one process" in out
-    assert "--use_deepspeed" not in out
+def test_deepspeed_on_one_process_goes_through_accelerate(tmp_path, capsys):
+    # ZeRO-3 with CPU offload on one GPU is how an 8B reward model fits on one card.
+    out = dry_run(tmp_path, capsys, rm, ["stage=rm", "profile=paper", "launcher.num_processes=1"])
+    command = out.splitlines()[1]
+    assert " -m accelerate.commands.launch --num_processes 1 --num_machines 1 " in command
+    assert f"--use_deepspeed --deepspeed_config_file {CONF_DIR}/deepspeed/zero3.json" in command
     assert "\n  global_batch=256 (micro 2 x 1 processes x accumulation 128)\n" in out
+
+
+def test_one_process_without_deepspeed_trains_in_process(tmp_path, capsys):
+    out = dry_run(tmp_path, capsys, sft, ["stage=sft", "profile=paper", "sft.deepspeed=null"])
+    assert out.splitlines()[1].startswith("in-process")
+    assert "accelerate" not in out and "--use_deepspeed" not in out
+    assert "\n  deepspeed: none\n" in out
 
 
 @pytest.mark.parametrize(

@@ -39,33 +39,47 @@ def test_every_llm_key_has_a_comment(name):
 
 def test_build_picks_the_backend_from_config(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-unused-in-this-test-0000000000")
-    cfg = compose(["llm=openai", f"paths.root={tmp_path}"])
-    backend = llms.build(cfg)
+    cfg = compose(["llm@extract.llm=openai", f"paths.root={tmp_path}"])
+    backend = llms.build(cfg, "extract.llm")
     assert type(backend).__name__ == "OpenAICompatLLM"
     assert backend.cache.folder == Path(cfg.paths.cache) / "llm"
     with pytest.raises(TypeError, match="unexpected keyword"):  # typos in config fail loudly
-        llms.build(compose(["llm=openai", "+llm.temprature=0.1"]))
+        llms.build(
+            compose(["llm@extract.llm=openai", "+extract.llm.temprature=0.1"]), "extract.llm"
+        )
 
 
 def test_runtime_keys_do_not_change_the_artifact_hash(tmp_path):
-    base = ["stage=extract", "llm=bedrock", f"paths.root={tmp_path}"]
+    base = ["stage=extract", "llm@extract.llm=bedrock", f"paths.root={tmp_path}"]
     h = config_hash(compose(base), "extract")
     assert h == config_hash(
-        compose([*base, "llm.max_concurrency=4", "llm.retry.max_attempts=2", "llm.progress=false"]),
+        compose(
+            [
+                *base,
+                "extract.llm.max_concurrency=4",
+                "extract.llm.retry.max_attempts=2",
+                "extract.llm.progress=false",
+            ]
+        ),
         "extract",
     )
-    assert h != config_hash(compose([*base, "llm.model=other"]), "extract")
-    assert h != config_hash(compose([*base, "extract.source=explanation"]), "extract")
+    assert h != config_hash(compose([*base, "extract.llm.model=other"]), "extract")
+    assert h != config_hash(compose([*base, "extract.rules_from=explanation"]), "extract")
 
 
 def test_profiles_pick_backends_and_sizes():
     tiny, paper = compose([]), compose(["profile=paper"])
-    assert tiny.llm._target_.endswith("HFLLM") and tiny.extract.num_examples == 8
-    assert paper.llm._target_.endswith("BedrockLLM") and paper.llm.model == "us.deepseek.r1-v1:0"
+    assert tiny.extract.llm._target_.endswith("HFLLM") and tiny.extract.num_examples == 8
+    assert (
+        paper.extract.llm._target_.endswith("BedrockLLM")
+        and paper.extract.llm.model == "us.deepseek.r1-v1:0"
+    )
     assert paper.extract.num_examples == 256 and paper.extract.examples_per_question == 8
-    assert compose(["llm=openai"]).llm._target_.endswith("OpenAICompatLLM")  # command line wins
+    assert compose(["llm@extract.llm=openai"]).extract.llm._target_.endswith(
+        "OpenAICompatLLM"
+    )  # command line wins
     for name in BACKENDS:
-        OmegaConf.to_container(compose([f"llm={name}"]).llm, resolve=True)
+        OmegaConf.to_container(compose([f"llm@extract.llm={name}"]).extract.llm, resolve=True)
 
 
 def test_vllm_missing_gives_an_install_hint(monkeypatch):
@@ -124,11 +138,12 @@ class Scripted(llms.base.LocalLLM):
 
     backend = "scripted"
 
-    def __init__(self, crash_on_batch=None, **kw):
+    def __init__(self, **kw):
         super().__init__(
             model="m", temperature=0.0, max_tokens=8, batch_size=2, progress=False, **kw
         )
-        self.crash_on_batch, self.seen = crash_on_batch, []
+        # Set after construction: constructor arguments are the backend's settings (cache key).
+        self.crash_on_batch, self.seen = None, []
 
     def generate_batch(self, batch):
         if len(self.seen) == self.crash_on_batch:
@@ -149,7 +164,9 @@ def test_identical_requests_are_sent_once(tmp_path):
 def test_ctrl_c_keeps_finished_batches(tmp_path):
     requests = [[{"role": "user", "content": str(i)}] for i in range(6)]
     with pytest.raises(KeyboardInterrupt):
-        Scripted(crash_on_batch=2, cache_dir=tmp_path).complete_all(requests)
+        crashing = Scripted(cache_dir=tmp_path)
+        crashing.crash_on_batch = 2
+        crashing.complete_all(requests)
     again = Scripted(cache_dir=tmp_path)
     outs = again.complete_all(requests)
     assert again.seen == [["4", "5"]]  # the first two batches came from the cache

@@ -25,8 +25,8 @@ def uf():
 def test_uf_sampling_is_seeded_and_sides_are_random(uf):
     pairs = uf_pairs(uf, 20, seed=3, chosen_first=False)
     assert [p.pair_id for p in pairs] == [p.pair_id for p in uf_pairs(uf, 20, 3, False)]
-    assert [p.source for p in pairs] != [p.source for p in uf_pairs(uf, 20, 4, False)]
-    assert len({p.source["prompt_id"] for p in pairs}) == 20
+    assert [p.row_ids for p in pairs] != [p.row_ids for p in uf_pairs(uf, 20, 4, False)]
+    assert len({p.row_ids["prompt_id"] for p in pairs}) == 20
     assert {p.winner for p in pairs} == {"A", "B"}
     for p in pairs:
         winner = p.conversation_a if p.winner == "A" else p.conversation_b
@@ -49,10 +49,10 @@ def test_mt_sampling_per_question_and_turns():
         }
     )
     pairs = mt_pairs(df, examples_per_question=2, seed=0, chosen_first=True)
-    assert [p.source["question_id"] for p in pairs] == [81, 81, 82]
+    assert [p.row_ids["question_id"] for p in pairs] == [81, 81, 82]
     for p in pairs:
-        assert len(p.conversation_a) == 2 * p.source["turn"]  # only the turns that were judged
-        expected = "a" if p.source["winner"] == "model_a" else "b"
+        assert len(p.conversation_a) == 2 * p.row_ids["turn"]  # only the turns that were judged
+        expected = "a" if p.row_ids["winner"] == "model_a" else "b"
         assert p.winner == "A" and p.conversation_a[1]["content"].startswith(expected)
     assert len(mt_pairs(df, 8, 0, False, num_questions=1)) == 3
 

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from autorule.core.artifacts import StageInputError, artifact_path
+from autorule.core.artifacts import StageInputError, StageJob, artifact_path
 from autorule.core.config import REPO_ROOT, compose
 from autorule.rules.ruleset import chunks, dedupe_rules, load_rules, normalize_rule, read_rules_file
 
@@ -28,14 +28,14 @@ def test_chunks():
 def test_rule_files_in_json_and_yaml(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(["Be concise.", "be concise"]))
     (tmp_path / "r.yaml").write_text("description: mine\nrules:\n  - Be concise.\n  - Cite.\n")
-    assert load_rules(tmp_path / "r.json") == ["Be concise."]
-    assert load_rules(str(tmp_path / "r.yaml")) == ["Be concise.", "Cite."]
+    assert read_rules_file(tmp_path / "r.json") == ["Be concise."]
+    assert read_rules_file(str(tmp_path / "r.yaml")) == ["Be concise.", "Cite."]
     (tmp_path / "bad.json").write_text('{"rules": [1, 2]}')
     with pytest.raises(ValueError, match="list of strings"):
-        load_rules(tmp_path / "bad.json")
+        read_rules_file(tmp_path / "bad.json")
     (tmp_path / "empty.yaml").write_text("rules: []\n")
     with pytest.raises(ValueError, match="holds no rules"):
-        load_rules(tmp_path / "empty.yaml")
+        read_rules_file(tmp_path / "empty.yaml")
 
 
 def test_the_example_rule_file_is_labelled_and_small():
@@ -44,11 +44,13 @@ def test_the_example_rule_file_is_labelled_and_small():
     assert len(read_rules_file(EXAMPLE)) == 8
 
 
-def test_load_rules_from_config(tmp_path):
+def test_load_rules_from_config(tmp_path, rules_of):
     cfg = compose([f"paths.root={tmp_path}", f"rules.path={EXAMPLE}"])
-    assert load_rules(cfg) == read_rules_file(EXAMPLE)
+    assert rules_of(cfg) == read_rules_file(EXAMPLE)
     with pytest.raises(StageInputError, match="stage=extract"):
-        load_rules(compose([f"paths.root={tmp_path}"]))
+        rules_of(compose([f"paths.root={tmp_path}"]))
+    with pytest.raises(StageInputError, match="rules.path=.*not a file"):
+        rules_of(compose([f"paths.root={tmp_path}", f"rules.path={tmp_path}/none.json"]))
 
 
 def fake_extract_artifact(cfg, rules: list[str], extra: dict, fallback_used: int) -> None:
@@ -59,29 +61,68 @@ def fake_extract_artifact(cfg, rules: list[str], extra: dict, fallback_used: int
     manifest = {
         "stage": "extract",
         "status": "complete",
+        "artifact_hash": "content-of-" + json.dumps(rules),
         "counts": {"fallback_rules_used": fallback_used},
         "extract": extra,
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_fallback_rules_from_the_extract_artifact_are_announced(tmp_path, caplog):
+def test_fallback_rules_from_the_extract_artifact_are_announced(tmp_path, caplog, rules_of):
     fallback = compose([f"paths.root={tmp_path / 'a'}"])
     fake_extract_artifact(
         fallback,
         read_rules_file(EXAMPLE),
-        {"rules_source": "fallback", "fallback_file": str(EXAMPLE), "reason": "no rules (8 pairs)"},
+        {"rules_origin": "fallback", "fallback_file": str(EXAMPLE), "reason": "no rules (8 pairs)"},
         fallback_used=1,
     )
     with caplog.at_level(logging.WARNING, logger="autorule.rules.ruleset"):
-        assert load_rules(fallback) == read_rules_file(EXAMPLE)
+        assert rules_of(fallback) == read_rules_file(EXAMPLE)
     [record] = caplog.records
     assert "FALLBACK rule file" in record.message and "hand-written" in record.message
     assert str(EXAMPLE) in record.message and "no rules (8 pairs)" in record.message
 
     caplog.clear()
     extracted = compose([f"paths.root={tmp_path / 'b'}"])
-    fake_extract_artifact(extracted, ["Be concise."], {"rules_source": "extracted"}, 0)
+    fake_extract_artifact(extracted, ["Be concise."], {"rules_origin": "extracted"}, 0)
     with caplog.at_level(logging.WARNING, logger="autorule.rules.ruleset"):
-        assert load_rules(extracted) == ["Be concise."]
+        assert rules_of(extracted) == ["Be concise."]
     assert not caplog.records
+
+
+def test_a_rule_file_is_an_input_hashed_by_content(tmp_path, rules_of):
+    rules = tmp_path / "mine.json"
+    rules.write_text(json.dumps(["Be concise."]))
+    cfg = compose([f"paths.root={tmp_path / 'out'}", f"rules.path={rules}"])
+    with StageJob(cfg, "reader") as job:
+        assert load_rules(job) == ["Be concise."]
+        folder = job.commit()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["rules"]["from"] == "file" and manifest["rules"]["path"] == str(rules)
+    assert len(manifest["rules"]["sha256"]) == 64
+    assert "extract" not in manifest["inputs"]  # the file replaces the extract artifact
+
+    rules.write_text(json.dumps(["Be concise.", "Cite sources."]))  # same path, new content
+    assert artifact_path(cfg, "reader") != folder
+    assert (
+        artifact_path(
+            compose([f"paths.root={tmp_path / 'out'}", "seed=1", f"rules.path={rules}"]), "reader"
+        )
+        != folder
+    )
+
+
+def test_rules_from_the_extract_artifact_are_a_recorded_input(tmp_path, rules_of):
+    cfg = compose([f"paths.root={tmp_path}"])
+    fake_extract_artifact(cfg, ["Be concise."], {"rules_origin": "extracted"}, 0)
+    with StageJob(cfg, "reader") as job:
+        assert load_rules(job) == ["Be concise."]
+        folder = job.commit()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    extract = str(artifact_path(cfg, "extract"))
+    assert manifest["rules"] == {
+        "from": "extract",
+        "path": extract,
+        "hash": 'content-of-["Be concise."]',
+    }
+    assert manifest["inputs"]["extract"]["path"] == extract

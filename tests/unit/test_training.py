@@ -4,12 +4,13 @@ import pytest
 
 from autorule.core.artifacts import config_hash
 from autorule.core.config import compose
-from autorule.stages import SPECS
+from autorule.core.stage import get_spec
 from autorule.training.arguments import (
     checkpoint_step,
     grad_accumulation,
     logging_kwargs,
     run_name,
+    sequence_kwargs,
     trainer_kwargs,
 )
 
@@ -26,15 +27,27 @@ def test_grad_accumulation_refuses_an_uneven_split():
 
 def test_paper_profile_gives_the_released_hyperparameters():
     cfg = compose(["stage=sft", "profile=paper"])
-    sft = trainer_kwargs(cfg.sft, world_size=8)
+    sft = trainer_kwargs(cfg.sft, 8, sequence_kwargs)
     assert sft["learning_rate"] == 5e-6 and sft["lr_scheduler_type"] == "constant_with_warmup"
     assert sft["warmup_steps"] == 0.05 and sft["max_grad_norm"] == 10.0
     assert sft["num_train_epochs"] == 2 and sft["max_length"] == 2048 and sft["bf16"]
     assert sft["per_device_train_batch_size"] == 2 and sft["gradient_accumulation_steps"] == 16
-    rm = trainer_kwargs(cfg.rm, world_size=8)
-    assert rm["learning_rate"] == 5e-6 and rm["warmup_steps"] == 0.1
+    rm = trainer_kwargs(cfg.rm, 8, get_spec("rm").trainer_args)
+    assert rm["learning_rate"] == 5e-6 and rm["warmup_steps"] == 0.1 and rm["max_length"] == 2048
     assert rm["max_grad_norm"] == 5.0 and rm["num_train_epochs"] == 1
     assert cfg.sft.deepspeed == "zero2" and cfg.rm.deepspeed == "zero3" and cfg.rm.init == "sft"
+    # The released scripts (OpenRLHF) use Adam betas (0.9, 0.95) and seed 42.
+    for args in (sft, rm):
+        assert (args["adam_beta1"], args["adam_beta2"]) == (0.9, 0.95) and args["seed"] == 42
+    assert cfg.seed == 42
+
+
+def test_default_optimizer_is_transformers_adamw():
+    cfg = compose(["stage=sft"])
+    args = trainer_kwargs(cfg.sft, 1)
+    assert (args["adam_beta1"], args["adam_beta2"], args["adam_epsilon"]) == (0.9, 0.999, 1e-8)
+    assert args["weight_decay"] == 0.0 and "max_length" not in args  # the trainer adds its own
+    assert cfg.seed == 0
 
 
 def test_tiny_profile_trains_in_fp32_without_a_tracker():
@@ -94,8 +107,8 @@ def test_checkpoint_step():
 
 
 def test_rm_reads_and_hashes_sft_only_when_initialised_from_it():
-    assert SPECS["rm"].inputs_for(compose(["stage=rm"])) == ("preprocess", "sft")
-    assert SPECS["rm"].inputs_for(compose(["stage=rm", "rm.init=base"])) == ("preprocess",)
+    assert get_spec("rm").inputs_for(compose(["stage=rm"])) == ("preprocess", "sft")
+    assert get_spec("rm").inputs_for(compose(["stage=rm", "rm.init=base"])) == ("preprocess",)
     from_sft = [
         config_hash(compose(["stage=rm", f"sft.learning_rate={lr}"]), "rm") for lr in (1e-3, 2e-3)
     ]

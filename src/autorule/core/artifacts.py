@@ -8,7 +8,7 @@ Layout (all under ``paths.root``)::
     <root>/<stage>/.<dataset>-<hash12>.partial/  work in progress (never read by other stages)
 
 ``hash12`` is the start of the stage's *config hash*: a sha256 over the config subtrees listed in
-the stage's :class:`~autorule.stages.StageSpec`, its format version and, recursively, the config
+the stage's :class:`~autorule.core.stage.StageSpec`, its format version and, recursively, the config
 hashes of its upstream stages. Two experiments that agree on those values share the folder; any
 difference gives a new folder, so artifacts of different configs never mix.
 
@@ -23,7 +23,6 @@ upstream stage into different content makes its downstream stages out of date).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -37,8 +36,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from autorule.core.config import overrides_without
+from autorule.core.files import write_json_atomic
+from autorule.core.hashing import digest, file_sha256
 from autorule.core.secrets import redact
-from autorule.stages import SPECS, StageSpec
+from autorule.core.stage import RULES_STAGE, StageSpec, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def _drop(tree: dict, dotted: str) -> None:
 
 def stage_config(cfg: DictConfig, stage: str) -> dict[str, Any]:
     """The config values that decide ``stage``'s output, as a nested plain dict."""
-    spec = SPECS[stage]
+    spec = get_spec(stage, cfg)
     tree: dict[str, Any] = {}
     for key in spec.keys:
         node = tree
@@ -99,22 +101,35 @@ def stage_config(cfg: DictConfig, stage: str) -> dict[str, Any]:
     return tree
 
 
-def digest(obj: Any) -> str:
-    """sha256 of the canonical JSON of ``obj``."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+def rules_file_record(cfg: DictConfig, spec: StageSpec) -> dict[str, str] | None:
+    """The rule file a rule-reading stage uses (``rules.path``) with its content hash, or None
+    when it reads the extract artifact (an input like any other) or no rules at all."""
+    path = spec.rules_file(cfg)
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise StageInputError(
+            f"stage '{spec.name}' reads its rules from rules.path={path}, which is not a file. "
+            "Point rules.path at a JSON or YAML rule file, or set rules.path=null to use the "
+            "extract artifact's rules"
+        )
+    return {"path": str(file.resolve()), "sha256": file_sha256(file)}
 
 
 def config_hash(cfg: DictConfig, stage: str) -> str:
     """Hash of everything that decides ``stage``'s output, upstream stages included."""
-    spec = SPECS[stage]
+    spec = get_spec(stage, cfg)
+    rules_file = rules_file_record(cfg, spec)
     return digest(
         {
             "stage": stage,
             "version": spec.version,
             "config": stage_config(cfg, stage),
             "inputs": {name: config_hash(cfg, name) for name in spec.inputs_for(cfg)},
-            **({"sources": spec.sources(cfg)} if spec.sources else {}),
+            **({"fingerprint": spec.fingerprint(cfg)} if spec.fingerprint else {}),
+            # The file's content, not its path: editing the rules moves the artifact.
+            **({"rules_file": rules_file["sha256"]} if rules_file else {}),
         }
     )
 
@@ -128,14 +143,6 @@ def artifact_path(cfg: DictConfig, stage: str) -> Path:
 def work_path(artifact: Path) -> Path:
     """The ``.partial`` work folder beside an artifact folder."""
     return artifact.with_name(f".{artifact.name}.partial")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 LAUNCH_DIR = "launch"  # the worker configs of a launched (multi-process) training run
@@ -187,12 +194,6 @@ def is_complete(manifest: dict | None) -> bool:
     return manifest is not None and manifest.get("status") == "complete"
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -230,11 +231,7 @@ def git_sha() -> str | None:
 def make_command(cfg: DictConfig, stage: str, drop: tuple[str, ...] = ("stage", "force")) -> str:
     """The command line that (re)makes ``stage`` with the overrides of the current run, less
     those whose top-level key is in ``drop``."""
-    overrides = [
-        o
-        for o in (OmegaConf.select(cfg, "run.overrides") or [])
-        if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in drop
-    ]
+    overrides = overrides_without(OmegaConf.select(cfg, "run.overrides") or [], drop)
     return " ".join(["python -m autorule", f"stage={stage}", *overrides])
 
 
@@ -324,7 +321,7 @@ class StageJob:
 
     def __init__(self, cfg: DictConfig, stage: str):
         self.cfg, self.stage = cfg, stage
-        self.spec: StageSpec = SPECS[stage]
+        self.spec: StageSpec = get_spec(stage, cfg)
         self.config_hash = config_hash(cfg, stage)
         self.path = artifact_path(cfg, stage)
         self.workdir = work_path(self.path)
@@ -383,6 +380,16 @@ class StageJob:
         self._inputs[name] = {"path": str(folder), "hash": manifest["artifact_hash"]}
         return folder
 
+    def rules_origin(self) -> dict[str, str]:
+        """Where this stage's rules come from: the rule file with its content hash, or the
+        extract artifact it reads (path and content hash, as for any input)."""
+        record = rules_file_record(self.cfg, self.spec)
+        if record is not None:
+            return {"from": "file", **record}
+        folder = artifact_path(self.cfg, RULES_STAGE)
+        manifest = read_manifest(folder) or {}
+        return {"from": RULES_STAGE, "path": str(folder), "hash": manifest.get("artifact_hash")}
+
     def _manifest(
         self, status: str, counts: dict[str, int], files: dict[str, str], extra: dict | None = None
     ) -> dict:
@@ -396,7 +403,12 @@ class StageJob:
                 "counts": counts,
                 "files": files,
                 "config": stage_config(self.cfg, self.stage),
-                **({"sources": self.spec.sources(self.cfg)} if self.spec.sources else {}),
+                **(
+                    {"fingerprint": self.spec.fingerprint(self.cfg)}
+                    if self.spec.fingerprint
+                    else {}
+                ),
+                **({"rules": self.rules_origin()} if self.spec.uses_rules else {}),
                 "command": make_command(self.cfg, self.stage),
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "git_sha": git_sha(),

@@ -8,7 +8,7 @@ masked) so stages never need Hydra's globals.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -26,6 +26,38 @@ def _register_resolvers() -> None:
 
 
 _register_resolvers()
+
+
+def override_top_key(override: str) -> str:
+    """The top-level config key an override sets: ``+llm.model=x`` -> ``llm``,
+    ``llm@extract.llm=openai`` -> ``llm``."""
+    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0].split(".", 1)[0]
+
+
+def overrides_without(overrides: Iterable[str], top_keys: Iterable[str]) -> list[str]:
+    """``overrides`` less those whose top-level key is in ``top_keys``."""
+    drop = set(top_keys)
+    return [o for o in overrides if override_top_key(o) not in drop]
+
+
+# Spellings of earlier versions that Hydra would reject with a message naming nothing useful:
+# the old override prefix -> what to write now.
+RENAMED_OVERRIDES = {
+    "llm": "each stage has its own LLM role now: llm@extract.llm=<backend> picks the extract "
+    "stage's backend and extract.llm.<key>=... sets its keys (e.g. extract.llm.base_url=...)",
+    "extract.source": "extract.source is now extract.rules_from (reasoning|explanation)",
+}
+
+
+def renamed_overrides(overrides: Iterable[str]) -> list[str]:
+    """One message per override spelled the old way (see :data:`RENAMED_OVERRIDES`)."""
+    found = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        for old, hint in RENAMED_OVERRIDES.items():
+            if key == old or key.startswith((old + ".", old + "@")):
+                found.append(f"{override.split('=', 1)[0]}: {hint}")
+    return found
 
 
 def finalize(cfg: DictConfig, stage: str, overrides: Sequence[str]) -> DictConfig:

@@ -23,7 +23,7 @@ _MEMO: dict[tuple[str, int, int], str] = {}
 
 
 def _file_sha256(path: Path) -> str:
-    from autorule.core.artifacts import file_sha256
+    from autorule.core.hashing import file_sha256
 
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
@@ -55,14 +55,12 @@ def dataset_source(path: str, revision: str | None) -> dict[str, Any]:
     return {"hub_id": path, "revision": revision}
 
 
-def preprocess_sources(cfg: DictConfig) -> dict[str, Any]:
+def preprocess_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     """The external inputs of ``preprocess``: the dataset, and for the tiny model the corpus its
     tokenizer is trained on (the tokenizer decides the length filter)."""
     from autorule.data.model_paths import TINY, tiny_corpus
 
-    sources: dict[str, Any] = {
-        "dataset": dataset_source(str(cfg.dataset.path), cfg.dataset.revision)
-    }
+    found: dict[str, Any] = {"dataset": dataset_source(str(cfg.dataset.path), cfg.dataset.revision)}
     if cfg.dataset.name == "uf" and str(cfg.model.name_or_path) == TINY:
-        sources["tiny_corpus"] = [_file_sha256(p) for p in tiny_corpus(cfg)]
-    return sources
+        found["tiny_corpus"] = [_file_sha256(p) for p in tiny_corpus(cfg)]
+    return found

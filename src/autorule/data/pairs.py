@@ -25,7 +25,7 @@ class Pair:
     conversation_a: list[dict[str, str]]
     conversation_b: list[dict[str, str]]
     winner: str  # "A" or "B"
-    source: dict = field(default_factory=dict)  # ids of the dataset row it came from
+    row_ids: dict = field(default_factory=dict)  # ids of the dataset row it came from
 
 
 def messages(raw: Sequence) -> list[dict[str, str]]:
@@ -95,9 +95,9 @@ def mt_pairs(
                     f"got {row['winner']!r} (question {q})"
                 )
             a, b, winner = place(chosen, rejected, rng, chosen_first)
-            source = {"question_id": int(q), "turn": turn, "winner": str(row["winner"])}
+            row_ids = {"question_id": int(q), "turn": turn, "winner": str(row["winner"])}
             for key in ("judge", "model_a", "model_b"):
                 if key in row:
-                    source[key] = str(row[key])
-            pairs.append(Pair(f"mt-{int(q)}-{j:02d}", a, b, winner, source))
+                    row_ids[key] = str(row[key])
+            pairs.append(Pair(f"mt-{int(q)}-{j:02d}", a, b, winner, row_ids))
     return pairs

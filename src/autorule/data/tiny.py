@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from autorule.core.artifacts import digest, file_sha256
+from autorule.core.hashing import digest, file_sha256
 
 log = logging.getLogger(__name__)
 

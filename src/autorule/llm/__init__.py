@@ -1,11 +1,15 @@
-"""One LLM interface, four backends, chosen by the ``llm`` config group's ``_target_``.
+"""One LLM interface, four backends; every stage that calls an LLM has a role of its own.
 
-    llm=bedrock   Amazon Bedrock Converse API (default for the paper: DeepSeek-R1)
-    llm=openai    any OpenAI-compatible chat-completions server
-    llm=hf        a local transformers model (the tiny profile)
-    llm=vllm      vLLM's offline engine (optional extra)
+A role is a config section that mounts one backend of ``conf/llm/``: ``extract.llm`` (the rule
+extractor; more roles come with the stages that need them). Pick a backend per role on the
+command line, e.g. ``llm@extract.llm=openai extract.llm.base_url=http://host:8000/v1``:
 
-``build(cfg)`` returns the configured backend; every backend answers
+    bedrock   Amazon Bedrock Converse API (the paper's reasoner: DeepSeek-R1)
+    openai    any OpenAI-compatible chat-completions server (vLLM, SGLang, OpenAI...)
+    hf        a local transformers model (the tiny profile)
+    vllm      vLLM's offline engine (optional extra)
+
+``build(cfg, role)`` returns the configured backend; every backend answers
 ``complete_all(list_of_message_lists)`` with :class:`Completion` objects and shares the cache,
 retry, concurrency and record-keeping of :mod:`autorule.llm.base`.
 """
@@ -16,23 +20,33 @@ from omegaconf import DictConfig, OmegaConf
 
 from autorule.llm.base import LLM, Completion, LLMCallError, Messages
 
-__all__ = ["LLM", "Completion", "LLMCallError", "Messages", "build"]
+__all__ = ["LLM", "Completion", "LLMCallError", "Messages", "build", "role_section"]
 
 
-def build(cfg: DictConfig) -> LLM:
-    """The backend named by ``cfg.llm._target_``, configured by the rest of ``cfg.llm``.
+def role_section(cfg: DictConfig, role: str) -> DictConfig:
+    """The config section of LLM role ``role`` (a dotted key such as ``extract.llm``)."""
+    section = OmegaConf.select(cfg, role)
+    if not isinstance(section, DictConfig):
+        raise KeyError(f"no LLM role {role!r} in the config: mount a backend with llm@{role}=...")
+    return section
 
-    Answers are cached under ``llm.cache_dir``. ``model: tiny`` (a local backend on the
+
+def build(cfg: DictConfig, role: str) -> LLM:
+    """The backend of LLM role ``role``, configured by that role's section.
+
+    Answers are cached under the role's ``cache_dir``. ``model: tiny`` (a local backend on the
     tiny profile) resolves to the tiny model's folder.
     """
     from hydra.utils import get_class
 
     from autorule.data.model_paths import TINY, resolve
 
-    settings = OmegaConf.to_container(cfg.llm, resolve=True)
+    settings = OmegaConf.to_container(role_section(cfg, role), resolve=True)
     target = settings.pop("_target_", None)
     if not target:
-        raise ValueError("llm has no _target_; pick a backend: llm=bedrock|openai|hf|vllm")
+        raise ValueError(
+            f"{role} has no _target_; pick a backend: llm@{role}=bedrock|openai|hf|vllm"
+        )
     if settings.get("model") == TINY:
         settings["model"] = resolve(cfg, "policy")
     return get_class(target)(**settings)

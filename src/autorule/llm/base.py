@@ -37,7 +37,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from autorule.core.artifacts import digest
+from autorule.core.hashing import digest
+from autorule.core.stage import LLM_TRANSPORT_KEYS
 from autorule.llm.cache import ResponseCache
 from autorule.llm.reasoning import split_reasoning
 
@@ -88,6 +89,15 @@ class LLM:
     """Base of all backends. Subclasses set ``backend`` and implement :meth:`_run`."""
 
     backend = "base"
+    # What identifies a backend's answers besides model and messages: every constructor argument
+    # except the transport ones (LLM_TRANSPORT_KEYS, shared with the artifact hash).
+    settings: dict[str, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # Records the settings a backend was built with, whatever its constructor's signature.
+        instance = super().__new__(cls)
+        instance.settings = dict(kwargs)
+        return instance
 
     def __init__(
         self,
@@ -114,8 +124,13 @@ class LLM:
     # What identifies a request
 
     def params(self) -> dict[str, Any]:
-        """Generation parameters that change the answer (part of the cache key)."""
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        """Settings that change the answer (part of the cache key): the constructor's arguments
+        less the model (keyed on its own) and the transport keys."""
+        return {
+            k: v
+            for k, v in self.settings.items()
+            if k not in LLM_TRANSPORT_KEYS and k not in ("model", "_target_")
+        }
 
     def request(self, messages: Messages) -> dict[str, Any]:
         """What identifies a request in the cache.

@@ -30,9 +30,6 @@ class HFLLM(LocalLLM):
         self.max_input_tokens, self.seed = max_input_tokens, int(seed)
         self._model = self._tokenizer = None
 
-    def params(self) -> dict:
-        return {**super().params(), "seed": self.seed, "max_input_tokens": self.max_input_tokens}
-
     def _load(self):
         if self._model is None:
             import torch

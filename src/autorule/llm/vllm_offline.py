@@ -55,9 +55,6 @@ class VLLMOfflineLLM(LocalLLM):
         }
         self._engine = None
 
-    def params(self) -> dict:
-        return {**super().params(), "top_p": self.top_p, "seed": self.seed}
-
     def generate_batch(self, batch: list[Messages]) -> list[Completion]:
         # Built on the first cache miss, so a fully cached run loads no weights and needs no GPU.
         # It still needs vllm installed and importable: the constructor imports it.

@@ -2,8 +2,8 @@
 
 A rule set is a list of short strings. Later stages get theirs from :func:`load_rules`, which
 reads either a rule file the user names (``rules.path``, JSON or YAML) or the ``extract`` stage's
-``rules.json``. A rule file is a list of strings, or a mapping whose ``rules`` key holds one (the
-other keys, e.g. a ``description``, are ignored)::
+``rules.json``, and records which in the stage's manifest. A rule file is a list of strings, or a
+mapping whose ``rules`` key holds one (the other keys, e.g. a ``description``, are ignored)::
 
     {"description": "hand-written", "rules": ["The reply answers the question asked.", ...]}
 """
@@ -15,8 +15,6 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -75,39 +73,29 @@ def read_rules_file(path: str | Path) -> list[str]:
     return rules
 
 
-def load_rules(source: DictConfig | str | Path) -> list[str]:
-    """The rule set a later stage should use.
+def load_rules(job) -> list[str]:
+    """The rule set of a rule-reading stage's run (``job``: its :class:`StageJob`).
 
-    ``source`` is a rule file path, or the run's config: then ``rules.path`` wins when set, and
-    otherwise the complete ``extract`` artifact for this config is read (missing: the error says
-    the command that makes it). When that artifact holds the fallback rule file instead of
-    extracted rules (``extract.fallback_rules``), a warning says so every time it is read: a
-    model trained on hand-written example rules must not pass for one trained on extracted ones.
+    ``rules.path``, when set, names a rule file; otherwise the job's ``extract`` input is read
+    (its absence fails with the command that makes it). Either way the job's manifest records
+    where the rules came from and its artifact hash covers them (``StageSpec.uses_rules``). When
+    the extract artifact holds the fallback rule file instead of extracted rules
+    (``extract.fallback_rules``), a warning says so every time it is read: a model trained on
+    hand-written example rules must not pass for one trained on extracted ones.
     """
-    if not isinstance(source, DictConfig):
-        return read_rules_file(source)
-    path = OmegaConf.select(source, "rules.path")
+    if not job.spec.uses_rules:
+        raise ValueError(f"stage {job.stage!r} reads rules but its SPEC lacks uses_rules=True")
+    path = job.spec.rules_file(job.cfg)
     if path:
         return read_rules_file(path)
-    from autorule.core.artifacts import (
-        StageInputError,
-        artifact_path,
-        is_complete,
-        make_command,
-        read_manifest,
-    )
+    from autorule.core.artifacts import read_manifest
+    from autorule.core.stage import RULES_STAGE
 
-    folder = artifact_path(source, "extract")
-    manifest = read_manifest(folder)
-    if not is_complete(manifest):
-        raise StageInputError(
-            f"no rule set: rules.path is not set and the extract artifact {folder} is not "
-            f"complete. Make it with:\n  {make_command(source, 'extract')}\n"
-            "or give a rule file with rules.path=<file.json|yaml>"
-        )
+    folder = job.input(RULES_STAGE)
+    manifest = read_manifest(folder) or {}
     rules = read_rules_file(folder / "rules.json")
     info = manifest.get("extract") or {}
-    if info.get("rules_source") == "fallback" or manifest.get("counts", {}).get(
+    if info.get("rules_origin") == "fallback" or manifest.get("counts", {}).get(
         "fallback_rules_used"
     ):
         log.warning(

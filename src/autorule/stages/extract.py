@@ -2,15 +2,16 @@
 
     python -m autorule stage=extract dataset=uf
     python -m autorule stage=extract dataset=mt
-    python -m autorule stage=extract llm=openai llm.base_url=http://localhost:8000/v1 llm.model=...
+    python -m autorule stage=extract llm@extract.llm=openai \
+        extract.llm.base_url=http://localhost:8000/v1 extract.llm.model=...
 
 Three steps, each prompt a template under ``extract.prompts``:
 
 1. **reason** — for each sampled pair the reasoner sees both conversations (sides drawn at random,
    see :mod:`autorule.data.pairs`) and which one the user preferred, and explains why;
-2. **extract** — the reasoning (``extract.source=reasoning``: the chain of thought, default) or the
-   final explanation (``explanation``, as the released code did) is turned into a JSON list of
-   short, objective rules, read with :func:`autorule.rules.parsing.parse_rules`;
+2. **extract** — the reasoning (``extract.rules_from=reasoning``: the chain of thought, default)
+   or the final explanation (``explanation``, as the released code did) is turned into a JSON list
+   of short, objective rules, read with :func:`autorule.rules.parsing.parse_rules`;
 3. **merge** — exact duplicates are dropped (case and spacing folded), then the LLM merges rules
    that say the same thing. A list longer than ``extract.merge_chunk_size`` is merged chunk by
    chunk, and the merged chunks are merged again, until one prompt holds the whole list.
@@ -26,8 +27,8 @@ reasoning, rules or the parse error), ``calls.jsonl`` (one record per LLM call: 
 tokens, retries, cached, error). Counts in the manifest: pairs, calls, cached_calls, failed_calls,
 retries, input_tokens, output_tokens, parse_failures, empty_rule_lists, truncated_rule_lists
 (answers cut off mid-list: their complete rules are kept, see ``parse_warnings`` in
-``examples.jsonl``), source_substituted (answers without the requested ``extract.source``, e.g. no
-reasoning, so the explanation was used),
+``examples.jsonl``), rules_from_substituted (answers without the requested
+``extract.rules_from``, e.g. no reasoning, so the explanation was used),
 rules_before_merge, rules_after_dedupe, rules_after_merge, merge_calls, merge_rounds,
 merge_parse_failures, fallback_rules_used. Call, token and retry counts cover every call the
 artifact rests on, cached ones included (with the figures recorded when they were made).
@@ -48,6 +49,7 @@ from omegaconf import DictConfig
 
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
+from autorule.core.stage import StageSpec
 from autorule.data.pairs import Pair, mt_pairs, uf_pairs
 from autorule.rules.parsing import parse_rules
 from autorule.rules.prompts import fill, render_conversation, render_rules, user
@@ -55,21 +57,34 @@ from autorule.rules.ruleset import chunks, dedupe_rules, read_rules_file
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("reasoning", "explanation")
+RULES_FROM = ("reasoning", "explanation")  # extract.rules_from
+
+# The whole extract section decides the rules, its LLM role included (backend, model, sampling,
+# token budget, prompts), except the role's transport keys and the failure allowance.
+SPEC = StageSpec(
+    name="extract",
+    inputs=("preprocess",),
+    keys=("extract",),
+    llm_roles=("extract.llm",),
+    ignore=("extract.max_failed_calls",),
+    version=3,  # 3: the LLM is the extract.llm role; 2: parser prefers the last non-empty list
+)
 
 
 def run(cfg: DictConfig) -> Path:
-    with StageJob(cfg, "extract") as job:
+    with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
-        x = cfg.extract
-        if x.source not in SOURCES:
-            raise ValueError(f"extract.source must be one of {SOURCES}, got {x.source!r}")
+        section = cfg.extract
+        if section.rules_from not in RULES_FROM:
+            raise ValueError(
+                f"extract.rules_from must be one of {RULES_FROM}, got {section.rules_from!r}"
+            )
 
         # ---- load: the sampled pairs
         pairs = load_pairs(cfg, job.input("preprocess"))
         log.info("[extract] %d pairs from dataset %s", len(pairs), cfg.dataset.name)
-        llm = llms.build(cfg)
+        llm = llms.build(cfg, "extract.llm")
         calls: list[dict] = []
 
         def record(step: str, completions: list[llms.Completion]) -> None:
@@ -79,27 +94,31 @@ def run(cfg: DictConfig) -> Path:
 
         # ---- 1. reason: why did the user prefer the winner?
         reasoned = llm.complete_all(
-            [reason_request(x.prompts.reasoner, p) for p in pairs], desc="extract: reason"
+            [reason_request(section.prompts.reasoner, p) for p in pairs], desc="extract: reason"
         )
         record("reason", reasoned)
 
         # ---- 2. extract: rules from the reasoning (or the explanation)
         examples = [example_row(p, c) for p, c in zip(pairs, reasoned, strict=True)]
         todo = [i for i, c in enumerate(reasoned) if c.ok]
-        analyses = {i: pick_source(examples[i], x.source) for i in todo}
+        analyses = {i: pick_text(examples[i], section.rules_from) for i in todo}
         todo = [i for i in todo if analyses[i]]
-        substituted = sum(1 for i in todo if examples[i]["source_used"] != x.source)
+        substituted = sum(1 for i in todo if examples[i]["rules_from_used"] != section.rules_from)
         if substituted:
             log.warning(
                 "[extract] %d of %d answers had no %s; extracting from their explanation "
-                "instead (counted as source_substituted)",
+                "instead (counted as rules_from_substituted)",
                 substituted,
                 len(todo),
-                x.source,
+                section.rules_from,
             )
         extracted = llm.complete_all(
             [
-                user(fill(x.prompts.extractor, "extract.prompts.extractor", analysis=analyses[i]))
+                user(
+                    fill(
+                        section.prompts.extractor, "extract.prompts.extractor", analysis=analyses[i]
+                    )
+                )
                 for i in todo
             ],
             desc="extract: rules",
@@ -109,14 +128,16 @@ def run(cfg: DictConfig) -> Path:
             apply_extraction(examples[i], completion)
 
         write_jsonl(job.workdir / "examples.jsonl", examples)
-        stop_on_failures(calls, int(x.max_failed_calls), job.workdir)
+        stop_on_failures(calls, int(section.max_failed_calls), job.workdir)
 
         # ---- 3. merge: exact duplicates, then near-duplicates with the LLM
         extracted_rules = [r for e in examples for r in e["rules"]]
         unique = dedupe_rules(extracted_rules)
-        merged, merge = merge_rules(llm, unique, x.prompts.merger, int(x.merge_chunk_size))
+        merged, merge = merge_rules(
+            llm, unique, section.prompts.merger, int(section.merge_chunk_size)
+        )
         calls.extend(merge.pop("calls"))
-        stop_on_failures(calls, int(x.max_failed_calls), job.workdir)
+        stop_on_failures(calls, int(section.max_failed_calls), job.workdir)
 
         # ---- write the artifact
         counts = {
@@ -131,8 +152,10 @@ def run(cfg: DictConfig) -> Path:
             + merge["parse_failures"],
             "empty_rule_lists": sum(1 for e in examples if e["parsed"] and not e["rules"]),
             "truncated_rule_lists": sum(1 for e in examples if e["parse_truncated"]),
-            "source_substituted": sum(
-                1 for e in examples if e["source_used"] and e["source_used"] != x.source
+            "rules_from_substituted": sum(
+                1
+                for e in examples
+                if e["rules_from_used"] and e["rules_from_used"] != section.rules_from
             ),
             "rules_before_merge": len(extracted_rules),
             "rules_after_dedupe": len(unique),
@@ -142,11 +165,13 @@ def run(cfg: DictConfig) -> Path:
             "merge_parse_failures": merge["parse_failures"],
             "fallback_rules_used": 0,
         }
-        extra = {"rules_source": "extracted"}
+        extra = {"rules_origin": "extracted"}
         final = merged
         if not final:
             # Name the folder examples.jsonl will be in: the artifact if the fallback commits it.
-            final, extra = fallback(x, counts, job.path if x.fallback_rules else job.workdir)
+            final, extra = fallback(
+                section, counts, job.path if section.fallback_rules else job.workdir
+            )
             counts["fallback_rules_used"] = 1
         (job.workdir / "rules.json").write_text(
             json.dumps(final, indent=2, ensure_ascii=False) + "\n"
@@ -165,14 +190,20 @@ def run(cfg: DictConfig) -> Path:
 
 def load_pairs(cfg: DictConfig, folder: Path) -> list[Pair]:
     """The pairs to reason about, drawn from the preprocess artifact of ``cfg.dataset``."""
-    x = cfg.extract
+    section = cfg.extract
     if cfg.dataset.name == "uf":
         df = pd.read_parquet(folder / "train_prefs.parquet")
-        return uf_pairs(df, int(x.num_examples), int(x.seed), bool(x.chosen_first))
+        return uf_pairs(
+            df, int(section.num_examples), int(section.seed), bool(section.chosen_first)
+        )
     if cfg.dataset.name == "mt":
         df = pd.read_parquet(folder / "train.parquet")
         return mt_pairs(
-            df, int(x.examples_per_question), int(x.seed), bool(x.chosen_first), x.num_questions
+            df,
+            int(section.examples_per_question),
+            int(section.seed),
+            bool(section.chosen_first),
+            section.num_questions,
         )
     raise ValueError(f"extract knows datasets uf and mt, got dataset.name={cfg.dataset.name!r}")
 
@@ -193,11 +224,11 @@ def example_row(pair: Pair, completion: llms.Completion) -> dict:
     """The line of ``examples.jsonl`` for one pair, after the reasoning step."""
     return {
         "pair_id": pair.pair_id,
-        **pair.source,
+        **pair.row_ids,
         "winner": pair.winner,
         "explanation": completion.text,
         "reasoning": completion.reasoning,
-        "source_used": None,
+        "rules_from_used": None,
         "rules": [],
         "parsed": False,
         "parse_error": None,
@@ -208,16 +239,16 @@ def example_row(pair: Pair, completion: llms.Completion) -> dict:
     }
 
 
-def pick_source(example: dict, source: str) -> str:
-    """The text rules are extracted from, recorded in ``source_used``.
+def pick_text(example: dict, rules_from: str) -> str:
+    """The text rules are extracted from, recorded in ``rules_from_used``.
 
     A model without a separate reasoning channel (most non-reasoning models, the tiny model) gives
     no chain of thought; its explanation is used instead and the substitution is counted. A pair
     with neither gets the error ``no text to extract from``.
     """
-    for name in (source, "explanation"):
+    for name in (rules_from, "explanation"):
         if example[name].strip():
-            example["source_used"] = name
+            example["rules_from_used"] = name
             return example[name]
     example["error"] = "no text to extract from"
     return ""
@@ -322,28 +353,28 @@ def merge_rules(
     return [], info
 
 
-def fallback(x: DictConfig, counts: dict, folder: Path) -> tuple[list[str], dict]:
+def fallback(section: DictConfig, counts: dict, folder: Path) -> tuple[list[str], dict]:
     """The fallback rule set when extraction produced none, or an error saying why not."""
     why = (
         f"extraction produced no rules ({counts['pairs']} pairs, {counts['failed_calls']} "
         f"failed calls, {counts['parse_failures']} unparseable answers, "
         f"{counts['empty_rule_lists']} empty lists; see {folder}/examples.jsonl)"
     )
-    if not x.fallback_rules:
+    if not section.fallback_rules:
         raise RuntimeError(
             f"{why}. Set extract.fallback_rules=<rule file> to use a fixed rule "
             "set instead, or rules.path=<file> in later stages."
         )
-    rules = read_rules_file(x.fallback_rules)
+    rules = read_rules_file(section.fallback_rules)
     log.warning(
         "[extract] %s; USING THE FALLBACK RULE FILE %s (%d rules) instead. These are not "
         "extracted rules.",
         why,
-        x.fallback_rules,
+        section.fallback_rules,
         len(rules),
     )
     return rules, {
-        "rules_source": "fallback",
-        "fallback_file": str(x.fallback_rules),
+        "rules_origin": "fallback",
+        "fallback_file": str(section.fallback_rules),
         "reason": why,
     }

@@ -30,6 +30,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from autorule.core.artifacts import StageJob
+from autorule.core.stage import StageSpec
 from autorule.data.filters import FilterSettings, filter_rows, format_prompt, mt_question_split
 from autorule.data.model_paths import load_tokenizer
 
@@ -47,8 +48,50 @@ UF_COLUMNS = (
 MT_COLUMNS = ("question_id", "winner", "conversation_a", "conversation_b")
 
 
+# preprocess settings that only one dataset reads; the other dataset's artifact ignores them.
+_MT_ONLY = (
+    "dataset.split",
+    "preprocess.mt_block_size",
+    "preprocess.mt_train_per_block",
+    "preprocess.mt_first_question_only",
+)
+_UF_ONLY = (
+    "preprocess.filter",
+    "preprocess.splits",
+    "preprocess.test_subset_size",
+    "preprocess.prompt_format",
+    "preprocess.plain_template",
+    "model",  # the policy tokenizer is only used by the UltraFeedback length filter
+)
+
+
+def _fingerprint(cfg: DictConfig):
+    from autorule.data.fingerprints import preprocess_fingerprint
+
+    return preprocess_fingerprint(cfg)
+
+
+# The dataset is identified by its content (local folder) or hub id and revision (the
+# fingerprint); dataset.path itself is not hashed, so the same data read from two clones or two
+# spellings of a path shares one artifact.
+SPEC = StageSpec(
+    name="preprocess",
+    keys=("dataset", "preprocess", "model.name_or_path", "model.tiny"),
+    ignore=(
+        "preprocess.batch_size",
+        "dataset.path",
+        "dataset.hub_id",
+        "dataset.local_copy",
+        "dataset.revision",
+    ),
+    ignore_when=lambda cfg: _MT_ONLY if cfg.dataset.name == "uf" else _UF_ONLY,
+    fingerprint=_fingerprint,
+    version=2,
+)
+
+
 def run(cfg: DictConfig) -> Path:
-    with StageJob(cfg, "preprocess") as job:
+    with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
         builders = {"uf": _ultrafeedback, "mt": _mt_bench}

@@ -28,19 +28,36 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from autorule.core.artifacts import artifact_path
+from autorule.core.stage import StageSpec
 from autorule.data.model_paths import load_tokenizer, resolve
 from autorule.training import rm_metrics
-from autorule.training.arguments import MODEL
+from autorule.training.arguments import MODEL, runtime_keys, sequence_kwargs
 from autorule.training.launch import artifact_state, run_training
 from autorule.training.loop import base_metrics, config_kwargs, fit, save
 
 INITS = ("sft", "base")
 
 
+# The reward model starts from the SFT model (rm.init=sft, the paper's setup) or from the base
+# model (rm.init=base); only the first reads, and is hashed with, the sft artifact. The pad token
+# decides where the score is read, so it is part of the output.
+SPEC = StageSpec(
+    name="rm",
+    inputs=("preprocess", "sft"),
+    keys=("rm", "model.name_or_path", "model.tiny", "model.pad_token"),
+    ignore=runtime_keys("rm"),
+    only_if={"sft": lambda cfg: cfg.rm.init == "sft"},
+    trains=True,
+    resumable=True,
+    trainer_args=sequence_kwargs,
+    version=2,  # 2: Adam betas, epsilon and weight decay are config keys
+)
+
+
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
     if cfg.rm.init not in INITS:
         raise ValueError(f"rm.init must be one of {INITS}, got {cfg.rm.init!r}")
-    return run_training(cfg, "rm", train, callbacks, describe=describe_init)
+    return run_training(cfg, SPEC.name, train, callbacks, describe=describe_init)
 
 
 def describe_init(cfg: DictConfig) -> list[str]:
@@ -114,10 +131,10 @@ def train(
     cfg: DictConfig, workdir: Path, inputs: dict[str, Path], callbacks: Sequence[Any] = ()
 ) -> dict[str, Any]:
     """Trains in this process (one of many under accelerate); writes model/ and metrics.json."""
-    r = cfg.rm
+    section = cfg.rm
     data = inputs["preprocess"]
-    train_ds = preference_pairs(data / f"{r.train_split}.parquet")
-    eval_ds = preference_pairs(data / f"{r.eval_split}.parquet")
+    train_ds = preference_pairs(data / f"{section.train_split}.parquet")
+    eval_ds = preference_pairs(data / f"{section.eval_split}.parquet")
     trainer = build_trainer(cfg, workdir, inputs, train_ds, eval_ds, callbacks)
     result, resumed_from = fit(trainer, workdir)
     eval_loss = trainer.evaluate()["eval_loss"]
@@ -125,7 +142,7 @@ def train(
     metrics = {
         **base_metrics(trainer, result, resumed_from, eval_loss, len(train_ds), len(eval_ds)),
         **score(trainer),
-        "init": str(r.init),
+        "init": str(section.init),
     }
     save(trainer, workdir, metrics)
     return metrics

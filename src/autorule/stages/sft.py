@@ -23,13 +23,26 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from autorule.core.stage import StageSpec
 from autorule.data.model_paths import load_tokenizer, resolve
+from autorule.training.arguments import runtime_keys, sequence_kwargs
 from autorule.training.launch import run_training
 from autorule.training.loop import base_metrics, config_kwargs, fit, save
 
+SPEC = StageSpec(
+    name="sft",
+    inputs=("preprocess",),
+    keys=("sft", "model.name_or_path", "model.tiny"),
+    ignore=runtime_keys("sft"),
+    trains=True,
+    resumable=True,
+    trainer_args=sequence_kwargs,
+    version=2,  # 2: Adam betas, epsilon and weight decay are config keys
+)
+
 
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
-    return run_training(cfg, "sft", train, callbacks)
+    return run_training(cfg, SPEC.name, train, callbacks)
 
 
 def prompt_completion(parquet: Path, eos_token: str):
@@ -54,11 +67,11 @@ def build_trainer(
     """The stage's ``SFTTrainer`` on the prompt-completion rows of both splits."""
     from trl import SFTConfig, SFTTrainer
 
-    s = cfg.sft
+    section = cfg.sft
     tokenizer = load_tokenizer(cfg, "policy")
     data = inputs["preprocess"]
-    train_ds = prompt_completion(data / f"{s.train_split}.parquet", tokenizer.eos_token)
-    eval_ds = prompt_completion(data / f"{s.eval_split}.parquet", tokenizer.eos_token)
+    train_ds = prompt_completion(data / f"{section.train_split}.parquet", tokenizer.eos_token)
+    eval_ds = prompt_completion(data / f"{section.eval_split}.parquet", tokenizer.eos_token)
     # completion_only_loss: the labels of the prompt tokens are -100, so only the answer is learned.
     args = SFTConfig(**config_kwargs(cfg, "sft", workdir), completion_only_loss=True, packing=False)
     return SFTTrainer(

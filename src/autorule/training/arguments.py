@@ -8,9 +8,31 @@ straight into TRL's ``SFTConfig`` / ``RewardConfig``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from autorule.core.config import overrides_without
+
+# Keys of a training section that change how the work runs (memory, speed, checkpoint and log
+# cadence) but not the trained model; micro batch size is here because gradient accumulation keeps
+# the global batch. Each training stage's SPEC ignores them (runtime_keys).
+RUNTIME_KEYS = (
+    "micro_batch_size",
+    "eval_batch_size",
+    "gradient_checkpointing",
+    "deepspeed",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "eval_steps",
+)
+
+
+def runtime_keys(stage: str) -> tuple[str, ...]:
+    """:data:`RUNTIME_KEYS` under the section of training stage ``stage``."""
+    return tuple(f"{stage}.{key}" for key in RUNTIME_KEYS)
+
 
 CHECKPOINTS = "checkpoints"  # inside the stage's work folder; removed before the commit
 MODEL = "model"  # inside the artifact: weights, config and tokenizer for from_pretrained
@@ -47,52 +69,68 @@ def grad_accumulation(global_batch: int, micro_batch: int, world_size: int) -> i
     return global_batch // per_step
 
 
-def trainer_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any]:
-    """TrainingArguments fields shared by SFTConfig and RewardConfig, from a stage section.
+def shared_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any]:
+    """TrainingArguments fields every trainer takes (optimizer, schedule, batch, precision,
+    checkpoints, logging), from a training stage's config section.
 
     ``warmup_ratio`` goes into ``warmup_steps``: transformers 5 reads a value below 1 as a share of
     the training steps.
     """
-    s = section
-    if not 0 <= float(s["warmup_ratio"]) < 1:
-        raise ValueError(f"warmup_ratio must be in [0, 1), got {s['warmup_ratio']}")
-    if s["precision"] not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be bf16 or fp32, got {s['precision']!r}")
-    eval_steps = s.get("eval_steps")
+    if not 0 <= float(section["warmup_ratio"]) < 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got {section['warmup_ratio']}")
+    if section["precision"] not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be bf16 or fp32, got {section['precision']!r}")
+    eval_steps = section.get("eval_steps")
     return {
-        "learning_rate": float(s["learning_rate"]),
-        "lr_scheduler_type": str(s["lr_scheduler_type"]),
-        "warmup_steps": float(s["warmup_ratio"]),
-        "max_grad_norm": float(s["max_grad_norm"]),
-        "num_train_epochs": float(s["num_train_epochs"]),
-        "max_steps": int(s["max_steps"]),
-        "per_device_train_batch_size": int(s["micro_batch_size"]),
-        "per_device_eval_batch_size": int(s["eval_batch_size"]),
+        # optimizer (AdamW) and schedule
+        "learning_rate": float(section["learning_rate"]),
+        "adam_beta1": float(section["adam_beta1"]),
+        "adam_beta2": float(section["adam_beta2"]),
+        "adam_epsilon": float(section["adam_epsilon"]),
+        "weight_decay": float(section["weight_decay"]),
+        "lr_scheduler_type": str(section["lr_scheduler_type"]),
+        "warmup_steps": float(section["warmup_ratio"]),
+        "max_grad_norm": float(section["max_grad_norm"]),
+        "num_train_epochs": float(section["num_train_epochs"]),
+        "max_steps": int(section["max_steps"]),
+        # batch and precision
+        "per_device_train_batch_size": int(section["micro_batch_size"]),
+        "per_device_eval_batch_size": int(section["eval_batch_size"]),
         "gradient_accumulation_steps": grad_accumulation(
-            int(s["global_batch_size"]), int(s["micro_batch_size"]), world_size
+            int(section["global_batch_size"]), int(section["micro_batch_size"]), world_size
         ),
-        "bf16": s["precision"] == "bf16",
-        "gradient_checkpointing": bool(s["gradient_checkpointing"]),
-        "max_length": int(s["max_length"]),
-        "seed": int(s["seed"]),
+        "bf16": section["precision"] == "bf16",
+        "gradient_checkpointing": bool(section["gradient_checkpointing"]),
+        "seed": int(section["seed"]),
+        # evaluation, checkpoints and logging
         "eval_strategy": "steps" if eval_steps else "no",
         "eval_steps": int(eval_steps) if eval_steps else None,
         "save_strategy": "steps",
-        "save_steps": int(s["save_steps"]),
-        "save_total_limit": int(s["save_total_limit"]),
-        "logging_steps": int(s["logging_steps"]),
+        "save_steps": int(section["save_steps"]),
+        "save_total_limit": int(section["save_total_limit"]),
+        "logging_steps": int(section["logging_steps"]),
     }
+
+
+def sequence_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
+    """What SFTConfig and RewardConfig add: the longest tokenized sequence."""
+    return {"max_length": int(section["max_length"])}
+
+
+def trainer_kwargs(
+    section: Mapping[str, Any],
+    world_size: int,
+    own: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """All arguments of a stage's trainer config: :func:`shared_kwargs` plus the trainer's own
+    (``own``: the stage's ``StageSpec.trainer_args``, e.g. :func:`sequence_kwargs`)."""
+    return {**shared_kwargs(section, world_size), **(own(section) if own else {})}
 
 
 def run_name(stage: str, overrides: Sequence[str]) -> str:
     """A tracker run name from the command-line overrides (already redacted), e.g.
     ``rm profile=paper rm.learning_rate=1e-5``; overrides about paths and launching are left out."""
-    kept = [
-        o
-        for o in overrides
-        if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in _NOT_IN_RUN_NAME
-    ]
-    return " ".join([stage, *kept])
+    return " ".join([stage, *overrides_without(overrides, _NOT_IN_RUN_NAME)])
 
 
 def logging_kwargs(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shlex
 import subprocess
 import sys
@@ -43,8 +42,9 @@ from autorule.core.artifacts import (
     work_path,
 )
 from autorule.core.config import CONF_DIR
+from autorule.core.files import write_text_atomic
 from autorule.core.secrets import redact
-from autorule.stages import SPECS
+from autorule.core.stage import get_spec
 from autorule.training.arguments import METRICS, trainer_kwargs
 from autorule.training.loop import finish_tracker
 
@@ -62,8 +62,14 @@ def world_size(cfg: DictConfig) -> int:
     return int(cfg.launcher.num_processes)
 
 
-def distributed(cfg: DictConfig) -> bool:
-    return world_size(cfg) > 1 or int(cfg.launcher.num_machines) > 1
+def launched(cfg: DictConfig, stage: str) -> bool:
+    """Whether ``stage`` trains in ``accelerate launch`` workers rather than in this process.
+
+    Several processes or machines need the launcher; so does DeepSpeed on a single process
+    (``<stage>.deepspeed`` set): ZeRO-3 with CPU offload is how an 8B reward model fits on one
+    GPU. ``deepspeed: null`` on one process trains in-process.
+    """
+    return world_size(cfg) > 1 or int(cfg.launcher.num_machines) > 1 or bool(cfg[stage].deepspeed)
 
 
 def check_launcher(cfg: DictConfig) -> None:
@@ -73,8 +79,9 @@ def check_launcher(cfg: DictConfig) -> None:
     ``--num_processes``: accelerate starts ``num_processes // num_machines`` per machine, so an
     uneven total would silently drop processes (and zero per machine would start none).
     """
-    lc = cfg.launcher
-    procs, machines, rank = world_size(cfg), int(lc.num_machines), int(lc.machine_rank)
+    launcher = cfg.launcher
+    procs, machines = world_size(cfg), int(launcher.num_machines)
+    rank = int(launcher.machine_rank)
     if procs < 1 or machines < 1:
         raise ValueError(
             f"launcher.num_processes={procs} and launcher.num_machines={machines} must be >= 1"
@@ -106,9 +113,9 @@ def deepspeed_file(cfg: DictConfig, stage: str) -> Path | None:
 def accelerate_command(cfg: DictConfig, stage: str, config_file: Path) -> list[str]:
     """The ``accelerate launch`` command line that runs ``stage``'s workers on this machine."""
     check_launcher(cfg)
-    lc, section = cfg.launcher, cfg[stage]
-    machines = int(lc.num_machines)
-    rank = NODE_RANK if lc.srun and machines > 1 else str(lc.machine_rank)
+    launcher, section = cfg.launcher, cfg[stage]
+    machines = int(launcher.num_machines)
+    rank = NODE_RANK if launcher.srun and machines > 1 else str(launcher.machine_rank)
     cmd = [
         sys.executable,
         "-m",
@@ -121,16 +128,16 @@ def accelerate_command(cfg: DictConfig, stage: str, config_file: Path) -> list[s
         rank,
     ]
     if machines > 1:
-        if not lc.main_process_ip:
+        if not launcher.main_process_ip:
             raise ValueError(
                 "launcher.num_machines > 1 needs launcher.main_process_ip "
                 "(the address of machine 0)"
             )
         cmd += [
             "--main_process_ip",
-            str(lc.main_process_ip),
+            str(launcher.main_process_ip),
             "--main_process_port",
-            str(lc.main_process_port),
+            str(launcher.main_process_port),
         ]
     ds_file = deepspeed_file(cfg, stage)
     if ds_file is not None:
@@ -176,9 +183,7 @@ def save_worker_config(cfg: DictConfig, stage: str, workdir: Path, inputs: dict[
     resolved["force"] = False  # the work folder is prepared; workers must never clear it
     path = worker_config_path(workdir, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    os.replace(tmp, path)
+    write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.create(resolved)))
     return path
 
 
@@ -191,19 +196,14 @@ def dry_run_report(cfg: DictConfig, stage: str, workdir: Path, notes: Sequence[s
     """What the stage would run: the command, the batch arithmetic, the DeepSpeed config, the
     inputs (and ``notes`` from the stage), then the trainer's hyperparameters."""
     section, world = cfg[stage], world_size(cfg)
-    if distributed(cfg):
+    if launched(cfg, stage):
         command = show(launch_command(cfg, stage, worker_config_path(workdir, cfg)))
         ds_file = deepspeed_file(cfg, stage)
         deepspeed = f"deepspeed config: {ds_file}" if ds_file else "deepspeed: none"
     else:
-        command = "in-process (one process: no launcher)"
-        deepspeed = (
-            f"deepspeed: not used with one process ({stage}.deepspeed={section.deepspeed} "
-            "applies when launched on several)"
-            if section.deepspeed
-            else "deepspeed: none"
-        )
-    args = trainer_kwargs(section, world)
+        command = "in-process (one process, deepspeed: null: no launcher)"
+        deepspeed = "deepspeed: none"
+    args = trainer_kwargs(section, world, get_spec(stage, cfg).trainer_args)
     lines = [
         f"[autorule] dry run of stage {stage} (processes={world}, "
         f"machines={cfg.launcher.num_machines})",
@@ -212,7 +212,7 @@ def dry_run_report(cfg: DictConfig, stage: str, workdir: Path, notes: Sequence[s
         f" x {world} processes x accumulation {args['gradient_accumulation_steps']})",
         f"  {deepspeed}",
     ]
-    for name in SPECS[stage].inputs_for(cfg):
+    for name in get_spec(stage, cfg).inputs_for(cfg):
         folder = artifact_path(cfg, name)
         lines.append(f"  input {name} -> {folder} ({artifact_state(folder)})")
     lines += [f"  {note}" for note in notes]
@@ -234,16 +234,8 @@ def run_training(
     ``describe`` gives the stage's own lines of the dry-run report.
     """
     check_launcher(cfg)
-    if cfg[stage].deepspeed and not distributed(cfg):
-        log.warning(
-            "[%s] %s.deepspeed=%s is not used with one process: it trains in-process without "
-            "DeepSpeed (launcher.num_processes > 1 launches it)",
-            stage,
-            stage,
-            cfg[stage].deepspeed,
-        )
     path = artifact_path(cfg, stage)
-    input_names = SPECS[stage].inputs_for(cfg)
+    input_names = get_spec(stage, cfg).inputs_for(cfg)
     if cfg.get("dry_run"):
         notes = describe(cfg) if describe is not None else ()
         print(dry_run_report(cfg, stage, work_path(path), notes), flush=True)
@@ -259,7 +251,7 @@ def run_training(
         else:  # other machines only start their workers; machine 0 prepares and commits
             workdir, inputs = work_path(path), {n: artifact_path(cfg, n) for n in input_names}
 
-        if not distributed(cfg):
+        if not launched(cfg, stage):
             # Launched workers are processes of their own, whose tracker run ends when they exit.
             try:
                 metrics = train(cfg, workdir, inputs, callbacks)

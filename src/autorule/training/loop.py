@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from autorule.core.stage import get_spec
 from autorule.training.arguments import (
     CHECKPOINTS,
     METRICS,
@@ -56,7 +57,7 @@ def config_kwargs(cfg: DictConfig, stage: str, workdir: Path) -> dict[str, Any]:
     os.environ.update(env)
     kwargs = {
         "output_dir": str(workdir / CHECKPOINTS),
-        **trainer_kwargs(cfg[stage], world),
+        **trainer_kwargs(cfg[stage], world, get_spec(stage, cfg).trainer_args),
         **tracking,
     }
     # transformers 5 renamed gradient_checkpointing (a deprecated alias until v6).

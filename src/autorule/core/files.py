@@ -1,0 +1,48 @@
+"""Writing files so that a reader never sees half of one. Imports nothing from autorule.
+
+Every writer here writes a temporary file beside the target, then renames it into place
+(``os.replace`` is atomic on POSIX file systems): a crash or a concurrent reader sees the old file
+or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A unique hidden name in ``path``'s folder (same file system, so the rename is atomic)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` atomically."""
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
+    """Writes ``obj`` as JSON (keys sorted) to ``path`` atomically."""
+    text = json.dumps(obj, indent=indent, sort_keys=True, default=str, ensure_ascii=False)
+    write_text_atomic(path, text + "\n")
+
+
+def rename_dir_atomic(tmp: Path, final: Path) -> bool:
+    """Renames the folder ``tmp`` to ``final``; False when another process got there first
+    (``final`` exists and is not empty), in which case ``tmp`` is left for the caller to remove."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if final.is_dir() and any(final.iterdir()):
+            return False
+        raise
+    return True
