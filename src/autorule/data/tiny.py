@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import shutil
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from autorule.core.files import rename_dir_atomic, temporary_sibling
 from autorule.core.hashing import digest, file_sha256
 
 log = logging.getLogger(__name__)
@@ -110,15 +109,12 @@ def build(cache: Path, spec: Mapping, corpus: list[Path]) -> Path:
     final = Path(cache).expanduser().resolve() / f"tiny-{key}"
     if all((final / role / "config.json").exists() for role in ROLES):
         return final
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary_sibling(final)
     tmp.mkdir(parents=True)
     try:
         _build(tmp, spec, corpus_texts(corpus))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same build first; use theirs
-            if not (final / "policy" / "config.json").exists():
-                raise
+        # False: another process finished the same build first; use theirs.
+        rename_dir_atomic(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
