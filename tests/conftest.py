@@ -43,6 +43,7 @@ def rules_of(monkeypatch):
 
     def _rules_of(cfg) -> list[str]:
         with StageJob(cfg, "reader") as job:
-            return load_rules(job)
+            inputs = {name: job.input(name) for name in job.spec.inputs_for(cfg)}
+            return load_rules(cfg, inputs)
 
     return _rules_of

@@ -7,7 +7,7 @@ import pytest
 
 from autorule.core.artifacts import StageInputError, StageJob, artifact_path
 from autorule.core.config import REPO_ROOT, compose
-from autorule.rules.ruleset import chunks, dedupe_rules, load_rules, normalize_rule, read_rules_file
+from autorule.rules.ruleset import chunks, dedupe_rules, normalize_rule, read_rules_file
 
 EXAMPLE = REPO_ROOT / "data" / "rules" / "example_rules.json"
 
@@ -94,8 +94,8 @@ def test_a_rule_file_is_an_input_hashed_by_content(tmp_path, rules_of):
     rules = tmp_path / "mine.json"
     rules.write_text(json.dumps(["Be concise."]))
     cfg = compose([f"paths.root={tmp_path / 'out'}", f"rules.path={rules}"])
+    assert rules_of(cfg) == ["Be concise."]
     with StageJob(cfg, "reader") as job:
-        assert load_rules(job) == ["Be concise."]
         folder = job.commit()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["rules"]["from"] == "file" and manifest["rules"]["path"] == str(rules)
@@ -115,8 +115,8 @@ def test_a_rule_file_is_an_input_hashed_by_content(tmp_path, rules_of):
 def test_rules_from_the_extract_artifact_are_a_recorded_input(tmp_path, rules_of):
     cfg = compose([f"paths.root={tmp_path}"])
     fake_extract_artifact(cfg, ["Be concise."], {"rules_origin": "extracted"}, 0)
+    assert rules_of(cfg) == ["Be concise."]
     with StageJob(cfg, "reader") as job:
-        assert load_rules(job) == ["Be concise."]
         folder = job.commit()
     manifest = json.loads((folder / "manifest.json").read_text())
     extract = str(artifact_path(cfg, "extract"))

@@ -408,7 +408,7 @@ class StageJob:
                     if self.spec.fingerprint
                     else {}
                 ),
-                **({"rules": self.rules_origin()} if self.spec.uses_rules else {}),
+                **({"rules": self.rules_origin()} if self.spec.reads_rules(self.cfg) else {}),
                 "command": make_command(self.cfg, self.stage),
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "git_sha": git_sha(),

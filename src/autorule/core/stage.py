@@ -61,9 +61,10 @@ class StageSpec:
     # Dotted config sections (under ``keys``) that hold an LLM role, e.g. ``extract.llm``: their
     # transport keys (LLM_TRANSPORT_KEYS) are ignored, so moving a server keeps the artifact.
     llm_roles: tuple[str, ...] = ()
-    # The stage reads a rule set: the extract artifact, or the file ``rules.path`` names. Either
-    # is an input: recorded in the manifest and hashed (a changed rule file moves the artifact).
-    uses_rules: bool = False
+    # The stage reads a rule set (always, or under the configs a predicate accepts): the extract
+    # artifact, or the file ``rules.path`` names. Either is an input: recorded in the manifest and
+    # hashed (a changed rule file moves the artifact).
+    uses_rules: bool | Callable[[Any], bool] = False
     # The stage trains through the launcher (training.launch): it has a dry run of its own and
     # may run as ``accelerate launch`` workers, which call its module's ``train`` function.
     trains: bool = False
@@ -90,9 +91,13 @@ class StageSpec:
         transport = tuple(f"{role}.{k}" for role in self.llm_roles for k in LLM_TRANSPORT_KEYS)
         return self.ignore + transport + (self.ignore_when(cfg) if self.ignore_when else ())
 
+    def reads_rules(self, cfg: Any) -> bool:
+        """Whether the stage reads a rule set under ``cfg``."""
+        return bool(self.uses_rules(cfg) if callable(self.uses_rules) else self.uses_rules)
+
     def rules_file(self, cfg: Any) -> str | None:
         """The rule file read under ``cfg`` (None: the extract artifact's rules, or none)."""
-        if not self.uses_rules:
+        if not self.reads_rules(cfg):
             return None
         rules = cfg.get("rules") if hasattr(cfg, "get") else None
         path = rules.get("path") if rules is not None else None
@@ -101,7 +106,7 @@ class StageSpec:
     def inputs_for(self, cfg: Any) -> tuple[str, ...]:
         """The upstream stages this stage reads under ``cfg``."""
         names = [n for n in self.inputs if n not in self.only_if or self.only_if[n](cfg)]
-        if self.uses_rules and self.rules_file(cfg) is None and RULES_STAGE not in names:
+        if self.reads_rules(cfg) and self.rules_file(cfg) is None and RULES_STAGE not in names:
             names.append(RULES_STAGE)
         return tuple(names)
 

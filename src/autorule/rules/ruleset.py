@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -73,25 +73,29 @@ def read_rules_file(path: str | Path) -> list[str]:
     return rules
 
 
-def load_rules(job) -> list[str]:
-    """The rule set of a rule-reading stage's run (``job``: its :class:`StageJob`).
+def load_rules(cfg, inputs: Mapping[str, Path]) -> list[str]:
+    """The rule set of a rule-reading stage (its ``SPEC.uses_rules``).
 
-    ``rules.path``, when set, names a rule file; otherwise the job's ``extract`` input is read
-    (its absence fails with the command that makes it). Either way the job's manifest records
-    where the rules came from and its artifact hash covers them (``StageSpec.uses_rules``). When
-    the extract artifact holds the fallback rule file instead of extracted rules
-    (``extract.fallback_rules``), a warning says so every time it is read: a model trained on
-    hand-written example rules must not pass for one trained on extracted ones.
+    ``rules.path``, when set, names a rule file; otherwise ``inputs["extract"]``, the extract
+    artifact the stage's job resolved as an input, is read (``job.input("extract")`` fails with
+    the command that makes it). Either way the stage's manifest records where the rules came
+    from and its artifact hash covers them. When the extract artifact holds the fallback rule
+    file instead of extracted rules (``extract.fallback_rules``), a warning says so every time it
+    is read: a model trained on hand-written example rules must not pass for one trained on
+    extracted ones.
     """
-    if not job.spec.uses_rules:
-        raise ValueError(f"stage {job.stage!r} reads rules but its SPEC lacks uses_rules=True")
-    path = job.spec.rules_file(job.cfg)
-    if path:
-        return read_rules_file(path)
     from autorule.core.artifacts import read_manifest
     from autorule.core.stage import RULES_STAGE
 
-    folder = job.input(RULES_STAGE)
+    rules_path = (cfg.get("rules") or {}).get("path")
+    if rules_path:
+        return read_rules_file(rules_path)
+    if RULES_STAGE not in inputs:
+        raise ValueError(
+            f"no rule set: rules.path is not set and the {RULES_STAGE} artifact is not among "
+            "the inputs (the stage's SPEC needs uses_rules)"
+        )
+    folder = Path(inputs[RULES_STAGE])
     manifest = read_manifest(folder) or {}
     rules = read_rules_file(folder / "rules.json")
     info = manifest.get("extract") or {}
