@@ -80,6 +80,7 @@ _UF_ONLY = (
     "preprocess.test_subset_size",
     "preprocess.prompt_format",
     "preprocess.plain_template",
+    "preprocess.unfiltered_splits",
     "model",  # the policy tokenizer is only used by the UltraFeedback length filter
 )
 
@@ -114,10 +115,11 @@ SPECS: dict[str, StageSpec] = {
         resumable=True,
     ),
     # The reward model starts from the SFT model (rm.init=sft, the paper's setup) or from the base
-    # model (rm.init=base); only the first reads, and is hashed with, the sft artifact.
+    # model (rm.init=base); only the first reads, and is hashed with, the sft artifact. The pad
+    # token decides where the score is read (transformers pools at the last non-pad token).
     "rm": StageSpec(
         inputs=("preprocess", "sft"),
-        keys=("rm", "model.name_or_path", "model.tiny"),
+        keys=("rm", "model.name_or_path", "model.tiny", "model.pad_token"),
         ignore=TRAINING_RUNTIME_KEYS["rm"],
         resumable=True,
         only_if={"sft": lambda cfg: cfg.rm.init == "sft"},
