@@ -10,7 +10,8 @@ a real run, rather than the sixth it was at 0.2 s; and short enough that the ben
 under two minutes on 2 cores. The 15% target is about the whole stage. The server runs in its
 own process (a real service does not share our interpreter), and so does preprocess, so this
 process looks like ``python -m autorule stage=extract``. We time the real extract stage (256
-UltraFeedback pairs, ``llm=bedrock``, ``llm.max_concurrency=32``) and compare it with
+UltraFeedback pairs, ``llm@extract.llm=bedrock``, ``extract.llm.max_concurrency=32``) and compare
+it with
 
 * the bound: each step (reason, extract, merge) waits for the previous one, so a step of ``n``
   calls cannot finish faster than ``ceil(n / concurrency) * DELAY``;
@@ -185,7 +186,8 @@ def test_extraction_throughput(tmp_path, monkeypatch):
         f"| {name} | {t:.2f} | {b:.2f} | {100 * (t / b - 1):+.1f}% |" for name, t, b in rows
     )
     section = (
-        f"Extract stage, {PAIRS} UltraFeedback pairs, `llm=bedrock` (boto3) against a local server "
+        f"Extract stage, {PAIRS} UltraFeedback pairs, `llm@extract.llm=bedrock` (boto3) against "
+        "a local server "
         f"that answers every call after {DELAY} s: {calls} calls ({dict(steps)}). The bound is "
         f"ceil(calls / concurrency) x {DELAY} s per step, since each step (reason, extract, "
         f"merge) waits for the one before; over all calls at once it would be {flat:.2f} s. "

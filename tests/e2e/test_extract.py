@@ -9,10 +9,12 @@ import json
 import logging
 import threading
 
+import pandas as pd
 import pytest
 
-from autorule.core.artifacts import read_manifest
+from autorule.core.artifacts import artifact_path, read_manifest
 from autorule.core.config import compose
+from autorule.rules.prompts import approx_tokens, fill
 from autorule.rules.ruleset import read_rules_file
 from autorule.stages import extract, preprocess
 from fakeserver import FakeLLMServer, FakeReply
@@ -73,8 +75,16 @@ def bedrock(server, *overrides):
     ]
 
 
+# The released code's settings that the paper profile pins, on the tiny data (docs/fidelity.md).
+PAPER = (
+    "prompts@extract.prompts=paper",
+    "extract.pool=unfiltered",
+    "extract.merge_chunk_size=null",
+)
+
+
 class Reasoner:
-    """Answers the three prompts of conf/stage/extract.yaml like a well-behaved model."""
+    """Answers the three prompts of either set of conf/prompts/ like a well-behaved model."""
 
     def __init__(self):
         self.fail = False  # answer every request with a non-retryable error
@@ -86,12 +96,12 @@ class Reasoner:
         if self.fail:
             return FakeReply(status=400, error_type="ValidationException", message="down")
         h = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
-        if "===== Conversation A =====" in prompt:
+        if "===== Conversation A =====" in prompt or "[Conversation A]" in prompt:
             reply = FakeReply(text="The winner was clearer.", reasoning=f"Reasoning {h % 97}.")
-        elif "----- analysis -----" in prompt:
+        elif "----- analysis -----" in prompt or "[Analysis]" in prompt:
             rules = [POOL[h % 6], POOL[(h + 1) % 6], "  " + POOL[h % 6].upper()]
             reply = FakeReply(text=f"Here you go:\n```json\n{json.dumps(rules)}\n```")
-        elif "Combine every group" in prompt:
+        elif "Combine every group" in prompt or "[Rules]" in prompt:
             listed = [line[2:] for line in prompt.splitlines() if line.startswith("- ")]
             reply = FakeReply(text=json.dumps(listed[: max(1, len(listed) // 2)]))
         else:
@@ -213,3 +223,54 @@ def test_cut_off_answers_keep_whole_rules_and_cut_merges_change_nothing(root, tm
     rules = json.loads((path / "rules.json").read_text())
     assert rules == json.loads((path / "rules_unmerged.json").read_text())
     assert "The reply is concise and polite." not in rules
+
+
+def test_paper_settings_name_the_winner_and_merge_in_one_call(root, tmp_path):
+    reasoner = Reasoner()
+    with FakeLLMServer(reasoner) as server:
+        cfg = config(root, tmp_path, *PAPER, *bedrock(server))
+        path = extract.run(cfg)
+    counts = read_manifest(path)["counts"]
+    examples = [json.loads(line) for line in (path / "examples.jsonl").read_text().splitlines()]
+    # Each extractor prompt names the winner of its own pair (the reasoning is unique per pair).
+    for example in examples:
+        [prompt] = [p for p in reasoner.answered if example["reasoning"] in p]
+        assert f"preferred Conversation {example['winner']} to the other one" in prompt
+    # The deduplicated list fits: one merge call over all of it, nothing split.
+    assert counts["merge_calls"] == counts["merge_rounds"] == 1
+    assert counts["merge_split_rounds"] == 0
+    [merge] = [p for p in reasoner.answered if "[Rules]" in p]
+    unmerged = json.loads((path / "rules_unmerged.json").read_text())
+    assert len(unmerged) == counts["rules_after_dedupe"] > 1
+    assert all(f"- {rule}" in merge for rule in unmerged)
+    assert 0 < counts["merge_prompt_tokens_estimate"] < cfg.extract.merge_context_tokens
+
+
+def test_a_merge_past_the_context_is_split_and_counted(root, tmp_path, caplog):
+    cfg = config(root, tmp_path, *PAPER)
+    room = approx_tokens(fill(cfg.extract.prompts.merger, rules="")) + cfg.extract.llm.max_tokens
+    with FakeLLMServer(Reasoner()) as server:
+        cfg = config(
+            root, tmp_path, *PAPER, *bedrock(server, f"extract.merge_context_tokens={room + 30}")
+        )
+        with caplog.at_level(logging.WARNING):
+            path = extract.run(cfg)
+    counts = read_manifest(path)["counts"]
+    assert counts["merge_split_rounds"] >= 1 and counts["merge_calls"] > 1
+    assert "do not fit the merge model's context" in caplog.text
+
+
+def test_unfiltered_pool_draws_from_the_whole_train_prefs(root, tmp_path):
+    cfg = compose(["stage=extract", f"paths.root={root}", "extract.num_examples=100000"])
+    folder = artifact_path(cfg, "preprocess")
+    filtered = set(pd.read_parquet(folder / "train_prefs.parquet")["prompt_id"])
+    whole = set(pd.read_parquet(folder / "train_prefs_unfiltered.parquet")["prompt_id"])
+    assert filtered < whole  # the filter dropped some rows
+
+    def drawn(pool):
+        cfg.extract.pool = pool
+        return {p.row_ids["prompt_id"] for p in extract.load_pairs(cfg, folder)}
+
+    assert drawn("unfiltered") == whole and drawn("filtered") == filtered
+    with pytest.raises(FileNotFoundError, match="preprocess.unfiltered_splits"):
+        extract.load_pairs(cfg, tmp_path)  # an artifact without the whole split

@@ -44,6 +44,12 @@ def test_uf_outputs_obey_the_filter_and_counts_match(make_cfg):
         assert row["formatted_prompt"] == f"<|user|>{row['prompt']}<|assistant|>"
         assert row["chosen_content"] == row["chosen"][-1]["content"] == row["response"]
         assert row["rejected_content"] == row["rejected"][-1]["content"]
+    # train_prefs is also kept whole, for extract.pool=unfiltered (the released code's pool).
+    whole = pd.read_parquet(out / "train_prefs_unfiltered.parquet")
+    raw = pd.read_parquet(Path(cfg.dataset.path) / "data/train_prefs-00000-of-00001.parquet")
+    assert whole["prompt_id"].tolist() == raw["prompt_id"].tolist()
+    assert len(whole) == m["counts"]["train_prefs_rows_in"] > m["counts"]["train_prefs_rows"]
+    assert not (out / "train_sft_unfiltered.parquet").exists()
     subset = pd.read_parquet(out / "test_subset.parquet")
     test_prefs = pd.read_parquet(out / "test_prefs.parquet")
     assert len(subset) == m["counts"]["test_subset_rows"] == 50
@@ -152,7 +158,8 @@ def test_cli_end_to_end_without_secrets(tmp_path):
     (out,) = (root / "preprocess").glob("uf-*")
     assert f"preprocess: {out}" in first.stdout
     assert sorted(p.name for p in out.glob("*.parquet")) == sorted(
-        [f"{s}.parquet" for s in UF_SPLITS] + ["test_subset.parquet"]
+        [f"{s}.parquet" for s in UF_SPLITS]
+        + ["test_subset.parquet", "train_prefs_unfiltered.parquet"]
     )
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "complete" and m["counts"]["train_prefs_rows"] > 0

@@ -1,6 +1,7 @@
 """Stage rm end to end on the tiny profile: training, scoring held-out pairs, the init switch."""
 
 import json
+import logging
 
 import pytest
 from transformers import AutoModelForSequenceClassification
@@ -70,3 +71,58 @@ def test_rm_from_the_base_model_needs_no_sft(make_cfg):
     manifest = read_manifest(path)
     assert set(manifest["inputs"]) == {"preprocess"}
     assert manifest["metrics"]["init"] == "base"
+
+
+def scores_and_hidden_at_eos(make_cfg, tmp_path, *overrides):
+    """The tiny reward model's scores on literal pairs, batched and padded as TRL trains it, and
+    the score head applied to the final hidden state at each sequence's eos and one before it."""
+    import datasets
+    import torch
+
+    pairs = datasets.Dataset.from_dict(
+        {
+            "prompt": ["<|user|>Name a prime.<|assistant|>", "<|user|>Say hi.<|assistant|>"],
+            "chosen": ["Seven.", "Hi there, how can I help you today?"],
+            "rejected": ["Nine, which is odd but not a prime at all.", "No."],
+        }
+    )
+    cfg = make_cfg("stage=rm", "rm.init=base", *overrides)
+    trainer = rm.build_trainer(cfg, tmp_path, {}, pairs, pairs)
+    batch = next(iter(trainer.get_eval_dataloader()))
+    ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu()
+    model = trainer.model.cpu().eval()
+    with torch.no_grad():
+        scores = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        rows = torch.arange(len(ids))
+        eos_at = mask.sum(dim=-1) - 1  # right padding: the last attended position
+        at_eos = model.score(hidden[rows, eos_at]).squeeze(-1)
+        before_eos = model.score(hidden[rows, eos_at - 1]).squeeze(-1)
+    tokenizer = trainer.processing_class
+    assert (ids[rows, eos_at] == tokenizer.eos_token_id).all()  # every sequence ends with eos
+    assert (mask == 0).any()  # and some are padded after it
+    return scores, at_eos, before_eos
+
+
+def test_rm_score_is_the_head_at_the_eos_hidden_state(make_cfg, tmp_path):
+    """As OpenRLHF reads it; the tiny tokenizer pads with <|pad|>, Llama-3 with a reserved token
+    (model.pad_token in conf/model/llama3_8b.yaml)."""
+    import torch
+
+    scores, at_eos, before_eos = scores_and_hidden_at_eos(make_cfg, tmp_path)
+    torch.testing.assert_close(scores, at_eos)
+    assert not torch.allclose(scores, before_eos)
+
+
+def test_padding_with_eos_reads_the_score_before_eos(make_cfg, tmp_path, caplog):
+    """What a Llama-3 tokenizer without model.pad_token does: pad = eos, and transformers pools
+    at the last token that is not padding, one before eos. The stage warns."""
+    import torch
+
+    with caplog.at_level(logging.WARNING):
+        scores, at_eos, before_eos = scores_and_hidden_at_eos(
+            make_cfg, tmp_path, "model.pad_token='<|end|>'"
+        )
+    torch.testing.assert_close(scores, before_eos)
+    assert not torch.allclose(scores, at_eos)
+    assert "the pad token is eos" in caplog.text and "model.pad_token" in caplog.text

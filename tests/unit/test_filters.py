@@ -116,3 +116,37 @@ def test_format_prompt_plain():
     assert format_prompt("Hi {there}", "<|user|>{prompt}<|assistant|>") == (
         "<|user|>Hi {there}<|assistant|>"
     )
+
+
+def bos_tokenizer():
+    """A fast tokenizer that, like Llama-3's, puts BOS before every text it encodes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"<bos>": 0, "<unk>": 1, "x": 2}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", 0)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>")
+
+
+def test_filter_drops_a_text_whose_encode_length_with_bos_is_512():
+    """The released code counted len(tokenizer.encode(text)): BOS included, so 511 words are
+    512 tokens and the row goes (preprocess.filter.count_special_tokens=true, profile=paper)."""
+    from autorule.stages.preprocess import token_lengths
+
+    tok = bos_tokenizer()
+    text = w(511)
+    assert len(tok.encode(text)) == 512 and tok.encode(text)[0] == tok.bos_token_id
+    assert token_lengths(tok, count_special_tokens=True)([text, w(3)]) == [512, 4]
+    assert token_lengths(tok)([text, w(3)]) == [511, 3]
+
+    rows = [(text, w(3), w(3), 9, 1), (w(3), w(3), text, 9, 1), (w(3), w(3), w(3), 9, 1)]
+    cols = list(zip(*rows, strict=True))
+    released = FilterSettings(count_special_tokens=True)
+    keep, dropped = filter_rows(*cols, token_lengths(tok, released.count_special_tokens), released)
+    assert keep == [2] and dropped["prompt_length"] == 1 and dropped["rejected_length"] == 1
+    # Counting the text's own tokens (our option) keeps all three.
+    keep, _ = filter_rows(*cols, token_lengths(tok, S.count_special_tokens), S)
+    assert keep == [0, 1, 2]

@@ -55,6 +55,10 @@ def test_mt_sampling_per_question_and_turns():
         expected = "a" if p.row_ids["winner"] == "model_a" else "b"
         assert p.winner == "A" and p.conversation_a[1]["content"].startswith(expected)
     assert len(mt_pairs(df, 8, 0, False, num_questions=1)) == 3
+    # extract.mt_judged_turns_only=false: both turns, whatever turn was judged (released code).
+    whole = mt_pairs(df, 2, 0, True, judged_turns_only=False)
+    assert [p.row_ids["turn"] for p in whole] == [p.row_ids["turn"] for p in pairs]
+    assert all(len(p.conversation_a) == len(p.conversation_b) == 4 for p in whole)
 
 
 def test_fill_substitutes_only_named_placeholders():

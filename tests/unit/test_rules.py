@@ -1,4 +1,4 @@
-"""Rule sets: de-duplication, chunking and loading from files or the extract artifact."""
+"""Rule sets: de-duplication and loading from files or the extract artifact."""
 
 import json
 import logging
@@ -7,7 +7,7 @@ import pytest
 
 from autorule.core.artifacts import StageInputError, StageJob, artifact_path
 from autorule.core.config import REPO_ROOT, compose
-from autorule.rules.ruleset import chunks, dedupe_rules, normalize_rule, read_rules_file
+from autorule.rules.ruleset import dedupe_rules, normalize_rule, read_rules_file
 
 EXAMPLE = REPO_ROOT / "data" / "rules" / "example_rules.json"
 
@@ -16,13 +16,6 @@ def test_exact_duplicates_fold_case_and_spacing():
     rules = ["Be concise.", "  be   CONCISE ", "Cite sources", "", "cite sources."]
     assert dedupe_rules(rules) == ["Be concise.", "Cite sources"]
     assert normalize_rule(" A  b. ") == "a b"
-
-
-def test_chunks():
-    assert chunks(list("abcde"), 2) == [["a", "b"], ["c", "d"], ["e"]]
-    assert chunks([], 3) == []
-    with pytest.raises(ValueError):
-        chunks(["a"], 0)
 
 
 def test_rule_files_in_json_and_yaml(tmp_path):

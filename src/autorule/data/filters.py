@@ -5,6 +5,10 @@ data: a row is kept only if the prompt, the final chosen message and the final r
 are each shorter than 512 policy tokens, the chosen score is strictly higher than the rejected
 score, and neither answer mentions "confidence" (UltraFeedback answers that end in a
 self-reported confidence are an artefact of its generation prompts).
+
+Token counts are of each text alone, or, with ``count_special_tokens``, as the released AutoRule
+code took them: ``len(tokenizer.encode(text))``, which for Llama-3 includes the BOS token, so a text
+of 511 content tokens already reaches 512 and is dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ REASONS = ("score", "confidence", "prompt_length", "chosen_length", "rejected_le
 @dataclass(frozen=True)
 class FilterSettings:
     max_tokens: int = 512  # a text of exactly this many tokens is dropped ("under 512")
+    count_special_tokens: bool = False  # the tokens the tokenizer adds (BOS) count too
     length: bool = True
     score: bool = True
     no_confidence: bool = True

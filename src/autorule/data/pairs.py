@@ -66,11 +66,13 @@ def mt_pairs(
     seed: int,
     chosen_first: bool,
     num_questions: int | None = None,
+    judged_turns_only: bool = True,
 ) -> list[Pair]:
     """Up to ``examples_per_question`` judgments per question (ties are already dropped).
 
     A judgment of turn ``t`` is shown with the first ``t`` user/assistant exchanges only: the
-    human who judged turn 1 had not seen turn 2.
+    human who judged turn 1 had not seen turn 2. ``judged_turns_only=False`` shows both turns
+    whatever the judged turn, as the released AutoRule code did.
     """
     rng = random.Random(seed)
     questions = sorted(df["question_id"].unique())
@@ -83,7 +85,7 @@ def mt_pairs(
         for j, (_, row) in enumerate(take.iterrows()):
             turn = int(row["turn"]) if "turn" in row and pd.notna(row["turn"]) else None
             conv_a, conv_b = messages(row["conversation_a"]), messages(row["conversation_b"])
-            if turn:
+            if turn and judged_turns_only:
                 conv_a, conv_b = conv_a[: 2 * turn], conv_b[: 2 * turn]
             if row["winner"] == "model_a":
                 chosen, rejected = conv_a, conv_b

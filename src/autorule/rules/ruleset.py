@@ -1,4 +1,4 @@
-"""Rule sets: de-duplication, chunking, and loading a rule set for later stages.
+"""Rule sets: de-duplication and loading a rule set for later stages.
 
 A rule set is a list of short strings. Later stages get theirs from :func:`load_rules`, which
 reads either a rule file the user names (``rules.path``, JSON or YAML) or the ``extract`` stage's
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,6 @@ def dedupe_rules(rules: Iterable[str]) -> list[str]:
             seen.add(key)
             unique.append(_SPACE.sub(" ", rule).strip())
     return unique
-
-
-def chunks(items: Sequence[str], size: int) -> list[list[str]]:
-    """``items`` cut into consecutive chunks of at most ``size`` (size >= 1)."""
-    if size < 1:
-        raise ValueError(f"chunk size must be at least 1, got {size}")
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def read_rules_file(path: str | Path) -> list[str]:

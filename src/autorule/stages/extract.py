@@ -5,16 +5,24 @@
     python -m autorule stage=extract llm@extract.llm=openai \
         extract.llm.base_url=http://localhost:8000/v1 extract.llm.model=...
 
-Three steps, each prompt a template under ``extract.prompts``:
+Pairs come from preprocess's ``train_prefs`` (``extract.pool=filtered``) or, as the released
+code drew them, from the whole split (``unfiltered``), or from MT-Bench's training questions.
+Three steps follow, each prompt a template of the set ``extract.prompts`` (``conf/prompts/``:
+``detailed``, ours, or ``paper``, the released code's in our words):
 
 1. **reason** — for each sampled pair the reasoner sees both conversations (sides drawn at random,
    see :mod:`autorule.data.pairs`) and which one the user preferred, and explains why;
 2. **extract** — the reasoning (``extract.rules_from=reasoning``: the chain of thought, default)
    or the final explanation (``explanation``, as the released code did) is turned into a JSON list
-   of short, objective rules, read with :func:`autorule.rules.parsing.parse_rules`;
+   of short, objective rules, read with :func:`autorule.rules.parsing.parse_rules`; a template
+   with a ``{winner}`` placeholder is told which conversation won;
 3. **merge** — exact duplicates are dropped (case and spacing folded), then the LLM merges rules
-   that say the same thing. A list longer than ``extract.merge_chunk_size`` is merged chunk by
-   chunk, and the merged chunks are merged again, until one prompt holds the whole list.
+   that say the same thing: the whole list in one call when its prompt fits the merge model's
+   context (``extract.merge_context_tokens``, less the answer budget; sizes estimated from the
+   characters), as the released code merged it. A longer list, or one longer than
+   ``extract.merge_chunk_size`` rules when that is set, is merged part by part and the merged
+   parts merged again, until one prompt holds the list; a split for want of context is logged
+   and counted (``merge_split_rounds``).
 
 Every call goes through the response cache (:mod:`autorule.llm`): an interrupted run, re-run with
 the same command, replays the finished calls and pays only for the rest. Calls that fail for good
@@ -30,8 +38,10 @@ retries, input_tokens, output_tokens, parse_failures, empty_rule_lists, truncate
 ``examples.jsonl``), rules_from_substituted (answers without the requested
 ``extract.rules_from``, e.g. no reasoning, so the explanation was used),
 rules_before_merge, rules_after_dedupe, rules_after_merge, merge_calls, merge_rounds,
-merge_parse_failures, fallback_rules_used. Call, token and retry counts cover every call the
-artifact rests on, cached ones included (with the figures recorded when they were made).
+merge_split_rounds (rounds whose list did not fit one prompt), merge_prompt_tokens_estimate (one
+prompt holding the deduplicated list), merge_parse_failures, fallback_rules_used. Call, token and
+retry counts cover every call the artifact rests on, cached ones included (with the figures
+recorded when they were made).
 
 When extraction yields no rules at all (the tiny profile's random model), ``extract.fallback_rules``
 names a rule file to use instead; the stage logs a warning and records the fallback in the counts
@@ -52,11 +62,21 @@ from autorule.core.artifacts import StageJob
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import Pair, mt_pairs, uf_pairs
 from autorule.rules.parsing import parse_rules
-from autorule.rules.prompts import fill, render_conversation, render_rules, user
-from autorule.rules.ruleset import chunks, dedupe_rules, read_rules_file
+from autorule.rules.prompts import (
+    approx_tokens,
+    fill,
+    pack_rules,
+    render_conversation,
+    render_rules,
+    rule_tokens,
+    user,
+)
+from autorule.rules.ruleset import dedupe_rules, read_rules_file
 
 log = logging.getLogger(__name__)
 
+# extract.pool -> the preprocess file UltraFeedback pairs are drawn from.
+POOLS = {"filtered": "train_prefs.parquet", "unfiltered": "train_prefs_unfiltered.parquet"}
 RULES_FROM = ("reasoning", "explanation")  # extract.rules_from
 
 # The whole extract section decides the rules, its LLM role included (backend, model, sampling,
@@ -80,11 +100,16 @@ def run(cfg: DictConfig) -> Path:
             raise ValueError(
                 f"extract.rules_from must be one of {RULES_FROM}, got {section.rules_from!r}"
             )
+        if section.pool not in POOLS:
+            raise ValueError(f"extract.pool must be one of {sorted(POOLS)}, got {section.pool!r}")
 
         # ---- load: the sampled pairs
         pairs = load_pairs(cfg, job.input("preprocess"))
         log.info("[extract] %d pairs from dataset %s", len(pairs), cfg.dataset.name)
         llm = llms.build(cfg, "extract.llm")
+        merge_room(
+            llm, section.prompts.merger, int(section.merge_context_tokens)
+        )  # fail before any call
         calls: list[dict] = []
 
         def record(step: str, completions: list[llms.Completion]) -> None:
@@ -114,11 +139,7 @@ def run(cfg: DictConfig) -> Path:
             )
         extracted = llm.complete_all(
             [
-                user(
-                    fill(
-                        section.prompts.extractor, "extract.prompts.extractor", analysis=analyses[i]
-                    )
-                )
+                extract_request(section.prompts.extractor, analyses[i], pairs[i].winner)
                 for i in todo
             ],
             desc="extract: rules",
@@ -134,7 +155,11 @@ def run(cfg: DictConfig) -> Path:
         extracted_rules = [r for e in examples for r in e["rules"]]
         unique = dedupe_rules(extracted_rules)
         merged, merge = merge_rules(
-            llm, unique, section.prompts.merger, int(section.merge_chunk_size)
+            llm,
+            unique,
+            section.prompts.merger,
+            int(section.merge_context_tokens),
+            section.merge_chunk_size,
         )
         calls.extend(merge.pop("calls"))
         stop_on_failures(calls, int(section.max_failed_calls), job.workdir)
@@ -162,6 +187,8 @@ def run(cfg: DictConfig) -> Path:
             "rules_after_merge": len(merged),
             "merge_calls": merge["calls_made"],
             "merge_rounds": merge["rounds"],
+            "merge_split_rounds": merge["split_rounds"],
+            "merge_prompt_tokens_estimate": merge["prompt_tokens_estimate"],
             "merge_parse_failures": merge["parse_failures"],
             "fallback_rules_used": 0,
         }
@@ -192,7 +219,13 @@ def load_pairs(cfg: DictConfig, folder: Path) -> list[Pair]:
     """The pairs to reason about, drawn from the preprocess artifact of ``cfg.dataset``."""
     section = cfg.extract
     if cfg.dataset.name == "uf":
-        df = pd.read_parquet(folder / "train_prefs.parquet")
+        path = folder / POOLS[section.pool]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"extract.pool={section.pool} reads {path}, which the preprocess artifact lacks: "
+                "keep train_prefs in preprocess.unfiltered_splits, or use extract.pool=filtered"
+            )
+        df = pd.read_parquet(path)
         return uf_pairs(
             df, int(section.num_examples), int(section.seed), bool(section.chosen_first)
         )
@@ -204,6 +237,7 @@ def load_pairs(cfg: DictConfig, folder: Path) -> list[Pair]:
             int(section.seed),
             bool(section.chosen_first),
             section.num_questions,
+            bool(section.mt_judged_turns_only),
         )
     raise ValueError(f"extract knows datasets uf and mt, got dataset.name={cfg.dataset.name!r}")
 
@@ -217,6 +251,13 @@ def reason_request(template: str, pair: Pair) -> list[dict[str, str]]:
             conversation_b=render_conversation(pair.conversation_b),
             winner=pair.winner,
         )
+    )
+
+
+def extract_request(template: str, analysis: str, winner: str) -> list[dict[str, str]]:
+    """The extractor's request: the analysis, and the winning side where the template names it."""
+    return user(
+        fill(template, "extract.prompts.extractor", optional={"winner": winner}, analysis=analysis)
     )
 
 
@@ -296,22 +337,68 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 # Merging
 
 
-def merge_rules(
-    llm: llms.LLM, rules: list[str], template: str, chunk_size: int
-) -> tuple[list[str], dict]:
-    """Merges near-duplicate rules with the LLM, chunk by chunk when the list is long.
+def merge_room(llm: llms.LLM, template: str, context_tokens: int) -> tuple[int, int]:
+    """(tokens left for the rule list, tokens of the merge prompt's own text), estimated.
 
-    Each round merges every chunk of ``chunk_size`` rules; the merged chunks form the next round's
-    list, until a round that fits in one prompt. A chunk whose answer fails or cannot be parsed
-    keeps its rules unmerged (and is counted); so does one cut off by the token budget, whose
-    missing rules would otherwise be dropped from the rule set. A round that does not shorten the
-    list stops the loop with a warning, since another round over the same chunks would not
-    converge either.
+    Raises ValueError when the prompt's text and the answer budget leave no room for rules.
     """
-    info = {"calls": [], "calls_made": 0, "rounds": 0, "parse_failures": 0}
+    template_tokens = approx_tokens(fill(template, "extract.prompts.merger", rules=""))
+    room = int(context_tokens) - llm.max_tokens - template_tokens
+    if room <= 0:
+        raise ValueError(
+            f"extract.merge_context_tokens={context_tokens} leaves no room for the rules: the "
+            f"merge prompt's own text takes about {template_tokens} tokens and the answer "
+            f"budget (the LLM's max_tokens) {llm.max_tokens}"
+        )
+    return room, template_tokens
+
+
+def merge_rules(
+    llm: llms.LLM,
+    rules: list[str],
+    template: str,
+    context_tokens: int,
+    chunk_size: int | None = None,
+) -> tuple[list[str], dict]:
+    """Merges near-duplicate rules with the LLM: the whole list in one call when it fits.
+
+    A merge prompt must fit in ``context_tokens`` with the LLM's ``max_tokens`` to spare (sizes
+    estimated by :func:`autorule.rules.prompts.approx_tokens`). A list that does not, or that
+    holds more than ``chunk_size`` rules when that is set, is cut into parts that do; each part is
+    merged and the merged parts form the next round's list, until a round that fits in one prompt.
+    A round split for want of context is logged and counted in ``split_rounds``. A part whose
+    answer fails or cannot be parsed keeps its rules unmerged (and is counted); so does one cut off
+    by the token budget, whose missing rules would otherwise be dropped from the rule set. A round
+    that does not shorten the list stops the loop with a warning, since another round over the
+    same parts would not converge either.
+    """
+    room, template_tokens = merge_room(llm, template, context_tokens)
+    info = {
+        "calls": [],
+        "calls_made": 0,
+        "rounds": 0,
+        "split_rounds": 0,
+        "parse_failures": 0,
+        "prompt_tokens_estimate": template_tokens + sum(rule_tokens(rules)),
+    }
     while rules:
         info["rounds"] += 1
-        parts = chunks(rules, chunk_size)
+        parts = pack_rules(rules, room, int(chunk_size) if chunk_size else None)
+        needed = sum(rule_tokens(rules))
+        if needed > room:
+            info["split_rounds"] += 1
+            log.warning(
+                "[extract] merge round %d: %d rules (about %d tokens with the prompt) do not fit "
+                "the merge model's context (extract.merge_context_tokens=%d, less max_tokens=%d "
+                "for the answer); merging them in %d parts, then the results (counted as "
+                "merge_split_rounds)",
+                info["rounds"],
+                len(rules),
+                needed + template_tokens,
+                context_tokens,
+                llm.max_tokens,
+                len(parts),
+            )
         answers = llm.complete_all(
             [
                 user(fill(template, "extract.prompts.merger", rules=render_rules(part)))
@@ -344,7 +431,7 @@ def merge_rules(
         if len(merged) >= len(rules):
             log.warning(
                 "[extract] merge round %d did not shorten the list (%d rules); stopping "
-                "with the rules unmerged across chunks",
+                "with the rules unmerged across parts",
                 info["rounds"],
                 len(merged),
             )

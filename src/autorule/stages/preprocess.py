@@ -8,7 +8,9 @@ local folder in the hub's layout), applies the length-and-score filter of
 :mod:`autorule.data.filters` to every configured split, adds the columns later stages use, and
 writes ``<split>.parquet`` for ``train_sft``, ``test_sft``, ``train_prefs``, ``test_prefs`` plus
 ``test_subset.parquet`` (the first ``test_subset_size`` filtered test preferences, in order: the
-evaluation prompts of later stages).
+evaluation prompts of later stages). Each split of ``preprocess.unfiltered_splits`` is also written
+whole, as loaded, to ``<split>_unfiltered.parquet``: the released AutoRule code drew its extraction
+pairs from the unfiltered ``train_prefs`` (``extract.pool=unfiltered``).
 
 Added columns: ``formatted_prompt`` (the paper's plain ``<|user|>{prompt}<|assistant|>`` or the
 tokenizer's chat template), ``chosen_content`` and ``rejected_content`` (the final message of each
@@ -61,6 +63,7 @@ _UF_ONLY = (
     "preprocess.test_subset_size",
     "preprocess.prompt_format",
     "preprocess.plain_template",
+    "preprocess.unfiltered_splits",
     "model",  # the policy tokenizer is only used by the UltraFeedback length filter
 )
 
@@ -149,12 +152,13 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
     tokenizer = load_tokenizer(cfg)
     batch = int(p.batch_size)
 
-    # Counts are of each text alone (no BOS/EOS added), so the 512 limit is on the content.
+    # Counts are of each text alone, with the special tokens the tokenizer adds (Llama-3: BOS)
+    # only under preprocess.filter.count_special_tokens (the released code's count).
     # Token counts are memoised by text: on the hub copy the SFT and preference splits share
     # their prompts and chosen answers, so each distinct text is tokenized once.
     known: dict[str, int] = {}
 
-    lengths = token_lengths(tokenizer)
+    lengths = token_lengths(tokenizer, settings.count_special_tokens)
 
     def count_tokens(texts: list[str]) -> list[int]:
         todo = list(dict.fromkeys(t for t in texts if t not in known))
@@ -164,10 +168,18 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
 
     if "test_prefs" not in p.splits:
         raise ValueError("preprocess.splits must include test_prefs: test_subset is drawn from it")
+    unknown = [split for split in p.unfiltered_splits if split not in p.splits]
+    if unknown:
+        raise ValueError(
+            f"preprocess.unfiltered_splits names {unknown}, which preprocess.splits "
+            f"({list(p.splits)}) does not load"
+        )
     counts: dict[str, int] = {}
     for split in p.splits:
         df = _load_split(cfg, split)
         _require_columns(df, UF_COLUMNS, f"split {split} of {cfg.dataset.path}")
+        if split in p.unfiltered_splits:  # the whole split, as loaded (extract.pool=unfiltered)
+            df.to_parquet(out / f"{split}_unfiltered.parquet", index=False)
         chosen = [m[-1]["content"] for m in df["chosen"]]
         rejected = [m[-1]["content"] for m in df["rejected"]]
         keep, dropped = filter_rows(
@@ -207,8 +219,13 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
     return counts
 
 
-def token_lengths(tokenizer) -> Callable[[list[str]], list[int]]:
-    """A function: texts -> their token counts without special tokens, as ``tokenizer`` counts.
+def token_lengths(
+    tokenizer, count_special_tokens: bool = False
+) -> Callable[[list[str]], list[int]]:
+    """A function: texts -> their token counts, as ``tokenizer`` counts.
+
+    Without ``count_special_tokens`` a text's own tokens are counted; with it, also the special
+    tokens the tokenizer adds around a text (Llama-3: BOS), i.e. ``len(tokenizer.encode(text))``.
 
     A fast tokenizer's Rust backend is called without offset tracking (``encode_batch_fast``),
     which gives the same ids about 1.7x faster than ``tokenizer(texts)`` on the benchmark input;
@@ -217,12 +234,16 @@ def token_lengths(tokenizer) -> Callable[[list[str]], list[int]]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "encode_batch_fast"):
         return lambda texts: [
-            len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False)
+            len(e.ids)
+            for e in backend.encode_batch_fast(texts, add_special_tokens=count_special_tokens)
         ]
     # verbose=False: counting long texts is the point, so the "longer than the model's maximum
     # length" warning would only mislead.
     return lambda texts: [
-        len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        len(ids)
+        for ids in tokenizer(texts, add_special_tokens=count_special_tokens, verbose=False)[
+            "input_ids"
+        ]
     ]
 
 

@@ -9,6 +9,12 @@ TRL's ``RewardTrainer`` trains a sequence-classification head (one output) on th
 plus eos. By default (``rm.init=sft``, as in the paper) it starts from the ``sft`` artifact's
 model, which gets a new score head; ``rm.init=base`` starts from ``model.name_or_path``.
 
+The score is the head applied at eos, as OpenRLHF (which trained the released reward model) reads
+it: TRL ends every sequence with eos and drops, rather than cuts, pairs longer than
+``rm.max_length``, and transformers reads the score at the last token that is not the pad token.
+That is eos only when the pad token differs from it (``model.pad_token``); padding with eos reads
+the last answer token instead, and the stage warns.
+
 After training, every filtered ``test_prefs`` pair is scored (TRL drops pairs longer than
 ``rm.max_length``) and :mod:`autorule.training.rm_metrics` gives the pairwise accuracy and the mean
 and standard deviation of the reward that GRPO normalises with.
@@ -20,6 +26,7 @@ manifest. Resuming and multi-GPU launching work as for ``sft`` (:mod:`autorule.t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,8 @@ from autorule.training import rm_metrics
 from autorule.training.arguments import MODEL, runtime_keys, sequence_kwargs
 from autorule.training.launch import artifact_state, run_training
 from autorule.training.loop import base_metrics, config_kwargs, fit, save
+
+log = logging.getLogger(__name__)
 
 INITS = ("sft", "base")
 
@@ -109,6 +118,13 @@ def build_trainer(
 
     init = str(inputs["sft"] / MODEL) if cfg.rm.init == "sft" else resolve(cfg, "reward")
     tokenizer = load_tokenizer(cfg, name_or_path=init)  # TRL copies its pad token into the model
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        log.warning(
+            "[rm] the pad token is eos (%s), so the score is read at the last answer token, not "
+            "at eos; set model.pad_token to another special token of the vocabulary to read it "
+            "at eos",
+            tokenizer.eos_token,
+        )
     return RewardTrainer(
         model=init,
         args=RewardConfig(**config_kwargs(cfg, "rm", workdir)),
