@@ -38,6 +38,7 @@ class FakeRequest:
     prompt: str  # the text of the last user message
     body: dict[str, Any]
     number: int  # 1-based count of requests received so far (this one included)
+    headers: dict[str, str] = field(default_factory=dict)  # as sent, e.g. Authorization
 
 
 @dataclass
@@ -54,6 +55,9 @@ class FakeReply:
     message: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to wait before answering, on top of the server's delay
+    # Sent as the body instead of the protocol's JSON (with ``status``), e.g. b"<html>oops" or a
+    # JSON document that lacks the answer, for clients' handling of broken gateways.
+    raw_body: bytes | None = None
 
 
 def echo_rules(request: FakeRequest) -> FakeReply:
@@ -109,14 +113,17 @@ class FakeLLMServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def _record(self, protocol: str, model: str, body: dict) -> FakeRequest:
+    def _record(
+        self, protocol: str, model: str, body: dict, headers: dict[str, str]
+    ) -> FakeRequest:
         messages = body.get("messages", [])
         last = messages[-1] if messages else {}
         content = last.get("content", "")
         if isinstance(content, list):  # Bedrock: a list of content blocks
             content = "".join(block.get("text", "") for block in content)
         with self._lock:
-            request = FakeRequest(protocol, model, content, body, len(self.requests) + 1)
+            number = len(self.requests) + 1
+            request = FakeRequest(protocol, model, content, body, number, headers)
             self.requests.append(request)
             if self.log_path:  # for a server run in another process
                 with open(self.log_path, "a") as f:
@@ -145,12 +152,14 @@ class FakeLLMServer:
                     protocol, model = OPENAI, body.get("model", "")
                 else:
                     return self._send(404, {"message": f"no route {path}"})
-                request = server._record(protocol, model, body)
+                request = server._record(protocol, model, body, dict(self.headers.items()))
                 if server.delay:
                     time.sleep(server.delay)
                 reply = server.reply(request)
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.raw_body is not None:
+                    return self._send_bytes(reply.status, reply.raw_body, reply.headers)
                 if reply.status != 200:
                     return self._error(protocol, reply)
                 payload = (_bedrock_body if protocol == BEDROCK else _openai_body)(request, reply)
@@ -173,7 +182,9 @@ class FakeLLMServer:
                 self._send(reply.status, payload, headers)
 
             def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-                data = json.dumps(payload).encode()
+                self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+            def _send_bytes(self, status: int, data: bytes, headers: dict | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

@@ -68,8 +68,8 @@ def test_prompt_format_switch(make_cfg, fmt):
 
 
 def test_a_column_missing_from_one_file_is_an_error_not_dropped_rows(make_cfg, tmp_path):
-    """datasets fills a column one split's file lacks with nulls; preprocess must refuse it
-    instead of committing a split the score filter emptied."""
+    """A column one split's file lacks is refused, naming the split and the file, instead of
+    committing a split the score filter emptied (datasets would fill the column with nulls)."""
     import shutil
 
     copy = tmp_path / "uf"
@@ -77,7 +77,9 @@ def test_a_column_missing_from_one_file_is_an_error_not_dropped_rows(make_cfg, t
     f = copy / "data" / "test_sft-00000-of-00001.parquet"
     pd.read_parquet(f).drop(columns=["score_rejected"]).to_parquet(f)
     cfg = make_cfg(f"dataset.path={copy}")
-    with pytest.raises(ValueError, match=r"split test_sft .* missing values .*score_rejected"):
+    with pytest.raises(
+        ValueError, match=r"split test_sft .*test_sft-00000.*lacks the columns \['score_rejected'\]"
+    ):
         preprocess.run(cfg)
     assert not any((tmp_path / "out" / "preprocess").glob("uf-*"))
 

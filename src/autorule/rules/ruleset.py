@@ -92,17 +92,21 @@ def load_rules(source: DictConfig | str | Path) -> list[str]:
     from autorule.core.artifacts import (
         StageInputError,
         artifact_path,
+        check_files,
         is_complete,
         make_command,
         read_manifest,
+        verify_hashes,
     )
 
     folder = artifact_path(source, "extract")
     manifest = read_manifest(folder)
-    if not is_complete(manifest):
+    problem = "not complete" if not is_complete(manifest) else None
+    problem = problem or check_files(folder, manifest, verify_hashes(source))
+    if problem:
         raise StageInputError(
-            f"no rule set: rules.path is not set and the extract artifact {folder} is not "
-            f"complete. Make it with:\n  {make_command(source, 'extract')}\n"
+            f"no rule set: rules.path is not set and the extract artifact {folder} is "
+            f"unusable ({problem}). Make it with:\n  {make_command(source, 'extract')}\n"
             "or give a rule file with rules.path=<file.json|yaml>"
         )
     rules = read_rules_file(folder / "rules.json")

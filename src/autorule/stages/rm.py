@@ -28,18 +28,27 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from autorule.core.artifacts import artifact_path
+from autorule.core.config import check_choice, check_paths
 from autorule.data.model_paths import resolve
 from autorule.training import rm_metrics
-from autorule.training.arguments import MODEL
-from autorule.training.launch import artifact_state, run_training
+from autorule.training.arguments import MODEL, check_training
+from autorule.training.launch import artifact_state, check_launcher, run_training, world_size
 from autorule.training.loop import base_metrics, config_kwargs, fit, save
 
 INITS = ("sft", "base")
 
 
+def check(cfg: DictConfig) -> None:
+    """Refuses settings that cannot work before any model is loaded (see
+    :func:`autorule.training.arguments.check_training`)."""
+    check_paths(cfg)
+    check_choice(cfg.rm.init, "rm.init", INITS)
+    check_launcher(cfg)
+    check_training(cfg.rm, "rm", world_size(cfg))
+
+
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
-    if cfg.rm.init not in INITS:
-        raise ValueError(f"rm.init must be one of {INITS}, got {cfg.rm.init!r}")
+    check(cfg)
     return run_training(cfg, "rm", train, callbacks, describe=describe_init)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autorule.core.config import ConfigError, check_choice, check_number
+
 CHECKPOINTS = "checkpoints"  # inside the stage's work folder; removed before the commit
 MODEL = "model"  # inside the artifact: weights, config and tokenizer for from_pretrained
 METRICS = "metrics.json"  # inside the artifact: final losses (and, for rm, the scores' statistics)
@@ -34,12 +36,12 @@ def grad_accumulation(global_batch: int, micro_batch: int, world_size: int) -> i
     """Micro batches each process accumulates so that one optimizer step sees ``global_batch``."""
     per_step = micro_batch * world_size
     if global_batch <= 0 or micro_batch <= 0 or world_size <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"batch sizes and world size must be positive, got global={global_batch} "
             f"micro={micro_batch} world={world_size}"
         )
     if global_batch % per_step:
-        raise ValueError(
+        raise ConfigError(
             f"global_batch_size={global_batch} is not divisible by micro_batch_size={micro_batch} "
             f"x processes={world_size} (= {per_step}); change the global or micro batch size or "
             "launcher.num_processes"
@@ -47,11 +49,54 @@ def grad_accumulation(global_batch: int, micro_batch: int, world_size: int) -> i
     return global_batch // per_step
 
 
+def max_steps(section: Mapping[str, Any]) -> int:
+    """The trainer's ``max_steps``: the section's value when > 0; otherwise -1, which makes
+    the trainer run ``num_train_epochs`` (transformers reads 0 as "stop after one step")."""
+    steps = int(section["max_steps"])
+    return steps if steps > 0 else -1
+
+
+def check_training(section: Mapping[str, Any], stage: str, world_size: int) -> None:
+    """Refuses a training section's numbers that cannot work, naming ``<stage>.<key>`` and the
+    allowed range, before any model is loaded."""
+
+    def number(key: str, **allowed) -> None:
+        check_number(section[key], f"{stage}.{key}", **allowed)
+
+    number("max_steps", meaning=" (> 0: train that many optimizer steps; <= 0: num_train_epochs)")
+    if int(section["max_steps"]) <= 0:
+        number(
+            "num_train_epochs",
+            integer=False,
+            low=0,
+            low_open=True,
+            meaning=f" (it sets the length while {stage}.max_steps <= 0)",
+        )
+    number("learning_rate", integer=False, low=0, low_open=True)
+    number("warmup_ratio", integer=False, low=0, high=1, high_open=True)
+    number("max_grad_norm", integer=False, low=0, low_open=True)
+    number("max_length", low=1)
+    for key in ("global_batch_size", "micro_batch_size", "eval_batch_size"):
+        number(key, low=1)
+    number("save_steps", low=1)
+    number("save_total_limit", low=1, none_ok=True)
+    number("logging_steps", low=1)
+    number("eval_steps", low=1, none_ok=True)
+    number("seed")
+    check_choice(section["precision"], f"{stage}.precision", ("bf16", "fp32"))
+    try:
+        grad_accumulation(
+            int(section["global_batch_size"]), int(section["micro_batch_size"]), world_size
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{stage}: {err}") from None
+
+
 def trainer_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any]:
     """TrainingArguments fields shared by SFTConfig and RewardConfig, from a stage section.
 
     ``warmup_ratio`` goes into ``warmup_steps``: transformers 5 reads a value below 1 as a share of
-    the training steps.
+    the training steps. ``max_steps`` <= 0 means "train ``num_train_epochs``" (:func:`max_steps`).
     """
     s = section
     if not 0 <= float(s["warmup_ratio"]) < 1:
@@ -65,7 +110,7 @@ def trainer_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any
         "warmup_steps": float(s["warmup_ratio"]),
         "max_grad_norm": float(s["max_grad_norm"]),
         "num_train_epochs": float(s["num_train_epochs"]),
-        "max_steps": int(s["max_steps"]),
+        "max_steps": max_steps(s),
         "per_device_train_batch_size": int(s["micro_batch_size"]),
         "per_device_eval_batch_size": int(s["eval_batch_size"]),
         "gradient_accumulation_steps": grad_accumulation(
