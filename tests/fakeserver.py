@@ -6,15 +6,22 @@ format, error mapping and retry paths are exercised without network access or cr
     with FakeLLMServer(reply=my_reply, delay=0.2) as server:
         ...  # llm.endpoint_url=server.url (bedrock) or llm.base_url=server.url + "/v1" (openai)
 
-``reply(request)`` receives a :class:`FakeRequest` and returns a :class:`FakeReply`: the answer,
-optional reasoning, or an error status. ``server.requests`` logs every request received (and
-``log_path``, when given, gets one JSON line per request, for a server run in another process).
+``reply(request)`` receives a :class:`FakeRequest` (with the request's headers, so a reply can
+echo ``Authorization`` back as some gateways do) and returns a :class:`FakeReply`: the answer,
+optional reasoning, an error status, or a raw body (not JSON, JSON of the wrong shape).
+``server.requests`` logs every request received (and ``log_path``, when given, gets one JSON line
+per request, for a server run in another process). ``tls=self_signed_cert(folder)`` serves HTTPS,
+which botocore requires before it sends a Bedrock API key (``AWS_BEARER_TOKEN_BEDROCK``); point
+the client at the certificate with ``AWS_CA_BUNDLE``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -38,7 +45,7 @@ class FakeRequest:
     prompt: str  # the text of the last user message
     body: dict[str, Any]
     number: int  # 1-based count of requests received so far (this one included)
-    headers: dict[str, str] = field(default_factory=dict)  # as sent, e.g. Authorization
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased: "authorization"
 
 
 @dataclass
@@ -96,12 +103,19 @@ class FakeLLMServer:
         reply: Callable[[FakeRequest], FakeReply] = echo_rules,
         delay: float = 0.0,
         log_path: str | None = None,
+        tls: tuple[str, str] | None = None,
     ):
         self.reply, self.delay, self.log_path = reply, delay, log_path
         self.requests: list[FakeRequest] = []
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        scheme = "http"
+        if tls is not None:  # (certificate file, key file)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
         # A short poll interval makes shutdown() quick (the default waits up to 0.5 s).
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
 
@@ -152,7 +166,9 @@ class FakeLLMServer:
                     protocol, model = OPENAI, body.get("model", "")
                 else:
                     return self._send(404, {"message": f"no route {path}"})
-                request = server._record(protocol, model, body, dict(self.headers.items()))
+                request = server._record(
+                    protocol, model, body, {k.lower(): v for k, v in self.headers.items()}
+                )
                 if server.delay:
                     time.sleep(server.delay)
                 reply = server.reply(request)
@@ -241,3 +257,22 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def self_signed_cert(folder) -> tuple[str, str] | None:
+    """A certificate and key for 127.0.0.1 made with the ``openssl`` command, valid two days
+    (files in ``folder``); None when ``openssl`` is not installed."""
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = f"{folder}/cert.pem", f"{folder}/key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-nodes", "-days", "2",
+            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-keyout", key, "-out", cert,
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key

@@ -84,12 +84,13 @@ def check_training(section: Mapping[str, Any], stage: str, world_size: int) -> N
     number("eval_steps", low=1, none_ok=True)
     number("seed")
     check_choice(section["precision"], f"{stage}.precision", ("bf16", "fp32"))
-    try:
-        grad_accumulation(
-            int(section["global_batch_size"]), int(section["micro_batch_size"]), world_size
+    global_batch, micro_batch = int(section["global_batch_size"]), int(section["micro_batch_size"])
+    if global_batch % (micro_batch * world_size):
+        raise ConfigError(
+            f"{stage}.global_batch_size={global_batch} is not allowed: it must be a multiple of "
+            f"{stage}.micro_batch_size={micro_batch} x launcher.num_processes={world_size} "
+            f"(= {micro_batch * world_size}), so gradient accumulation makes up the global batch"
         )
-    except ConfigError as err:
-        raise ConfigError(f"{stage}: {err}") from None
 
 
 def trainer_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any]:
