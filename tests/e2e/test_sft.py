@@ -146,7 +146,9 @@ def test_max_steps_zero_trains_num_train_epochs(trained):
 
 def test_a_pipeline_refuses_a_bad_number_of_a_later_stage_before_running_any(make_cfg):
     cfg = make_cfg("stage=pipeline", "rm.max_steps=1.5", "sft.micro_batch_size=3")
-    with pytest.raises(ConfigError, match=r"^sft.global_batch_size=16 .* multiple of .*=3 x"):
+    with pytest.raises(
+        ConfigError, match=r"^sft.global_batch_size=16 is not divisible by sft.micro_batch_size=3 x"
+    ):
         run_stage(cfg)
     assert not artifact_path(cfg, "preprocess").exists()
     cfg = make_cfg("stage=pipeline", "rm.max_steps=1.5")

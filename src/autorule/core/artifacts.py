@@ -207,7 +207,7 @@ def _well_formed(manifest: Any) -> bool:
         return False
     if manifest["status"] != "complete":
         return True  # a work folder's "running" manifest: only its status is ever read
-    inputs = manifest.get("inputs")
+    inputs = manifest.get("inputs", {})
     return (
         isinstance(manifest.get("config_hash"), str)
         and isinstance(manifest.get("artifact_hash"), str)

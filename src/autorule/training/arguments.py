@@ -87,9 +87,10 @@ def check_training(section: Mapping[str, Any], stage: str, world_size: int) -> N
     global_batch, micro_batch = int(section["global_batch_size"]), int(section["micro_batch_size"])
     if global_batch % (micro_batch * world_size):
         raise ConfigError(
-            f"{stage}.global_batch_size={global_batch} is not allowed: it must be a multiple of "
+            f"{stage}.global_batch_size={global_batch} is not divisible by "
             f"{stage}.micro_batch_size={micro_batch} x launcher.num_processes={world_size} "
-            f"(= {micro_batch * world_size}), so gradient accumulation makes up the global batch"
+            f"(= {micro_batch * world_size}): it must be a multiple of that product, so that "
+            "gradient accumulation makes up the global batch"
         )
 
 
