@@ -78,3 +78,18 @@ def test_the_default_and_paper_configs_pass_every_check(tmp_path):
 @pytest.mark.parametrize(("value", "expected"), [(8, 8), (0, -1), (-1, -1), (-7, -1)])
 def test_max_steps_zero_or_below_means_epochs(value, expected):
     assert max_steps({"max_steps": value}) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["llm=vllm", "llm.gpu_memory_utilization=1.5"], "llm.gpu_memory_utilization=1.5"),
+        (["llm=vllm", "llm.tensor_parallel_size=0"], "llm.tensor_parallel_size=0"),
+        (["llm=hf", "llm.max_input_tokens=0"], "an integer >= 1 or null"),
+        (["llm=openai", "llm.retry.initial_wait=-1"], "llm.retry.initial_wait=-1"),
+    ],
+)
+def test_llm_settings_are_checked_for_every_backend(tmp_path, overrides, message):
+    cfg = compose([f"paths.root={tmp_path}", "stage=extract", *overrides])
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        check_stages(cfg, ["extract"])

@@ -124,6 +124,10 @@ def check_settings(section: Mapping[str, Any], where: str) -> None:
     number("top_p", integer=False, low=0, high=1, low_open=True)
     number("max_concurrency", low=1)
     number("batch_size", low=1)
+    number("tensor_parallel_size", low=1)
+    number("gpu_memory_utilization", integer=False, low=0, high=1, low_open=True)
+    number("max_model_len", low=1, none_ok=True)
+    number("max_input_tokens", low=1, none_ok=True)
     for key in ("timeout", "read_timeout", "connect_timeout"):
         number(key, integer=False, low=0, low_open=True, none_ok=True)
     retry = section.get("retry") or {}
