@@ -8,8 +8,11 @@ masked) so stages never need Hydra's globals.
 
 from __future__ import annotations
 
+import copy
+import numbers
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -19,10 +22,80 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
+class ConfigError(ValueError):
+    """A config value that cannot work, found before any work or paid call starts.
+
+    The message names the key, the value and the allowed range; the command line prints it as
+    one line, without a traceback."""
+
+
+def check_root(root: Any) -> Any:
+    """``paths.root`` itself, refused when empty: every artifact, log folder and cache would
+    otherwise land in the filesystem's root (``/logs``, ``/.cache``) or the working directory."""
+    if root is None or not str(root).strip():
+        raise ConfigError(
+            f"paths.root={root!r} is empty: it must name the folder that holds the artifacts, "
+            "e.g. paths.root=outputs (set it, or the AUTORULE_ROOT environment variable)"
+        )
+    return root
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """The checks every stage shares: a non-empty ``paths.root``."""
+    check_root(OmegaConf.select(cfg, "paths.root"))
+
+
+def check_number(
+    value: Any,
+    key: str,
+    *,
+    integer: bool = True,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    none_ok: bool = False,
+    meaning: str = "",
+) -> None:
+    """Raises :class:`ConfigError` naming ``key`` and the allowed range unless ``value`` is a
+    number (an integer when ``integer``) in that range; ``meaning`` adds what the key is for."""
+    if value is None and none_ok:
+        return
+    kind = "an integer" if integer else "a number"
+    if low is not None and high is not None:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        allowed = f"{kind} in {left}{low:g}, {high:g}{right}"
+    elif low is not None:
+        allowed = f"{kind} {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        allowed = f"{kind} {'<' if high_open else '<='} {high:g}"
+    else:
+        allowed = kind
+    allowed += " or null" if none_ok else ""
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = is_number and (isinstance(value, numbers.Integral) or not integer)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}{meaning}")
+
+
+def check_choice(value: Any, key: str, choices: Sequence[Any]) -> None:
+    """Raises :class:`ConfigError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be one of {list(choices)}")
+
+
 def _register_resolvers() -> None:
     # ${repo:data} -> absolute path inside the autorule checkout (bundled data, confs).
     if not OmegaConf.has_resolver("repo"):
         OmegaConf.register_new_resolver("repo", lambda sub="": str(REPO_ROOT / sub))
+    # ${root:${paths.root}} -> paths.root, refused when empty. Hydra's run folder and the cache
+    # go through it because Hydra creates its folder before any autorule code runs.
+    if not OmegaConf.has_resolver("root"):
+        OmegaConf.register_new_resolver("root", check_root)
 
 
 _register_resolvers()

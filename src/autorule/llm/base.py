@@ -21,6 +21,15 @@ rest:
 A call that still fails after its retries does not raise from :meth:`LLM.complete_all`: its
 Completion carries the error, and the caller decides how many failures it tolerates.
 
+An answer with nothing usable in it (no text and no reasoning, no content block, a body that is
+not the API's JSON, text that is not valid Unicode) is a failed attempt, not an answer
+(:class:`UnusableAnswerError`): remote calls retry it like a 5xx, and it is never cached, so a
+re-run against a healthy endpoint asks again instead of replaying the empty answer. An answer
+with reasoning but no final text (a reasoning model cut off by ``max_tokens``) is kept: it was
+paid for, the extract stage reads the reasoning, and a retry would likely be cut off again.
+Error messages are redacted as they are made (:mod:`autorule.core.secrets`): servers echo
+request headers into them.
+
 On Ctrl-C, queued calls are dropped at once; calls already in flight run to their end and are
 cached before the process exits (a second Ctrl-C abandons them too).
 """
@@ -31,13 +40,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from autorule.core.hashing import digest
+from autorule.core.secrets import redact_text
 from autorule.core.stage import LLM_TRANSPORT_KEYS
 from autorule.llm.cache import ResponseCache
 from autorule.llm.reasoning import split_reasoning
@@ -49,6 +59,10 @@ Messages = list[dict[str, str]]
 
 class LLMCallError(RuntimeError):
     """An LLM call failed for good (after its retries, or with an error not worth retrying)."""
+
+
+class UnusableAnswerError(RuntimeError):
+    """An attempt came back without an answer worth keeping (see the module docstring)."""
 
 
 @dataclass
@@ -73,6 +87,56 @@ class Completion:
         out = asdict(self)
         del out["text"], out["reasoning"]
         return out
+
+
+def check_usable(completion: Completion) -> Completion:
+    """``completion`` itself when it holds an answer; raises :class:`UnusableAnswerError`."""
+    for name in ("text", "reasoning"):
+        value = getattr(completion, name)
+        if not isinstance(value, str):
+            raise UnusableAnswerError(f"the answer's {name} is {type(value).__name__}, not text")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise UnusableAnswerError(
+                f"the answer's {name} is not valid Unicode text ({err.reason} at position "
+                f"{err.start})"
+            ) from None
+    if not completion.text.strip() and not completion.reasoning.strip():
+        raise UnusableAnswerError("the answer is empty")
+    return completion
+
+
+def check_settings(section: Mapping[str, Any], where: str) -> None:
+    """Refuses numbers in an LLM config section that cannot work, before any call is paid for.
+
+    ``where`` is the section's dotted name in the config (``llm``, ``extract.llm`` ...), so the
+    :class:`~autorule.core.config.ConfigError` names the key to fix. Keys a backend lacks are
+    skipped.
+    """
+    from autorule.core.config import check_number
+
+    def number(key: str, **allowed) -> None:
+        if key in section:
+            check_number(section[key], f"{where}.{key}", **allowed)
+
+    number("max_tokens", low=1)
+    number("temperature", integer=False, low=0)
+    number("top_p", integer=False, low=0, high=1, low_open=True)
+    number("max_concurrency", low=1)
+    number("batch_size", low=1)
+    number("tensor_parallel_size", low=1)
+    number("gpu_memory_utilization", integer=False, low=0, high=1, low_open=True)
+    number("max_model_len", low=1, none_ok=True)
+    number("max_input_tokens", low=1, none_ok=True)
+    for key in ("timeout", "read_timeout", "connect_timeout"):
+        number(key, integer=False, low=0, low_open=True, none_ok=True)
+    retry = section.get("retry") or {}
+    if "max_attempts" in retry:
+        check_number(retry["max_attempts"], f"{where}.retry.max_attempts", low=1)
+    for key in ("initial_wait", "max_wait", "jitter"):
+        if key in retry:
+            check_number(retry[key], f"{where}.retry.{key}", integer=False, low=0)
 
 
 @dataclass
@@ -199,7 +263,8 @@ class LLM:
         bar.set_postfix(stats, refresh=False)
 
         def report(i: int, completion: Completion) -> None:
-            # Stored before anything else so a call that finished is never paid for twice.
+            # Stored before anything else so a call that finished is never paid for twice. Only
+            # usable answers get here as ok (check_usable), so nothing empty is ever cached.
             if completion.ok and self.cache is not None:
                 self.cache.put(keys[i], {**self.request(list(requests[i])), **asdict(completion)})
             with self._lock:
@@ -261,40 +326,48 @@ class RemoteLLM(LLM):
             wait_exponential_jitter,
         )
 
+        def retryable(error: BaseException) -> bool:
+            return isinstance(error, UnusableAnswerError) or self.is_retryable(error)
+
+        def attempt(messages: Messages) -> Completion:
+            return check_usable(self.finish(self.call_once(messages)))
+
         r = self.retry
         retrying = Retrying(
             stop=stop_after_attempt(max(1, r.max_attempts)),
             wait=wait_exponential_jitter(initial=r.initial_wait, max=r.max_wait, jitter=r.jitter),
-            retry=retry_if_exception(self.is_retryable),
+            retry=retry_if_exception(retryable),
             before_sleep=lambda state: log.info(
                 "%s: attempt %d failed (%s); retrying",
                 self.backend,
                 state.attempt_number,
-                state.outcome.exception() if state.outcome else "?",
+                redact_text(str(state.outcome.exception())) if state.outcome else "?",
             ),
             reraise=True,
         )
         start = time.perf_counter()
         try:
-            completion = retrying(self.call_once, messages)
+            completion = retrying(attempt, messages)
         except Exception as err:  # noqa: BLE001 - any failure becomes a recorded failed call
             attempts = retrying.statistics.get("attempt_number", 1)
             # Our attempt count only: the SDKs' retries are off, so it is the whole story.
-            if self.is_retryable(err):
+            if retryable(err):
                 why = (
                     f"gave up after {attempts} attempt(s), llm.retry.max_attempts={r.max_attempts}"
                 )
             else:
                 why = f"not retryable, stopped after {attempts} attempt(s)"
             return Completion(
-                error=f"{self.backend} call to {self.model} failed ({why}): "
-                f"{self.describe_error(err)}",
+                error=redact_text(
+                    f"{self.backend} call to {self.model} failed ({why}): "
+                    f"{self.describe_error(err)}"
+                ),
                 latency_s=time.perf_counter() - start,
                 retries=attempts - 1,
             )
         completion.retries = retrying.statistics.get("attempt_number", 1) - 1
         completion.latency_s = time.perf_counter() - start
-        return self.finish(completion)
+        return completion
 
     def _run(self, items, report) -> None:
         if not items:
@@ -333,4 +406,11 @@ class LocalLLM(LLM):
             per_item = (time.perf_counter() - t0) / len(chunk)
             for (i, _), completion in zip(chunk, completions, strict=True):
                 completion.latency_s = per_item  # a batch's time, shared by its requests
-                report(i, self.finish(completion))
+                try:
+                    completion = check_usable(self.finish(completion))
+                except UnusableAnswerError as err:  # a local model's answer: no retry
+                    completion = Completion(
+                        error=f"{self.backend} call to {self.model} failed: {err}",
+                        latency_s=per_item,
+                    )
+                report(i, completion)

@@ -10,10 +10,12 @@ The SDK's own retries are off (``max_retries=0``); :mod:`autorule.llm.base` retr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
-from autorule.llm.base import Completion, Messages, RemoteLLM
+from autorule.core.secrets import add_known_secret
+from autorule.llm.base import Completion, Messages, RemoteLLM, UnusableAnswerError
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +43,30 @@ class OpenAICompatLLM(RemoteLLM):
             log.warning(
                 "environment variable %s is not set; sending a placeholder API key", api_key_env
             )
+        # Masked in whatever autorule writes, whatever the variable is called: gateways echo
+        # the Authorization header into error messages.
+        add_known_secret(key)
         self.base_url = base_url
         self.client = openai.OpenAI(
             base_url=base_url, api_key=key or "not-set", timeout=timeout, max_retries=0
         )
 
     def call_once(self, messages: Messages) -> Completion:
-        response = self.client.chat.completions.create(
-            model=self.model,
-            messages=messages,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-        )
-        message = response.choices[0].message
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model,
+                messages=messages,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+            )
+        except json.JSONDecodeError as err:  # a 200 whose body is not JSON (a broken gateway)
+            raise UnusableAnswerError(f"the response body is not JSON ({err})") from None
+        # The SDK builds its objects without validation, so a body of the wrong shape arrives as
+        # missing fields: a failed attempt, not an empty answer.
+        choices = getattr(response, "choices", None)
+        message = getattr(choices[0], "message", None) if choices else None
+        if message is None:
+            raise UnusableAnswerError("the response has no choices[0].message")
         extra = message.model_extra or {}
         reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
         usage = response.usage

@@ -41,7 +41,7 @@ from autorule.core.artifacts import (
     read_manifest,
     work_path,
 )
-from autorule.core.config import CONF_DIR
+from autorule.core.config import CONF_DIR, ConfigError
 from autorule.core.files import write_text_atomic
 from autorule.core.secrets import redact
 from autorule.core.stage import get_spec
@@ -83,18 +83,18 @@ def check_launcher(cfg: DictConfig) -> None:
     procs, machines = world_size(cfg), int(launcher.num_machines)
     rank = int(launcher.machine_rank)
     if procs < 1 or machines < 1:
-        raise ValueError(
+        raise ConfigError(
             f"launcher.num_processes={procs} and launcher.num_machines={machines} must be >= 1"
         )
     if machines > 1 and (procs < machines or procs % machines):
-        raise ValueError(
+        raise ConfigError(
             f"launcher.num_processes={procs} is the total over all machines and must be at least, "
             f"and a multiple of, launcher.num_machines={machines} (the same number of processes "
             f"on every machine), e.g. launcher.num_processes={machines * 8} for {machines} "
             "machines of 8 GPUs"
         )
     if not 0 <= rank < machines:
-        raise ValueError(
+        raise ConfigError(
             f"launcher.machine_rank={rank} must be in [0, launcher.num_machines={machines})"
         )
 
