@@ -77,7 +77,9 @@ VERDICT_BATCH = 64  # logprob requests per pair of forward passes (judge.llm.ver
 TARGET = 10.0  # speed-up of logprob over generate mode at 25 rules
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 WRITE_DOCS = "AUTORULE_BENCH_WRITE_DOCS"  # =1: record the figures in DOC when the asserts pass
-COMMAND = f"{WRITE_DOCS}=1 .venv/bin/python -m pytest -q -m bench -s tests/benchmarks/bench_judge.py"
+COMMAND = (
+    f"{WRITE_DOCS}=1 .venv/bin/python -m pytest -q -m bench -s tests/benchmarks/bench_judge.py"
+)
 
 
 def _write_doc(section: str) -> None:
@@ -124,7 +126,11 @@ def test_rule_verification_throughput(tmp_path):
         judge.judge(responses[:1], RULES[:2], prompts=prompts[:1])
     tokenizer = logprob.llm._tokenizer
     prompt_tokens = [
-        len(tokenizer.apply_chat_template(r, add_generation_prompt=True, return_dict=True)["input_ids"])
+        len(
+            tokenizer.apply_chat_template(r, add_generation_prompt=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
         for r in logprob.requests(responses, RULES, prompts)
     ]
 

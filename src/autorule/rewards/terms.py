@@ -45,7 +45,7 @@ def length_penalty(
     length: int, coef: float = 0.5, norm: float = 300.0, offset: float = 0.5
 ) -> float:
     """-relu(coef x length / norm - offset): 0 up to norm x offset / coef tokens, then linear."""
-    return -max(0.0, coef * length / norm - offset)
+    return min(0.0, offset - coef * length / norm)
 
 
 # --------------------------------------------------------------------------------------------
