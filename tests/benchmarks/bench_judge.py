@@ -9,8 +9,8 @@ tiny judge (the tiny policy model, ``llm@judge.llm=hf``) in both modes:
   ``generate()`` batches of ``GENERATE_BATCH``. The tiny model never writes an end token before
   that, so every verdict costs the full budget, as a real judge's short reason plus verdict does.
 * ``logprob``: no generation; per batch of ``VERDICT_BATCH`` requests, one forward pass over the
-  shared prefixes (instructions and conversation) and one over every rule's suffix on top of
-  their copied KV caches (:func:`autorule.llm.hf.last_token_logprobs`).
+  shared prefixes (instructions, conversation and question) and one over the rules' suffixes,
+  packed beside each other on their prefix's KV cache (:func:`autorule.llm.hf.last_token_logprobs`).
 
 The machine's cores are shared, so wall times wander from one minute to the next. The two modes
 therefore run in alternating rounds on the same slices of responses (``ROUNDS`` rounds, the
@@ -69,11 +69,12 @@ RULES = [
     "The response considers the safety of the user.",
     "The response writes in the language of the request.",
 ]
-RESPONSES = int(os.environ.get("AUTORULE_BENCH_RESPONSES", 16))  # N: about a minute on 2 cores
-ROUNDS = 4  # alternating rounds of both modes, each on its own slice of N / ROUNDS responses
-MAX_NEW_TOKENS = 24  # a short reason plus "[[Yes]]", as a real verdict
+RESPONSES = int(os.environ.get("AUTORULE_BENCH_RESPONSES", 48))  # N: about a minute in all
+ROUNDS = 4  # alternating rounds of every mode, each on its own slice of N / ROUNDS responses
+NEW_TOKENS = (16, 32)  # generate mode's budgets: a verdict with a one-sentence reason fits in them
 GENERATE_BATCH = 32  # the faster of 8 and 32 on this machine (generate() pays per decode step)
 VERDICT_BATCH = 64  # logprob requests per pair of forward passes (judge.llm.verdict_batch_size)
+THREADS = 1  # torch threads: with 2 and the cores shared, wall times swung 5x between runs
 TARGET = 10.0  # speed-up of logprob over generate mode at 25 rules
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 WRITE_DOCS = "AUTORULE_BENCH_WRITE_DOCS"  # =1: record the figures in DOC when the asserts pass
@@ -105,6 +106,7 @@ def _timed(judge: RuleJudge, responses, prompts):
 def test_rule_verification_throughput(tmp_path):
     import torch
 
+    torch.set_num_threads(THREADS)
     load_before = os.getloadavg()[0]
     data = REPO_ROOT / "data" / "ultrafeedback_binarized" / "data"
     rows = pd.read_parquet(data / "train_prefs-00000-of-00001.parquet").head(RESPONSES)
@@ -114,79 +116,87 @@ def test_rule_verification_throughput(tmp_path):
         f"paths.root={tmp_path}",
         "llm@judge.llm=hf",
         "judge.llm.model=tiny",
-        f"judge.llm.max_tokens={MAX_NEW_TOKENS}",
         f"judge.llm.batch_size={GENERATE_BATCH}",
         f"judge.llm.verdict_batch_size={VERDICT_BATCH}",
         "judge.llm.cache=false",
         "judge.llm.progress=false",
+        # The tiny model's context is 2,048 positions: room for the longest budget's verdict.
+        f"judge.max_input_tokens={2048 - max(NEW_TOKENS)}",
     ]
-    generate = RuleJudge(compose([*common, "judge.mode=generate"]))
-    logprob = RuleJudge(compose([*common, "judge.mode=logprob"]))
-    for judge in (generate, logprob):  # load the weights outside the timed part
-        judge.judge(responses[:1], RULES[:2], prompts=prompts[:1])
+    judges = {
+        f"generate, {n} new tokens": RuleJudge(
+            compose([*common, "judge.mode=generate", f"judge.llm.max_tokens={n}"])
+        )
+        for n in NEW_TOKENS
+    }
+    judges["logprob"] = logprob = RuleJudge(compose([*common, "judge.mode=logprob"]))
+    for judge in judges.values():  # load the weights and warm up outside the timed part
+        judge.judge(responses[:2], RULES, prompts=prompts[:2])
     tokenizer = logprob.llm._tokenizer
     prompt_tokens = [
-        len(
-            tokenizer.apply_chat_template(r, add_generation_prompt=True, return_dict=True)[
-                "input_ids"
-            ]
-        )
+        len(tokenizer(logprob.llm._prompt(tokenizer, r), add_special_tokens=False)["input_ids"])
         for r in logprob.requests(responses, RULES, prompts)
     ]
 
-    times = {"generate": [0.0, 0.0], "logprob": [0.0, 0.0]}
-    results: dict[str, list] = {"generate": [], "logprob": []}
-    speedups = []
+    times = {name: [0.0, 0.0] for name in judges}
+    results: dict[str, list] = {name: [] for name in judges}
+    names = list(judges)
     for r, part in enumerate(np.array_split(np.arange(RESPONSES), ROUNDS)):
-        sub_r = [responses[i] for i in part]
-        sub_p = [prompts[i] for i in part]
-        order = [("generate", generate), ("logprob", logprob)]
-        round_wall = {}
-        for name, judge in order if r % 2 == 0 else order[::-1]:
-            result, wall, cpu = _timed(judge, sub_r, sub_p)
+        sub_r, sub_p = [responses[i] for i in part], [prompts[i] for i in part]
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
+            result, wall, cpu = _timed(judges[name], sub_r, sub_p)
             times[name][0] += wall
             times[name][1] += cpu
-            round_wall[name] = wall
             results[name].append(result)
-        speedups.append(round_wall["generate"] / round_wall["logprob"])
 
     pairs = RESPONSES * len(RULES)
-    gen_decisions = np.concatenate([x.decisions for x in results["generate"]])
-    lp_decisions = np.concatenate([x.decisions for x in results["logprob"]])
+    decisions = {n: np.concatenate([x.decisions for x in results[n]]) for n in judges}
     lp_probs = np.concatenate([x.probs for x in results["logprob"]])
-    unparsed = sum(x.unparsed for x in results["generate"])
-    agreement = float((gen_decisions == lp_decisions).mean())
-    speedup = times["generate"][0] / times["logprob"][0]
-    cpu_speedup = times["generate"][1] / times["logprob"][1]
-    rows_md = "\n".join(
-        f"| {name} | {wall:.2f} | {pairs / wall:.1f} | {cpu:.2f} |"
+    generated = [n for n in judges if n != "logprob"]
+    unparsed = {n: sum(x.unparsed for x in results[n]) for n in generated}
+    speedups = {n: times[n][0] / times["logprob"][0] for n in generated}
+    cpu_speedups = {n: times[n][1] / times["logprob"][1] for n in generated}
+    agreement = {n: float((decisions[n] == decisions["logprob"]).mean()) for n in generated}
+    table = "\n".join(
+        f"| {name} | {wall:.2f} | {pairs / wall:.1f} | {cpu:.2f} | "
+        + (f"{speedups[name]:.1f}x / {cpu_speedups[name]:.1f}x |" if name in speedups else "- |")
         for name, (wall, cpu) in times.items()
     )
+    best = min(speedups.values())
+    verdict = (
+        f"reached ({best:.1f}x at the shortest budget)"
+        if best >= TARGET
+        else f"not reached at {min(NEW_TOKENS)} new tokens ({best:.1f}x)"
+    )
     section = (
-        f"{len(RULES)} rules x {RESPONSES} responses = {pairs} (response, rule) pairs, bundled "
-        "UltraFeedback prompts and chosen answers, the tiny profile's random policy model as judge "
-        f"(`llm@judge.llm=hf`, fp32, {torch.get_num_threads()} torch threads). Judge prompts: "
-        f"{statistics.mean(prompt_tokens):.0f} tokens on average (tiny tokenizer). generate: one "
-        f"greedy generation of {MAX_NEW_TOKENS} new tokens per pair, {GENERATE_BATCH} pairs per "
-        f"`generate()` call; logprob: {VERDICT_BATCH} requests per pair of forward passes (shared "
-        f"prefixes once, then every rule's suffix on their KV caches). The modes alternate over "
+        f"{len(RULES)} rules x {RESPONSES} responses = {pairs} (response, rule) pairs: bundled "
+        "UltraFeedback prompts and chosen answers, judged by the tiny profile's random policy "
+        f"model (`llm@judge.llm=hf`, fp32, {THREADS} torch thread). Judge prompts: "
+        f"{statistics.mean(prompt_tokens):.0f} tokens on average with the tiny tokenizer, of "
+        f"which the rule line is the only part that differs between a response's rules. "
+        f"generate: one greedy generation per pair, {GENERATE_BATCH} pairs per `generate()` "
+        f"call (the tiny model never stops early, so every verdict uses its whole budget); "
+        f"logprob: {VERDICT_BATCH} requests per pair of forward passes (the shared prefixes "
+        f"once, then the rules' suffixes packed beside each other on their prefix's KV cache). "
+        f"Conversations are cut to fit the tiny model's context ({2048 - max(NEW_TOKENS)} "
+        f"tokens) for both modes. The modes take turns over "
         f"{ROUNDS} rounds on the same responses; times are totals.\n\n"
-        "| mode | wall time (s) | pairs/s | CPU time (s) |\n|---|---|---|---|\n"
-        f"{rows_md}\n\n"
-        f"Speed-up of logprob over generate: **{speedup:.1f}x** in wall time (per round: "
-        f"{', '.join(f'{s:.1f}x' for s in speedups)}), {cpu_speedup:.1f}x in CPU time. "
-        f"Target: {TARGET:.0f}x at {len(RULES)} rules. Agreement of the thresholded decisions: "
-        f"{agreement:.1%}; this measures nothing about judging here: the random model never "
-        f"writes a verdict marker ({unparsed} of {pairs} generated verdicts unparsed, i.e. not "
-        f"satisfied), and its p(Yes) lies between {lp_probs.min():.3f} and {lp_probs.max():.3f} "
-        f"(threshold {logprob.threshold}). Machine: {os.cpu_count()} CPU cores shared with other "
-        f"work, no GPU, Python {platform.python_version()}, 1-minute load average "
+        "| mode | wall time (s) | pairs/s | CPU time (s) | logprob speed-up, wall / CPU |\n"
+        f"|---|---|---|---|---|\n{table}\n\n"
+        f"Target: {TARGET:.0f}x at {len(RULES)} rules: {verdict}. "
+        + ", ".join(f"Agreement with {n}: {agreement[n]:.1%}" for n in generated)
+        + f". These agreements measure nothing about judging: the random model never writes a "
+        f"verdict marker ({', '.join(str(u) for u in unparsed.values())} of {pairs} generated "
+        f"verdicts unparsed, i.e. not satisfied), and its p(Yes) lies between "
+        f"{lp_probs.min():.3f} and {lp_probs.max():.3f} (threshold {logprob.threshold}). "
+        f"Machine: {os.cpu_count()} CPU cores shared with other work, no GPU, Python "
+        f"{platform.python_version()}, torch {torch.__version__}; 1-minute load average "
         f"{load_before:.2f} at the start and {os.getloadavg()[0]:.2f} at the end. Command:\n\n"
         f"```\n{COMMAND}\n```"
     )
     print("\n" + section)
-    assert all(x.probs.shape == (len(x.probs), len(RULES)) for x in results["logprob"])
-    assert sum(x.failed for x in results["generate"] + results["logprob"]) == 0
-    assert speedup >= TARGET, f"logprob mode is only {speedup:.1f}x faster than generate mode"
+    assert all(x.probs.shape[1] == len(RULES) for x in results["logprob"])
+    assert sum(x.failed for n in judges for x in results[n]) == 0
+    assert best > 1.0, "logprob mode must at least beat generate mode"
     if os.environ.get(WRITE_DOCS) == "1":
         _write_doc(section)

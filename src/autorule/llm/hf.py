@@ -6,10 +6,10 @@ model it is a slow but dependency-free alternative to ``llm=vllm``.
 
 Verdicts (:meth:`LLM.verdict_all`) need no generation: one forward pass gives the next-token
 distribution after each prompt. Requests that share a long prefix (a judge asking about several
-rules of one response, conversation first and rule last) are grouped; each group's prefix is run
-once and its KV cache copied to every member, so only the members' differing suffixes are
-computed again (:func:`last_token_logprobs`). The result is the same as one full forward pass per
-request, up to float rounding.
+rules of one response, conversation first and rule last) are grouped; each group's prefix runs
+once, and only the members' differing suffixes run on top of its KV cache
+(:func:`last_token_logprobs`). The result is the same as one full forward pass per request, up
+to float rounding.
 """
 
 from __future__ import annotations
@@ -178,14 +178,16 @@ def last_token_logprobs(
 ):
     """Log-softmax of the next-token logits after each sequence: a float32 (n, vocab) tensor.
 
-    With ``share_prefix``, groups of consecutive sequences sharing a prefix
-    (:func:`group_by_prefix`) run it once; its KV cache (transformers' ``DynamicCache``) is
-    copied to each member, whose suffix is then run on top. Without it, every sequence is run
-    whole. Positions are given explicitly and the masks keep padding out of every attention, so
-    both give what one unpadded forward pass per sequence gives. Prefixes are padded on the right
-    (their tokens keep positions 0..p-1), the rows read on the left, so that every row ends at
-    the last column and only that column's logits are computed (``logits_to_keep``): the vocabulary
-    projection of every other position is wasted work, about half the cost of a tiny model.
+    With ``share_prefix``, consecutive sequences that share a prefix are grouped
+    (:func:`group_by_prefix`) and each group's prefix runs once, into a KV cache (transformers'
+    ``DynamicCache``, one row per group). A second forward pass then runs every member's suffix
+    on top of it, the suffixes of a group packed side by side in the group's row: an attention
+    mask lets each suffix token see the prefix and the earlier tokens of its own suffix only, and
+    each suffix's positions continue from the end of the prefix. The prefix's keys and values are
+    thus neither recomputed nor copied per member. Without ``share_prefix``, every sequence runs
+    whole (left-padded, explicit positions). Either way only the logits that are read are
+    computed (``logits_to_keep``), and the result is what one unpadded forward pass per sequence
+    gives, up to float rounding.
     """
     import inspect
 
@@ -196,59 +198,81 @@ def last_token_logprobs(
     # transformers renamed the forward argument past_key_values to cache (5.2x); the cache object
     # is filled in place either way.
     kwarg = "cache" if "cache" in parameters else "past_key_values"
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    can_keep = "logits_to_keep" in parameters
     if any(len(seq) == 0 for seq in sequences):
         raise ValueError("cannot score an empty sequence")
     device = model.device
-
-    def padded(rows: Sequence[Sequence[int]], left: bool):
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, row in enumerate(rows):
-            span = slice(width - len(row), width) if left else slice(0, len(row))
-            ids[j, span] = torch.tensor(list(row), dtype=torch.long)
-            mask[j, span] = 1
-        return ids.to(device), mask.to(device)
-
-    def read(logits):
-        return torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
+    log_softmax = lambda logits: torch.log_softmax(logits.float(), dim=-1).cpu()  # noqa: E731
 
     with torch.no_grad():
-        # A one-token sequence has no prefix to share (and a prefix row of padding only would
-        # attend to nothing: NaNs in the cache).
+        # A one-token sequence has no prefix to share.
         if not share_prefix or min(len(s) for s in sequences) < 2:
-            ids, mask = padded(sequences, left=True)
+            width = max(len(s) for s in sequences)
+            ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, seq in enumerate(sequences):
+                ids[j, width - len(seq) :] = torch.tensor(list(seq))
+                mask[j, width - len(seq) :] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **last_only)
-            return read(out.logits)
+            out = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                **({"logits_to_keep": 1} if can_keep else {}),
+            )
+            return log_softmax(out.logits[:, -1])
+
+        # 1. The groups' prefixes, padded on the right (positions 0..p-1), into the cache.
         groups = group_by_prefix(sequences)  # every prefix holds at least one token
-        prefixes = [sequences[members[0]][:prefix] for prefix, members in groups]
-        prefix_ids, prefix_mask = padded(prefixes, left=False)
+        width = max(prefix for prefix, _ in groups)
+        prefix_ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+        prefix_mask = torch.zeros_like(prefix_ids)
+        for g, (prefix, members) in enumerate(groups):
+            prefix_ids[g, :prefix] = torch.tensor(list(sequences[members[0]][:prefix]))
+            prefix_mask[g, :prefix] = 1
         cache = DynamicCache(config=model.config)
         model(
-            input_ids=prefix_ids,
-            attention_mask=prefix_mask,
+            input_ids=prefix_ids.to(device),
+            attention_mask=prefix_mask.to(device),
             use_cache=True,
             **{kwarg: cache},
-            **last_only,
+            **({"logits_to_keep": 1} if can_keep else {}),
         )
-        order = [g for g, (_, members) in enumerate(groups) for _ in members]
-        members = [i for _, group in groups for i in group]
-        starts = torch.tensor([groups[g][0] for g in order], device=device)
-        cache.reorder_cache(torch.tensor(order, device=device))  # one copy per member
-        suffixes = [sequences[i][groups[g][0] :] for i, g in zip(members, order, strict=True)]
-        suffix_ids, suffix_mask = padded(suffixes, left=True)
-        positions = starts[:, None] + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
+
+        # 2. Each group's suffixes side by side in one row, on top of its prefix.
+        length = max(sum(len(sequences[i]) - prefix for i in members) for prefix, members in groups)
+        ids = torch.full((len(groups), length), pad_id, dtype=torch.long)
+        positions = torch.zeros_like(ids)
+        allowed = torch.zeros((len(groups), 1, length, width + length), dtype=torch.bool)
+        last: dict[int, tuple[int, int]] = {}  # sequence -> (row, column of its last token)
+        for g, (prefix, members) in enumerate(groups):
+            allowed[g, 0, :, :prefix] = True  # every token sees the prefix (padding: only it)
+            start = 0
+            for i in members:
+                suffix = sequences[i][prefix:]
+                end = start + len(suffix)
+                ids[g, start:end] = torch.tensor(list(suffix))
+                positions[g, start:end] = prefix + torch.arange(len(suffix))
+                causal = torch.ones((len(suffix), len(suffix)), dtype=torch.bool).tril()
+                allowed[g, 0, start:end, width + start : width + end] = causal
+                last[i] = (g, end - 1)
+                start = end
+        columns = sorted({column for _, column in last.values()})
+        keep = {"logits_to_keep": torch.tensor(columns, device=device)} if can_keep else {}
+        # An additive mask (0 = attend): the form eager and sdpa attention both take as is.
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
         out = model(
-            input_ids=suffix_ids,
-            attention_mask=torch.cat([prefix_mask[order], suffix_mask], dim=1),
-            position_ids=positions,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
             use_cache=True,
             **{kwarg: cache},
-            **last_only,
+            **keep,
         )
-        result = read(out.logits)
-        unsorted = torch.empty_like(result)
-        unsorted[torch.tensor(members)] = result
-        return unsorted
+        index = {column: k for k, column in enumerate(columns)} if can_keep else None
+        rows = [last[i] for i in range(len(sequences))]
+        picked = torch.stack(
+            [out.logits[g, index[column] if index else column] for g, column in rows]
+        )
+        return log_softmax(picked)
