@@ -266,6 +266,12 @@ def test_shared_prefix_verdicts_equal_full_forward_passes(make_cfg):
     assert result.decisions.tolist() == (expected >= cfg.judge.threshold).tolist()
 
 
+def test_a_local_judge_runs_on_the_callers_device(make_cfg):
+    assert RuleJudge(make_cfg(), device="cpu").llm.device == "cpu"  # judge.llm.device: auto
+    pinned = make_cfg("judge.llm.device=meta")
+    assert RuleJudge(pinned, device="cpu").llm.device == "meta"  # an explicit choice stays
+
+
 def test_hf_generate_mode_counts_noise_as_unparsed(make_cfg):
     judge = RuleJudge(make_cfg("judge.mode=generate", "judge.llm.max_tokens=4"))
     result = judge.judge(RESPONSES[:1], RULES[:2], prompts=PROMPTS[:1])
