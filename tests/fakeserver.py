@@ -13,19 +13,25 @@ optional reasoning, an error status, or a raw body (not JSON, JSON of the wrong 
 per request, for a server run in another process). ``tls=self_signed_cert(folder)`` serves HTTPS,
 which botocore requires before it sends a Bedrock API key (``AWS_BEARER_TOKEN_BEDROCK``); point
 the client at the certificate with ``AWS_CA_BUNDLE``.
+
+OpenAI requests with ``logprobs: true`` get the reply's ``top_logprobs`` back in the API's format
+(``choices[0].logprobs.content[0].top_logprobs``, cut to the ``top_logprobs`` asked for).
+:class:`ScriptedJudge` is a rule judge for it: it says yes exactly for known (response, rule)
+pairs, as a generated ``[[Yes]]``/``[[No]]`` verdict or as first-token log-probabilities.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -65,6 +71,49 @@ class FakeReply:
     # Sent as the body instead of the protocol's JSON (with ``status``), e.g. b"<html>oops" or a
     # JSON document that lacks the answer, for clients' handling of broken gateways.
     raw_body: bytes | None = None
+    # OpenAI, requests with logprobs: (token, log-probability) alternatives for the first token,
+    # most likely first; None sends no logprobs even when asked.
+    top_logprobs: list[tuple[str, float]] | None = None
+
+
+class ScriptedJudge:
+    """A rule judge that says yes exactly for the (response, rule) pairs in ``yes``.
+
+    It finds the pair in the prompt: the rule is the end of the prompt (the judge puts it last)
+    and the response is the one of ``responses`` found in it (use distinctive texts). Requests
+    with ``logprobs`` get "Yes" with probability ``p_yes`` (or ``1 - p_yes`` for a no) among
+    their top alternatives; the others get a short reason ending in ``[[Yes]]``/``[[No]]``.
+    ``replies`` overrides the answer for given pairs (garbled verdicts, missing choices).
+    """
+
+    def __init__(
+        self,
+        responses: Iterable[str],
+        rules: Iterable[str],
+        yes: Iterable[tuple[str, str]],
+        p_yes: float = 0.9,
+        replies: dict[tuple[str, str], FakeReply] | None = None,
+    ):
+        self.responses, self.rules = list(responses), list(rules)
+        self.yes, self.p_yes, self.replies = set(yes), p_yes, dict(replies or {})
+
+    def pair(self, prompt: str) -> tuple[str, str]:
+        rule = next(r for r in self.rules if prompt.rstrip().endswith(r))
+        response = next(r for r in self.responses if r in prompt)
+        return response, rule
+
+    def __call__(self, request: FakeRequest) -> FakeReply:
+        pair = self.pair(request.prompt)
+        if pair in self.replies:
+            return self.replies[pair]
+        says_yes = pair in self.yes
+        if request.body.get("logprobs"):
+            p = self.p_yes if says_yes else 1 - self.p_yes
+            alternatives = [("Yes", math.log(p)), ("No", math.log(1 - p)), ("The", math.log(1e-4))]
+            alternatives.sort(key=lambda alt: -alt[1])
+            return FakeReply(text=alternatives[0][0], top_logprobs=alternatives)
+        verdict = "[[Yes]]" if says_yes else "[[No]]"
+        return FakeReply(text=f"Checked the response against the rule.\n\n{verdict}")
 
 
 def echo_rules(request: FakeRequest) -> FakeReply:
@@ -240,12 +289,28 @@ def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
                 reply.reasoning
             )
     n_in, n_out = _tokens(request.prompt), _tokens(reply.reasoning + " " + reply.text)
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
+    if request.body.get("logprobs") and reply.top_logprobs is not None:
+        listed = reply.top_logprobs[: int(request.body.get("top_logprobs") or 0)]
+        token, logprob = reply.top_logprobs[0] if reply.top_logprobs else (reply.text, 0.0)
+        choice["logprobs"] = {
+            "content": [
+                {
+                    "token": token,
+                    "logprob": logprob,
+                    "bytes": list(token.encode()),
+                    "top_logprobs": [
+                        {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in listed
+                    ],
+                }
+            ]
+        }
     return {
         "id": f"chatcmpl-{request.number}",
         "object": "chat.completion",
         "created": 0,
         "model": request.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "choices": [choice],
         "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
     }
 

@@ -8,7 +8,6 @@ masked) so stages never need Hydra's globals.
 
 from __future__ import annotations
 
-import copy
 import numbers
 from collections.abc import Iterable, Sequence
 from pathlib import Path

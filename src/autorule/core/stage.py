@@ -41,6 +41,7 @@ LLM_TRANSPORT_KEYS = (
     "cache_dir",
     "progress",
     "batch_size",
+    "verdict_batch_size",
     "device",
     "gpu_memory_utilization",
     "tensor_parallel_size",

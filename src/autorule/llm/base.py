@@ -18,6 +18,13 @@ rest:
 * **records** — each call's latency, tokens in and out, retries and error go into
   :class:`Completion`; a tqdm bar shows calls done, failed and cached.
 
+Besides answers (:meth:`LLM.complete_all`), a backend may read *verdicts*
+(:meth:`LLM.verdict_all`): the log-probability of each of a few short answers ("Yes", "No") as
+the first token of the reply, with no generation (a served model: one token with its top
+log-probabilities; a local one: one forward pass). They go through the same cache, retries and
+concurrency; their cache key also holds the choices, so an answer and a verdict to the same
+messages never share an entry.
+
 A call that still fails after its retries does not raise from :meth:`LLM.complete_all`: its
 Completion carries the error, and the caller decides how many failures it tolerates.
 
@@ -55,6 +62,9 @@ from autorule.llm.reasoning import split_reasoning
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
+# A verdict request: the answers to score as the reply's first token, and how many alternatives a
+# served model is asked for (a choice outside them counts as probability 0).
+Verdict = tuple[tuple[str, ...], int]
 
 
 class LLMCallError(RuntimeError):
@@ -77,6 +87,9 @@ class Completion:
     retries: int = 0
     cached: bool = False  # replayed from the response cache
     error: str | None = None
+    # Verdict requests only: choice -> log-probability as the reply's first token (None when a
+    # served model did not list it among its top alternatives).
+    choice_logprobs: dict[str, float | None] | None = None
 
     @property
     def ok(self) -> bool:
@@ -102,6 +115,8 @@ def check_usable(completion: Completion) -> Completion:
                 f"the answer's {name} is not valid Unicode text ({err.reason} at position "
                 f"{err.start})"
             ) from None
+    if completion.choice_logprobs is not None:  # a verdict: the choices' probabilities
+        return completion
     if not completion.text.strip() and not completion.reasoning.strip():
         raise UnusableAnswerError("the answer is empty")
     return completion
@@ -153,6 +168,8 @@ class LLM:
     """Base of all backends. Subclasses set ``backend`` and implement :meth:`_run`."""
 
     backend = "base"
+    # Whether the backend reads verdicts (implements verdict_once or verdict_batch).
+    supports_verdicts = False
     # What identifies a backend's answers besides model and messages: every constructor argument
     # except the transport ones (LLM_TRANSPORT_KEYS, shared with the artifact hash).
     settings: dict[str, Any]
@@ -196,21 +213,25 @@ class LLM:
             if k not in LLM_TRANSPORT_KEYS and k not in ("model", "_target_")
         }
 
-    def request(self, messages: Messages) -> dict[str, Any]:
+    def request(self, messages: Messages, verdict: Verdict | None = None) -> dict[str, Any]:
         """What identifies a request in the cache.
 
         The endpoint is left out on purpose, so a server moved to another host or port keeps its
         cache; see :mod:`autorule.llm.cache`.
         """
-        return {
+        request = {
             "backend": self.backend,
             "model": self.model,
             "messages": messages,
             "params": self.params(),
         }
+        if verdict is not None:
+            choices, top_logprobs = verdict
+            request["verdict"] = {"choices": list(choices), "top_logprobs": top_logprobs}
+        return request
 
-    def cache_key(self, messages: Messages) -> str:
-        return digest(self.request(messages))
+    def cache_key(self, messages: Messages, verdict: Verdict | None = None) -> str:
+        return digest(self.request(messages, verdict))
 
     # ----------------------------------------------------------------------------------------
     # Public API
@@ -234,7 +255,40 @@ class LLM:
         worker threads for remote backends; not for cached answers). Failed calls come back with
         ``error`` set; nothing raises for them.
         """
-        keys = [self.cache_key(list(m)) for m in requests]
+        return self._answer_all(requests, None, desc, on_result)
+
+    def verdict_all(
+        self,
+        requests: Sequence[Messages],
+        choices: Sequence[str] = ("Yes", "No"),
+        top_logprobs: int = 20,
+        desc: str | None = "verdict",
+        on_result: Callable[[int, Completion], None] | None = None,
+    ) -> list[Completion]:
+        """The log-probability of each of ``choices`` as the first token of the reply to each
+        request (``Completion.choice_logprobs``), without generating; cached, retried and run
+        concurrently as :meth:`complete_all`.
+
+        ``top_logprobs``: how many alternatives a served model returns for that token; a choice
+        outside them gets None (probability 0). Local backends read the whole distribution.
+        """
+        if not self.supports_verdicts:
+            raise NotImplementedError(
+                f"the {self.backend} backend cannot read verdict log-probabilities; "
+                "use a backend that can (hf, vllm, openai) or generate the answer instead"
+            )
+        if len(set(choices)) < 2:
+            raise ValueError(f"a verdict needs at least two distinct choices, got {choices!r}")
+        return self._answer_all(requests, (tuple(choices), int(top_logprobs)), desc, on_result)
+
+    def _answer_all(
+        self,
+        requests: Sequence[Messages],
+        verdict: Verdict | None,
+        desc: str | None,
+        on_result: Callable[[int, Completion], None] | None,
+    ) -> list[Completion]:
+        keys = [self.cache_key(list(m), verdict) for m in requests]
         results: list[Completion | None] = [None] * len(requests)
         pending, first = [], {}  # first: key -> index of the one request sent for it
         for i, key in enumerate(keys):
@@ -266,7 +320,8 @@ class LLM:
             # Stored before anything else so a call that finished is never paid for twice. Only
             # usable answers get here as ok (check_usable), so nothing empty is ever cached.
             if completion.ok and self.cache is not None:
-                self.cache.put(keys[i], {**self.request(list(requests[i])), **asdict(completion)})
+                request = self.request(list(requests[i]), verdict)
+                self.cache.put(keys[i], {**request, **asdict(completion)})
             with self._lock:
                 results[i] = completion
                 stats["done" if completion.ok else "failed"] += 1
@@ -276,7 +331,7 @@ class LLM:
                 on_result(i, completion)
 
         try:
-            self._run([(i, list(requests[i])) for i in pending], report)
+            self._run([(i, list(requests[i])) for i in pending], report, verdict)
         finally:
             bar.close()
         for i in repeats:
@@ -289,9 +344,13 @@ class LLM:
         return results  # type: ignore[return-value]
 
     def _run(
-        self, items: list[tuple[int, Messages]], report: Callable[[int, Completion], None]
+        self,
+        items: list[tuple[int, Messages]],
+        report: Callable[[int, Completion], None],
+        verdict: Verdict | None = None,
     ) -> None:
-        """Answers every ``(index, messages)`` item and calls ``report`` for each."""
+        """Answers every ``(index, messages)`` item (or reads its verdict, when ``verdict`` is
+        given) and calls ``report`` for each."""
         raise NotImplementedError
 
     @staticmethod
@@ -309,6 +368,11 @@ class RemoteLLM(LLM):
         """One attempt; raises the SDK's exception on failure."""
         raise NotImplementedError
 
+    def verdict_once(self, messages: Messages, verdict: Verdict) -> Completion:
+        """One attempt at a verdict (``choice_logprobs`` set); raises on failure. Backends that
+        implement it set ``supports_verdicts = True``."""
+        raise NotImplementedError
+
     def is_retryable(self, error: BaseException) -> bool:
         """True for throttling, server errors, timeouts and failed connections."""
         raise NotImplementedError
@@ -317,7 +381,7 @@ class RemoteLLM(LLM):
         """One line naming what went wrong, for the call record (backends may reword SDK text)."""
         return f"{type(error).__name__}: {error}"
 
-    def call_with_retries(self, messages: Messages) -> Completion:
+    def call_with_retries(self, messages: Messages, verdict: Verdict | None = None) -> Completion:
         """One call with backoff on transient errors; a final failure is returned, not raised."""
         from tenacity import (
             Retrying,
@@ -347,7 +411,12 @@ class RemoteLLM(LLM):
         )
         start = time.perf_counter()
         try:
-            completion = retrying(attempt, messages)
+            if verdict is None:
+                completion = retrying(attempt, messages)
+            else:
+                completion = retrying(
+                    lambda m: check_usable(self.verdict_once(m, verdict)), messages
+                )
         except Exception as err:  # noqa: BLE001 - any failure becomes a recorded failed call
             attempts = retrying.statistics.get("attempt_number", 1)
             # Our attempt count only: the SDKs' retries are off, so it is the whole story.
@@ -369,7 +438,7 @@ class RemoteLLM(LLM):
         completion.latency_s = time.perf_counter() - start
         return completion
 
-    def _run(self, items, report) -> None:
+    def _run(self, items, report, verdict=None) -> None:
         if not items:
             return
         pool = ThreadPoolExecutor(
@@ -377,7 +446,8 @@ class RemoteLLM(LLM):
             thread_name_prefix=f"llm-{self.backend}",
         )
         futures = [
-            pool.submit(lambda i, m: report(i, self.call_with_retries(m)), i, m) for i, m in items
+            pool.submit(lambda i, m: report(i, self.call_with_retries(m, verdict)), i, m)
+            for i, m in items
         ]
         try:
             for future in as_completed(futures):
@@ -398,11 +468,25 @@ class LocalLLM(LLM):
     def generate_batch(self, batch: list[Messages]) -> list[Completion]:
         raise NotImplementedError
 
-    def _run(self, items, report) -> None:
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
+    def verdict_batch(self, batch: list[Messages], verdict: Verdict) -> list[Completion]:
+        """Verdicts of a batch (``choice_logprobs`` set). Backends that implement it set
+        ``supports_verdicts = True``."""
+        raise NotImplementedError
+
+    # Requests per verdict_batch call; backends whose verdicts batch differently set their own.
+    @property
+    def verdict_batch_size(self) -> int:
+        return self.batch_size
+
+    def _run(self, items, report, verdict=None) -> None:
+        size = self.batch_size if verdict is None else self.verdict_batch_size
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
             t0 = time.perf_counter()
-            completions = self.generate_batch([m for _, m in chunk])
+            if verdict is None:
+                completions = self.generate_batch([m for _, m in chunk])
+            else:
+                completions = self.verdict_batch([m for _, m in chunk], verdict)
             per_item = (time.perf_counter() - t0) / len(chunk)
             for (i, _), completion in zip(chunk, completions, strict=True):
                 completion.latency_s = per_item  # a batch's time, shared by its requests
@@ -414,3 +498,22 @@ class LocalLLM(LLM):
                         latency_s=per_item,
                     )
                 report(i, completion)
+
+
+def choice_logprobs(
+    candidates: Sequence[tuple[str, float]], choices: Sequence[str]
+) -> dict[str, float | None]:
+    """Each choice's log-probability among a served model's top alternatives for one token.
+
+    ``candidates`` are ``(token text, log-probability)`` pairs. A token counts for a choice when it
+    equals the choice once surrounding white space is stripped (``"Yes"``, ``" Yes"``); several
+    such tokens add up. A choice with no such token gets None: its probability is below the
+    least likely alternative listed, and counts as 0.
+    """
+    import math
+
+    found: dict[str, float | None] = {}
+    for choice in choices:
+        probs = [math.exp(lp) for token, lp in candidates if token.strip() == choice]
+        found[choice] = math.log(sum(probs)) if probs and sum(probs) > 0 else None
+    return found

@@ -128,7 +128,6 @@ def check(cfg: DictConfig) -> None:
         )
 
 
-
 def run(cfg: DictConfig) -> Path:
     check(cfg)
     with StageJob(cfg, SPEC.name) as job:
