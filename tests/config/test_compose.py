@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from autorule.core.config import CONF_DIR
-from autorule.core.stage import META_STAGES, load
+from autorule.core.stage import META_STAGES, builtin_stages, load
 
 GROUPS = ["stage", "dataset", "model", "profile", "paths", "launcher", "logger"]
 # Groups mounted at packages (the LLM backends, once per role): group -> the packages.
@@ -47,9 +47,7 @@ def test_profile_by_dataset(make_cfg, profile, dataset):
 
 
 def test_every_stage_has_a_config_file_and_a_spec():
-    stage_modules = {p.stem for p in (CONF_DIR.parents[0] / "src/autorule/stages").glob("*.py")} - {
-        "__init__"
-    }
+    stage_modules = set(builtin_stages())
     assert set(options("stage")) == stage_modules | set(META_STAGES)
     for name in stage_modules:
         assert load(name).SPEC.name == name

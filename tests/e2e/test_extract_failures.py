@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -52,27 +53,34 @@ def credentials(monkeypatch, tmp_path):
 
 
 def config(root, tmp_path, *overrides):
+    # The endpoint is transport and does not name the artifact, so tests sharing one root draw
+    # their own pairs (a seed of their own) to get folders of their own.
     return compose(
         [
             "stage=extract",
             f"paths.root={root}",
-            f"llm.cache_dir={tmp_path}/llm",
-            "llm.progress=false",
-            "llm.retry.initial_wait=0.01",
-            "llm.retry.max_wait=0.02",
-            "llm.retry.jitter=0",
-            "llm.retry.max_attempts=2",
+            f"extract.seed={zlib.crc32(tmp_path.name.encode())}",
+            f"extract.llm.cache_dir={tmp_path}/llm",
+            "extract.llm.progress=false",
+            "extract.llm.retry.initial_wait=0.01",
+            "extract.llm.retry.max_wait=0.02",
+            "extract.llm.retry.jitter=0",
+            "extract.llm.retry.max_attempts=2",
             *overrides,
         ]
     )
 
 
 def bedrock(server) -> list[str]:
-    return ["llm=bedrock", f"llm.endpoint_url={server.url}"]
+    return ["llm@extract.llm=bedrock", f"extract.llm.endpoint_url={server.url}"]
 
 
 def openai(server, base_url: str | None = None) -> list[str]:
-    return ["llm=openai", f"llm.base_url={base_url or server.url + '/v1'}", "llm.model=served"]
+    return [
+        "llm@extract.llm=openai",
+        f"extract.llm.base_url={base_url or server.url + '/v1'}",
+        "extract.llm.model=served",
+    ]
 
 
 def healthy(request) -> FakeReply:
@@ -154,7 +162,7 @@ def test_fallback_rules_are_provisional_and_a_healthy_run_recomputes_them(root, 
         cfg = config(root, tmp_path, *bedrock(server), "extract.max_failed_calls=100")
         first = extract.run(cfg)
         manifest = read_manifest(first)
-        assert manifest["extract"]["rules_source"] == "fallback"
+        assert manifest["extract"]["rules_origin"] == "fallback"
         assert manifest["provisional"] is True and manifest["counts"]["failed_calls"] == 8
         # ...which a later run with a working endpoint recomputes, in the same folder.
         outage.fixed = True
@@ -162,7 +170,7 @@ def test_fallback_rules_are_provisional_and_a_healthy_run_recomputes_them(root, 
         again = extract.run(cfg)
         assert again == first and len(server.requests) > sent + 8
         manifest = read_manifest(again)
-        assert manifest["extract"]["rules_source"] == "extracted" and "provisional" not in manifest
+        assert manifest["extract"]["rules_origin"] == "extracted" and "provisional" not in manifest
         assert json.loads((again / "rules.json").read_text()) == RULES[:2]
         sent = len(server.requests)
         assert extract.run(cfg) == again and len(server.requests) == sent  # now complete
@@ -210,7 +218,7 @@ def test_an_openai_key_echoed_by_the_server_is_masked_in_the_artifact(
             root,
             tmp_path,
             *openai(server),
-            f"llm.api_key_env={variable}",
+            f"extract.llm.api_key_env={variable}",
             "extract.max_failed_calls=8",
         )
         path = extract.run(cfg)
@@ -258,10 +266,11 @@ def test_a_bedrock_api_key_is_masked_on_stderr_and_in_the_call_log(root, tmp_pat
         res = cli(
             "stage=extract",
             f"paths.root={root}",
-            f"llm.cache_dir={tmp_path}/llm",
+            f"extract.seed={zlib.crc32(tmp_path.name.encode())}",  # as config() draws them
+            f"extract.llm.cache_dir={tmp_path}/llm",
             *bedrock(server),
-            "llm.progress=false",
-            "llm.retry.max_attempts=1",
+            "extract.llm.progress=false",
+            "extract.llm.retry.max_attempts=1",
             env=env,
         )
     assert res.returncode == 1 and "LLM calls failed" in res.stderr, res.stderr[-3000:]
@@ -281,7 +290,9 @@ def test_a_token_in_the_endpoint_url_stays_out_of_the_manifest_and_saved_config(
     with FakeLLMServer(healthy) as server:
         url = f"'{server.url}/v1?token={token}'"  # quoted: Hydra's grammar reserves "="
         # From the command line the override is refused before Hydra could echo it...
-        res = cli("stage=extract", f"paths.root={root}", f"llm.base_url={url}", env=os.environ)
+        res = cli(
+            "stage=extract", f"paths.root={root}", f"extract.llm.base_url={url}", env=os.environ
+        )
         assert res.returncode == 2 and "no secrets on the command line" in res.stderr
         assert token not in res.stderr
         # ...and from a config (composed here as a config file or ${oc.env:...} would give it)
@@ -291,7 +302,8 @@ def test_a_token_in_the_endpoint_url_stays_out_of_the_manifest_and_saved_config(
         path = extract.run(cfg)
     manifest = read_manifest(path)
     assert f"token={MASK}" in manifest["command"]
-    assert f"token={MASK}" in manifest["config"]["llm"]["base_url"]
+    # The endpoint is transport: not in the hashed config, only in the saved one.
+    assert "base_url" not in manifest["config"]["extract"]["llm"]
     written = files_under(path, tmp_path / "llm")
     assert f"token={MASK}" in written[path / "config.yaml"]
     assert f"token={MASK}" in written[path / "calls.jsonl"]  # the 404's message
@@ -310,7 +322,7 @@ def test_a_token_in_the_endpoint_url_stays_out_of_the_manifest_and_saved_config(
         ("extract.merge_chunk_size=0", "extract.merge_chunk_size", "an integer >= 2"),
         ("extract.num_examples=-3", "extract.num_examples", "an integer >= 1"),
         ("extract.num_examples=0", "extract.num_examples", "an integer >= 1"),
-        ("llm.retry.max_attempts=0", "llm.retry.max_attempts", "an integer >= 1"),
+        ("extract.llm.retry.max_attempts=0", "extract.llm.retry.max_attempts", "an integer >= 1"),
     ],
 )
 def test_bad_numbers_are_refused_before_any_call(root, tmp_path, override, key, allowed):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from autorule import stages
 from autorule.core.config import ConfigError, check_number, compose
+from autorule.core.stage import builtin_stages, load
 from autorule.pipeline import check_stages
 from autorule.training.arguments import max_steps
 
@@ -31,8 +31,10 @@ def test_check_number_names_the_key_and_the_allowed_range():
 
 
 def test_every_stage_has_a_check():
-    for name in stages.SPECS:
-        assert callable(getattr(stages.load(name), "check", None)), name
+    names = builtin_stages()
+    assert {"preprocess", "extract", "sft", "rm", "grpo"} <= set(names)
+    for name in names:
+        assert callable(getattr(load(name), "check", None)), name
 
 
 @pytest.mark.parametrize(
@@ -47,10 +49,19 @@ def test_every_stage_has_a_check():
         (["stage=preprocess", "preprocess.splits=[train_sft]"], "must include test_prefs"),
         (["stage=extract", "dataset=mt", "extract.num_questions=0"], "an integer >= 1 or null"),
         (["stage=extract", "dataset=mt", "extract.examples_per_question=0"], "per_question=0"),
-        (["stage=extract", "llm.temperature=-1"], "llm.temperature=-1 is not allowed"),
-        (["stage=extract", "llm=openai", "llm.max_tokens=0"], "llm.max_tokens=0 is not allowed"),
-        (["stage=extract", "llm=bedrock", "llm.read_timeout=0"], "llm.read_timeout=0"),
-        (["stage=extract", "extract.source=answers"], "extract.source='answers'"),
+        (
+            ["stage=extract", "extract.llm.temperature=-1"],
+            "extract.llm.temperature=-1 is not allowed",
+        ),
+        (
+            ["stage=extract", "llm@extract.llm=openai", "extract.llm.max_tokens=0"],
+            "extract.llm.max_tokens=0 is not allowed",
+        ),
+        (
+            ["stage=extract", "llm@extract.llm=bedrock", "extract.llm.read_timeout=0"],
+            "extract.llm.read_timeout=0",
+        ),
+        (["stage=extract", "extract.rules_from=answers"], "extract.rules_from='answers'"),
         (["stage=sft", "sft.warmup_ratio=1"], "sft.warmup_ratio=1 is not allowed"),
         (["stage=sft", "sft.save_steps=0"], "sft.save_steps=0 is not allowed"),
         (["stage=sft", "sft.max_steps=-1", "sft.num_train_epochs=0"], "while sft.max_steps <= 0"),
@@ -72,7 +83,7 @@ def test_the_default_and_paper_configs_pass_every_check(tmp_path):
     for profile in ("tiny", "paper"):
         for dataset in ("uf", "mt"):
             cfg = compose([f"paths.root={tmp_path}", f"profile={profile}", f"dataset={dataset}"])
-            check_stages(cfg, list(stages.SPECS))
+            check_stages(cfg, builtin_stages())
 
 
 @pytest.mark.parametrize(("value", "expected"), [(8, 8), (0, -1), (-1, -1), (-7, -1)])
@@ -83,10 +94,19 @@ def test_max_steps_zero_or_below_means_epochs(value, expected):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["llm=vllm", "llm.gpu_memory_utilization=1.5"], "llm.gpu_memory_utilization=1.5"),
-        (["llm=vllm", "llm.tensor_parallel_size=0"], "llm.tensor_parallel_size=0"),
-        (["llm=hf", "llm.max_input_tokens=0"], "an integer >= 1 or null"),
-        (["llm=openai", "llm.retry.initial_wait=-1"], "llm.retry.initial_wait=-1"),
+        (
+            ["llm@extract.llm=vllm", "extract.llm.gpu_memory_utilization=1.5"],
+            "extract.llm.gpu_memory_utilization=1.5",
+        ),
+        (
+            ["llm@extract.llm=vllm", "extract.llm.tensor_parallel_size=0"],
+            "extract.llm.tensor_parallel_size=0",
+        ),
+        (["llm@extract.llm=hf", "extract.llm.max_input_tokens=0"], "an integer >= 1 or null"),
+        (
+            ["llm@extract.llm=openai", "extract.llm.retry.initial_wait=-1"],
+            "extract.llm.retry.initial_wait=-1",
+        ),
     ],
 )
 def test_llm_settings_are_checked_for_every_backend(tmp_path, overrides, message):

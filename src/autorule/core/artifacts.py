@@ -129,12 +129,20 @@ def config_hash(cfg: DictConfig, stage: str) -> str:
             "stage": stage,
             "version": spec.version,
             "config": stage_config(cfg, stage),
-            "inputs": {name: config_hash(cfg, name) for name in spec.inputs_for(cfg)},
+            "inputs": {
+                name: config_hash(spec.config_for_input(cfg, name), name)
+                for name in spec.inputs_for(cfg)
+            },
             **({"fingerprint": spec.fingerprint(cfg)} if spec.fingerprint else {}),
             # The file's content, not its path: editing the rules moves the artifact.
             **({"rules_file": rules_file["sha256"]} if rules_file else {}),
         }
     )
+
+
+def input_path(cfg: DictConfig, stage: str, name: str) -> Path:
+    """Folder of input ``name`` of ``stage`` (under the config that input is found with)."""
+    return artifact_path(get_spec(stage, cfg).config_for_input(cfg, name), name)
 
 
 def artifact_path(cfg: DictConfig, stage: str) -> Path:
@@ -435,7 +443,8 @@ class StageJob:
         """Folder of the complete upstream artifact ``name``; raises with the command to make it."""
         if name not in self.spec.inputs_for(self.cfg):
             raise KeyError(f"stage {self.stage!r} does not declare input {name!r}")
-        folder = artifact_path(self.cfg, name)
+        input_cfg = self.spec.config_for_input(self.cfg, name)
+        folder = artifact_path(input_cfg, name)
         manifest = read_manifest(folder)
         if not is_complete(manifest):
             if manifest is not None:
@@ -451,7 +460,7 @@ class StageJob:
                 state = "missing"
             raise StageInputError(
                 f"stage '{self.stage}' needs the '{name}' artifact at {folder}, which is {state}. "
-                f"Make it first with:\n  {make_command(self.cfg, name)}"
+                f"Make it first with:\n  {make_command(input_cfg, name)}"
             )
         problem = check_files(folder, manifest, verify_hashes(self.cfg))
         if problem:
@@ -468,7 +477,7 @@ class StageJob:
         record = rules_file_record(self.cfg, self.spec)
         if record is not None:
             return {"from": "file", **record}
-        folder = artifact_path(self.cfg, RULES_STAGE)
+        folder = artifact_path(self.spec.config_for_input(self.cfg, RULES_STAGE), RULES_STAGE)
         manifest = read_manifest(folder) or {}
         return {"from": RULES_STAGE, "path": str(folder), "hash": manifest.get("artifact_hash")}
 

@@ -8,6 +8,7 @@ masked) so stages never need Hydra's globals.
 
 from __future__ import annotations
 
+import copy
 import numbers
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -127,9 +128,30 @@ def renamed_overrides(overrides: Iterable[str]) -> list[str]:
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         for old, hint in RENAMED_OVERRIDES.items():
-            if key == old or key.startswith((old + ".", old + "@")):
+            if key == old or key.startswith(old + "."):
                 found.append(f"{override.split('=', 1)[0]}: {hint}")
     return found
+
+
+def with_dataset(cfg: DictConfig, name: str) -> DictConfig:
+    """A copy of ``cfg`` with the dataset group's option ``name`` (``conf/dataset/<name>.yaml``),
+    as ``dataset=<name>`` on the command line would give. Where the data is read from follows
+    the profile: a ``dataset.path`` that points inside the dataset section (the tiny profile's
+    bundled copy, the paper's hub id) is kept; any other is the new option's own."""
+    file = CONF_DIR / "dataset" / f"{name}.yaml"
+    if not file.is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+        raise ValueError(f"rules.dataset={name!r}: no {file}; known datasets: {known}")
+    other = copy.deepcopy(cfg)
+    section = OmegaConf.load(file)
+    path = cfg.dataset._get_node("path")._value()
+    with open_dict(other):
+        if isinstance(path, str) and path.startswith("${dataset."):
+            section.path = path
+        other.dataset = section
+        overrides = [o for o in other.run.overrides if override_top_key(o) != "dataset"]
+        other.run.overrides = [*overrides, f"dataset={name}"]
+    return other
 
 
 def finalize(cfg: DictConfig, stage: str, overrides: Sequence[str]) -> DictConfig:
@@ -151,3 +173,21 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     return finalize(cfg, stage, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m autorule.core.config <key> [overrides...]`` prints one value of the composed
+    config (scripts use it, e.g. to serve the judge model the config names)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        raise SystemExit("usage: python -m autorule.core.config <dotted.key> [overrides...]")
+    value = OmegaConf.select(compose(args[1:]), args[0], throw_on_missing=True)
+    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+        value = OmegaConf.to_yaml(value, resolve=True).strip()
+    print(value)
+
+
+if __name__ == "__main__":
+    main()

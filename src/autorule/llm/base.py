@@ -102,8 +102,11 @@ class Completion:
         return out
 
 
-def check_usable(completion: Completion) -> Completion:
-    """``completion`` itself when it holds an answer; raises :class:`UnusableAnswerError`."""
+def check_usable(completion: Completion, allow_empty: bool = False) -> Completion:
+    """``completion`` itself when it holds an answer; raises :class:`UnusableAnswerError`.
+
+    ``allow_empty``: an empty answer is the model's own (a local model that ends at once), not a
+    broken endpoint's; it is kept, as a parser will count it unparsed."""
     for name in ("text", "reasoning"):
         value = getattr(completion, name)
         if not isinstance(value, str):
@@ -117,7 +120,7 @@ def check_usable(completion: Completion) -> Completion:
             ) from None
     if completion.choice_logprobs is not None:  # a verdict: the choices' probabilities
         return completion
-    if not completion.text.strip() and not completion.reasoning.strip():
+    if not allow_empty and not completion.text.strip() and not completion.reasoning.strip():
         raise UnusableAnswerError("the answer is empty")
     return completion
 
@@ -491,7 +494,7 @@ class LocalLLM(LLM):
             for (i, _), completion in zip(chunk, completions, strict=True):
                 completion.latency_s = per_item  # a batch's time, shared by its requests
                 try:
-                    completion = check_usable(self.finish(completion))
+                    completion = check_usable(self.finish(completion), allow_empty=True)
                 except UnusableAnswerError as err:  # a local model's answer: no retry
                     completion = Completion(
                         error=f"{self.backend} call to {self.model} failed: {err}",

@@ -37,6 +37,7 @@ from autorule.core.artifacts import (
     LAUNCH_DIR,
     StageJob,
     artifact_path,
+    input_path,
     is_complete,
     read_manifest,
     work_path,
@@ -213,7 +214,7 @@ def dry_run_report(cfg: DictConfig, stage: str, workdir: Path, notes: Sequence[s
         f"  {deepspeed}",
     ]
     for name in get_spec(stage, cfg).inputs_for(cfg):
-        folder = artifact_path(cfg, name)
+        folder = input_path(cfg, stage, name)
         lines.append(f"  input {name} -> {folder} ({artifact_state(folder)})")
     lines += [f"  {note}" for note in notes]
     lines.append(f"[autorule] {stage} trainer arguments:")
@@ -249,7 +250,7 @@ def run_training(
         if job is not None:
             workdir, inputs = job.workdir, {n: job.input(n) for n in input_names}
         else:  # other machines only start their workers; machine 0 prepares and commits
-            workdir, inputs = work_path(path), {n: artifact_path(cfg, n) for n in input_names}
+            workdir, inputs = work_path(path), {n: input_path(cfg, stage, n) for n in input_names}
 
         if not launched(cfg, stage):
             # Launched workers are processes of their own, whose tracker run ends when they exit.
