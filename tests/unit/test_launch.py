@@ -210,8 +210,9 @@ def test_pipeline_dry_run_runs_no_non_training_stage(tmp_path, capsys, monkeypat
     for name in ("preprocess", "extract"):
         assert f"\n  python -m autorule stage={name} profile=paper paths.root={tmp_path}\n" in out
         assert f"\n  artifact {done[name]} (no artifact yet: the run would make it)\n" in out
-    assert "[autorule] dry run of stage sft " in out and "[autorule] dry run of stage rm " in out
-    assert list(done) == ["preprocess", "extract", "sft", "rm"]
+    for name in ("sft", "rm", "grpo"):
+        assert f"[autorule] dry run of stage {name} " in out
+    assert list(done) == ["preprocess", "extract", "sft", "rm", "grpo"]
     for name, path in done.items():
         assert f"\n[autorule] {name}: {path} (dry run, nothing written)\n" in out
 
