@@ -12,11 +12,11 @@ docs/benchmarks.md (section "Verifying artifacts on reuse"), only when the asser
 
 import os
 import platform
-import re
 import time
 from pathlib import Path
 
 import pytest
+from benchdoc import write_section
 
 from autorule.core import stage as stage_registry
 from autorule.core.artifacts import StageJob, is_up_to_date
@@ -64,16 +64,7 @@ def _timed(cfg) -> tuple[float, bool]:
 
 
 def _write_doc(section: str) -> None:
-    start, end = "<!-- verify-artifacts:start -->", "<!-- verify-artifacts:end -->"
-    block = f"{start}\n{section}\n{end}"
-    text = DOC.read_text()
-    if start in text:
-        text = re.sub(
-            re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.DOTALL
-        )
-    else:
-        text = text.rstrip("\n") + f"\n\n## Verifying artifacts on reuse\n\n{block}\n"
-    DOC.write_text(text)
+    write_section("verify-artifacts", "Verifying artifacts on reuse", section)
 
 
 def _cpu() -> str:
