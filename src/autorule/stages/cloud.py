@@ -47,13 +47,12 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from autorule.core.artifacts import artifact_path
 from autorule.core.files import write_text_atomic
 from autorule.core.stage import StageSpec
 from autorule.data.model_paths import load_tokenizer, resolve
 from autorule.data.pairs import preference_rows
 from autorule.training.arguments import METRICS, MODEL, runtime_keys, trainer_kwargs
-from autorule.training.launch import artifact_state, run_training
+from autorule.training.launch import run_training
 from autorule.training.loop import base_metrics, config_kwargs, finish_tracker, fit, save
 
 log = logging.getLogger(__name__)
@@ -134,11 +133,10 @@ def describe(cfg: DictConfig) -> list[str]:
     """The dry run's lines on the phases (the reward phase's arguments follow them)."""
     if not is_cloud(cfg):
         return [f"mode=classic: reward phase only, from {cfg.model.name_or_path}, BT loss"]
-    critiques = artifact_path(cfg, "critiques")
     sft = trainer_kwargs(phase_section(cfg, CRITIQUE_SFT), int(cfg.launcher.num_processes))
     shown = ("learning_rate", "weight_decay", "num_train_epochs", "max_steps", "warmup_steps")
     return [
-        f"mode=cloud: oracle critiques {critiques} ({artifact_state(critiques)})",
+        "mode=cloud: critique SFT -> self-critiques -> reward head with the CLoud loss",
         "phase 1 critique SFT from "
         f"{cfg.model.name_or_path}: " + " ".join(f"{k}={sft[k]}" for k in shown),
         "phase 2 "
