@@ -112,6 +112,11 @@ SPEC = StageSpec(
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
     if cfg.cloud.mode not in MODES:
         raise ValueError(f"cloud.mode must be one of {MODES}, got {cfg.cloud.mode!r}")
+    if cfg.dataset.name != "uf":
+        raise ValueError(
+            "cloud trains on UltraFeedback preference pairs (dataset=uf), got "
+            f"dataset={cfg.dataset.name}"
+        )
     return run_training(cfg, SPEC.name, train, callbacks, describe=describe)
 
 

@@ -75,10 +75,19 @@ SPEC = StageSpec(
 def run(cfg: DictConfig) -> Path:
     from autorule.training.cloud_model import GenerationSettings, load
 
+    section = cfg.cloud_eval
+    if section.weighting not in rewardbench.WEIGHTINGS:  # before any model is loaded
+        raise ValueError(
+            f"cloud_eval.weighting must be one of {rewardbench.WEIGHTINGS}, "
+            f"got {section.weighting!r}"
+        )
+    if cfg.dataset.name != "uf":
+        raise ValueError(
+            f"cloud_eval reads UltraFeedback pairs (dataset=uf), got {cfg.dataset.name}"
+        )
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
-        section = cfg.cloud_eval
         settings = GenerationSettings(
             max_new_tokens=int(section.max_new_tokens),
             repetition_penalty=float(section.repetition_penalty),

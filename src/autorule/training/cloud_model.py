@@ -23,6 +23,7 @@ module is imported, so ``AutoModel.from_pretrained(folder)`` loads a saved CLoud
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
@@ -315,7 +316,12 @@ def generate_vllm(
     )
     outputs = engine.generate([{"prompt_token_ids": list(p)} for p in prefixes], params)
     texts = [decode_critique(tokenizer, o.outputs[0].token_ids) for o in outputs]
-    del engine
+    # vLLM's engine runs in a process of its own, which ends with the last reference to it; the
+    # GPU memory it held is then free for what follows (cloud's reward phase).
+    del engine, outputs
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return texts
 
 
