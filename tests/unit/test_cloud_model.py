@@ -97,6 +97,30 @@ def test_saved_model_loads_with_auto_model_and_scores_the_same(tiny, tmp_path):
     assert out.shape == (1, ids.shape[1] + 3)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_lm_head_tying_survives_saving(tmp_path, tied):
+    """Llama-3-8B's LM head is its own matrix; the tiny model's is the embedding."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=tied,
+    )
+    fmt = CloudFormat("{prompt}{response}", "{request}", "Critique it.")
+    model = CloudRewardModel.from_lm(LlamaForCausalLM(config), "cloud", fmt, 64)
+    model.save_pretrained(tmp_path)
+    loaded = CloudRewardModel.from_pretrained(tmp_path)
+    for m in (model, loaded):
+        same = m.lm.lm_head.weight.data_ptr() == m.lm.model.embed_tokens.weight.data_ptr()
+        assert same == tied
+    torch.testing.assert_close(loaded.lm.lm_head.weight, model.lm.lm_head.weight)
+
+
 def test_join_labels_critique_and_eos_and_cuts_the_critique_end():
     assert join([1, 2, 3], [4, 5], 9, 10).labels == [X, X, X, 4, 5, 9]
     cut = join([1, 2, 3], [4, 5, 6], 9, 6)
@@ -220,3 +244,12 @@ def test_auto_engine_is_transformers_without_vllm_or_gpu(monkeypatch, tiny):
     assert len(texts) == 1
     with pytest.raises(ValueError, match="engine must be one of"):
         GenerationSettings(engine="sglang")
+
+
+def test_a_format_without_its_placeholders_is_refused_naming_the_key():
+    good = {"answer": "{prompt} {response}", "critique": "{request}", "request": "Critique it."}
+    assert CloudFormat.from_mapping(good).critique_prompt("P", "R") == "P RCritique it."
+    with pytest.raises(ValueError, match=r"cloud.format.answer .*\['response'\]"):
+        CloudFormat.from_mapping({**good, "answer": "{prompt}"})
+    with pytest.raises(ValueError, match="cloud.format.critique"):
+        CloudFormat.from_mapping({**good, "critique": "Now critique."})

@@ -161,6 +161,9 @@ def train(
     """Trains in this process (one of many under accelerate); writes model/ and metrics.json."""
     from autorule.training.cloud_data import CloudFormat
 
+    if (workdir / METRICS).is_file():  # phase 3 saved its model; only the commit was missing
+        log.info("[cloud] training finished before: %s", workdir / MODEL)
+        return json.loads((workdir / METRICS).read_text())
     section = cfg.cloud
     fmt = CloudFormat.from_mapping(section.format)
     tokenizer = load_tokenizer(cfg, "policy")
