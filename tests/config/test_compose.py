@@ -9,8 +9,8 @@ from autorule.core.config import CONF_DIR
 from autorule.core.stage import META_STAGES, load
 
 GROUPS = ["stage", "dataset", "model", "profile", "paths", "launcher", "logger"]
-# Groups mounted at a package (the LLM backends, once per role): group -> the package.
-MOUNTED = {"llm": "extract.llm"}
+# Groups mounted at a package (the LLM backends, once per role): (group, package).
+MOUNTED = [("llm", "extract.llm"), ("llm", "evaluate.judge")]
 
 
 def options(group: str) -> list[str]:
@@ -20,7 +20,7 @@ def options(group: str) -> list[str]:
 
 CASES = (
     [(g, o) for g in GROUPS for o in options(g)]
-    + [(f"{g}@{package}", o) for g, package in MOUNTED.items() for o in options(g)]
+    + [(f"{g}@{package}", o) for g, package in MOUNTED for o in options(g)]
     + [("experiment", o) for o in options("experiment")]
 )
 
