@@ -27,8 +27,9 @@ TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def installed() -> bool:
+    """Whether AlpacaEval can run here (its entry point imports, pkg_resources included)."""
     try:
-        import alpaca_eval  # noqa: F401
+        import alpaca_eval.main  # noqa: F401
     except ImportError:
         return False
     return True

@@ -2,6 +2,7 @@
 artifact.
 
     python -m autorule stage=report          # after stage=evaluate; prints the report's path
+    python -m autorule.stages.report [overrides]   # only prints where the report of a config is
 
 Sections: the run (models, prompts, sampling), the win rate over the reference with its 95%
 interval and the judge's unparsed answers, reward-model scores, response lengths, rule agreement,
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from autorule.core.artifacts import StageJob
+from autorule.core.artifacts import StageJob, artifact_path
 from autorule.core.stage import StageSpec
 from autorule.evaluation import plots
 
@@ -45,6 +47,11 @@ def run(cfg: DictConfig) -> Path:
             job.commit({"plots": len(figures)})
         print(f"[autorule] report: {job.path / REPORT}", flush=True)
         return job.path
+
+
+def report_file(cfg: DictConfig) -> Path:
+    """Where the report of this config is (or will be)."""
+    return artifact_path(cfg, SPEC.name) / REPORT
 
 
 def load(folder: Path, name: str) -> Any:
@@ -266,3 +273,10 @@ def _num(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
+
+
+if __name__ == "__main__":
+    # `make demo` ends with this: the report of the config given by these overrides.
+    from autorule.core.config import compose
+
+    print(f"Report: {report_file(compose(sys.argv[1:]))}")
