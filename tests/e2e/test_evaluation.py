@@ -117,10 +117,9 @@ def test_win_rate_from_the_test_server(judged):
     folder = judged["paths"]["generate"]
     model, reference = rows(folder / "responses.jsonl"), rows(folder / "reference.jsonl")
     # The server prefers the longer response (A on equal length, so equal lengths tie).
-    expected = [
-        1.0 if len(m) > len(r) else 0.0 if len(m) < len(r) else 0.5
-        for m, r in ((m["responses"][0], r["responses"][0]) for m, r in zip(model, reference))
-    ][1:]  # the first prompt's answers are unreadable
+    pairs = [(m["responses"][0], r["responses"][0]) for m, r in zip(model, reference, strict=True)]
+    expected = [1.0 if len(m) > len(r) else 0.0 if len(m) < len(r) else 0.5 for m, r in pairs]
+    expected = expected[1:]  # the first prompt's answers are unreadable
     rate = metrics["win_rate"]
     assert rate["pairs"] == 5 and rate["scored"] == 4
     assert rate["unparsed_answers"] == 2 and rate["unparsed_pairs"] == 1
