@@ -37,14 +37,20 @@ def reward_curves(series: dict[str, Any], path: Path, dpi: int, window: int) -> 
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
         steps, values = series[name]["step"], series[name]["value"]
-        ax.plot(steps, values, color="0.75", lw=1, label="logged")
-        ax.plot(steps, hacking.smooth(values, window), color="C0", lw=2, label=f"mean of {window}")
+        if window > 1:
+            ax.plot(steps, values, color="0.75", lw=1, label="logged")
+            ax.plot(
+                steps, hacking.smooth(values, window), color="C0", lw=2, label=f"mean of {window}"
+            )
+        else:
+            ax.plot(steps, values, color="C0", lw=2, marker="." if len(steps) < 30 else None)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    if window > 1:
+        axes.flat[0].legend(fontsize=8)
     return _save(fig, path, dpi)
 
 
