@@ -74,6 +74,7 @@ def judged(trained, tmp_path_factory):
                 f"evaluate.judge.cache_dir={work}/llm",
                 "evaluate.judge.progress=false",
                 f"rules.path={rules}",
+                "evaluate.rule_agreement=true",
                 "evaluate.agreement_pairs=6",
                 "evaluate.prune_below=0.5",
             ]

@@ -1,7 +1,7 @@
 """Stage ``generate``: a model's responses to a prompt set, with the sampling settings beside them.
 
-    python -m autorule stage=generate                                  # grpo vs sft, test_subset
-    python -m autorule stage=generate generate.model=sft generate.reference=base
+    python -m autorule stage=generate                                  # sft vs base, test_subset
+    python -m autorule stage=generate generate.model=grpo generate.reference=sft
     python -m autorule stage=generate generate.prompts=alpaca_eval generate.reference=null
     python -m autorule stage=generate generate.prompts=/data/mt_bench/question.jsonl
     python -m autorule stage=generate generate.best_of_n=16 generate.best_of_reward=rm
