@@ -273,6 +273,19 @@ class Generator:
 
     def close(self) -> None:
         """Frees the model (the next model of a run needs the memory)."""
+        if self._engine is not None:
+            # vLLM keeps its distributed state and KV cache until told otherwise; a second engine
+            # in the same process would not find the memory.
+            try:
+                from vllm.distributed.parallel_state import (
+                    destroy_distributed_environment,
+                    destroy_model_parallel,
+                )
+
+                destroy_model_parallel()
+                destroy_distributed_environment()
+            except ImportError:
+                pass
         self._engine = self._model = self._tokenizer = None
         gc.collect()
         try:

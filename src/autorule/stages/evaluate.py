@@ -76,7 +76,7 @@ def ignored_keys(cfg: DictConfig) -> tuple[str, ...]:
     section = cfg.evaluate
     keys: tuple[str, ...] = ()
     if not section.win_rate:
-        keys += ("evaluate.judge", "evaluate.pairwise", "evaluate.max_pairs")
+        keys += ("evaluate.judge", "evaluate.pairwise")
     if not agreement_on(cfg):
         keys += ("judge", "evaluate.agreement_split", "evaluate.agreement_pairs")
         keys += ("evaluate.prune_below",)

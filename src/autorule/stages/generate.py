@@ -164,6 +164,11 @@ def run(cfg: DictConfig) -> Path:
         if job.done:
             return job.path
         section = cfg.generate
+        if best_of(cfg) and float(section.temperature) <= 0:
+            raise ValueError(
+                f"generate.best_of_n={section.best_of_n} needs sampling (generate.temperature > 0):"
+                " greedy decoding gives the same answer N times"
+            )
         inputs = {name: job.input(name) for name in SPEC.inputs_for(cfg)}
 
         # ---- load: the prompts and the models
