@@ -6,19 +6,32 @@ format, error mapping and retry paths are exercised without network access or cr
     with FakeLLMServer(reply=my_reply, delay=0.2) as server:
         ...  # llm.endpoint_url=server.url (bedrock) or llm.base_url=server.url + "/v1" (openai)
 
-``reply(request)`` receives a :class:`FakeRequest` and returns a :class:`FakeReply`: the answer,
-optional reasoning, or an error status. ``server.requests`` logs every request received (and
-``log_path``, when given, gets one JSON line per request, for a server run in another process).
+``reply(request)`` receives a :class:`FakeRequest` (with the request's headers, so a reply can
+echo ``Authorization`` back as some gateways do) and returns a :class:`FakeReply`: the answer,
+optional reasoning, an error status, or a raw body (not JSON, JSON of the wrong shape).
+``server.requests`` logs every request received (and ``log_path``, when given, gets one JSON line
+per request, for a server run in another process). ``tls=self_signed_cert(folder)`` serves HTTPS,
+which botocore requires before it sends a Bedrock API key (``AWS_BEARER_TOKEN_BEDROCK``); point
+the client at the certificate with ``AWS_CA_BUNDLE``.
+
+OpenAI requests with ``logprobs: true`` get the reply's ``top_logprobs`` back in the API's format
+(``choices[0].logprobs.content[0].top_logprobs``, cut to the ``top_logprobs`` asked for).
+:class:`ScriptedJudge` is a rule judge for it: it says yes exactly for known (response, rule)
+pairs, as a generated ``[[Yes]]``/``[[No]]`` verdict or as first-token log-probabilities.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import shutil
+import ssl
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -38,6 +51,7 @@ class FakeRequest:
     prompt: str  # the text of the last user message
     body: dict[str, Any]
     number: int  # 1-based count of requests received so far (this one included)
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased: "authorization"
 
 
 @dataclass
@@ -54,6 +68,52 @@ class FakeReply:
     message: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to wait before answering, on top of the server's delay
+    # Sent as the body instead of the protocol's JSON (with ``status``), e.g. b"<html>oops" or a
+    # JSON document that lacks the answer, for clients' handling of broken gateways.
+    raw_body: bytes | None = None
+    # OpenAI, requests with logprobs: (token, log-probability) alternatives for the first token,
+    # most likely first; None sends no logprobs even when asked.
+    top_logprobs: list[tuple[str, float]] | None = None
+
+
+class ScriptedJudge:
+    """A rule judge that says yes exactly for the (response, rule) pairs in ``yes``.
+
+    It finds the pair in the prompt: the rule is the end of the prompt (the judge puts it last)
+    and the response is the one of ``responses`` found in it (use distinctive texts). Requests
+    with ``logprobs`` get "Yes" with probability ``p_yes`` (or ``1 - p_yes`` for a no) among
+    their top alternatives; the others get a short reason ending in ``[[Yes]]``/``[[No]]``.
+    ``replies`` overrides the answer for given pairs (garbled verdicts, missing choices).
+    """
+
+    def __init__(
+        self,
+        responses: Iterable[str],
+        rules: Iterable[str],
+        yes: Iterable[tuple[str, str]],
+        p_yes: float = 0.9,
+        replies: dict[tuple[str, str], FakeReply] | None = None,
+    ):
+        self.responses, self.rules = list(responses), list(rules)
+        self.yes, self.p_yes, self.replies = set(yes), p_yes, dict(replies or {})
+
+    def pair(self, prompt: str) -> tuple[str, str]:
+        rule = next(r for r in self.rules if prompt.rstrip().endswith(r))
+        response = next(r for r in self.responses if r in prompt)
+        return response, rule
+
+    def __call__(self, request: FakeRequest) -> FakeReply:
+        pair = self.pair(request.prompt)
+        if pair in self.replies:
+            return self.replies[pair]
+        says_yes = pair in self.yes
+        if request.body.get("logprobs"):
+            p = self.p_yes if says_yes else 1 - self.p_yes
+            alternatives = [("Yes", math.log(p)), ("No", math.log(1 - p)), ("The", math.log(1e-4))]
+            alternatives.sort(key=lambda alt: -alt[1])
+            return FakeReply(text=alternatives[0][0], top_logprobs=alternatives)
+        verdict = "[[Yes]]" if says_yes else "[[No]]"
+        return FakeReply(text=f"Checked the response against the rule.\n\n{verdict}")
 
 
 def echo_rules(request: FakeRequest) -> FakeReply:
@@ -92,12 +152,19 @@ class FakeLLMServer:
         reply: Callable[[FakeRequest], FakeReply] = echo_rules,
         delay: float = 0.0,
         log_path: str | None = None,
+        tls: tuple[str, str] | None = None,
     ):
         self.reply, self.delay, self.log_path = reply, delay, log_path
         self.requests: list[FakeRequest] = []
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        scheme = "http"
+        if tls is not None:  # (certificate file, key file)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}"
         # A short poll interval makes shutdown() quick (the default waits up to 0.5 s).
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
 
@@ -109,14 +176,17 @@ class FakeLLMServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def _record(self, protocol: str, model: str, body: dict) -> FakeRequest:
+    def _record(
+        self, protocol: str, model: str, body: dict, headers: dict[str, str]
+    ) -> FakeRequest:
         messages = body.get("messages", [])
         last = messages[-1] if messages else {}
         content = last.get("content", "")
         if isinstance(content, list):  # Bedrock: a list of content blocks
             content = "".join(block.get("text", "") for block in content)
         with self._lock:
-            request = FakeRequest(protocol, model, content, body, len(self.requests) + 1)
+            number = len(self.requests) + 1
+            request = FakeRequest(protocol, model, content, body, number, headers)
             self.requests.append(request)
             if self.log_path:  # for a server run in another process
                 with open(self.log_path, "a") as f:
@@ -145,12 +215,16 @@ class FakeLLMServer:
                     protocol, model = OPENAI, body.get("model", "")
                 else:
                     return self._send(404, {"message": f"no route {path}"})
-                request = server._record(protocol, model, body)
+                request = server._record(
+                    protocol, model, body, {k.lower(): v for k, v in self.headers.items()}
+                )
                 if server.delay:
                     time.sleep(server.delay)
                 reply = server.reply(request)
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.raw_body is not None:
+                    return self._send_bytes(reply.status, reply.raw_body, reply.headers)
                 if reply.status != 200:
                     return self._error(protocol, reply)
                 payload = (_bedrock_body if protocol == BEDROCK else _openai_body)(request, reply)
@@ -173,7 +247,9 @@ class FakeLLMServer:
                 self._send(reply.status, payload, headers)
 
             def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-                data = json.dumps(payload).encode()
+                self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+            def _send_bytes(self, status: int, data: bytes, headers: dict | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -213,12 +289,28 @@ def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
                 reply.reasoning
             )
     n_in, n_out = _tokens(request.prompt), _tokens(reply.reasoning + " " + reply.text)
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
+    if request.body.get("logprobs") and reply.top_logprobs is not None:
+        listed = reply.top_logprobs[: int(request.body.get("top_logprobs") or 0)]
+        token, logprob = reply.top_logprobs[0] if reply.top_logprobs else (reply.text, 0.0)
+        choice["logprobs"] = {
+            "content": [
+                {
+                    "token": token,
+                    "logprob": logprob,
+                    "bytes": list(token.encode()),
+                    "top_logprobs": [
+                        {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in listed
+                    ],
+                }
+            ]
+        }
     return {
         "id": f"chatcmpl-{request.number}",
         "object": "chat.completion",
         "created": 0,
         "model": request.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "choices": [choice],
         "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
     }
 
@@ -230,3 +322,22 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def self_signed_cert(folder) -> tuple[str, str] | None:
+    """A certificate and key for 127.0.0.1 made with the ``openssl`` command, valid two days
+    (files in ``folder``); None when ``openssl`` is not installed."""
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = f"{folder}/cert.pem", f"{folder}/key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-nodes", "-days", "2",
+            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-keyout", key, "-out", cert,
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key

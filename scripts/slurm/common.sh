@@ -115,3 +115,69 @@ autorule_stage() {
   echo "autorule: ${stage} on ${nodes} node(s) x ${gpus} GPU(s), master ${hosts[0]}" >&2
   "${cmd[@]}"
 }
+
+# autorule_config_value <dotted.key> [overrides...]: one value of the composed config.
+autorule_config_value() {
+  "${PYTHON:-python}" -m autorule.core.config "$@"
+}
+
+# autorule_grpo [overrides...]: stage grpo, serving the rule judge on GPUs of its own when the
+# config's reward terms include `rules` and AUTORULE_JUDGE_GPUS > 0 (see scripts/slurm/grpo.sh).
+autorule_grpo() {
+  local judge_gpus=${AUTORULE_JUDGE_GPUS:-4}
+  local dry_run=${AUTORULE_DRY_RUN:-0}
+  local rewards
+  rewards=$(autorule_config_value grpo.rewards stage=grpo "$@")
+  if [[ $judge_gpus -le 0 || $rewards != *"- rules"* ]]; then
+    autorule_stage grpo "$@"
+    return
+  fi
+  local total=${SLURM_GPUS_ON_NODE:-}
+  if [[ -z $total ]] && command -v nvidia-smi >/dev/null; then
+    total=$(nvidia-smi --list-gpus | wc -l)
+  fi
+  total=${total:-$AUTORULE_DRY_RUN_GPUS}
+  if [[ $judge_gpus -ge $total ]]; then
+    echo "autorule: AUTORULE_JUDGE_GPUS=$judge_gpus leaves none of the node's $total GPUs to train" >&2
+    return 1
+  fi
+  local train_gpus=$((total - judge_gpus))
+  local model port host
+  model=$(autorule_config_value judge.llm.model stage=grpo "$@")
+  port=${AUTORULE_JUDGE_PORT:-8001}
+  host=$(hostname)
+  local -a serve=(
+    vllm serve "$model" --served-model-name "$model" --port "$port"
+    --data-parallel-size "$judge_gpus" --enable-prefix-caching
+  )
+  local -a judge=(
+    "llm@judge.llm=openai" "judge.llm.model=$model" "judge.llm.base_url=http://$host:$port/v1"
+  )
+  if [[ $dry_run == 1 ]]; then
+    printf 'CUDA_VISIBLE_DEVICES=%s ' "$(seq -s, "$train_gpus" $((total - 1)))"
+    printf '%q ' "${serve[@]}"
+    printf '&\n'
+    SLURM_GPUS_ON_NODE=$train_gpus autorule_stage grpo "$@" "${judge[@]}"
+    return
+  fi
+  CUDA_VISIBLE_DEVICES=$(seq -s, "$train_gpus" $((total - 1))) "${serve[@]}" &
+  local server=$!
+  # shellcheck disable=SC2064  # the pid is fixed now
+  trap "kill $server 2>/dev/null || true" EXIT
+  local waited=0 limit=${AUTORULE_JUDGE_TIMEOUT:-1800}
+  until curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null; do
+    if ! kill -0 "$server" 2>/dev/null; then
+      echo "autorule: the judge server (vllm serve $model) exited before answering" >&2
+      return 1
+    fi
+    if [[ $waited -ge $limit ]]; then
+      echo "autorule: the judge server did not answer within ${limit}s (AUTORULE_JUDGE_TIMEOUT)" >&2
+      return 1
+    fi
+    sleep 10
+    waited=$((waited + 10))
+  done
+  echo "autorule: judge $model served on $host:$port (GPUs $train_gpus-$((total - 1)))" >&2
+  CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((train_gpus - 1))) SLURM_GPUS_ON_NODE=$train_gpus \
+    autorule_stage grpo "$@" "${judge[@]}"
+}

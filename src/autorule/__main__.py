@@ -6,8 +6,12 @@ offers works: ``--cfg job``, ``--help``, ``-m`` sweeps.
 Secrets never travel on the command line: Hydra echoes overrides in sweep files and error
 messages before autorule could mask them, so an override that carries a credential is refused
 before Hydra starts, and a failing stage prints its error through the same redaction as the logs.
+
+Errors that are the user's next step rather than a bug (a missing upstream artifact, a config
+value out of range) print as one line without a traceback.
 """
 
+import os
 import sys
 import traceback
 
@@ -15,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from autorule.core.config import CONF_DIR, finalize
+from autorule.core.config import CONF_DIR, ConfigError, check_root, finalize
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
@@ -29,7 +33,7 @@ def main(cfg: DictConfig) -> None:
     finalize(cfg, hc.runtime.choices["stage"], hc.overrides.task)
     try:
         run_stage(cfg)
-    except StageInputError as err:  # a user's next step, not a bug: no traceback
+    except (StageInputError, ConfigError) as err:  # a user's next step, not a bug: no traceback
         print(f"[autorule] error: {redact_text(str(err))}", file=sys.stderr, flush=True)
         sys.exit(1)
     except Exception:
@@ -58,13 +62,29 @@ def refuse_credentials(argv: list[str]) -> None:
             "autorule takes no secrets on the command line, and these overrides look like "
             f"credentials: {', '.join(found)}. Put the secret in an environment variable and "
             "name that variable in the config (llm.api_key_env for API keys; AWS credentials "
-            "come from the usual AWS variables, profile or role).",
+            "come from the usual AWS variables, profile or role; a URL that carries a token can "
+            "be read from a variable with '${oc.env:MY_URL}').",
             file=sys.stderr,
         )
         sys.exit(2)
 
 
+def refuse_empty_root(argv: list[str], environ=os.environ) -> None:
+    """Exits with one line when ``paths.root`` is empty on the command line or in
+    ``AUTORULE_ROOT``: Hydra would create its log folder under ``/`` before any autorule code
+    runs. (An empty root from a config file is refused too, by the ``${root:}`` resolver of
+    Hydra's run folder, with Hydra's longer report.)"""
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("paths.root=")]
+    root = given[-1].strip("'\"") if given else environ.get("AUTORULE_ROOT", "outputs")
+    try:
+        check_root(root)
+    except ConfigError as err:
+        print(f"[autorule] error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     refuse_credentials(sys.argv[1:])
     refuse_old_spellings(sys.argv[1:])
+    refuse_empty_root(sys.argv[1:])
     main()

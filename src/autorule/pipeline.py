@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from autorule.core.artifacts import artifact_path, is_up_to_date, make_command
+from autorule.core.config import check_paths
 from autorule.core.stage import load
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,25 @@ def dry_run_note(cfg: DictConfig, name: str) -> str:
     )
 
 
+def check_stages(cfg: DictConfig, names: list[str]) -> None:
+    """Runs every selected stage's ``check(cfg)`` (when its module has one) before any stage
+    runs, so a bad number in the last stage of a pipeline is refused before the first one
+    spends anything. Raises :class:`~autorule.core.config.ConfigError`."""
+    check_paths(cfg)
+    for name in names:
+        check = getattr(load(name, cfg), "check", None)
+        if check is not None:
+            check(cfg)
+
+
 def run_stage(cfg: DictConfig) -> dict[str, Path]:
     """Runs ``cfg.stage`` (a stage name or ``pipeline``); returns stage name -> artifact folder."""
     banner(cfg)
     names = list(cfg.pipeline.stages) if cfg.stage == "pipeline" else [cfg.stage]
     dry_run = bool(cfg.get("dry_run"))
-    done: dict[str, Path] = {}
     modules = {name: load(name, cfg) for name in names}  # an unknown name fails before any work
+    check_stages(cfg, names)
+    done: dict[str, Path] = {}
     for name, module in modules.items():
         with open_dict(cfg):
             cfg.stage = name

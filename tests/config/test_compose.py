@@ -6,11 +6,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from autorule.core.config import CONF_DIR
-from autorule.core.stage import META_STAGES, load
+from autorule.core.stage import META_STAGES, builtin_stages, load
 
 GROUPS = ["stage", "dataset", "model", "profile", "paths", "launcher", "logger"]
-# Groups mounted at a package (the LLM backends, once per role): (group, package).
-MOUNTED = [("llm", "extract.llm"), ("llm", "evaluate.judge")]
+# Groups mounted at packages (the LLM backends, once per role): group -> the packages.
+MOUNTED = {"llm": ("extract.llm", "judge.llm", "evaluate.judge")}
 
 
 def options(group: str) -> list[str]:
@@ -20,7 +20,7 @@ def options(group: str) -> list[str]:
 
 CASES = (
     [(g, o) for g in GROUPS for o in options(g)]
-    + [(f"{g}@{package}", o) for g, package in MOUNTED for o in options(g)]
+    + [(f"{g}@{p}", o) for g, packages in MOUNTED.items() for p in packages for o in options(g)]
     + [("experiment", o) for o in options("experiment")]
 )
 
@@ -47,9 +47,7 @@ def test_profile_by_dataset(make_cfg, profile, dataset):
 
 
 def test_every_stage_has_a_config_file_and_a_spec():
-    stage_modules = {p.stem for p in (CONF_DIR.parents[0] / "src/autorule/stages").glob("*.py")} - {
-        "__init__"
-    }
+    stage_modules = set(builtin_stages())
     assert set(options("stage")) == stage_modules | set(META_STAGES)
     for name in stage_modules:
         assert load(name).SPEC.name == name
@@ -96,3 +94,20 @@ def test_every_config_key_has_a_comment():
     """Config is the interface: each key a researcher can turn says what it does."""
     missing = [m for p in sorted(CONF_DIR.rglob("*.yaml")) for m in _keys_without_comment(p)]
     assert not missing, "keys without a comment:\n" + "\n".join(missing)
+
+
+def test_judge_settings_per_profile(make_cfg):
+    """The paper's judge (a served Llama-3-8B-Instruct, greedy, up to 1,024 new tokens, one
+    generated verdict per pair); the tiny profile's local random model reads log-probabilities."""
+    paper, tiny = make_cfg("profile=paper"), make_cfg()
+    assert paper.judge.llm._target_.endswith("OpenAICompatLLM")
+    assert paper.judge.llm.model == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert (paper.judge.llm.temperature, paper.judge.llm.max_tokens) == (0.0, 1024)
+    assert paper.judge.mode == "generate" and paper.judge.threshold == 0.5
+    assert tiny.judge.llm._target_.endswith("HFLLM") and tiny.judge.mode == "logprob"
+    assert (tiny.rewards.rules.offset, tiny.rewards.rules.scale) == (0.75, 10.0)
+    lp = tiny.rewards.length_penalty
+    assert (lp.coef, lp.norm, lp.offset) == (0.5, 300, 0.5)
+    # The command line picks another backend for the judge alone.
+    assert make_cfg("llm@judge.llm=vllm").judge.llm._target_.endswith("VLLMOfflineLLM")
+    assert make_cfg("llm@judge.llm=vllm").extract.llm._target_.endswith("HFLLM")

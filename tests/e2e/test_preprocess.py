@@ -1,6 +1,7 @@
 """The preprocess stage end to end on the tiny profile, in-process and through the CLI."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -8,11 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf.errors import InterpolationResolutionError
 
-from autorule.core.artifacts import read_manifest
+from autorule.core.artifacts import StageInputError, is_up_to_date, read_manifest
+from autorule.core.config import ConfigError, compose
 from autorule.data.filters import REASONS
 from autorule.data.model_paths import load_tokenizer
-from autorule.stages import preprocess
+from autorule.pipeline import run_stage
+from autorule.stages import preprocess, sft
 
 pytestmark = pytest.mark.slow
 UF_SPLITS = ["train_sft", "test_sft", "train_prefs", "test_prefs"]
@@ -74,8 +78,8 @@ def test_prompt_format_switch(make_cfg, fmt):
 
 
 def test_a_column_missing_from_one_file_is_an_error_not_dropped_rows(make_cfg, tmp_path):
-    """datasets fills a column one split's file lacks with nulls; preprocess must refuse it
-    instead of committing a split the score filter emptied."""
+    """A column one split's file lacks is refused, naming the split and the file, instead of
+    committing a split the score filter emptied (datasets would fill the column with nulls)."""
     import shutil
 
     copy = tmp_path / "uf"
@@ -83,7 +87,9 @@ def test_a_column_missing_from_one_file_is_an_error_not_dropped_rows(make_cfg, t
     f = copy / "data" / "test_sft-00000-of-00001.parquet"
     pd.read_parquet(f).drop(columns=["score_rejected"]).to_parquet(f)
     cfg = make_cfg(f"dataset.path={copy}")
-    with pytest.raises(ValueError, match=r"split test_sft .* missing values .*score_rejected"):
+    with pytest.raises(
+        ValueError, match=r"split test_sft .*test_sft-00000.*lacks the columns \['score_rejected'\]"
+    ):
         preprocess.run(cfg)
     assert not any((tmp_path / "out" / "preprocess").glob("uf-*"))
 
@@ -225,3 +231,91 @@ def test_fast_token_counts_match_the_tokenizer(make_cfg):
             return tok(texts, **kwargs)
 
     assert preprocess.token_lengths(Slow())(texts) == expected
+
+
+def test_an_empty_root_is_refused_before_anything_is_written(tmp_path):
+    """paths.root='' would put Hydra's logs at /logs and the caches at /.cache."""
+    outside = {path: path.exists() for path in (Path("/logs"), Path("/.cache"))}
+    runs = [
+        (["paths.root="], os.environ),
+        (["paths.root=''"], os.environ),
+        (["stage=pipeline"], {**os.environ, "AUTORULE_ROOT": ""}),
+    ]
+    for args, env in runs:
+        cmd = [sys.executable, "-m", "autorule", "stage=preprocess", *args]
+        res = subprocess.run(
+            cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert res.returncode == 1, res.stderr[-2000:]
+        [line] = res.stderr.strip().splitlines()  # one line, no traceback
+        assert line.startswith("[autorule] error: paths.root='' is empty")
+    assert list(tmp_path.iterdir()) == []
+    assert all(path.exists() == existed for path, existed in outside.items())
+    # The same from Python, or from a config file: refused before any stage runs.
+    cfg = compose(["stage=preprocess", "paths.root=''"])
+    with pytest.raises(ConfigError, match="paths.root='' is empty"):
+        run_stage(cfg)
+    with pytest.raises(InterpolationResolutionError, match="paths.root='' is empty"):
+        str(cfg.paths.cache)  # the cache folder cannot fall back to /.cache
+
+
+def copy_of_uf(make_cfg, tmp_path) -> Path:
+    import shutil
+
+    copy = tmp_path / "uf"
+    shutil.copytree(make_cfg().dataset.path, copy)
+    return copy
+
+
+def test_one_split_with_wrong_columns_is_named_with_its_file(make_cfg, tmp_path):
+    copy = copy_of_uf(make_cfg, tmp_path)
+    f = copy / "data" / "test_sft-00000-of-00001.parquet"
+    pd.read_parquet(f).rename(columns={"chosen": "preferred"}).to_parquet(f)
+    with pytest.raises(ValueError) as err:
+        preprocess.run(make_cfg(f"dataset.path={copy}"))
+    message = str(err.value)
+    assert message.startswith(f"split test_sft of {copy} (file {f})")
+    assert "lacks the columns ['chosen']" in message and "'preferred'" in message
+
+
+def test_a_row_with_an_empty_message_list_is_named_by_file_row_and_column(make_cfg, tmp_path):
+    copy = copy_of_uf(make_cfg, tmp_path)
+    f = copy / "data" / "train_prefs-00000-of-00001.parquet"
+    df = pd.read_parquet(f)
+    df.at[5, "chosen"] = []
+    df.to_parquet(f)
+    with pytest.raises(ValueError) as err:
+        preprocess.run(make_cfg(f"dataset.path={copy}"))
+    assert str(err.value).startswith(
+        f"column 'chosen' at row 5 of file {f} (row 5 of split train_prefs) is empty"
+    )
+
+
+def test_a_truncated_file_is_caught_before_use_and_recomputed(make_cfg, caplog):
+    """A damaged parquet file in a finished artifact: the next stage names it instead of failing
+    inside pyarrow, and re-running preprocess recomputes the artifact."""
+    cfg = make_cfg()
+    path = preprocess.run(cfg)
+    data = path / "train_sft.parquet"
+    intact = data.read_bytes()
+    data.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(StageInputError, match="file train_sft.parquet is corrupted: it has"):
+        sft.run(make_cfg("stage=sft"))
+    with caplog.at_level(logging.INFO, logger="autorule.core.artifacts"):
+        assert preprocess.run(cfg) == path
+    assert "train_sft.parquet is corrupted" in caplog.text and "nothing to do" not in caplog.text
+    assert data.read_bytes() == intact  # the same data, recomputed
+    # A change that keeps the size is caught by the hashes, which verify=true checks.
+    flipped = bytearray(intact)
+    flipped[len(flipped) // 2] ^= 0xFF
+    data.write_bytes(bytes(flipped))
+    assert is_up_to_date(cfg, "preprocess")[0]  # sizes only: not seen
+    verify = make_cfg("verify=true")
+    fresh, reason = is_up_to_date(verify, "preprocess")
+    assert not fresh and reason == "file train_sft.parquet is corrupted: its sha256 differs " + (
+        "from the manifest's"
+    )
+    with pytest.raises(StageInputError, match="train_sft.parquet is corrupted"):
+        sft.run(make_cfg("stage=sft", "verify=true"))
+    preprocess.run(make_cfg("force=true", "verify=true"))
+    assert data.read_bytes() == intact

@@ -1,12 +1,14 @@
 """Stage sft end to end on the tiny profile: a few optimizer steps on CPU."""
 
 import json
+import math
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from autorule.core.artifacts import artifact_path, read_manifest, work_path
-from autorule.core.config import compose
+from autorule.core.config import ConfigError, compose
+from autorule.pipeline import run_stage
 from autorule.stages import preprocess, rm, sft
 
 pytestmark = pytest.mark.slow
@@ -128,3 +130,30 @@ def test_sft_loss_is_on_the_response_only(trained, tmp_path):
         assert row["completion"].endswith(tokenizer.eos_token)
         assert (labels[learned] == ids[learned]).all()
         assert not learned[: int((real & ~learned).sum())].any()  # the prompt comes first
+
+
+def test_max_steps_zero_trains_num_train_epochs(trained):
+    """sft.max_steps <= 0 means "train num_train_epochs" (conf/stage/sft.yaml); transformers
+    alone would read 0 as one step."""
+    root = trained["preprocess"].parents[1]
+    cfg = compose(
+        ["stage=sft", f"paths.root={root}", "sft.max_steps=0", "sft.num_train_epochs=0.25"]
+    )
+    metrics = json.loads((sft.run(cfg) / "metrics.json").read_text())
+    batches = math.ceil(metrics["train_rows"] / 8)  # micro batches of 8, 2 per optimizer step
+    assert metrics["global_step"] == math.ceil(0.25 * math.ceil(batches / 2)) > 1
+
+
+def test_a_pipeline_refuses_a_bad_number_of_a_later_stage_before_running_any(make_cfg):
+    cfg = make_cfg("stage=pipeline", "rm.max_steps=1.5", "sft.micro_batch_size=3")
+    with pytest.raises(
+        ConfigError, match=r"^sft.global_batch_size=16 is not divisible by sft.micro_batch_size=3 x"
+    ):
+        run_stage(cfg)
+    assert not artifact_path(cfg, "preprocess").exists()
+    cfg = make_cfg("stage=pipeline", "rm.max_steps=1.5")
+    with pytest.raises(
+        ConfigError, match=r"^rm.max_steps=1.5 is not allowed: it must be an integer"
+    ):
+        run_stage(cfg)
+    assert not artifact_path(cfg, "preprocess").exists()

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import random
 import uuid
 
 import pytest
@@ -331,3 +332,60 @@ def test_a_failed_stage_releases_its_lock_at_once(make_cfg):
     # The same process can run the stage again right away.
     _, ran = run_up(cfg)
     assert ran
+
+
+UNREADABLE = {
+    "a list": b"[1, 2]",
+    "random bytes": bytes(random.Random(0).randrange(256) for _ in range(256)),
+    "complete without its fields": b'{"status": "complete"}',
+    "a field of the wrong type": b'{"status": "complete", "config_hash": 1, "artifact_hash": 2}',
+    "a string": b'"complete"',
+    "nested too deep": b"[" * 100_000,
+}
+
+
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("content", UNREADABLE)
+def test_an_unreadable_manifest_counts_as_no_artifact(make_cfg, content, force):
+    cfg = make_cfg()
+    job, _ = run_up(cfg)
+    (job.path / "manifest.json").write_bytes(UNREADABLE[content])
+    assert read_manifest(job.path) is None
+    assert is_up_to_date(cfg, "up") == (False, "no artifact yet")
+    with pytest.raises(StageInputError, match="its manifest.json cannot be read"):
+        run_down(cfg)
+    _, ran = run_up(set_force(cfg, force))
+    assert ran and is_up_to_date(cfg, "up")[0]
+
+
+def test_file_sizes_are_recorded_and_checked_on_reuse(make_cfg):
+    cfg = make_cfg()
+    job, _ = run_up(cfg)
+    manifest = read_manifest(job.path)
+    assert manifest["sizes"] == {
+        name: (job.path / name).stat().st_size for name in manifest["files"]
+    }
+    (job.path / "data.txt").write_text("seed")  # truncated
+    assert is_up_to_date(cfg, "up") == (
+        False,
+        "file data.txt is corrupted: it has 4 bytes where the manifest recorded 6",
+    )
+    with pytest.raises(StageInputError, match="its file data.txt is corrupted"):
+        run_down(cfg)
+    (job.path / "data.txt").unlink()
+    assert is_up_to_date(cfg, "up") == (False, "file data.txt is missing")
+    _, ran = run_up(cfg)  # recomputed without force=true
+    assert ran and is_up_to_date(cfg, "up")[0]
+    run_down(cfg)
+
+
+def test_a_provisional_artifact_is_recomputed(make_cfg):
+    cfg = make_cfg()
+    job = StageJob(cfg, "up")
+    (job.workdir / "data.txt").write_text("stand-in")
+    job.commit({"rows": 0}, extra={"provisional": True})
+    fresh, reason = is_up_to_date(cfg, "up")
+    assert not fresh and "provisional" in reason
+    run_down(cfg)  # still usable as an input meanwhile
+    _, ran = run_up(cfg)
+    assert ran and is_up_to_date(cfg, "up")[0]

@@ -222,7 +222,13 @@ def test_dry_run_of_one_stage_says_its_artifact_exists(tmp_path, capsys, monkeyp
     cfg = compose(["stage=preprocess", "dry_run=true", f"paths.root={tmp_path}"])
     folder = artifact_path(cfg, "preprocess")
     folder.mkdir(parents=True)
-    manifest = {"status": "complete", "config_hash": config_hash(cfg, "preprocess"), "inputs": {}}
+    manifest = {
+        "status": "complete",
+        "config_hash": config_hash(cfg, "preprocess"),
+        "artifact_hash": "x",
+        "files": {},
+        "inputs": {},
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert run_stage(cfg) == {"preprocess": folder}
     out = capsys.readouterr().out

@@ -133,6 +133,38 @@ def test_vllm_backend_with_a_stand_in_engine(monkeypatch, tmp_path):
     assert "engine" not in seen
 
 
+def test_vllm_verdicts_with_a_stand_in_engine(monkeypatch, tmp_path):
+    """Verdicts ask the engine for one token with its top alternatives (vLLM needs a GPU)."""
+    seen = {}
+    out = types.SimpleNamespace
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            seen.setdefault("sampling", []).append(kw)
+
+    class LLM:
+        def __init__(self, **kw):
+            pass
+
+        def chat(self, conversations, params, use_tqdm):
+            first = {
+                7: out(logprob=-0.1, decoded_token="Yes"),
+                9: out(logprob=-2.5, decoded_token="No"),
+            }
+            return [
+                out(prompt_token_ids=[1, 2, 3], outputs=[out(text="Yes", logprobs=[first])])
+                for _ in conversations
+            ]
+
+    monkeypatch.setitem(
+        sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
+    )
+    backend = VLLMOfflineLLM(model="m", temperature=0.0, max_tokens=512, cache_dir=tmp_path)
+    [verdict] = backend.verdict_all([[{"role": "user", "content": "ok?"}]], ("Yes", "No"), 7)
+    assert verdict.choice_logprobs == {"Yes": pytest.approx(-0.1), "No": pytest.approx(-2.5)}
+    assert seen["sampling"][-1]["max_tokens"] == 1 and seen["sampling"][-1]["logprobs"] == 7
+
+
 class Scripted(llms.base.LocalLLM):
     """A local backend that answers instantly and can be told to 'crash' on a given batch."""
 

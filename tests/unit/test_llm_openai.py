@@ -1,5 +1,9 @@
 """The OpenAI-compatible backend through the real openai client, against a local server."""
 
+import json
+import logging
+import random
+
 import pytest
 
 from autorule.llm import LLMCallError
@@ -110,3 +114,27 @@ def test_the_cache_follows_the_model_not_the_endpoint(tmp_path):
         other_model = make(moved, tmp_path, model="another-model").complete(request)
     assert moved.url != first.url and again.cached and again.text == answer.text
     assert not other_model.cached and len(moved.requests) == 1
+
+
+def test_corrupt_cache_entries_are_asked_again_and_reported_once(tmp_path, caplog):
+    requests = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]
+    with FakeLLMServer() as server:
+        make(server, tmp_path).complete_all(requests, desc=None)
+        llm = make(server, tmp_path)
+        entries = [llm.cache.path(llm.cache_key(r)) for r in requests]
+        entries[0].write_bytes(bytes(random.Random(0).randrange(256) for _ in range(64)))
+        entries[1].write_text("{}")
+        entries[2].write_text("[1, 2]")
+        entries[3].write_text(json.dumps({"text": ""}))  # an empty answer cached as a success
+        with caplog.at_level(logging.WARNING, logger="autorule.llm.cache"):
+            # Each corrupt entry is read twice: two requests in the batch share it.
+            out = llm.complete_all(requests + requests[:4], desc=None)
+            assert len(server.requests) == 5 + 4  # the four corrupt entries were asked again
+            assert [c.cached for c in out[:5]] == [False] * 4 + [True]
+            assert all(c.ok and c.text for c in out)
+            warned = [r.getMessage() for r in caplog.records]
+            assert len(warned) == 4 and all("corrupt LLM cache entry" in w for w in warned)
+            assert all(str(e) in w for e, w in zip(entries, warned, strict=False))
+            # The answers were stored again: a third run replays everything, silently.
+            assert all(c.cached for c in make(server, tmp_path).complete_all(requests, desc=None))
+            assert len(server.requests) == 9 and len(caplog.records) == 4

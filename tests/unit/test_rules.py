@@ -54,7 +54,10 @@ def fake_extract_artifact(cfg, rules: list[str], extra: dict, fallback_used: int
     manifest = {
         "stage": "extract",
         "status": "complete",
+        "config_hash": "x",
         "artifact_hash": "content-of-" + json.dumps(rules),
+        "files": {},
+        "inputs": {},
         "counts": {"fallback_rules_used": fallback_used},
         "extract": extra,
     }

@@ -5,7 +5,9 @@ import logging
 from autorule.core.secrets import (
     MASK,
     RedactingFilter,
+    add_known_secret,
     credential_overrides,
+    is_secret_env_name,
     is_secret_key,
     redact,
     redact_override,
@@ -110,3 +112,58 @@ def test_credential_overrides_lists_only_the_offending_ones():
     )
     assert found == [f"+llm.api_key={MASK}", f"llm.model={MASK}"]
     assert credential_overrides(["stage=rm", "llm.api_key_env=K", "paths.root=/disk-x"], ENV) == []
+
+
+def test_credential_variables_of_the_environment_are_known_by_name():
+    for name in (
+        "AWS_BEARER_TOKEN_BEDROCK",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "OPENAI_API_KEY",
+        "WANDB_API_KEY",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "GITHUB_TOKEN",
+        "DB_PASSWORD",
+    ):
+        assert is_secret_env_name(name), name
+    for name in ("AWS_WEB_IDENTITY_TOKEN_FILE", "TOKENIZERS_PARALLELISM", "HOME", "AWS_REGION"):
+        assert not is_secret_env_name(name), name
+    env = {
+        "AWS_BEARER_TOKEN_BEDROCK": "ABSKQmVkcm9ja0FQSUtleS1hYmM",
+        "TOKENIZERS_PARALLELISM": "falsefalse",
+    }
+    assert (
+        redact_text("Bearer ABSKQmVkcm9ja0FQSUtleS1hYmM; falsefalse", env)
+        == f"Bearer {MASK}; falsefalse"
+    )
+
+
+def test_credential_query_parameters_of_urls_are_masked():
+    for url, masked in (
+        ("http://h/v1?token=5f2b8c0d9e", f"http://h/v1?token={MASK}"),
+        ("https://h/x?a=1&api_key=abc123&b=2", f"https://h/x?a=1&api_key={MASK}&b=2"),
+        ("https://acct.blob/c?sv=2022&sig=Zm9v%2Bbar", f"https://acct.blob/c?sv=2022&sig={MASK}"),
+        (
+            "https://b.s3/k?X-Amz-Credential=AK%2F1&X-Amz-Signature=deadbeef",
+            f"https://b.s3/k?X-Amz-Credential={MASK}&X-Amz-Signature={MASK}",
+        ),
+        (
+            "llm.base_url='http://h/v1?access_token=xyz'",
+            f"llm.base_url='http://h/v1?access_token={MASK}'",
+        ),
+    ):
+        assert redact_text(url, {}) == masked
+    for url in ("http://h/v1?max_tokens=5&model=m", "http://h/search?monkey=1", "a=b&c=d"):
+        assert redact_text(url, {}) == url
+
+
+def test_a_registered_secret_is_masked_whatever_its_variable_is_called():
+    add_known_secret("gateway-credential-0a1b2c3d")
+    assert redact({"error": "401: Bearer gateway-credential-0a1b2c3d"}, {}) == {
+        "error": f"401: Bearer {MASK}"
+    }
+    add_known_secret("short")  # too short to mask ordinary text with
+    assert redact_text("a short text", {}) == "a short text"

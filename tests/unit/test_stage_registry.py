@@ -139,7 +139,9 @@ def test_llm_settings_that_change_answers_are_one_list():
 
 
 def test_old_spellings_name_the_new_ones():
-    found = renamed_overrides(["llm=openai", "llm.base_url=x", "extract.source=explanation", "a=1"])
+    found = renamed_overrides(
+        ["llm=openai", "llm.base_url=x", "extract.source=explanation", "a=1", "llm@judge.llm=hf"]
+    )
     assert len(found) == 3
     assert "llm@extract.llm=<backend>" in found[0] and "extract.llm.<key>" in found[1]
     assert "extract.rules_from" in found[2]

@@ -35,11 +35,15 @@ def fake_wandb(monkeypatch):
     return fake
 
 
+# The fields of a complete manifest that readers rely on (artifacts.read_manifest).
+COMPLETE = {"status": "complete", "config_hash": "x", "artifact_hash": "x", "files": {}}
+
+
 def with_preprocess(cfg):
     """Fakes a complete preprocess artifact, which is all run_training checks of it."""
     folder = artifact_path(cfg, "preprocess")
     folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps({"status": "complete", "artifact_hash": "x"}))
+    (folder / "manifest.json").write_text(json.dumps(COMPLETE))
     return cfg
 
 

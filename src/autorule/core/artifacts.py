@@ -15,9 +15,12 @@ difference gives a new folder, so artifacts of different configs never mix.
 A stage writes into the ``.partial`` folder and commits by renaming it into place after writing a
 manifest with ``status: complete``; a crash at any point leaves no folder that looks complete.
 
-An artifact is *up to date* when its manifest is complete, its config hash matches, and every
-upstream artifact it read still has the content hash recorded in ``inputs`` (so recomputing an
-upstream stage into different content makes its downstream stages out of date).
+An artifact is *up to date* when its manifest is complete, its config hash matches, every file the
+manifest lists is there with its recorded size (with ``verify=true``, its recorded sha256 too),
+it is not marked ``provisional``, and every upstream artifact it read still has the content hash
+recorded in ``inputs`` (so recomputing an upstream stage into different content makes its
+downstream stages out of date). A manifest that cannot be read, whatever it holds, counts as no
+manifest: the stage recomputes the artifact.
 """
 
 from __future__ import annotations
@@ -126,12 +129,20 @@ def config_hash(cfg: DictConfig, stage: str) -> str:
             "stage": stage,
             "version": spec.version,
             "config": stage_config(cfg, stage),
-            "inputs": {name: config_hash(cfg, name) for name in spec.inputs_for(cfg)},
+            "inputs": {
+                name: config_hash(spec.config_for_input(cfg, name), name)
+                for name in spec.inputs_for(cfg)
+            },
             **({"fingerprint": spec.fingerprint(cfg)} if spec.fingerprint else {}),
             # The file's content, not its path: editing the rules moves the artifact.
             **({"rules_file": rules_file["sha256"]} if rules_file else {}),
         }
     )
+
+
+def input_path(cfg: DictConfig, stage: str, name: str) -> Path:
+    """Folder of input ``name`` of ``stage`` (under the config that input is found with)."""
+    return artifact_path(get_spec(stage, cfg).config_for_input(cfg, name), name)
 
 
 def artifact_path(cfg: DictConfig, stage: str) -> Path:
@@ -149,7 +160,9 @@ LAUNCH_DIR = "launch"  # the worker configs of a launched (multi-process) traini
 # Files that record how a run was started (force=true, the overrides, checkpoint and logging
 # cadence, the tracker's run name) rather than what it made: two runs that produced the same
 # content differ in them, so the content hash leaves them out. By file name, plus LAUNCH_DIR.
-RUN_RECORDS = (CONFIG_FILE, "training_args.bin")
+# calls.jsonl (the extract stage's call log: latencies, retries, which answers were cached) is one
+# too, so re-running extraction from the cache leaves the rule set's content hash unchanged.
+RUN_RECORDS = (CONFIG_FILE, "training_args.bin", "calls.jsonl")
 
 
 def is_run_record(relpath: str) -> bool:
@@ -182,11 +195,73 @@ def hash_files(folder: Path) -> dict[str, str]:
 
 
 def read_manifest(folder: Path) -> dict | None:
-    """The manifest in ``folder``, or None when there is none or it cannot be parsed."""
+    """The manifest in ``folder``, or None when there is none or it cannot be read.
+
+    Unreadable means anything but what :meth:`StageJob.commit` writes: not UTF-8 JSON, not a
+    mapping, or a complete manifest without the fields the contract relies on (``[1, 2]``, random
+    bytes, ``{"status": "complete"}``). Such a folder is treated as holding no artifact, so the
+    stage recomputes it (``force=true`` or not) instead of failing on the manifest.
+    """
     try:
-        return json.loads((folder / MANIFEST).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        manifest = json.loads((folder / MANIFEST).read_bytes())
+    except (OSError, ValueError, RecursionError):  # ValueError: not UTF-8, not JSON
         return None
+    return manifest if _well_formed(manifest) else None
+
+
+def _is_str_map(obj: Any, value_type: type | tuple[type, ...] = str) -> bool:
+    return isinstance(obj, dict) and all(
+        isinstance(k, str) and isinstance(v, value_type) and not isinstance(v, bool)
+        for k, v in obj.items()
+    )
+
+
+def _well_formed(manifest: Any) -> bool:
+    """Whether ``manifest`` has the shape :meth:`StageJob._manifest` gives it."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("status"), str):
+        return False
+    if manifest["status"] != "complete":
+        return True  # a work folder's "running" manifest: only its status is ever read
+    inputs = manifest.get("inputs", {})
+    return (
+        isinstance(manifest.get("config_hash"), str)
+        and isinstance(manifest.get("artifact_hash"), str)
+        and _is_str_map(manifest.get("files"))
+        and _is_str_map(manifest.get("sizes", {}), int)
+        and _is_str_map(manifest.get("counts", {}), int)
+        and isinstance(inputs, dict)
+        and all(_is_str_map(v) and {"path", "hash"} <= v.keys() for v in inputs.values())
+    )
+
+
+def check_files(folder: Path, manifest: dict, verify: bool = False) -> str | None:
+    """None when every file ``manifest`` lists is in ``folder`` with its recorded size (and,
+    with ``verify``, its recorded sha256); otherwise which file is wrong and how.
+
+    Sizes cost one ``stat`` per file and catch truncated or half-copied files; hashes read every
+    byte (figures in docs/benchmarks.md) and catch same-size corruption too. Manifests written
+    before sizes were recorded are checked for the files' presence (and hashes with ``verify``).
+    """
+    sizes = manifest.get("sizes", {})
+    for relpath, sha in manifest["files"].items():
+        path = folder / relpath
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"file {relpath} is missing"
+        if relpath in sizes and size != sizes[relpath]:
+            return (
+                f"file {relpath} is corrupted: it has {size} bytes where the manifest "
+                f"recorded {sizes[relpath]}"
+            )
+        if verify and file_sha256(path) != sha:
+            return f"file {relpath} is corrupted: its sha256 differs from the manifest's"
+    return None
+
+
+def verify_hashes(cfg: DictConfig) -> bool:
+    """Whether ``verify=true`` asks for content hashes to be checked on reuse."""
+    return bool(OmegaConf.select(cfg, "verify", default=False))
 
 
 def is_complete(manifest: dict | None) -> bool:
@@ -245,6 +320,13 @@ def is_up_to_date(cfg: DictConfig, stage: str, folder: Path | None = None) -> tu
         return False, f"artifact status is {manifest.get('status')!r}"
     if manifest.get("config_hash") != config_hash(cfg, stage):
         return False, "config changed"
+    if manifest.get("provisional"):
+        # e.g. fallback rules committed because the LLM gave none: a later run with a working
+        # endpoint must not find nothing to do.
+        return False, "the artifact is provisional (a stand-in for results the run could not get)"
+    problem = check_files(folder, manifest, verify_hashes(cfg))
+    if problem:
+        return False, problem
     for name, recorded in manifest.get("inputs", {}).items():
         current = read_manifest(Path(recorded["path"]))
         if current is not None and current.get("artifact_hash") != recorded["hash"]:
@@ -361,7 +443,8 @@ class StageJob:
         """Folder of the complete upstream artifact ``name``; raises with the command to make it."""
         if name not in self.spec.inputs_for(self.cfg):
             raise KeyError(f"stage {self.stage!r} does not declare input {name!r}")
-        folder = artifact_path(self.cfg, name)
+        input_cfg = self.spec.config_for_input(self.cfg, name)
+        folder = artifact_path(input_cfg, name)
         manifest = read_manifest(folder)
         if not is_complete(manifest):
             if manifest is not None:
@@ -371,11 +454,19 @@ class StageJob:
                     f"missing (an interrupted or still running job left {work_path(folder).name};"
                     " re-running resumes or restarts it)"
                 )
+            elif (folder / MANIFEST).exists():
+                state = "missing (its manifest.json cannot be read)"
             else:
                 state = "missing"
             raise StageInputError(
                 f"stage '{self.stage}' needs the '{name}' artifact at {folder}, which is {state}. "
-                f"Make it first with:\n  {make_command(self.cfg, name)}"
+                f"Make it first with:\n  {make_command(input_cfg, name)}"
+            )
+        problem = check_files(folder, manifest, verify_hashes(self.cfg))
+        if problem:
+            raise StageInputError(
+                f"stage '{self.stage}' needs the '{name}' artifact at {folder}, but its {problem}. "
+                f"Recompute it with:\n  {make_command(self.cfg, name)}"
             )
         self._inputs[name] = {"path": str(folder), "hash": manifest["artifact_hash"]}
         return folder
@@ -386,7 +477,7 @@ class StageJob:
         record = rules_file_record(self.cfg, self.spec)
         if record is not None:
             return {"from": "file", **record}
-        folder = artifact_path(self.cfg, RULES_STAGE)
+        folder = artifact_path(self.spec.config_for_input(self.cfg, RULES_STAGE), RULES_STAGE)
         manifest = read_manifest(folder) or {}
         return {"from": RULES_STAGE, "path": str(folder), "hash": manifest.get("artifact_hash")}
 
@@ -428,6 +519,9 @@ class StageJob:
             OmegaConf.to_yaml(OmegaConf.create(redact(resolved)))
         )
         files = hash_files(self.workdir)
+        # Sizes let every later reuse notice a truncated file for the price of a stat.
+        sizes = {relpath: (self.workdir / relpath).stat().st_size for relpath in files}
+        extra = {**(extra or {}), "sizes": sizes}
         write_json_atomic(self.workdir / MANIFEST, self._manifest("complete", counts, files, extra))
         old = None
         if self.path.exists():

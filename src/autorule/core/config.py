@@ -8,8 +8,11 @@ masked) so stages never need Hydra's globals.
 
 from __future__ import annotations
 
+import copy
+import numbers
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -19,10 +22,80 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
+class ConfigError(ValueError):
+    """A config value that cannot work, found before any work or paid call starts.
+
+    The message names the key, the value and the allowed range; the command line prints it as
+    one line, without a traceback."""
+
+
+def check_root(root: Any) -> Any:
+    """``paths.root`` itself, refused when empty: every artifact, log folder and cache would
+    otherwise land in the filesystem's root (``/logs``, ``/.cache``) or the working directory."""
+    if root is None or not str(root).strip():
+        raise ConfigError(
+            f"paths.root={root!r} is empty: it must name the folder that holds the artifacts, "
+            "e.g. paths.root=outputs (set it, or the AUTORULE_ROOT environment variable)"
+        )
+    return root
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """The checks every stage shares: a non-empty ``paths.root``."""
+    check_root(OmegaConf.select(cfg, "paths.root"))
+
+
+def check_number(
+    value: Any,
+    key: str,
+    *,
+    integer: bool = True,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    none_ok: bool = False,
+    meaning: str = "",
+) -> None:
+    """Raises :class:`ConfigError` naming ``key`` and the allowed range unless ``value`` is a
+    number (an integer when ``integer``) in that range; ``meaning`` adds what the key is for."""
+    if value is None and none_ok:
+        return
+    kind = "an integer" if integer else "a number"
+    if low is not None and high is not None:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        allowed = f"{kind} in {left}{low:g}, {high:g}{right}"
+    elif low is not None:
+        allowed = f"{kind} {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        allowed = f"{kind} {'<' if high_open else '<='} {high:g}"
+    else:
+        allowed = kind
+    allowed += " or null" if none_ok else ""
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = is_number and (isinstance(value, numbers.Integral) or not integer)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}{meaning}")
+
+
+def check_choice(value: Any, key: str, choices: Sequence[Any]) -> None:
+    """Raises :class:`ConfigError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be one of {list(choices)}")
+
+
 def _register_resolvers() -> None:
     # ${repo:data} -> absolute path inside the autorule checkout (bundled data, confs).
     if not OmegaConf.has_resolver("repo"):
         OmegaConf.register_new_resolver("repo", lambda sub="": str(REPO_ROOT / sub))
+    # ${root:${paths.root}} -> paths.root, refused when empty. Hydra's run folder and the cache
+    # go through it because Hydra creates its folder before any autorule code runs.
+    if not OmegaConf.has_resolver("root"):
+        OmegaConf.register_new_resolver("root", check_root)
 
 
 _register_resolvers()
@@ -55,9 +128,30 @@ def renamed_overrides(overrides: Iterable[str]) -> list[str]:
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         for old, hint in RENAMED_OVERRIDES.items():
-            if key == old or key.startswith((old + ".", old + "@")):
+            if key == old or key.startswith(old + "."):
                 found.append(f"{override.split('=', 1)[0]}: {hint}")
     return found
+
+
+def with_dataset(cfg: DictConfig, name: str) -> DictConfig:
+    """A copy of ``cfg`` with the dataset group's option ``name`` (``conf/dataset/<name>.yaml``),
+    as ``dataset=<name>`` on the command line would give. Where the data is read from follows
+    the profile: a ``dataset.path`` that points inside the dataset section (the tiny profile's
+    bundled copy, the paper's hub id) is kept; any other is the new option's own."""
+    file = CONF_DIR / "dataset" / f"{name}.yaml"
+    if not file.is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+        raise ValueError(f"rules.dataset={name!r}: no {file}; known datasets: {known}")
+    other = copy.deepcopy(cfg)
+    section = OmegaConf.load(file)
+    path = cfg.dataset._get_node("path")._value()
+    with open_dict(other):
+        if isinstance(path, str) and path.startswith("${dataset."):
+            section.path = path
+        other.dataset = section
+        overrides = [o for o in other.run.overrides if override_top_key(o) != "dataset"]
+        other.run.overrides = [*overrides, f"dataset={name}"]
+    return other
 
 
 def finalize(cfg: DictConfig, stage: str, overrides: Sequence[str]) -> DictConfig:
@@ -79,3 +173,21 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     return finalize(cfg, stage, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m autorule.core.config <key> [overrides...]`` prints one value of the composed
+    config (scripts use it, e.g. to serve the judge model the config names)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        raise SystemExit("usage: python -m autorule.core.config <dotted.key> [overrides...]")
+    value = OmegaConf.select(compose(args[1:]), args[0], throw_on_missing=True)
+    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+        value = OmegaConf.to_yaml(value, resolve=True).strip()
+    print(value)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,21 @@
-"""Keeps secrets out of everything autorule writes: manifests, saved configs and logs.
+"""Keeps secrets out of everything autorule writes: manifests, saved configs, call logs,
+examples, cached answers and logs all pass :func:`redact` (or :func:`redact_text`) on their way
+to disk.
 
-Two nets, because either alone misses cases:
+Three nets, because no one of them catches every case:
 
 * by key: any mapping key that names a credential (``api_key``, ``aws_secret_access_key``,
   ``token``, ``password`` ...) has its value replaced, whatever the value is;
-* by value: any string that contains a known secret value (taken from environment variables whose
-  names look like credentials, e.g. ``AWS_SECRET_ACCESS_KEY`` or ``OPENAI_API_KEY``) or that looks
-  like an access key (``AKIA...``, ``sk-...``, ``hf_...``) has that part masked.
+* by value: any string that contains a known secret value has that part masked. Known values are
+  those of environment variables whose names look like credentials (``AWS_SECRET_ACCESS_KEY``,
+  ``AWS_SESSION_TOKEN``, ``AWS_BEARER_TOKEN_BEDROCK``, ``OPENAI_API_KEY``, ``HF_TOKEN``,
+  ``WANDB_API_KEY`` ...: :func:`is_secret_env_name`) plus the credentials a backend registered
+  with :func:`add_known_secret` (the API key read from ``llm.api_key_env``, whatever that
+  variable is called; the AWS credentials boto3 resolved, from files too). A server that echoes
+  the request's ``Authorization`` header into an error message is the case this net is for;
+* by shape: strings that look like an access key (``AKIA...``, ``sk-...``, ``hf_...``) and the
+  values of credential-looking URL query parameters (``?token=``, ``&api_key=``, ``&sig=``,
+  ``X-Amz-Signature=`` ...) are masked wherever they appear.
 
 Config keys that *name* an environment variable (``api_key_env: OPENAI_API_KEY``) are allowed and
 kept: they hold no secret.
@@ -17,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,24 +55,84 @@ _SECRET_VALUE = re.compile(
 )
 
 
+# URL query parameters whose values are credentials: token, access_token, api_key, apikey, key,
+# sig and signature (Azure SAS, signed URLs), X-Amz-Signature / -Credential / -Security-Token
+# (presigned AWS URLs), password, secret, auth, code. The value runs to the next & # or quote.
+_URL_SECRET_PARAM = re.compile(
+    r"(?<=[?&;])((?:[\w.-]*[_.-])?(?:token|api[_-]?key|apikey|key|sig|signature|credential"
+    r"|password|passwd|secret|auth|code)=)[^&#\s\"'<>]+",
+    re.IGNORECASE,
+)
+# Components of an environment variable's name that make its value a credential (names are split
+# at underscores): AWS_BEARER_TOKEN_BEDROCK, GITHUB_TOKEN, DB_PASSWORD, MY_SECRET ... plus names
+# ending in KEY or KEY_ID (OPENAI_API_KEY, AWS_ACCESS_KEY_ID).
+_ENV_SECRET_PARTS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS", "APIKEY"}
+# Variables that name a file, folder or setting rather than hold the credential itself.
+_ENV_NOT_SECRET_SUFFIXES = ("_FILE", "_PATH", "_DIR", "_ENV", "_NAME", "_TYPE", "_EXPIRATION")
+_MIN_SECRET_LEN = 8  # shorter values ("true", "1") would mask ordinary text everywhere
+
+_known_lock = threading.Lock()
+_KNOWN: set[str] = set()
+
+
 def is_secret_key(key: str) -> bool:
     """True when a mapping key names a credential (and not merely the variable holding one)."""
     return bool(_SECRET_KEY.search(key)) and not _ENV_NAME.search(key)
 
 
+def is_secret_env_name(name: str) -> bool:
+    """True when an environment variable's name says its value is a credential.
+
+    Broader than :func:`is_secret_key` (which must leave config keys such as ``max_tokens``
+    alone): any ``TOKEN``, ``SECRET`` or ``PASSWORD`` component counts, wherever it sits
+    (``AWS_BEARER_TOKEN_BEDROCK``), and so does a name ending in ``KEY`` or ``KEY_ID``; names of
+    files and settings (``AWS_WEB_IDENTITY_TOKEN_FILE``) do not.
+    """
+    upper = name.upper()
+    if upper.endswith(_ENV_NOT_SECRET_SUFFIXES):
+        return False
+    parts = set(upper.split("_"))
+    return (
+        is_secret_key(name)
+        or bool(parts & _ENV_SECRET_PARTS)
+        or upper.endswith(("_KEY", "_KEY_ID", "APIKEY"))
+    )
+
+
+def add_known_secret(value: str | None) -> None:
+    """Masks ``value`` wherever it appears from now on (in this process).
+
+    For credentials whose variable name says nothing (``llm.api_key_env=MY_GATEWAY``) or that
+    come from files rather than the environment (``~/.aws/credentials``).
+    """
+    if value and len(value) >= _MIN_SECRET_LEN:
+        with _known_lock:
+            _KNOWN.add(value)
+
+
 def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Values of environment variables whose names look like credentials (long enough to matter)."""
+    """Secret values to mask: environment variables whose names look like credentials (long
+    enough to matter), plus those registered with :func:`add_known_secret`."""
     environ = os.environ if environ is None else environ
-    values = {v for k, v in environ.items() if is_secret_key(k) and len(v) >= 8}
+    values = {v for k, v in environ.items() if is_secret_env_name(k) and len(v) >= _MIN_SECRET_LEN}
+    with _known_lock:
+        values |= _KNOWN
     # Longest first so a secret that contains another is masked whole.
     return sorted(values, key=len, reverse=True)
 
 
-def redact_text(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """Masks known secret values and credential-shaped substrings in ``text``."""
-    for value in secret_env_values(environ):
-        text = text.replace(value, MASK)
+def _mask(text: str, values: list[str]) -> str:
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    text = _URL_SECRET_PARAM.sub(lambda m: m.group(1) + MASK, text)
     return _SECRET_VALUE.sub(MASK, text)
+
+
+def redact_text(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Masks known secret values, credential query parameters of URLs and credential-shaped
+    substrings in ``text``."""
+    return _mask(text, secret_env_values(environ))
 
 
 def override_key(override: str) -> str | None:
@@ -121,16 +191,22 @@ def credential_overrides(
 
 
 def redact(obj: Any, environ: Mapping[str, str] | None = None) -> Any:
-    """Returns a copy of a JSON-like object with secret keys and secret-looking values masked."""
+    """Returns a copy of a JSON-like object with secret keys and secret-looking values masked.
+
+    The one pass everything autorule writes goes through (see the module docstring)."""
+    return _redact(obj, secret_env_values(environ))
+
+
+def _redact(obj: Any, values: list[str]) -> Any:
     if isinstance(obj, Mapping):
         return {
-            k: (MASK if is_secret_key(str(k)) and obj[k] not in (None, "") else redact(v, environ))
+            k: (MASK if is_secret_key(str(k)) and obj[k] not in (None, "") else _redact(v, values))
             for k, v in obj.items()
         }
     if isinstance(obj, (list, tuple)):
-        return [redact(v, environ) for v in obj]
+        return [_redact(v, values) for v in obj]
     if isinstance(obj, str):
-        return redact_text(obj, environ)
+        return _mask(obj, values)
     return obj
 
 

@@ -41,6 +41,7 @@ LLM_TRANSPORT_KEYS = (
     "cache_dir",
     "progress",
     "batch_size",
+    "verdict_batch_size",
     "device",
     "gpu_memory_utilization",
     "tensor_parallel_size",
@@ -103,6 +104,19 @@ class StageSpec:
         path = rules.get("path") if rules is not None else None
         return str(path) if path else None
 
+    def config_for_input(self, cfg: Any, name: str) -> Any:
+        """The config under which input ``name`` is found: ``cfg`` itself, except for the rule
+        set when ``rules.dataset`` names another dataset (AutoRule-MT: rules extracted from
+        MT-Bench judgments, used to train on UltraFeedback prompts)."""
+        if name != RULES_STAGE or not self.reads_rules(cfg):
+            return cfg
+        dataset = (cfg.get("rules") or {}).get("dataset")
+        if not dataset or dataset == cfg.dataset.name:
+            return cfg
+        from autorule.core.config import with_dataset
+
+        return with_dataset(cfg, str(dataset))
+
     def inputs_for(self, cfg: Any) -> tuple[str, ...]:
         """The upstream stages this stage reads under ``cfg``."""
         names = [n for n in self.inputs if n not in self.only_if or self.only_if[n](cfg)]
@@ -150,6 +164,14 @@ def load(name: str, cfg: Any = None) -> ModuleType:
     if spec.name != name:
         raise ValueError(f"stage module {target} declares SPEC.name={spec.name!r}, not {name!r}")
     return module
+
+
+def builtin_stages() -> list[str]:
+    """The names of the stage modules in ``autorule.stages`` (found on disk, not listed)."""
+    import pkgutil
+
+    package = importlib.import_module("autorule.stages")
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.ispkg)
 
 
 def get_spec(name: str, cfg: Any = None) -> StageSpec:

@@ -1,7 +1,8 @@
 """One LLM interface, four backends; every stage that calls an LLM has a role of its own.
 
 A role is a config section that mounts one backend of ``conf/llm/``: ``extract.llm`` (the rule
-extractor; more roles come with the stages that need them). Pick a backend per role on the
+extractor), ``judge.llm`` (the rule judge of :mod:`autorule.rewards.judge`); more roles come with
+the stages that need them. Pick a backend per role on the
 command line, e.g. ``llm@extract.llm=openai extract.llm.base_url=http://host:8000/v1``:
 
     bedrock   Amazon Bedrock Converse API (the paper's reasoner: DeepSeek-R1)
@@ -11,7 +12,8 @@ command line, e.g. ``llm@extract.llm=openai extract.llm.base_url=http://host:800
 
 ``build(cfg, role)`` returns the configured backend; every backend answers
 ``complete_all(list_of_message_lists)`` with :class:`Completion` objects and shares the cache,
-retry, concurrency and record-keeping of :mod:`autorule.llm.base`.
+retry, concurrency and record-keeping of :mod:`autorule.llm.base`; all but bedrock also read
+one-token verdicts (``verdict_all``).
 """
 
 from __future__ import annotations
@@ -31,17 +33,19 @@ def role_section(cfg: DictConfig, role: str) -> DictConfig:
     return section
 
 
-def build(cfg: DictConfig, role: str) -> LLM:
+def build(cfg: DictConfig, role: str, overrides: dict | None = None) -> LLM:
     """The backend of LLM role ``role``, configured by that role's section.
 
     Answers are cached under the role's ``cache_dir``. ``model: tiny`` (a local backend on the
-    tiny profile) resolves to the tiny model's folder.
+    tiny profile) resolves to the tiny model's folder. ``overrides`` replace keys of the section
+    that the caller decides at run time (e.g. the ``device`` of a training process).
     """
     from hydra.utils import get_class
 
     from autorule.data.model_paths import TINY, resolve
 
     settings = OmegaConf.to_container(role_section(cfg, role), resolve=True)
+    settings.update(overrides or {})
     target = settings.pop("_target_", None)
     if not target:
         raise ValueError(

@@ -18,8 +18,24 @@ rest:
 * **records** — each call's latency, tokens in and out, retries and error go into
   :class:`Completion`; a tqdm bar shows calls done, failed and cached.
 
+Besides answers (:meth:`LLM.complete_all`), a backend may read *verdicts*
+(:meth:`LLM.verdict_all`): the log-probability of each of a few short answers ("Yes", "No") as
+the first token of the reply, with no generation (a served model: one token with its top
+log-probabilities; a local one: one forward pass). They go through the same cache, retries and
+concurrency; their cache key also holds the choices, so an answer and a verdict to the same
+messages never share an entry.
+
 A call that still fails after its retries does not raise from :meth:`LLM.complete_all`: its
 Completion carries the error, and the caller decides how many failures it tolerates.
+
+An answer with nothing usable in it (no text and no reasoning, no content block, a body that is
+not the API's JSON, text that is not valid Unicode) is a failed attempt, not an answer
+(:class:`UnusableAnswerError`): remote calls retry it like a 5xx, and it is never cached, so a
+re-run against a healthy endpoint asks again instead of replaying the empty answer. An answer
+with reasoning but no final text (a reasoning model cut off by ``max_tokens``) is kept: it was
+paid for, the extract stage reads the reasoning, and a retry would likely be cut off again.
+Error messages are redacted as they are made (:mod:`autorule.core.secrets`): servers echo
+request headers into them.
 
 On Ctrl-C, queued calls are dropped at once; calls already in flight run to their end and are
 cached before the process exits (a second Ctrl-C abandons them too).
@@ -31,13 +47,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from autorule.core.hashing import digest
+from autorule.core.secrets import redact_text
 from autorule.core.stage import LLM_TRANSPORT_KEYS
 from autorule.llm.cache import ResponseCache
 from autorule.llm.reasoning import split_reasoning
@@ -45,10 +62,17 @@ from autorule.llm.reasoning import split_reasoning
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
+# A verdict request: the answers to score as the reply's first token, and how many alternatives a
+# served model is asked for (a choice outside them counts as probability 0).
+Verdict = tuple[tuple[str, ...], int]
 
 
 class LLMCallError(RuntimeError):
     """An LLM call failed for good (after its retries, or with an error not worth retrying)."""
+
+
+class UnusableAnswerError(RuntimeError):
+    """An attempt came back without an answer worth keeping (see the module docstring)."""
 
 
 @dataclass
@@ -63,6 +87,9 @@ class Completion:
     retries: int = 0
     cached: bool = False  # replayed from the response cache
     error: str | None = None
+    # Verdict requests only: choice -> log-probability as the reply's first token (None when a
+    # served model did not list it among its top alternatives).
+    choice_logprobs: dict[str, float | None] | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,6 +100,61 @@ class Completion:
         out = asdict(self)
         del out["text"], out["reasoning"]
         return out
+
+
+def check_usable(completion: Completion, allow_empty: bool = False) -> Completion:
+    """``completion`` itself when it holds an answer; raises :class:`UnusableAnswerError`.
+
+    ``allow_empty``: an empty answer is the model's own (a local model that ends at once), not a
+    broken endpoint's; it is kept, as a parser will count it unparsed."""
+    for name in ("text", "reasoning"):
+        value = getattr(completion, name)
+        if not isinstance(value, str):
+            raise UnusableAnswerError(f"the answer's {name} is {type(value).__name__}, not text")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise UnusableAnswerError(
+                f"the answer's {name} is not valid Unicode text ({err.reason} at position "
+                f"{err.start})"
+            ) from None
+    if completion.choice_logprobs is not None:  # a verdict: the choices' probabilities
+        return completion
+    if not allow_empty and not completion.text.strip() and not completion.reasoning.strip():
+        raise UnusableAnswerError("the answer is empty")
+    return completion
+
+
+def check_settings(section: Mapping[str, Any], where: str) -> None:
+    """Refuses numbers in an LLM config section that cannot work, before any call is paid for.
+
+    ``where`` is the section's dotted name in the config (``llm``, ``extract.llm`` ...), so the
+    :class:`~autorule.core.config.ConfigError` names the key to fix. Keys a backend lacks are
+    skipped.
+    """
+    from autorule.core.config import check_number
+
+    def number(key: str, **allowed) -> None:
+        if key in section:
+            check_number(section[key], f"{where}.{key}", **allowed)
+
+    number("max_tokens", low=1)
+    number("temperature", integer=False, low=0)
+    number("top_p", integer=False, low=0, high=1, low_open=True)
+    number("max_concurrency", low=1)
+    number("batch_size", low=1)
+    number("tensor_parallel_size", low=1)
+    number("gpu_memory_utilization", integer=False, low=0, high=1, low_open=True)
+    number("max_model_len", low=1, none_ok=True)
+    number("max_input_tokens", low=1, none_ok=True)
+    for key in ("timeout", "read_timeout", "connect_timeout"):
+        number(key, integer=False, low=0, low_open=True, none_ok=True)
+    retry = section.get("retry") or {}
+    if "max_attempts" in retry:
+        check_number(retry["max_attempts"], f"{where}.retry.max_attempts", low=1)
+    for key in ("initial_wait", "max_wait", "jitter"):
+        if key in retry:
+            check_number(retry[key], f"{where}.retry.{key}", integer=False, low=0)
 
 
 @dataclass
@@ -89,6 +171,8 @@ class LLM:
     """Base of all backends. Subclasses set ``backend`` and implement :meth:`_run`."""
 
     backend = "base"
+    # Whether the backend reads verdicts (implements verdict_once or verdict_batch).
+    supports_verdicts = False
     # What identifies a backend's answers besides model and messages: every constructor argument
     # except the transport ones (LLM_TRANSPORT_KEYS, shared with the artifact hash).
     settings: dict[str, Any]
@@ -132,21 +216,25 @@ class LLM:
             if k not in LLM_TRANSPORT_KEYS and k not in ("model", "_target_")
         }
 
-    def request(self, messages: Messages) -> dict[str, Any]:
+    def request(self, messages: Messages, verdict: Verdict | None = None) -> dict[str, Any]:
         """What identifies a request in the cache.
 
         The endpoint is left out on purpose, so a server moved to another host or port keeps its
         cache; see :mod:`autorule.llm.cache`.
         """
-        return {
+        request = {
             "backend": self.backend,
             "model": self.model,
             "messages": messages,
             "params": self.params(),
         }
+        if verdict is not None:
+            choices, top_logprobs = verdict
+            request["verdict"] = {"choices": list(choices), "top_logprobs": top_logprobs}
+        return request
 
-    def cache_key(self, messages: Messages) -> str:
-        return digest(self.request(messages))
+    def cache_key(self, messages: Messages, verdict: Verdict | None = None) -> str:
+        return digest(self.request(messages, verdict))
 
     # ----------------------------------------------------------------------------------------
     # Public API
@@ -170,7 +258,40 @@ class LLM:
         worker threads for remote backends; not for cached answers). Failed calls come back with
         ``error`` set; nothing raises for them.
         """
-        keys = [self.cache_key(list(m)) for m in requests]
+        return self._answer_all(requests, None, desc, on_result)
+
+    def verdict_all(
+        self,
+        requests: Sequence[Messages],
+        choices: Sequence[str] = ("Yes", "No"),
+        top_logprobs: int = 20,
+        desc: str | None = "verdict",
+        on_result: Callable[[int, Completion], None] | None = None,
+    ) -> list[Completion]:
+        """The log-probability of each of ``choices`` as the first token of the reply to each
+        request (``Completion.choice_logprobs``), without generating; cached, retried and run
+        concurrently as :meth:`complete_all`.
+
+        ``top_logprobs``: how many alternatives a served model returns for that token; a choice
+        outside them gets None (probability 0). Local backends read the whole distribution.
+        """
+        if not self.supports_verdicts:
+            raise NotImplementedError(
+                f"the {self.backend} backend cannot read verdict log-probabilities; "
+                "use a backend that can (hf, vllm, openai) or generate the answer instead"
+            )
+        if len(set(choices)) < 2:
+            raise ValueError(f"a verdict needs at least two distinct choices, got {choices!r}")
+        return self._answer_all(requests, (tuple(choices), int(top_logprobs)), desc, on_result)
+
+    def _answer_all(
+        self,
+        requests: Sequence[Messages],
+        verdict: Verdict | None,
+        desc: str | None,
+        on_result: Callable[[int, Completion], None] | None,
+    ) -> list[Completion]:
+        keys = [self.cache_key(list(m), verdict) for m in requests]
         results: list[Completion | None] = [None] * len(requests)
         pending, first = [], {}  # first: key -> index of the one request sent for it
         for i, key in enumerate(keys):
@@ -199,9 +320,11 @@ class LLM:
         bar.set_postfix(stats, refresh=False)
 
         def report(i: int, completion: Completion) -> None:
-            # Stored before anything else so a call that finished is never paid for twice.
+            # Stored before anything else so a call that finished is never paid for twice. Only
+            # usable answers get here as ok (check_usable), so nothing empty is ever cached.
             if completion.ok and self.cache is not None:
-                self.cache.put(keys[i], {**self.request(list(requests[i])), **asdict(completion)})
+                request = self.request(list(requests[i]), verdict)
+                self.cache.put(keys[i], {**request, **asdict(completion)})
             with self._lock:
                 results[i] = completion
                 stats["done" if completion.ok else "failed"] += 1
@@ -211,7 +334,7 @@ class LLM:
                 on_result(i, completion)
 
         try:
-            self._run([(i, list(requests[i])) for i in pending], report)
+            self._run([(i, list(requests[i])) for i in pending], report, verdict)
         finally:
             bar.close()
         for i in repeats:
@@ -224,9 +347,13 @@ class LLM:
         return results  # type: ignore[return-value]
 
     def _run(
-        self, items: list[tuple[int, Messages]], report: Callable[[int, Completion], None]
+        self,
+        items: list[tuple[int, Messages]],
+        report: Callable[[int, Completion], None],
+        verdict: Verdict | None = None,
     ) -> None:
-        """Answers every ``(index, messages)`` item and calls ``report`` for each."""
+        """Answers every ``(index, messages)`` item (or reads its verdict, when ``verdict`` is
+        given) and calls ``report`` for each."""
         raise NotImplementedError
 
     @staticmethod
@@ -244,6 +371,11 @@ class RemoteLLM(LLM):
         """One attempt; raises the SDK's exception on failure."""
         raise NotImplementedError
 
+    def verdict_once(self, messages: Messages, verdict: Verdict) -> Completion:
+        """One attempt at a verdict (``choice_logprobs`` set); raises on failure. Backends that
+        implement it set ``supports_verdicts = True``."""
+        raise NotImplementedError
+
     def is_retryable(self, error: BaseException) -> bool:
         """True for throttling, server errors, timeouts and failed connections."""
         raise NotImplementedError
@@ -252,7 +384,7 @@ class RemoteLLM(LLM):
         """One line naming what went wrong, for the call record (backends may reword SDK text)."""
         return f"{type(error).__name__}: {error}"
 
-    def call_with_retries(self, messages: Messages) -> Completion:
+    def call_with_retries(self, messages: Messages, verdict: Verdict | None = None) -> Completion:
         """One call with backoff on transient errors; a final failure is returned, not raised."""
         from tenacity import (
             Retrying,
@@ -261,42 +393,55 @@ class RemoteLLM(LLM):
             wait_exponential_jitter,
         )
 
+        def retryable(error: BaseException) -> bool:
+            return isinstance(error, UnusableAnswerError) or self.is_retryable(error)
+
+        def attempt(messages: Messages) -> Completion:
+            return check_usable(self.finish(self.call_once(messages)))
+
         r = self.retry
         retrying = Retrying(
             stop=stop_after_attempt(max(1, r.max_attempts)),
             wait=wait_exponential_jitter(initial=r.initial_wait, max=r.max_wait, jitter=r.jitter),
-            retry=retry_if_exception(self.is_retryable),
+            retry=retry_if_exception(retryable),
             before_sleep=lambda state: log.info(
                 "%s: attempt %d failed (%s); retrying",
                 self.backend,
                 state.attempt_number,
-                state.outcome.exception() if state.outcome else "?",
+                redact_text(str(state.outcome.exception())) if state.outcome else "?",
             ),
             reraise=True,
         )
         start = time.perf_counter()
         try:
-            completion = retrying(self.call_once, messages)
+            if verdict is None:
+                completion = retrying(attempt, messages)
+            else:
+                completion = retrying(
+                    lambda m: check_usable(self.verdict_once(m, verdict)), messages
+                )
         except Exception as err:  # noqa: BLE001 - any failure becomes a recorded failed call
             attempts = retrying.statistics.get("attempt_number", 1)
             # Our attempt count only: the SDKs' retries are off, so it is the whole story.
-            if self.is_retryable(err):
+            if retryable(err):
                 why = (
                     f"gave up after {attempts} attempt(s), llm.retry.max_attempts={r.max_attempts}"
                 )
             else:
                 why = f"not retryable, stopped after {attempts} attempt(s)"
             return Completion(
-                error=f"{self.backend} call to {self.model} failed ({why}): "
-                f"{self.describe_error(err)}",
+                error=redact_text(
+                    f"{self.backend} call to {self.model} failed ({why}): "
+                    f"{self.describe_error(err)}"
+                ),
                 latency_s=time.perf_counter() - start,
                 retries=attempts - 1,
             )
         completion.retries = retrying.statistics.get("attempt_number", 1) - 1
         completion.latency_s = time.perf_counter() - start
-        return self.finish(completion)
+        return completion
 
-    def _run(self, items, report) -> None:
+    def _run(self, items, report, verdict=None) -> None:
         if not items:
             return
         pool = ThreadPoolExecutor(
@@ -304,7 +449,8 @@ class RemoteLLM(LLM):
             thread_name_prefix=f"llm-{self.backend}",
         )
         futures = [
-            pool.submit(lambda i, m: report(i, self.call_with_retries(m)), i, m) for i, m in items
+            pool.submit(lambda i, m: report(i, self.call_with_retries(m, verdict)), i, m)
+            for i, m in items
         ]
         try:
             for future in as_completed(futures):
@@ -325,12 +471,52 @@ class LocalLLM(LLM):
     def generate_batch(self, batch: list[Messages]) -> list[Completion]:
         raise NotImplementedError
 
-    def _run(self, items, report) -> None:
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
+    def verdict_batch(self, batch: list[Messages], verdict: Verdict) -> list[Completion]:
+        """Verdicts of a batch (``choice_logprobs`` set). Backends that implement it set
+        ``supports_verdicts = True``."""
+        raise NotImplementedError
+
+    # Requests per verdict_batch call; backends whose verdicts batch differently set their own.
+    @property
+    def verdict_batch_size(self) -> int:
+        return self.batch_size
+
+    def _run(self, items, report, verdict=None) -> None:
+        size = self.batch_size if verdict is None else self.verdict_batch_size
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
             t0 = time.perf_counter()
-            completions = self.generate_batch([m for _, m in chunk])
+            if verdict is None:
+                completions = self.generate_batch([m for _, m in chunk])
+            else:
+                completions = self.verdict_batch([m for _, m in chunk], verdict)
             per_item = (time.perf_counter() - t0) / len(chunk)
             for (i, _), completion in zip(chunk, completions, strict=True):
                 completion.latency_s = per_item  # a batch's time, shared by its requests
-                report(i, self.finish(completion))
+                try:
+                    completion = check_usable(self.finish(completion), allow_empty=True)
+                except UnusableAnswerError as err:  # a local model's answer: no retry
+                    completion = Completion(
+                        error=f"{self.backend} call to {self.model} failed: {err}",
+                        latency_s=per_item,
+                    )
+                report(i, completion)
+
+
+def choice_logprobs(
+    candidates: Sequence[tuple[str, float]], choices: Sequence[str]
+) -> dict[str, float | None]:
+    """Each choice's log-probability among a served model's top alternatives for one token.
+
+    ``candidates`` are ``(token text, log-probability)`` pairs. A token counts for a choice when it
+    equals the choice once surrounding white space is stripped (``"Yes"``, ``" Yes"``); several
+    such tokens add up. A choice with no such token gets None: its probability is below the
+    least likely alternative listed, and counts as 0.
+    """
+    import math
+
+    found: dict[str, float | None] = {}
+    for choice in choices:
+        probs = [math.exp(lp) for token, lp in candidates if token.strip() == choice]
+        found[choice] = math.log(sum(probs)) if probs and sum(probs) > 0 else None
+    return found

@@ -10,7 +10,8 @@ retries with jittered backoff, and two retry layers would multiply (8 x 3 attemp
 
 from __future__ import annotations
 
-from autorule.llm.base import Completion, Messages, RemoteLLM
+from autorule.core.secrets import add_known_secret
+from autorule.llm.base import Completion, Messages, RemoteLLM, UnusableAnswerError
 
 # Error codes Bedrock uses for conditions that pass with time.
 RETRYABLE_CODES = frozenset(
@@ -53,9 +54,17 @@ class BedrockLLM(RemoteLLM):
             max_pool_connections=self.max_concurrency,
         )
         # boto3 clients are thread-safe (sessions are not): one client serves every thread.
-        self.client = boto3.client(
+        session = boto3.session.Session()
+        self.client = session.client(
             "bedrock-runtime", region_name=region, endpoint_url=endpoint_url or None, config=config
         )
+        # The credentials boto3 found (environment, ~/.aws files, role) are masked in whatever
+        # autorule writes, should a server echo a signed request's headers back.
+        credentials = session.get_credentials()
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            for value in (frozen.access_key, frozen.secret_key, frozen.token):
+                add_known_secret(value)
 
     def call_once(self, messages: Messages) -> Completion:
         system = [{"text": m["content"]} for m in messages if m["role"] == "system"]
@@ -72,12 +81,20 @@ class BedrockLLM(RemoteLLM):
         if system:
             kwargs["system"] = system
         response = self.client.converse(**kwargs)
-        blocks = response.get("output", {}).get("message", {}).get("content", [])
-        text = "".join(b["text"] for b in blocks if "text" in b)
+        # botocore turns a 200 whose body is not JSON into a response without "output", so a
+        # missing content block is how a broken gateway shows: a failed attempt, not "".
+        message = (response.get("output") or {}).get("message") or {}
+        blocks = message.get("content")
+        if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+            raise UnusableAnswerError(
+                "the response has no content block (a 200 whose body is not the Converse API's "
+                "JSON?)"
+            )
+        text = "".join(str(b["text"]) for b in blocks if "text" in b)
         reasoning = "".join(
-            b["reasoningContent"].get("reasoningText", {}).get("text", "")
+            str((b["reasoningContent"].get("reasoningText") or {}).get("text", ""))
             for b in blocks
-            if "reasoningContent" in b
+            if isinstance(b.get("reasoningContent"), dict)
         )
         usage = response.get("usage", {})
         return Completion(

@@ -5,8 +5,11 @@ a re-run after a crash or Ctrl-C replays every call that finished and pays only 
 any change to a prompt or parameter misses the cache. Files live in
 ``<folder>/<key[:2]>/<key>.json`` (the two-level fan-out keeps folders small at tens of thousands
 of calls). Each file is written to a temporary name and renamed into place, so a reader never
-sees a half-written entry and concurrent writers of the same key are harmless. Failed calls are
-never cached.
+sees a half-written entry and concurrent writers of the same key are harmless. Failed calls and
+unusable answers (empty, not valid Unicode: :func:`autorule.llm.base.check_usable`) are never
+cached. An entry that cannot be read back as an answer (random bytes, ``{}``, a list, no text)
+counts as missing, with one warning per entry, and is overwritten when the request is answered
+again. Entries pass :func:`autorule.core.secrets.redact` on their way to disk.
 
 Note that a sampled answer (temperature > 0) is cached like any other: the same request made twice
 gets the same answer. That is what makes re-runs reproducible.
@@ -24,11 +27,38 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
+from autorule.core.secrets import redact
+
 log = logging.getLogger(__name__)
+
+# Fields of a stored answer and the types they must have (autorule.llm.base.Completion's).
+_FIELDS = {
+    "text": str,
+    "reasoning": str,
+    "input_tokens": int,
+    "output_tokens": int,
+    "latency_s": (int, float),
+    "retries": int,
+}
+
+
+def _problem(entry: Any) -> str | None:
+    """Why ``entry`` is not a usable stored answer, or None."""
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__}, not an object"
+    if not isinstance(entry.get("text"), str):
+        return "no answer text"
+    for name, kind in _FIELDS.items():
+        if name in entry and (not isinstance(entry[name], kind) or isinstance(entry[name], bool)):
+            return f"{name} is not a {getattr(kind, '__name__', 'number')}"
+    if not entry["text"].strip() and not str(entry.get("reasoning", "")).strip():
+        return "an empty answer"
+    return None
 
 
 class ResponseCache:
@@ -36,6 +66,8 @@ class ResponseCache:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder).expanduser()
+        self._reported: set[Path] = set()  # corrupt entries already warned about
+        self._lock = threading.Lock()
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
@@ -44,20 +76,39 @@ class ResponseCache:
         """The stored response for ``key``, or None (a corrupt entry counts as missing)."""
         path = self.path(key)
         try:
-            return json.loads(path.read_text())
+            entry = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, json.JSONDecodeError) as err:
-            log.warning("ignoring unreadable LLM cache entry %s: %s", path, err)
+        except (OSError, ValueError, RecursionError) as err:  # ValueError: not UTF-8, not JSON
+            self._warn(path, f"unreadable ({type(err).__name__})")
             return None
+        problem = _problem(entry)
+        if problem:
+            self._warn(path, problem)
+            return None
+        return entry
+
+    def _warn(self, path: Path, why: str) -> None:
+        with self._lock:
+            if path in self._reported:
+                return
+            self._reported.add(path)
+        log.warning("ignoring corrupt LLM cache entry %s (%s); asking again", path, why)
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        """Stores ``value`` under ``key`` atomically (write to a temporary file, then rename)."""
+        """Stores ``value`` (redacted) under ``key`` atomically: written to a temporary file,
+        then renamed. A value that cannot be encoded is logged and skipped, not raised: the
+        answer is still in hand, only a re-run would pay for it again."""
         path = self.path(key)
+        try:
+            data = json.dumps(redact(value), ensure_ascii=False, sort_keys=True).encode("utf-8")
+        except ValueError as err:  # UnicodeEncodeError (a lone surrogate) is a ValueError
+            log.warning("not caching an LLM answer for %s: %s", path, err)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            tmp.write_text(json.dumps(value, ensure_ascii=False, sort_keys=True))
+            tmp.write_bytes(data)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

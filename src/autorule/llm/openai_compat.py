@@ -5,15 +5,28 @@ logs and manifests only ever hold the variable's name. Reasoning is taken from a
 ``reasoning_content`` (vLLM's reasoning parsers) or ``reasoning`` field of the message when the
 server sends one, and otherwise split from inline ``<think>...</think>`` tags.
 
+Verdicts (:meth:`LLM.verdict_all`) are one-token chat completions with ``logprobs`` and
+``top_logprobs``, which vLLM's and SGLang's servers and OpenAI's API answer; the choices are read
+from the alternatives listed for that token.
+
 The SDK's own retries are off (``max_retries=0``); :mod:`autorule.llm.base` retries instead.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
-from autorule.llm.base import Completion, Messages, RemoteLLM
+from autorule.core.secrets import add_known_secret
+from autorule.llm.base import (
+    Completion,
+    Messages,
+    RemoteLLM,
+    UnusableAnswerError,
+    Verdict,
+    choice_logprobs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +35,7 @@ class OpenAICompatLLM(RemoteLLM):
     """Chat completions from an OpenAI-compatible HTTP endpoint."""
 
     backend = "openai"
+    supports_verdicts = True
 
     def __init__(
         self,
@@ -41,25 +55,65 @@ class OpenAICompatLLM(RemoteLLM):
             log.warning(
                 "environment variable %s is not set; sending a placeholder API key", api_key_env
             )
+        # Masked in whatever autorule writes, whatever the variable is called: gateways echo
+        # the Authorization header into error messages.
+        add_known_secret(key)
         self.base_url = base_url
         self.client = openai.OpenAI(
             base_url=base_url, api_key=key or "not-set", timeout=timeout, max_retries=0
         )
 
     def call_once(self, messages: Messages) -> Completion:
-        response = self.client.chat.completions.create(
-            model=self.model,
-            messages=messages,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-        )
-        message = response.choices[0].message
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model,
+                messages=messages,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+            )
+        except json.JSONDecodeError as err:  # a 200 whose body is not JSON (a broken gateway)
+            raise UnusableAnswerError(f"the response body is not JSON ({err})") from None
+        # The SDK builds its objects without validation, so a body of the wrong shape arrives as
+        # missing fields: a failed attempt, not an empty answer.
+        choices = getattr(response, "choices", None)
+        message = getattr(choices[0], "message", None) if choices else None
+        if message is None:
+            raise UnusableAnswerError("the response has no choices[0].message")
         extra = message.model_extra or {}
         reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
         usage = response.usage
         return Completion(
             text=message.content or "",
             reasoning=str(reasoning),
+            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        )
+
+    def verdict_once(self, messages: Messages, verdict: Verdict) -> Completion:
+        choices, top_logprobs = verdict
+        response = self.client.chat.completions.create(
+            model=self.model,
+            messages=messages,
+            temperature=self.temperature,
+            max_tokens=1,  # the verdict is the first token; nothing is generated past it
+            logprobs=True,
+            top_logprobs=top_logprobs,
+        )
+        choice = response.choices[0]
+        content = choice.logprobs.content if choice.logprobs is not None else None
+        if not content:
+            raise ValueError(
+                f"the server at {self.base_url} sent no log-probabilities for {self.model}; "
+                "it must support logprobs=true with top_logprobs (vLLM: --max-logprobs)"
+            )
+        candidates = [(alt.token, alt.logprob) for alt in content[0].top_logprobs]
+        candidates.append((content[0].token, content[0].logprob))  # the token sampled
+        # The sampled token is usually among the alternatives too: count each token once.
+        unique = list(dict(candidates).items())
+        usage = response.usage
+        return Completion(
+            text=choice.message.content or "",
+            choice_logprobs=choice_logprobs(unique, choices),
             input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         )

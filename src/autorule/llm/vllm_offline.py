@@ -4,11 +4,15 @@ vLLM is an optional extra (``pip install 'autorule[vllm]'``) and is imported onl
 backend is built. Requests are sent to the engine in chunks of ``batch_size`` (vLLM schedules each
 chunk continuously) so answers reach the response cache as chunks finish; an interrupted run
 resumes from the last finished chunk.
+
+Verdicts (:meth:`LLM.verdict_all`) generate one token with ``logprobs`` alternatives and read the
+choices among them; vLLM's prefix caching computes the prefix that a judge's requests about one
+response share only once.
 """
 
 from __future__ import annotations
 
-from autorule.llm.base import Completion, LocalLLM, Messages
+from autorule.llm.base import Completion, LocalLLM, Messages, Verdict, choice_logprobs
 
 INSTALL_HINT = "llm=vllm needs vLLM, an optional extra: pip install 'autorule[vllm]'"
 
@@ -26,6 +30,7 @@ class VLLMOfflineLLM(LocalLLM):
     """Batched chat generation with the vLLM engine."""
 
     backend = "vllm"
+    supports_verdicts = True
 
     def __init__(
         self,
@@ -55,12 +60,34 @@ class VLLMOfflineLLM(LocalLLM):
         }
         self._engine = None
 
-    def generate_batch(self, batch: list[Messages]) -> list[Completion]:
+    def _engine_or_start(self):
         # Built on the first cache miss, so a fully cached run loads no weights and needs no GPU.
         # It still needs vllm installed and importable: the constructor imports it.
         if self._engine is None:
             self._engine = import_vllm().LLM(**self._engine_args)
-        outputs = self._engine.chat(batch, self.sampling, use_tqdm=False)
+        return self._engine
+
+    def verdict_batch(self, batch: list[Messages], verdict: Verdict) -> list[Completion]:
+        choices, top_logprobs = verdict
+        sampling = import_vllm().SamplingParams(
+            temperature=self.temperature, max_tokens=1, logprobs=top_logprobs, seed=self.seed
+        )
+        outputs = self._engine_or_start().chat(batch, sampling, use_tqdm=False)
+        completions = []
+        for o in outputs:
+            first = (o.outputs[0].logprobs or [{}])[0]  # token id -> Logprob, for the first token
+            candidates = [(lp.decoded_token or "", lp.logprob) for lp in first.values()]
+            completions.append(
+                Completion(
+                    text=o.outputs[0].text,
+                    choice_logprobs=choice_logprobs(candidates, choices),
+                    input_tokens=len(o.prompt_token_ids or ()),
+                )
+            )
+        return completions
+
+    def generate_batch(self, batch: list[Messages]) -> list[Completion]:
+        outputs = self._engine_or_start().chat(batch, self.sampling, use_tqdm=False)
         return [
             Completion(
                 text=o.outputs[0].text,

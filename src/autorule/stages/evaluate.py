@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob, read_manifest
+from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.stage import StageSpec
 from autorule.evaluation import agreement, alpaca, hacking, mt_bench, pairwise
 from autorule.stages.generate import (
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 LOG_HISTORY = "log_history.jsonl"  # a training artifact's log: one JSON object per logged step
 RULE_SATISFACTION = "rule_satisfaction.json"  # a grpo artifact's rule satisfaction, start and end
 ALPACA_RUN = ("auto", "false")  # evaluate.alpaca_eval.run (YAML false arrives as False)
+ROLE = "evaluate.judge"  # the pairwise judge's LLM role
 
 
 def agreement_on(cfg: DictConfig) -> bool:
@@ -104,7 +106,34 @@ SPEC = StageSpec(
 )
 
 
+def check(cfg: DictConfig) -> None:
+    """Refuses settings that cannot work before any model is loaded or any call is paid for."""
+    from autorule.llm.base import check_settings
+    from autorule.rules.prompts import fill
+
+    check_paths(cfg)
+    section = cfg.evaluate
+    check_number(section.max_pairs, "evaluate.max_pairs", low=1, none_ok=True)
+    check_number(section.rm_batch_size, "evaluate.rm_batch_size", low=1)
+    check_number(section.agreement_pairs, "evaluate.agreement_pairs", low=1, none_ok=True)
+    check_number(
+        section.prune_below, "evaluate.prune_below", integer=False, low=0, high=1, none_ok=True
+    )
+    check_number(section.hacking.window, "evaluate.hacking.window", low=1)
+    check_number(section.hacking.min_drop, "evaluate.hacking.min_drop", integer=False, low=0)
+    check_choice(str(section.alpaca_eval.run).lower(), "evaluate.alpaca_eval.run", ALPACA_RUN)
+    if section.win_rate:
+        template = str(section.pairwise.template)
+        fill(template, "evaluate.pairwise.template", instruction="", response_a="", response_b="")
+        check_settings(OmegaConf.to_container(llms.role_section(cfg, ROLE), resolve=True), ROLE)
+    if section.prune_below is not None and not agreement_on(cfg):
+        raise ConfigError(
+            "evaluate.prune_below prunes by rule agreement: set evaluate.rule_agreement=true"
+        )
+
+
 def run(cfg: DictConfig) -> Path:
+    check(cfg)
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
@@ -136,7 +165,7 @@ def run(cfg: DictConfig) -> Path:
         # ---- 2. win rates against the reference, in both orders
         points = []
         if section.win_rate and "reference" in sets:
-            judge = llms.build(cfg, "evaluate.judge")
+            judge = llms.build(cfg, ROLE)
             template = str(section.pairwise.template)
             judged_rows = []
             rates = {}
@@ -368,6 +397,8 @@ def rule_agreement(cfg: DictConfig, preprocess: Path, rules: list[str]) -> dict[
         "split": str(section.agreement_split),
         "overall": agreement.overall(chosen.decisions, rejected.decisions),
         "unparsed": int(chosen.unparsed) + int(rejected.unparsed),
+        # calls that failed for good count as not satisfied, as in the rules reward
+        "failed": int(getattr(chosen, "failed", 0)) + int(getattr(rejected, "failed", 0)),
         "verdicts": 2 * len(prompts) * len(rules),
         "rules": [r.as_dict() for r in rows],
     }
@@ -438,8 +469,6 @@ def alpaca_hand_off(
     """Writes AlpacaEval's files; runs it when installed, keyed and on its own instructions."""
     section = cfg.evaluate.alpaca_eval
     mode = str(section.run).lower()
-    if mode not in ALPACA_RUN:
-        raise ValueError(f"evaluate.alpaca_eval.run must be auto or false, got {section.run!r}")
     folder = workdir / "alpaca_eval"
     files = alpaca.write(
         folder,

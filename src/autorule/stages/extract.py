@@ -45,7 +45,12 @@ recorded when they were made).
 
 When extraction yields no rules at all (the tiny profile's random model), ``extract.fallback_rules``
 names a rule file to use instead; the stage logs a warning and records the fallback in the counts
-and the manifest. Without a fallback it fails, saying why.
+and the manifest, which it marks ``provisional``: the next run of the stage recomputes it (replaying
+cached answers, asking again for the failed ones), so a later run with a working endpoint does not
+find "nothing to do". Without a fallback it fails, saying why.
+
+Everything the stage writes passes :func:`autorule.core.secrets.redact`: answers and error
+messages can carry what a server echoed back (an ``Authorization`` header, a token).
 """
 
 from __future__ import annotations
@@ -55,12 +60,15 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
+from autorule.core.config import check_choice, check_number, check_paths
+from autorule.core.secrets import redact
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import Pair, mt_pairs, uf_pairs
+from autorule.llm.base import check_settings
 from autorule.rules.parsing import parse_rules
 from autorule.rules.prompts import (
     approx_tokens,
@@ -78,6 +86,7 @@ log = logging.getLogger(__name__)
 # extract.pool -> the preprocess file UltraFeedback pairs are drawn from.
 POOLS = {"filtered": "train_prefs.parquet", "unfiltered": "train_prefs_unfiltered.parquet"}
 RULES_FROM = ("reasoning", "explanation")  # extract.rules_from
+ROLE = "extract.llm"  # the stage's LLM role
 
 # The whole extract section decides the rules, its LLM role included (backend, model, sampling,
 # token budget, prompts), except the role's transport keys and the failure allowance.
@@ -85,28 +94,69 @@ SPEC = StageSpec(
     name="extract",
     inputs=("preprocess",),
     keys=("extract",),
-    llm_roles=("extract.llm",),
+    llm_roles=(ROLE,),
     ignore=("extract.max_failed_calls",),
     version=3,  # 3: the LLM is the extract.llm role; 2: parser prefers the last non-empty list
 )
 
 
+def check(cfg: DictConfig) -> None:
+    """Refuses settings that cannot work before any pair is drawn or any call is paid for."""
+    check_paths(cfg)
+    section = cfg.extract
+    check_choice(cfg.dataset.name, "dataset.name", ("uf", "mt"))
+    check_choice(section.rules_from, "extract.rules_from", RULES_FROM)
+    check_choice(section.pool, "extract.pool", tuple(POOLS))
+    if cfg.dataset.name == "uf":
+        check_number(section.num_examples, "extract.num_examples", low=1, meaning=" (pairs drawn)")
+    else:
+        check_number(section.examples_per_question, "extract.examples_per_question", low=1)
+        check_number(
+            section.num_questions,
+            "extract.num_questions",
+            low=1,
+            none_ok=True,
+            meaning=" (null = all)",
+        )
+    check_number(section.seed, "extract.seed")
+    check_number(
+        section.merge_chunk_size,
+        "extract.merge_chunk_size",
+        low=2,
+        none_ok=True,
+        meaning=" (rules per merge prompt: merging needs two; null = as the context allows)",
+    )
+    check_number(
+        section.merge_context_tokens,
+        "extract.merge_context_tokens",
+        low=1,
+        meaning=" (the merge model's context window in tokens)",
+    )
+    check_number(
+        section.max_failed_calls,
+        "extract.max_failed_calls",
+        low=0,
+        meaning=" (0 = every call must succeed)",
+    )
+    check_settings(OmegaConf.to_container(llms.role_section(cfg, ROLE), resolve=True), ROLE)
+
+
 def run(cfg: DictConfig) -> Path:
+    check(cfg)
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
         section = cfg.extract
-        if section.rules_from not in RULES_FROM:
-            raise ValueError(
-                f"extract.rules_from must be one of {RULES_FROM}, got {section.rules_from!r}"
-            )
-        if section.pool not in POOLS:
-            raise ValueError(f"extract.pool must be one of {sorted(POOLS)}, got {section.pool!r}")
 
         # ---- load: the sampled pairs
         pairs = load_pairs(cfg, job.input("preprocess"))
+        if not pairs:
+            raise ValueError(
+                f"extract: no pairs to reason about in {job.input('preprocess')} "
+                f"(dataset {cfg.dataset.name}); check the preprocess artifact's counts"
+            )
         log.info("[extract] %d pairs from dataset %s", len(pairs), cfg.dataset.name)
-        llm = llms.build(cfg, "extract.llm")
+        llm = llms.build(cfg, ROLE)
         merge_room(
             llm, section.prompts.merger, int(section.merge_context_tokens)
         )  # fail before any call
@@ -200,15 +250,13 @@ def run(cfg: DictConfig) -> Path:
                 section, counts, job.path if section.fallback_rules else job.workdir
             )
             counts["fallback_rules_used"] = 1
-        (job.workdir / "rules.json").write_text(
-            json.dumps(final, indent=2, ensure_ascii=False) + "\n"
-        )
-        (job.workdir / "rules_unmerged.json").write_text(
-            json.dumps(unique, indent=2, ensure_ascii=False) + "\n"
-        )
+        write_json(job.workdir / "rules.json", final)
+        write_json(job.workdir / "rules_unmerged.json", unique)
         write_jsonl(job.workdir / "calls.jsonl", calls)
         log.info("[extract] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
-        return job.commit(counts, extra={"extract": extra})
+        # Fallback rules stand in for extracted ones: the next run of the stage recomputes them.
+        provisional = {"provisional": True} if counts["fallback_rules_used"] else {}
+        return job.commit(counts, extra={"extract": extra, **provisional})
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,20 +365,26 @@ def stop_on_failures(calls: list[dict], allowed: int, workdir: Path) -> None:
     the finished calls in the cache, so the re-run pays only for the failed ones.
     """
     failed = [c for c in calls if c["error"]]
-    if len(failed) > allowed:
+    if failed and len(failed) > allowed:
         write_jsonl(workdir / "calls.jsonl", calls)
         raise RuntimeError(
             f"{len(failed)} of {len(calls)} LLM calls failed (extract.max_failed_calls={allowed}); "
-            f"first error: {failed[0]['error']}\nFinished calls are cached: re-run the same "
-            f"command to retry only the failed ones. Details: {workdir}/examples.jsonl, "
+            f"first error: {redact(failed[0]['error'])}\nFinished calls are cached: re-run the "
+            f"same command to retry only the failed ones. Details: {workdir}/examples.jsonl, "
             f"{workdir}/calls.jsonl"
         )
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
+    """One JSON line per row, secrets masked (:func:`autorule.core.secrets.redact`)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row in redact(rows):
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def write_json(path: Path, obj) -> None:
+    """``obj`` as indented JSON, secrets masked."""
+    path.write_text(json.dumps(redact(obj), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------

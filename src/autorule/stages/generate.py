@@ -1,7 +1,7 @@
 """Stage ``generate``: a model's responses to a prompt set, with the sampling settings beside them.
 
-    python -m autorule stage=generate                                  # sft vs base, test_subset
-    python -m autorule stage=generate generate.model=grpo generate.reference=sft
+    python -m autorule stage=generate                                  # grpo vs sft, test_subset
+    python -m autorule stage=generate generate.model=sft generate.reference=base
     python -m autorule stage=generate generate.prompts=alpaca_eval generate.reference=null
     python -m autorule stage=generate generate.prompts=/data/mt_bench/question.jsonl
     python -m autorule stage=generate generate.best_of_n=16 generate.best_of_reward=rm
@@ -38,10 +38,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from autorule.core.artifacts import StageJob, read_manifest
+from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.hashing import file_sha256
 from autorule.core.stage import StageSpec
 from autorule.evaluation import prompt_sets
 from autorule.evaluation.generation import (
+    BACKENDS,
+    DTYPES,
     Conversation,
     Generator,
     Sample,
@@ -64,6 +67,7 @@ SAMPLING = "sampling.json"
 # Reward terms whose scores need an upstream artifact (best-of-N): term -> stage.
 TERM_INPUTS = {"rm": "rm"}
 RULE_TERMS = ("rules",)  # reward terms that check the rule set
+PROMPT_FORMATS = ("plain", "chat_template")  # preprocess.prompt_format
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -159,16 +163,42 @@ SPEC = StageSpec(
 )
 
 
+def check(cfg: DictConfig) -> None:
+    """Refuses settings that cannot work before any model is loaded."""
+    check_paths(cfg)
+    section = cfg.generate
+    if section.model is None:
+        raise ConfigError("generate.model is null: name the model to sample (sft, grpo, ...)")
+    check_number(section.temperature, "generate.temperature", integer=False, low=0)
+    check_number(section.top_p, "generate.top_p", integer=False, low=0, high=1, low_open=True)
+    check_number(section.max_new_tokens, "generate.max_new_tokens", low=1)
+    check_number(section.max_prompts, "generate.max_prompts", low=1, none_ok=True)
+    check_number(section.max_model_len, "generate.max_model_len", low=2, none_ok=True)
+    check_number(section.best_of_n, "generate.best_of_n", low=1)
+    check_number(section.batch_size, "generate.batch_size", low=1)
+    check_choice(str(section.dtype), "generate.dtype", tuple(DTYPES))
+    check_choice(str(section.backend), "generate.backend", BACKENDS)
+    check_choice(str(cfg.preprocess.prompt_format), "preprocess.prompt_format", PROMPT_FORMATS)
+    for category, value in (OmegaConf.to_container(section.category_temperature) or {}).items():
+        check_number(value, f"generate.category_temperature.{category}", integer=False, low=0)
+    if best_of(cfg) and float(section.temperature) <= 0:
+        raise ConfigError(
+            f"generate.best_of_n={section.best_of_n} needs sampling (generate.temperature > 0): "
+            "greedy decoding gives the same answer N times"
+        )
+    if section.checkpoints and str(section.model) not in MODEL_STAGES:
+        raise ConfigError(
+            f"generate.checkpoints=true samples the checkpoints a training stage kept; "
+            f"generate.model={section.model} is not one of the stages {MODEL_STAGES}"
+        )
+
+
 def run(cfg: DictConfig) -> Path:
+    check(cfg)
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
         section = cfg.generate
-        if best_of(cfg) and float(section.temperature) <= 0:
-            raise ValueError(
-                f"generate.best_of_n={section.best_of_n} needs sampling (generate.temperature > 0):"
-                " greedy decoding gives the same answer N times"
-            )
         inputs = {name: job.input(name) for name in SPEC.inputs_for(cfg)}
 
         # ---- load: the prompts and the models
@@ -283,12 +313,9 @@ def stop_strings(cfg: DictConfig) -> tuple[str, ...]:
 
 def prompt_formatter(cfg: DictConfig, tokenizer_path: str) -> Callable:
     """``format(turns, answers)``: the prompt of the next turn, as the policy was trained."""
-    fmt = str(cfg.preprocess.prompt_format)
-    if fmt == "plain":
+    if str(cfg.preprocess.prompt_format) == "plain":
         template = str(cfg.preprocess.plain_template)
         return lambda turns, answers: later_turn_prompt(template, turns, answers)
-    if fmt != "chat_template":
-        raise ValueError(f"preprocess.prompt_format must be plain or chat_template, got {fmt!r}")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
@@ -327,11 +354,6 @@ def resolve_models(cfg: DictConfig, inputs: dict[str, Path]) -> dict[str, tuple[
         )
     if section.checkpoints:
         value = str(section.model)
-        if value not in MODEL_STAGES:
-            raise ValueError(
-                f"generate.checkpoints=true samples the checkpoints a training stage kept; "
-                f"generate.model={value} is not one of the stages {MODEL_STAGES}"
-            )
         for step, folder in kept_checkpoints(inputs[value], value):
             models[f"step-{step}"] = (str(folder), tokenizer_of(folder, inputs[value] / MODEL_DIR))
     return models

@@ -20,6 +20,11 @@ answer) and ``response`` (the chosen content: the SFT target). The original mess
 ``test.parquet`` by question id (see :func:`autorule.data.filters.mt_question_split`).
 
 Counts in the manifest: rows in and out per split and rows dropped per filter reason.
+
+A local folder is read one split at a time (each split's files on their own), so a split whose
+columns differ from the others fails the stage's own column check, naming the split and its file,
+instead of inside ``datasets``; a row whose message list is empty or malformed is reported with
+its split, file, row and column.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from autorule.core.artifacts import StageJob
+from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.stage import StageSpec
 from autorule.data.filters import FilterSettings, filter_rows, format_prompt, mt_question_split
 from autorule.data.model_paths import load_tokenizer
@@ -93,16 +99,41 @@ SPEC = StageSpec(
 )
 
 
+PROMPT_FORMATS = ("plain", "chat_template")
+
+
+def check(cfg: DictConfig) -> None:
+    """Refuses settings that cannot work before any data is read."""
+    check_paths(cfg)
+    p = cfg.preprocess
+    check_choice(cfg.dataset.name, "dataset.name", ("uf", "mt"))
+    if cfg.dataset.name == "uf":
+        check_number(p.filter.max_tokens, "preprocess.filter.max_tokens", low=1)
+        check_number(p.test_subset_size, "preprocess.test_subset_size", low=1)
+        check_number(p.batch_size, "preprocess.batch_size", low=1)
+        check_choice(p.prompt_format, "preprocess.prompt_format", PROMPT_FORMATS)
+        if "test_prefs" not in list(p.splits):
+            raise ConfigError(
+                f"preprocess.splits={list(p.splits)} must include test_prefs: test_subset is "
+                "drawn from it"
+            )
+    else:
+        check_number(p.mt_block_size, "preprocess.mt_block_size", low=2)
+        check_number(
+            p.mt_train_per_block,
+            "preprocess.mt_train_per_block",
+            low=1,
+            high=int(p.mt_block_size) - 1,
+            meaning=" (leading questions of each block that train; the rest test)",
+        )
+
+
 def run(cfg: DictConfig) -> Path:
+    check(cfg)
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
         builders = {"uf": _ultrafeedback, "mt": _mt_bench}
-        if cfg.dataset.name not in builders:
-            raise ValueError(
-                f"preprocess knows datasets {sorted(builders)}, "
-                f"got dataset.name={cfg.dataset.name!r}"
-            )
         counts = builders[cfg.dataset.name](cfg, job.workdir)
         return job.commit(counts)
 
@@ -111,13 +142,53 @@ def run(cfg: DictConfig) -> Path:
 # Loading
 
 
-def _load_split(cfg: DictConfig, split: str) -> pd.DataFrame:
-    """One split of ``dataset.path`` as a DataFrame, with a clear error when it is not there."""
+class Split:
+    """One split as read: its rows, and the files they came from (local folders only)."""
+
+    def __init__(self, name: str, source: str, df: pd.DataFrame, files: list[str]):
+        self.name, self.source, self.df, self.files = name, source, df, files
+
+    def __str__(self) -> str:
+        files = f" (file {', '.join(self.files)})" if self.files else ""
+        return f"split {self.name} of {self.source}{files}"
+
+    def row(self, index: int) -> str:
+        """Where row ``index`` of the split lives: its file and its row within that file."""
+        import pyarrow.parquet as pq
+
+        start = 0
+        for file in self.files:
+            try:
+                rows = pq.ParquetFile(file).metadata.num_rows
+            except Exception:  # noqa: BLE001 - not parquet: name the split's row only
+                break
+            if index < start + rows:
+                return f"row {index - start} of file {file} (row {index} of split {self.name})"
+            start += rows
+        return f"row {index} of {self}"
+
+
+def _load_split(cfg: DictConfig, split: str) -> Split:
+    """One split of ``dataset.path``, with a clear error when it is not there.
+
+    A local folder's split is read from its own files only: given the whole folder, ``datasets``
+    casts every split to the first one's columns and fails inside its builder
+    (``DatasetGenerationError``) when one split's columns differ.
+    """
     import datasets
 
     path = str(cfg.dataset.path)
+    files: list[str] = []
     try:
-        ds = datasets.load_dataset(path, split=split, revision=cfg.dataset.revision)
+        if Path(path).expanduser().is_dir():
+            builder = datasets.load_dataset_builder(path)
+            found = builder.config.data_files or {}
+            if split not in found:
+                raise ValueError(f"available splits: {sorted(found)}")
+            files = [str(f) for f in found[split]]
+            ds = datasets.load_dataset(path, data_files={split: files}, split=split)
+        else:
+            ds = datasets.load_dataset(path, split=split, revision=cfg.dataset.revision)
     except ValueError as err:  # datasets names the available splits in its message
         raise ValueError(
             f"dataset.path={path} has no split {split!r} "
@@ -128,18 +199,45 @@ def _load_split(cfg: DictConfig, split: str) -> pd.DataFrame:
             f"dataset.path={path} could not be loaded: {err}. Give a hub id or a local folder "
             "laid out like the hub repository (data/<split>-00000-of-00001.parquet)"
         ) from err
-    return ds.to_pandas()
+    except datasets.exceptions.DatasetGenerationError as err:
+        raise ValueError(
+            f"split {split} of dataset.path={path} (files {files or 'from the hub'}) could not "
+            f"be read: {err.__cause__ or err}"
+        ) from err
+    return Split(split, path, ds.to_pandas(), files)
 
 
-def _require_columns(df: pd.DataFrame, columns, where: str) -> None:
-    """Every column present and filled: ``datasets`` fills a column that one split's file lacks
-    with nulls, which would otherwise pass as rows the filter silently drops."""
+def _require_columns(split: Split, columns) -> None:
+    """Every column present and filled (a null would otherwise pass as a row the filter
+    silently drops)."""
+    df = split.df
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{where} lacks the columns {missing}; it has {list(df.columns)}")
-    empty = {c: int(n) for c, n in df[list(columns)].isna().sum().items() if n}
-    if empty:
-        raise ValueError(f"{where} has missing values (column: rows) {empty}")
+        raise ValueError(f"{split} lacks the columns {missing}; it has {list(df.columns)}")
+    for column in columns:
+        nulls = df.index[df[column].isna()].tolist()
+        if nulls:
+            raise ValueError(
+                f"{split} has missing values in column {column!r} ({len(nulls)} rows), first at "
+                f"{split.row(nulls[0])}"
+            )
+
+
+def final_messages(split: Split, column: str) -> list[str]:
+    """The content of the last message of each row's ``column`` (a list of messages); a row
+    whose list is empty or malformed is reported by split, file, row and column."""
+    out = []
+    for index, conversation in enumerate(split.df[column]):
+        last = conversation[-1] if conversation is not None and len(conversation) else None
+        content = last.get("content") if isinstance(last, dict) else None
+        if not isinstance(content, str):
+            problem = "is empty" if last is None else "does not end with a message with content"
+            raise ValueError(
+                f"column {column!r} at {split.row(index)} {problem}: every row needs a list of "
+                "{role, content} messages"
+            )
+        out.append(content)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,22 +264,21 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
             known.update(zip(todo[i : i + batch], lengths(todo[i : i + batch]), strict=True))
         return [known[t] for t in texts]
 
-    if "test_prefs" not in p.splits:
-        raise ValueError("preprocess.splits must include test_prefs: test_subset is drawn from it")
     unknown = [split for split in p.unfiltered_splits if split not in p.splits]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"preprocess.unfiltered_splits names {unknown}, which preprocess.splits "
             f"({list(p.splits)}) does not load"
         )
     counts: dict[str, int] = {}
     for split in p.splits:
-        df = _load_split(cfg, split)
-        _require_columns(df, UF_COLUMNS, f"split {split} of {cfg.dataset.path}")
+        data = _load_split(cfg, split)
+        _require_columns(data, UF_COLUMNS)
+        df = data.df
         if split in p.unfiltered_splits:  # the whole split, as loaded (extract.pool=unfiltered)
             df.to_parquet(out / f"{split}_unfiltered.parquet", index=False)
-        chosen = [m[-1]["content"] for m in df["chosen"]]
-        rejected = [m[-1]["content"] for m in df["rejected"]]
+        chosen = final_messages(data, "chosen")
+        rejected = final_messages(data, "rejected")
         keep, dropped = filter_rows(
             df["prompt"].tolist(),
             chosen,
@@ -258,9 +355,7 @@ def _format_prompts(prompts: list[str], p: DictConfig, tokenizer) -> list[str]:
             )
             for x in prompts
         ]
-    raise ValueError(
-        f"preprocess.prompt_format must be plain or chat_template, got {p.prompt_format!r}"
-    )
+    raise ValueError(f"preprocess.prompt_format must be one of {PROMPT_FORMATS}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,8 +364,9 @@ def _format_prompts(prompts: list[str], p: DictConfig, tokenizer) -> list[str]:
 
 def _mt_bench(cfg: DictConfig, out: Path) -> dict[str, int]:
     p = cfg.preprocess
-    df = _load_split(cfg, cfg.dataset.split)
-    _require_columns(df, MT_COLUMNS, f"split {cfg.dataset.split} of {cfg.dataset.path}")
+    data = _load_split(cfg, cfg.dataset.split)
+    _require_columns(data, MT_COLUMNS)
+    df = data.df
     ties = df["winner"].astype(str).str.startswith("tie")
     judged = df[~ties]
     train_ids, test_ids = mt_question_split(

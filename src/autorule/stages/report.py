@@ -26,6 +26,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from autorule.core.artifacts import StageJob, artifact_path
+from autorule.core.config import check_number, check_paths
 from autorule.core.stage import StageSpec
 from autorule.evaluation import plots
 
@@ -37,7 +38,14 @@ PLOTS = "plots"
 SPEC = StageSpec(name="report", inputs=("evaluate",), keys=("report",))
 
 
+def check(cfg: DictConfig) -> None:
+    """Refuses settings that cannot work before anything is drawn."""
+    check_paths(cfg)
+    check_number(cfg.report.dpi, "report.dpi", low=10, high=1200)
+
+
 def run(cfg: DictConfig) -> Path:
+    check(cfg)
     with StageJob(cfg, SPEC.name) as job:
         if not job.done:
             evaluated = job.input("evaluate")
@@ -213,7 +221,8 @@ def agreement_section(found: dict, pruned: dict | None) -> list[str]:
         f"On {overall['pairs']} held-out pairs ({found['split']}), the rule set prefers the "
         f"chosen answer in {overall['agree']}, the rejected one in {overall['disagree']}, neither "
         f"in {overall['ties']}: overall agreement **{_num(overall['overall_agreement'])}** (ties "
-        f"count half). Unreadable verdicts: {found['unparsed']} of {found['verdicts']}.",
+        f"count half). Unreadable verdicts: {found['unparsed']} of {found['verdicts']}; failed "
+        f"calls: {found.get('failed', 0)} (both count as not satisfied).",
         "",
         "| # | rule | agreement | tells apart | chosen only | rejected only | both | neither |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -35,11 +35,12 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from autorule.core.artifacts import artifact_path
+from autorule.core.config import check_choice, check_paths
 from autorule.core.stage import StageSpec
 from autorule.data.model_paths import load_tokenizer, resolve
 from autorule.training import rm_metrics
-from autorule.training.arguments import MODEL, runtime_keys, sequence_kwargs
-from autorule.training.launch import artifact_state, run_training
+from autorule.training.arguments import MODEL, check_training, runtime_keys, sequence_kwargs
+from autorule.training.launch import artifact_state, check_launcher, run_training, world_size
 from autorule.training.loop import base_metrics, config_kwargs, fit, save
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,17 @@ SPEC = StageSpec(
 )
 
 
+def check(cfg: DictConfig) -> None:
+    """Refuses settings that cannot work before any model is loaded (see
+    :func:`autorule.training.arguments.check_training`)."""
+    check_paths(cfg)
+    check_choice(cfg.rm.init, "rm.init", INITS)
+    check_launcher(cfg)
+    check_training(cfg.rm, "rm", world_size(cfg))
+
+
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
-    if cfg.rm.init not in INITS:
-        raise ValueError(f"rm.init must be one of {INITS}, got {cfg.rm.init!r}")
+    check(cfg)
     return run_training(cfg, SPEC.name, train, callbacks, describe=describe_init)
 
 

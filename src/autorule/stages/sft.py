@@ -23,10 +23,11 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from autorule.core.config import check_paths
 from autorule.core.stage import StageSpec
 from autorule.data.model_paths import load_tokenizer, resolve
-from autorule.training.arguments import runtime_keys, sequence_kwargs
-from autorule.training.launch import run_training
+from autorule.training.arguments import check_training, runtime_keys, sequence_kwargs
+from autorule.training.launch import check_launcher, run_training, world_size
 from autorule.training.loop import base_metrics, config_kwargs, fit, save
 
 SPEC = StageSpec(
@@ -41,7 +42,16 @@ SPEC = StageSpec(
 )
 
 
+def check(cfg: DictConfig) -> None:
+    """Refuses settings that cannot work before any model is loaded (see
+    :func:`autorule.training.arguments.check_training`)."""
+    check_paths(cfg)
+    check_launcher(cfg)
+    check_training(cfg.sft, "sft", world_size(cfg))
+
+
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
+    check(cfg)
     return run_training(cfg, SPEC.name, train, callbacks)
 
 

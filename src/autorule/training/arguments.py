@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autorule.core.config import overrides_without
+from autorule.core.config import ConfigError, check_choice, check_number, overrides_without
 
 # Keys of a training section that change how the work runs (memory, speed, checkpoint and log
 # cadence) but not the trained model; micro batch size is here because gradient accumulation keeps
@@ -56,12 +56,12 @@ def grad_accumulation(global_batch: int, micro_batch: int, world_size: int) -> i
     """Micro batches each process accumulates so that one optimizer step sees ``global_batch``."""
     per_step = micro_batch * world_size
     if global_batch <= 0 or micro_batch <= 0 or world_size <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"batch sizes and world size must be positive, got global={global_batch} "
             f"micro={micro_batch} world={world_size}"
         )
     if global_batch % per_step:
-        raise ValueError(
+        raise ConfigError(
             f"global_batch_size={global_batch} is not divisible by micro_batch_size={micro_batch} "
             f"x processes={world_size} (= {per_step}); change the global or micro batch size or "
             "launcher.num_processes"
@@ -69,12 +69,58 @@ def grad_accumulation(global_batch: int, micro_batch: int, world_size: int) -> i
     return global_batch // per_step
 
 
+def max_steps(section: Mapping[str, Any]) -> int:
+    """The trainer's ``max_steps``: the section's value when > 0; otherwise -1, which makes
+    the trainer run ``num_train_epochs`` (transformers reads 0 as "stop after one step")."""
+    steps = int(section["max_steps"])
+    return steps if steps > 0 else -1
+
+
+def check_training(section: Mapping[str, Any], stage: str, world_size: int) -> None:
+    """Refuses a training section's numbers that cannot work, naming ``<stage>.<key>`` and the
+    allowed range, before any model is loaded."""
+
+    def number(key: str, **allowed) -> None:
+        check_number(section[key], f"{stage}.{key}", **allowed)
+
+    number("max_steps", meaning=" (> 0: train that many optimizer steps; <= 0: num_train_epochs)")
+    if int(section["max_steps"]) <= 0:
+        number(
+            "num_train_epochs",
+            integer=False,
+            low=0,
+            low_open=True,
+            meaning=f" (it sets the length while {stage}.max_steps <= 0)",
+        )
+    number("learning_rate", integer=False, low=0, low_open=True)
+    number("warmup_ratio", integer=False, low=0, high=1, high_open=True)
+    number("max_grad_norm", integer=False, low=0, low_open=True)
+    if "max_length" in section:  # the trainers that read sequences (sft, rm)
+        number("max_length", low=1)
+    for key in ("global_batch_size", "micro_batch_size", "eval_batch_size"):
+        number(key, low=1)
+    number("save_steps", low=1)
+    number("save_total_limit", low=1, none_ok=True)
+    number("logging_steps", low=1)
+    number("eval_steps", low=1, none_ok=True)
+    number("seed")
+    check_choice(section["precision"], f"{stage}.precision", ("bf16", "fp32"))
+    global_batch, micro_batch = int(section["global_batch_size"]), int(section["micro_batch_size"])
+    if global_batch % (micro_batch * world_size):
+        raise ConfigError(
+            f"{stage}.global_batch_size={global_batch} is not divisible by "
+            f"{stage}.micro_batch_size={micro_batch} x launcher.num_processes={world_size} "
+            f"(= {micro_batch * world_size}): it must be a multiple of that product, so that "
+            "gradient accumulation makes up the global batch"
+        )
+
+
 def shared_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any]:
     """TrainingArguments fields every trainer takes (optimizer, schedule, batch, precision,
     checkpoints, logging), from a training stage's config section.
 
     ``warmup_ratio`` goes into ``warmup_steps``: transformers 5 reads a value below 1 as a share of
-    the training steps.
+    the training steps. ``max_steps`` <= 0 means "train ``num_train_epochs``" (:func:`max_steps`).
     """
     if not 0 <= float(section["warmup_ratio"]) < 1:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {section['warmup_ratio']}")
@@ -92,7 +138,7 @@ def shared_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any]
         "warmup_steps": float(section["warmup_ratio"]),
         "max_grad_norm": float(section["max_grad_norm"]),
         "num_train_epochs": float(section["num_train_epochs"]),
-        "max_steps": int(section["max_steps"]),
+        "max_steps": max_steps(section),
         # batch and precision
         "per_device_train_batch_size": int(section["micro_batch_size"]),
         "per_device_eval_batch_size": int(section["eval_batch_size"]),

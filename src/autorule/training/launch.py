@@ -37,11 +37,12 @@ from autorule.core.artifacts import (
     LAUNCH_DIR,
     StageJob,
     artifact_path,
+    input_path,
     is_complete,
     read_manifest,
     work_path,
 )
-from autorule.core.config import CONF_DIR
+from autorule.core.config import CONF_DIR, ConfigError
 from autorule.core.files import write_text_atomic
 from autorule.core.secrets import redact
 from autorule.core.stage import get_spec
@@ -83,18 +84,18 @@ def check_launcher(cfg: DictConfig) -> None:
     procs, machines = world_size(cfg), int(launcher.num_machines)
     rank = int(launcher.machine_rank)
     if procs < 1 or machines < 1:
-        raise ValueError(
+        raise ConfigError(
             f"launcher.num_processes={procs} and launcher.num_machines={machines} must be >= 1"
         )
     if machines > 1 and (procs < machines or procs % machines):
-        raise ValueError(
+        raise ConfigError(
             f"launcher.num_processes={procs} is the total over all machines and must be at least, "
             f"and a multiple of, launcher.num_machines={machines} (the same number of processes "
             f"on every machine), e.g. launcher.num_processes={machines * 8} for {machines} "
             "machines of 8 GPUs"
         )
     if not 0 <= rank < machines:
-        raise ValueError(
+        raise ConfigError(
             f"launcher.machine_rank={rank} must be in [0, launcher.num_machines={machines})"
         )
 
@@ -213,7 +214,7 @@ def dry_run_report(cfg: DictConfig, stage: str, workdir: Path, notes: Sequence[s
         f"  {deepspeed}",
     ]
     for name in get_spec(stage, cfg).inputs_for(cfg):
-        folder = artifact_path(cfg, name)
+        folder = input_path(cfg, stage, name)
         lines.append(f"  input {name} -> {folder} ({artifact_state(folder)})")
     lines += [f"  {note}" for note in notes]
     lines.append(f"[autorule] {stage} trainer arguments:")
@@ -249,7 +250,7 @@ def run_training(
         if job is not None:
             workdir, inputs = job.workdir, {n: job.input(n) for n in input_names}
         else:  # other machines only start their workers; machine 0 prepares and commits
-            workdir, inputs = work_path(path), {n: artifact_path(cfg, n) for n in input_names}
+            workdir, inputs = work_path(path), {n: input_path(cfg, stage, n) for n in input_names}
 
         if not launched(cfg, stage):
             # Launched workers are processes of their own, whose tracker run ends when they exit.

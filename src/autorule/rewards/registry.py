@@ -1,0 +1,122 @@
+"""Reward terms by name: one registry maps a name to a factory (as open-r1's ``get_reward_funcs``).
+
+A factory takes a :class:`RewardContext` (the config and what the caller loaded: the rm artifact,
+the rules, the device, the policy tokenizer) and returns a *reward function* with TRL
+GRPOTrainer's signature::
+
+    f(prompts: list[str], completions: list[str], **kwargs) -> list[float]
+
+named after its term (``f.__name__``), so TRL logs it as ``rewards/<name>/mean``. A term may also
+expose ``f.metrics()`` (extra metrics averaged over the calls since the previous ``metrics()``,
+e.g. ``rules/<i>``) and ``f.close()`` (frees the models it holds). Under TRL the same metrics also
+go to TRL's ``log_metric`` hook, which GRPOTrainer hands every reward function.
+
+Add a term with ``@register("name")`` on its factory in a module imported by
+``autorule.rewards`` (docs/rewards.md).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from omegaconf import DictConfig
+
+
+class RewardFunc(Protocol):
+    """What a factory returns (``metrics`` and ``close`` are optional)."""
+
+    __name__: str
+
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]: ...
+
+
+@dataclass
+class RewardContext:
+    """What reward factories may need besides the config."""
+
+    cfg: DictConfig  # the composed config (terms read rewards.<name> and judge)
+    rm_folder: Path | None = None  # the rm artifact: model/, metrics.json (reward_mean, _std)
+    rules: list[str] = field(default_factory=list)  # the rule set the rules term checks
+    device: str | None = None  # where models run; None = cuda when available, else cpu
+    tokenizer: Any = None  # the policy tokenizer (response lengths in policy tokens)
+
+    def resolved_device(self) -> str:
+        if self.device:
+            return str(self.device)
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+Factory = Callable[[RewardContext], RewardFunc]
+REWARDS: dict[str, Factory] = {}
+
+
+def register(name: str) -> Callable:
+    """Registers a reward factory under ``name`` (a decorator)."""
+
+    def add(factory: Factory) -> Factory:
+        if name in REWARDS and REWARDS[name] is not factory:
+            raise ValueError(f"reward term {name!r} is registered twice")
+        REWARDS[name] = factory
+        return factory
+
+    return add
+
+
+def build_reward_funcs(names: Sequence[str], context: RewardContext) -> list[RewardFunc]:
+    """The reward functions of the terms ``names``, in order."""
+    unknown = [n for n in names if n not in REWARDS]
+    if unknown:
+        raise ValueError(f"unknown reward term(s) {unknown}; known: {sorted(REWARDS)}")
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise ValueError(f"reward term(s) {repeated} listed twice (TRL logs them by name)")
+    funcs = []
+    for name in names:
+        func = REWARDS[name](context)
+        if getattr(func, "__name__", None) != name:
+            raise ValueError(f"reward factory {name!r} returned a function named {func.__name__!r}")
+        funcs.append(func)
+    return funcs
+
+
+def close_all(funcs: Sequence[RewardFunc]) -> None:
+    """Calls ``close()`` on every function that has one."""
+    for func in funcs:
+        close = getattr(func, "close", None)
+        if close is not None:
+            close()
+
+
+def named(func: Callable, name: str) -> Callable:
+    """``func`` renamed ``name`` (TRL names a reward after ``__name__``)."""
+    func.__name__ = func.__qualname__ = name
+    return func
+
+
+class MetricLog:
+    """Per-call metrics, averaged over calls (weighted by responses) until :meth:`pop`."""
+
+    def __init__(self):
+        self._sums: dict[str, float] = defaultdict(float)
+        self._weights: dict[str, float] = defaultdict(float)
+
+    def add(self, metrics: dict[str, float], weight: float, log_metric: Callable | None) -> None:
+        """Adds one call's metrics; also hands them to TRL's ``log_metric`` when it is given."""
+        for key, value in metrics.items():
+            self._sums[key] += float(value) * weight
+            self._weights[key] += weight
+            if log_metric is not None:
+                log_metric(key, float(value))
+
+    def pop(self) -> dict[str, float]:
+        """The averages since the last pop, then starts afresh."""
+        out = {k: self._sums[k] / self._weights[k] for k in self._sums if self._weights[k]}
+        self._sums.clear()
+        self._weights.clear()
+        return out

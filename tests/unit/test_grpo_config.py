@@ -1,0 +1,205 @@
+"""The grpo stage's configuration: the paper's settings, the experiments, what its hash covers,
+the SLURM script with a served judge and SLURM sweeps (dry runs: nothing trains)."""
+
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from autorule.core.artifacts import artifact_path, config_hash, input_path
+from autorule.core.config import REPO_ROOT, compose
+from autorule.stages import grpo
+from unit.test_slurm import printed, run_script
+
+
+def dry_run(tmp_path, capsys, *overrides):
+    cfg = compose(["stage=grpo", *overrides, "dry_run=true", f"paths.root={tmp_path}"])
+    grpo.run(cfg)
+    assert not any(tmp_path.iterdir()), "a dry run must not write anything"
+    return capsys.readouterr().out
+
+
+def test_paper_dry_run_shows_the_released_settings(tmp_path, capsys):
+    out = dry_run(tmp_path, capsys, "experiment=autorule_uf", "launcher.num_processes=8")
+    command = out.splitlines()[1]
+    assert "--use_deepspeed --deepspeed_config_file" in command and "zero3.json" in command
+    assert "--mixed_precision bf16" in command
+    assert "\n  global_batch=128 (micro 4 x 8 processes x accumulation 4)\n" in out
+    assert "\n  rewards: rm x 1.0, rules x 1.0\n" in out
+    assert "rollout: 1024 prompts x 2 samples = 2048 completions" in out
+    for line in (
+        "num_generations=2",
+        "generation_batch_size=2048",
+        "max_completion_length=1024",
+        "temperature=1.0",
+        "beta=0.001",
+        "epsilon=0.2",
+        "learning_rate=5e-07",
+        "lr_scheduler_type=constant_with_warmup",
+        "warmup_steps=0.03",
+        "max_grad_norm=1.0",
+        "num_train_epochs=1.0",
+        "num_iterations=1",
+        "scale_rewards=group",
+        "bf16=True",
+        "adam_beta1=0.9",
+        "adam_beta2=0.95",
+        "seed=42",
+    ):
+        assert f"\n  {line}\n" in out, line
+    assert "\n  input rm -> " in out and "\n  input extract -> " in out
+
+
+@pytest.mark.parametrize(
+    "experiment, rewards",
+    [
+        ("grpo_baseline", ["rm"]),
+        ("length_penalty", ["rm", "length_penalty"]),
+        ("length_control", ["rm"]),
+        ("autorule_uf", ["rm", "rules"]),
+        ("autorule_mt", ["rm", "rules"]),
+    ],
+)
+def test_experiments_pick_their_reward_terms(experiment, rewards):
+    cfg = compose([f"experiment={experiment}"])
+    assert list(cfg.grpo.rewards) == rewards
+    assert cfg.dataset.name == "uf"  # every GRPO run trains on UltraFeedback prompts
+
+
+def test_length_control_changes_what_the_released_script_changes():
+    base, control = compose(["experiment=grpo_baseline"]), compose(["experiment=length_control"])
+    assert (control.grpo.learning_rate, control.grpo.kl_coef, control.grpo.temperature) == (
+        3e-7,
+        0.005,
+        0.9,
+    )
+    for key in ("num_generations", "prompts_per_rollout", "global_batch_size", "clip_range"):
+        assert control.grpo[key] == base.grpo[key], key
+
+
+def test_only_used_terms_and_the_judge_they_need_are_hashed(tmp_path):
+    root = f"paths.root={tmp_path}"
+    baseline = ["experiment=grpo_baseline", root]
+    h = config_hash(compose(baseline), "grpo")
+    assert h == config_hash(compose([*baseline, "judge.llm.model=another-judge"]), "grpo")
+    assert h == config_hash(compose([*baseline, "rewards.rules.scale=5"]), "grpo")
+    assert "extract" not in grpo.SPEC.inputs_for(compose(baseline))
+
+    rules = ["experiment=autorule_uf", root]
+    h = config_hash(compose(rules), "grpo")
+    assert h != config_hash(compose([*rules, "judge.llm.model=another-judge"]), "grpo")
+    assert h != config_hash(compose([*rules, "rewards.rules.scale=5"]), "grpo")
+    # The judge's transport never moves it.
+    assert h == config_hash(compose([*rules, "judge.llm.max_concurrency=3"]), "grpo")
+    assert "extract" in grpo.SPEC.inputs_for(compose(rules))
+
+
+def test_autorule_mt_reads_the_rules_extracted_from_mt_bench(tmp_path):
+    cfg = compose(["stage=grpo", "experiment=autorule_mt", f"paths.root={tmp_path}"])
+    rules = input_path(cfg, "grpo", "extract")
+    assert rules.parent.name == "extract" and rules.name.startswith("mt-")
+    assert rules == artifact_path(
+        compose(["experiment=autorule_mt", "dataset=mt", f"paths.root={tmp_path}"]), "extract"
+    )
+    assert input_path(cfg, "grpo", "sft").name.startswith("uf-")
+
+
+@pytest.mark.parametrize(
+    "history, start, end",
+    [
+        (
+            [
+                {"rewards/rm/mean": 0.1, "reward": 1},
+                {"loss": 2},
+                {"rewards/rm/mean": 0.7, "reward": 3},
+            ],
+            0.1,
+            0.7,
+        )
+    ],
+)
+def test_reward_summary_reads_the_first_and_last_logged_means(history, start, end):
+    summary = grpo.reward_summary(history, ["rm", "rules"])
+    assert (summary["reward_rm_start"], summary["reward_rm_end"]) == (start, end)
+    assert (summary["reward_start"], summary["reward_end"]) == (1, 3)
+    assert summary["reward_rules_start"] is None
+
+
+def test_rule_table_has_each_rule_at_the_start_and_the_end():
+    history = [
+        {"rules/0": 0.25, "rules/1": 1.0},
+        {"rules/0": 0.5},
+        {"rules/0": 0.75, "rules/1": 0.5},
+    ]
+    assert grpo.rule_table(history, ["Be brief.", "Be kind."]) == [
+        {"index": 0, "rule": "Be brief.", "start": 0.25, "end": 0.75},
+        {"index": 1, "rule": "Be kind.", "start": 1.0, "end": 0.5},
+    ]
+
+
+def test_bad_generation_settings_fail_early():
+    section = dict(compose([]).grpo)
+    with pytest.raises(ValueError, match="num_generations=1"):
+        grpo.trainer_args({**section, "num_generations": 1})
+    with pytest.raises(ValueError, match="reward_weights has 1 values for 3 terms"):
+        grpo.trainer_args({**section, "reward_weights": [1.0]})
+
+
+# --------------------------------------------------------------------------------------------
+# SLURM
+
+
+def test_grpo_script_serves_the_judge_on_its_own_gpus(tmp_path):
+    env = {"SLURM_JOB_NODELIST": "gpu-a01", "SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "8"}
+    result = run_script(tmp_path, "grpo", env, "experiment=autorule_uf")
+    assert result.returncode == 0, result.stderr
+    serve, _, rest = result.stdout.partition("\n")
+    serve = shlex.split(serve)
+    assert serve[0] == "CUDA_VISIBLE_DEVICES=4,5,6,7" and serve[1:3] == ["vllm", "serve"]
+    assert serve[3] == compose(["experiment=autorule_uf"]).judge.llm.model
+    assert "--data-parallel-size" in serve and serve[serve.index("--data-parallel-size") + 1] == "4"
+    first, _, out = rest.partition("\n")
+    cmd = shlex.split(first)
+    assert "launcher.num_processes=4" in cmd and "experiment=autorule_uf" in cmd
+    assert "llm@judge.llm=openai" in cmd and "judge.llm.base_url=http://" in " ".join(cmd)
+    assert "\n  global_batch=128 (micro 4 x 4 processes x accumulation 8)\n" in out
+
+
+def test_grpo_script_without_rules_trains_on_every_gpu(tmp_path):
+    env = {"SLURM_JOB_NODELIST": "gpu-a01", "SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "8"}
+    result = run_script(tmp_path, "grpo", env, "experiment=grpo_baseline")
+    assert result.returncode == 0, result.stderr
+    cmd, out = printed(result)
+    assert "vllm" not in result.stdout.splitlines()[0]
+    assert "launcher.num_processes=8" in cmd and not any("judge" in a for a in cmd)
+
+
+def test_sweeps_go_to_slurm_through_submitit(tmp_path):
+    """`-m hydra/launcher=submitit_slurm` (the slurm extra) submits one job per run."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autorule",
+            "hydra/launcher=submitit_slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.gpus_per_node=8",
+            "hydra.launcher.timeout_min=2880",
+            "stage=grpo",
+            "experiment=autorule_uf",
+            "--cfg",
+            "hydra",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in (
+        result.stdout
+    )
+    for line in ("partition: gpu", "gpus_per_node: 8", "timeout_min: 2880"):
+        assert line in result.stdout
