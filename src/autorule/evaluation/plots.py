@@ -154,23 +154,33 @@ def lengths(sets: dict[str, Sequence[int]], path: Path, dpi: int) -> Path | None
 
 
 def rule_agreement(rows: Sequence[dict], path: Path, dpi: int) -> Path | None:
-    """Per rule: the share of pairs where only the chosen, or only the rejected, answer
-    satisfies it."""
+    """Per rule, what the held-out pairs looked like: only the chosen answer satisfies it
+    (agrees), only the rejected one (disagrees), both, neither; with the agreement rate."""
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
-    labels = [f"{r['index']}: {_short(r['rule'])}" for r in rows]
-    agree = [r["agree"] / r["pairs"] if r["pairs"] else 0 for r in rows]
-    disagree = [r["disagree"] / r["pairs"] if r["pairs"] else 0 for r in rows]
-    y = range(len(rows))
-    ax.barh(y, agree, color="C2", label="chosen only (agrees)")
-    ax.barh(y, [-d for d in disagree], color="C3", label="rejected only (disagrees)")
-    ax.set_yticks(list(y), labels, fontsize=7)
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.8))
+    labels = [f"{r['index']}: {_short(r['rule'], 48)}" for r in rows]
+    y = list(range(len(rows)))
+    left = [0.0] * len(rows)
+    outcomes = [
+        ("agree", "chosen only (agrees)", "C2"),
+        ("disagree", "rejected only (disagrees)", "C3"),
+        ("both", "both", "0.55"),
+        ("neither", "neither", "0.85"),
+    ]
+    for key, name, color in outcomes:
+        share = [r[key] / r["pairs"] if r["pairs"] else 0.0 for r in rows]
+        ax.barh(y, share, left=left, color=color, label=name)
+        left = [a + b for a, b in zip(left, share, strict=True)]
+    for i, r in enumerate(rows):
+        rate = r.get("agreement")
+        ax.text(1.01, i, "n/a" if rate is None else f"{rate:.2f}", va="center", fontsize=8)
+    ax.text(1.01, -0.9, "agreement", fontsize=8)
+    ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
-    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlim(0, 1)
     ax.set_xlabel("share of held-out pairs")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return _save(fig, path, dpi)
 
 
