@@ -13,7 +13,7 @@ import pytest
 from matplotlib import image
 
 import standin_grpo
-from autorule.core.artifacts import read_manifest
+from autorule.core.artifacts import artifact_path, read_manifest
 from autorule.core.config import compose
 from autorule.evaluation.scoring import rm_scores
 from autorule.stages import evaluate, generate, report
@@ -58,24 +58,27 @@ def judged(trained, tmp_path_factory):
     rules = work / "rules.json"
     rules.write_text(json.dumps(standin_grpo.RULES))
     with FakeLLMServer(reply=judge_longer) as server:
+        overrides = [
+            f"paths.root={root}",
+            "+stage_modules.grpo=standin_grpo",
+            "generate.model=grpo",
+            "generate.reference=sft",
+            "generate.checkpoints=true",
+            "generate.max_prompts=5",
+            "generate.max_new_tokens=12",
+            f"rules.path={rules}",
+            "evaluate.rule_agreement=true",
+            "evaluate.agreement_pairs=6",
+        ]
         cfg = compose(
             [
                 "stage=pipeline",
-                f"paths.root={root}",
-                "+stage_modules.grpo=standin_grpo",
-                "generate.model=grpo",
-                "generate.reference=sft",
-                "generate.checkpoints=true",
-                "generate.max_prompts=5",
-                "generate.max_new_tokens=12",
+                *overrides,
                 "llm@evaluate.judge=openai",
                 f"evaluate.judge.base_url={server.url}/v1",
                 "evaluate.judge.model=fake-judge",
                 f"evaluate.judge.cache_dir={work}/llm",
                 "evaluate.judge.progress=false",
-                f"rules.path={rules}",
-                "evaluate.rule_agreement=true",
-                "evaluate.agreement_pairs=6",
                 "evaluate.prune_below=0.5",
             ]
         )
@@ -89,7 +92,14 @@ def judged(trained, tmp_path_factory):
         finally:
             patch.undo()
         requests = list(server.requests)
-    return {"cfg": cfg, "paths": paths, "requests": requests, "rule_judge": rule_judge}
+    return {
+        "cfg": cfg,
+        "overrides": overrides,
+        "work": work,
+        "paths": paths,
+        "requests": requests,
+        "rule_judge": rule_judge,
+    }
 
 
 def rows(path):
@@ -142,6 +152,44 @@ def test_rule_agreement_and_pruned_rules(judged):
     pruned = json.loads((folder / "pruned_rules.json").read_text())["rules"]
     kept = [r["rule"] for r in found["rules"] if (r["agreement"] or 0) >= 0.5]
     assert pruned == kept and pruned
+
+
+def verdict_by_steps(request):
+    """The rule judge's answer: satisfied when the response has numbered steps."""
+    response = request.prompt.split("Assistant:", 1)[1].split("</conversation>", 1)[0]
+    return FakeReply(text=f"Checked.\n{'[[Yes]]' if '1.' in response else '[[No]]'}")
+
+
+def test_rule_agreement_through_the_rule_judge(judged):
+    """The same stage with the real RuleJudge (generate mode) on the test server."""
+    with FakeLLMServer(reply=verdict_by_steps) as server:
+        cfg = compose(
+            [
+                "stage=evaluate",
+                *judged["overrides"],
+                "evaluate.win_rate=false",
+                "evaluate.rm_score=false",
+                "llm@judge.llm=openai",
+                "judge.mode=generate",
+                f"judge.llm.base_url={server.url}/v1",
+                "judge.llm.model=fake-rule-judge",
+                f"judge.llm.cache_dir={judged['work']}/rule-judge",
+                "judge.llm.progress=false",
+            ]
+        )
+        folder = evaluate.run(cfg)
+        asked = len(server.requests)
+    found = json.loads((folder / "rule_agreement.json").read_text())
+    assert asked == 2 * 6 * 2
+    # Every rule gets the same verdicts here: satisfied exactly when the answer has steps.
+    pairs = pd.read_parquet(artifact_path(cfg, "preprocess") / "test_prefs.parquet").head(6)
+    chosen = pairs["chosen_content"].str.contains("1.", regex=False)
+    rejected = pairs["rejected_content"].str.contains("1.", regex=False)
+    for row in found["rules"]:
+        assert row["agree"] == int((chosen & ~rejected).sum())
+        assert row["disagree"] == int((~chosen & rejected).sum())
+        assert row["both"] == int((chosen & rejected).sum())
+    assert found["unparsed"] == 0 and found["failed"] == 0
 
 
 def test_reward_hacking_is_flagged_from_the_training_log(judged):
