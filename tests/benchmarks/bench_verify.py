@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from autorule.core.artifacts import StageJob, is_up_to_date
 from autorule.core import stage as stage_registry
+from autorule.core.artifacts import StageJob, is_up_to_date
 from autorule.core.stage import StageSpec
 
 pytestmark = pytest.mark.bench
