@@ -61,8 +61,9 @@ def pkg_resources_shim(monkeypatch):
 
 
 def test_alpaca_eval_loaders_accept_the_files(written, pkg_resources_shim):
-    utils = pytest.importorskip("alpaca_eval.utils")
-    decoders = pytest.importorskip("alpaca_eval.decoders")
+    with alpaca.root_log_level_kept():  # alpaca_eval's import would leave the root at INFO
+        utils = pytest.importorskip("alpaca_eval.utils")
+        decoders = pytest.importorskip("alpaca_eval.decoders")
     from pathlib import Path
 
     outputs = utils.load_or_convert_to_dataframe(written["outputs"])

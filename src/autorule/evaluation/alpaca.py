@@ -16,7 +16,9 @@ length-controlled win rate.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,24 @@ CONFIGS_DIR = "models_configs"
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
+@contextmanager
+def root_log_level_kept() -> Iterator[None]:
+    """Importing alpaca_eval sets the root logger to INFO; this puts the caller's level back."""
+    root = logging.getLogger()
+    level = root.level
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def installed() -> bool:
     """Whether AlpacaEval can run here (its entry point imports, pkg_resources included)."""
-    try:
-        import alpaca_eval.main  # noqa: F401
-    except ImportError:
-        return False
+    with root_log_level_kept():
+        try:
+            import alpaca_eval.main  # noqa: F401
+        except ImportError:
+            return False
     return True
 
 
@@ -104,7 +118,8 @@ def write(
 def run(outputs: Path, annotators_config: str, output_path: Path) -> dict[str, Any]:
     """Runs AlpacaEval on ``outputs`` and returns the model's leaderboard row (its
     ``length_controlled_winrate`` is AlpacaEval 2.0's headline number)."""
-    from alpaca_eval.main import evaluate
+    with root_log_level_kept():
+        from alpaca_eval.main import evaluate
 
     output_path.mkdir(parents=True, exist_ok=True)
     leaderboard, _ = evaluate(
