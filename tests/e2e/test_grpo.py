@@ -110,3 +110,25 @@ def test_grpo_resumes_after_an_interruption(trained):
     assert metrics["resumed_from_step"] == 2 and metrics["global_step"] == 4
     history = [json.loads(line) for line in (path / grpo.LOG_HISTORY).read_text().splitlines()]
     assert [e["step"] for e in history if "rewards/length_penalty/mean" in e] == [1, 2, 3, 4]
+
+
+def test_kept_checkpoints_are_models_for_the_reward_hacking_curve(trained):
+    from transformers import AutoModelForCausalLM
+
+    root = trained["sft"].parents[1]
+    cfg = compose(
+        [
+            "stage=grpo",
+            f"paths.root={root}",
+            "grpo.rewards=[length_penalty]",
+            "grpo.save_steps=2",
+            "grpo.keep_checkpoints=true",
+        ]
+    )
+    path = grpo.run(cfg)
+    kept = sorted(p.name for p in (path / "checkpoints").iterdir())
+    assert kept == ["checkpoint-2", "checkpoint-4"]  # save_total_limit does not apply
+    for name in kept:
+        folder = path / "checkpoints" / name
+        assert not list(folder.glob("optimizer*")) and not list(folder.glob("rng_state*"))
+        AutoModelForCausalLM.from_pretrained(folder)

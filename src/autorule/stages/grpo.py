@@ -95,6 +95,8 @@ def trainer_args(section: Mapping[str, Any]) -> dict[str, Any]:
         "use_vllm": bool(section["use_vllm"]),
         "vllm_mode": str(section["vllm_mode"]),
         "log_completions": False,
+        # Every checkpoint stays for the evaluation's reward-hacking curve (their models only).
+        **({"save_total_limit": None} if section.get("keep_checkpoints") else {}),
     }
 
 
@@ -103,8 +105,12 @@ _RUNTIME = runtime_keys("grpo") + ("grpo.use_vllm", "grpo.vllm_mode")
 
 SPEC = StageSpec(
     name="grpo",
-    inputs=("preprocess", "sft", "rm"),
-    only_if={"rm": lambda cfg: uses_term(cfg, "rm")},
+    inputs=("preprocess", "sft", "rm", "cloud"),
+    only_if={
+        "rm": lambda cfg: uses_term(cfg, "rm"),
+        # The cloud term reads this config's cloud artifact unless rewards.cloud.model names one.
+        "cloud": lambda cfg: uses_term(cfg, "cloud") and not cfg.rewards.cloud.model,
+    },
     uses_rules=lambda cfg: uses_term(cfg, "rules"),
     keys=("grpo", "rewards", "judge", "model.name_or_path", "model.tiny", "model.pad_token"),
     ignore=_RUNTIME,
@@ -283,5 +289,5 @@ def train(
             table = rule_table(history, rules)
             (workdir / RULE_TABLE).write_text(json.dumps(table, indent=2) + "\n")
             metrics["rules"] = len(table)
-    save(trainer, workdir, metrics)
+    save(trainer, workdir, metrics, keep_checkpoints=bool(cfg.grpo.keep_checkpoints))
     return metrics

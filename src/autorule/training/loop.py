@@ -149,14 +149,34 @@ def final_train_loss(trainer) -> float | None:
     return float(losses[-1]) if losses else None
 
 
-def save(trainer, workdir: Path, metrics: dict[str, Any]) -> None:
+# What a kept checkpoint needs to be loaded as a model (with from_pretrained); the rest of a
+# checkpoint (optimizer, scheduler and RNG states, DeepSpeed shards) only serves resuming.
+_RESUME_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state")
+
+
+def keep_models_only(checkpoints: Path) -> None:
+    """Strips every ``checkpoint-<step>/`` of what only resuming needs, keeping the weights,
+    config and tokenizer (``keep_checkpoints``: the evaluation's reward-hacking curve)."""
+    for folder in sorted(checkpoints.glob("checkpoint-*")):
+        for path in list(folder.iterdir()):
+            if path.is_dir():  # DeepSpeed's global_step* optimizer shards
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.name.startswith(_RESUME_ONLY):
+                path.unlink()
+
+
+def save(trainer, workdir: Path, metrics: dict[str, Any], keep_checkpoints: bool = False) -> None:
     """Saves ``model/`` (all ranks take part: ZeRO-3 gathers the weights) and ``metrics.json``
-    from the main process, then drops the checkpoints."""
+    from the main process, then drops the checkpoints (or, with ``keep_checkpoints``, keeps
+    their models and drops only what resuming needed)."""
     trainer.save_model(str(workdir / MODEL))
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(str(workdir / MODEL))
         (workdir / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
+        if keep_checkpoints:
+            keep_models_only(workdir / CHECKPOINTS)
+        else:
+            shutil.rmtree(workdir / CHECKPOINTS, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
 
 
