@@ -68,22 +68,26 @@ class Annotator:
         return FakeReply(text=f"Reasoning.\nRating: {7 if response in self.chosen else 2}")
 
 
-def test_known_disagreement_share(root, tmp_path):
-    cfg = compose(
+def config(root, *overrides):
+    return compose(
         [
-            "stage=feedback",
             f"paths.root={root}",
             "llm@feedback.llm=openai",
-            "feedback.llm.base_url=URL",
+            "feedback.llm.base_url=URL",  # a transport key: the artifacts do not depend on it
             "feedback.llm.model=served-annotator",
             f"feedback.llm.api_key_env={KEY_ENV}",
-            f"feedback.llm.cache_dir={tmp_path / 'cache'}",
+            f"feedback.llm.cache_dir={root / 'llm-cache'}",
             "feedback.llm.progress=false",
             "feedback.llm.retry.max_attempts=1",
             f"feedback.num_instructions={N}",
             "feedback.heldout_instructions=3",
+            *overrides,
         ]
     )
+
+
+def test_known_disagreement_share(root):
+    cfg = config(root, "stage=feedback")
     rows = preference_rows(artifact_path(cfg, "preprocess") / "test_prefs.parquet", N)
     rows = rows[rows["chosen"] != rows["rejected"]].reset_index(drop=True)
     unreadable = str(rows["rejected"][0])
@@ -115,3 +119,37 @@ def test_known_disagreement_share(root, tmp_path):
     assert (rankings["split"] == "heldout").sum() == 3
     assert read_manifest(path)["counts"]["consistency_pairs"] == scored
     assert "Disagreement" in (path / "consistency.md").read_text()
+
+
+@pytest.mark.parametrize("protocol", ["ratings", "rankings"])
+def test_reward_models_train_and_pick_the_best_of_4(root, protocol):
+    from autorule.stages import feedback_rm, generate
+
+    assert read_manifest(artifact_path(config(root, "stage=feedback"), "feedback"))  # made above
+    path = feedback_rm.run(config(root, "stage=feedback_rm", f"feedback_rm.protocol={protocol}"))
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["protocol"] == protocol and metrics["global_step"] == 6
+    # rankings: 9 training pairs minus the tie; ratings: 18 training answers minus the unread one
+    assert metrics["train_rows"] == {"ratings": 17, "rankings": 8}[protocol]
+    for kind in ("rankings", "ratings"):
+        assert 0.0 <= metrics[f"heldout_{kind}_accuracy"] <= 1.0
+    assert metrics["heldout_ratings_pairs"] == 3  # the 3 held-out pairs all differ in rating
+
+    cfg = config(
+        root,
+        "stage=generate",
+        "generate.model=base",
+        "generate.reference=null",
+        "generate.best_of_n=4",
+        "generate.best_of_reward=feedback_rm",
+        "generate.max_prompts=3",
+        "generate.max_new_tokens=8",
+        f"feedback_rm.protocol={protocol}",
+    )
+    out = generate.run(cfg)
+    assert "feedback_rm" in read_manifest(out)["inputs"]  # a protocol's picks are its own artifact
+    rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert len(row["candidates"]) == len(row["scores"]) == 4
+        assert row["scores"][row["chosen"]] == max(row["scores"])
