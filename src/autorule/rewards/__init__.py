@@ -8,7 +8,7 @@ See :mod:`autorule.rewards.registry` (the contract), :mod:`autorule.rewards.term
 terms), :mod:`autorule.rewards.judge` (the rule judge) and docs/rewards.md.
 """
 
-from autorule.rewards import cloud, terms  # noqa: F401 - registers the built-in terms
+from autorule.rewards import cloud, feedback, terms  # noqa: F401 - registers the built-in terms
 from autorule.rewards.judge import JudgeResult, RuleJudge
 from autorule.rewards.registry import (
     REWARDS,

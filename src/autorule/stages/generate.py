@@ -65,7 +65,7 @@ REFERENCE = "reference.jsonl"
 CANDIDATES = "candidates.jsonl"
 SAMPLING = "sampling.json"
 # Reward terms whose scores need an upstream artifact (best-of-N): term -> stage.
-TERM_INPUTS = {"rm": "rm"}
+TERM_INPUTS = {"rm": "rm", "feedback_rm": "feedback_rm"}
 RULE_TERMS = ("rules",)  # reward terms that check the rule set
 PROMPT_FORMATS = ("plain", "chat_template")  # preprocess.prompt_format
 _STEP = re.compile(r"^checkpoint-(\d+)$")
@@ -132,7 +132,7 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
 # model or the rule set that ranks best-of-N samples.
 SPEC = StageSpec(
     name="generate",
-    inputs=("preprocess", *MODEL_STAGES, "rm"),
+    inputs=("preprocess", *MODEL_STAGES, *TERM_INPUTS.values()),
     keys=(
         "generate",
         "preprocess.prompt_format",
@@ -153,9 +153,14 @@ SPEC = StageSpec(
     only_if={
         "preprocess": reads_prompt_split,
         **{stage: (lambda cfg, s=stage: samples_stage(cfg, s)) for stage in MODEL_STAGES},
-        "rm": lambda cfg: (
-            best_of(cfg) and TERM_INPUTS.get(str(cfg.generate.best_of_reward)) == "rm"
-        ),
+        **{
+            stage: (
+                lambda cfg, s=stage: (
+                    best_of(cfg) and TERM_INPUTS.get(str(cfg.generate.best_of_reward)) == s
+                )
+            )
+            for stage in TERM_INPUTS.values()
+        },
     },
     uses_rules=lambda cfg: best_of(cfg) and str(cfg.generate.best_of_reward) in RULE_TERMS,
     ignore_when=ignored_keys,

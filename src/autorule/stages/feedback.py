@@ -1,0 +1,264 @@
+"""Stage ``feedback``: ratings and rankings of the same responses by one annotator, and how far
+the two protocols agree.
+
+    python -m autorule stage=feedback                                   # tiny profile
+    python -m autorule stage=feedback llm@feedback.llm=openai \
+        feedback.llm.base_url=http://annotator:8000/v1 feedback.llm.model=<served name>
+    python -m autorule stage=feedback feedback.source=generate          # generate's N candidates
+
+Several responses per instruction (five in Bansal et al., ICLR 2024): with
+``feedback.source=preprocess`` the chosen and rejected answers of the first
+``feedback.num_instructions`` rows of ``feedback.split``; with ``feedback.source=generate`` the
+best-of-N candidates of the generate artifact (``candidates.jsonl``, ``generate.best_of_n > 1``).
+
+The annotator (LLM role ``feedback.llm``, any backend; calls concurrent and cached, so a re-run
+pays only for what is missing) gives
+
+* a **rating** of each response alone (``feedback.rating_template``; the answer ends with
+  ``Rating: <1-7>``; unparsed answers are counted);
+* a **ranking** of each pair of responses to one instruction, asked in both orders through
+  :func:`autorule.evaluation.pairwise.judge_pairs` (``feedback.ranking_template``); the same
+  position winning both orders is "equal".
+
+The ratings' implied rankings are compared with the rankings
+(:func:`autorule.evaluation.feedback.consistency`). The last ``feedback.heldout_instructions``
+instructions are marked ``split=heldout``: the feedback_rm stage trains on the rest and measures
+its accuracy on them.
+
+Artifact: ``ratings.parquet`` (instruction, response, rating, answer, split), ``rankings.parquet``
+(instruction, response_x, response_y, label x|y|equal, implied label, both answers, split),
+``consistency.json`` (the 3x3 table, the share of disagreement, unparsed counts) and
+``consistency.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from autorule import llm as llms
+from autorule.core.artifacts import StageJob
+from autorule.core.config import ConfigError, check_choice, check_number, check_paths
+from autorule.core.stage import StageSpec
+from autorule.data.pairs import preference_rows
+from autorule.evaluation import feedback as fb
+from autorule.evaluation.pairwise import judge_pairs
+from autorule.rules.prompts import fill, user
+
+log = logging.getLogger(__name__)
+
+RATINGS, RANKINGS, CONSISTENCY = "ratings.parquet", "rankings.parquet", "consistency.json"
+SOURCES = ("preprocess", "generate")
+TRAIN, HELDOUT = "train", "heldout"
+
+SPEC = StageSpec(
+    name="feedback",
+    inputs=("preprocess", "generate"),
+    keys=("feedback",),
+    llm_roles=("feedback.llm",),
+    ignore=("feedback.max_failed_calls",),
+    only_if={
+        "preprocess": lambda cfg: cfg.feedback.source == "preprocess",
+        "generate": lambda cfg: cfg.feedback.source == "generate",
+    },
+)
+
+
+def check(cfg: DictConfig) -> None:
+    """Refuses settings that cannot work before any call is paid for."""
+    from autorule.llm.base import check_settings
+
+    check_paths(cfg)
+    section = cfg.feedback
+    check_choice(section.source, "feedback.source", SOURCES)
+    if section.source == "preprocess":
+        check_choice(cfg.dataset.name, "dataset.name", ("uf",))  # chosen/rejected answers
+    check_number(section.num_instructions, "feedback.num_instructions", low=1, none_ok=True)
+    check_number(section.heldout_instructions, "feedback.heldout_instructions", low=0)
+    check_number(section.max_failed_calls, "feedback.max_failed_calls", low=0)
+    for key, needed in (
+        ("rating_template", ("{instruction}", "{response}")),
+        ("ranking_template", ("{instruction}", "{response_a}", "{response_b}")),
+    ):
+        missing = [p for p in needed if p not in str(section[key])]
+        if missing:
+            raise ConfigError(f"feedback.{key} lacks the placeholder(s) {missing}")
+    check_settings(OmegaConf.to_container(section.llm, resolve=True), "feedback.llm")
+
+
+def run(cfg: DictConfig) -> Path:
+    check(cfg)
+    with StageJob(cfg, SPEC.name) as job:
+        if job.done:
+            return job.path
+        section = cfg.feedback
+
+        # ---- load: several responses per instruction
+        groups = load_groups(cfg, job)
+        held = int(section.heldout_instructions)
+        if held >= len(groups):
+            raise ConfigError(
+                f"feedback.heldout_instructions={held} leaves no training instruction of "
+                f"{len(groups)}"
+            )
+        splits = [TRAIN] * (len(groups) - held) + [HELDOUT] * held
+        log.info("[feedback] %d instructions, %d held out", len(groups), held)
+        annotator = llms.build(cfg, "feedback.llm")
+
+        # ---- ratings: each response alone
+        rated = [
+            (g, i, instruction, response)
+            for g, (instruction, responses) in enumerate(groups)
+            for i, response in enumerate(responses)
+        ]
+        requests = [
+            user(
+                fill(
+                    str(section.rating_template),
+                    "feedback.rating_template",
+                    instruction=instruction,
+                    response=response,
+                )
+            )
+            for _, _, instruction, response in rated
+        ]
+        answers = annotator.complete_all(requests, desc="feedback: ratings")
+        ratings = pd.DataFrame(
+            {
+                "instruction_id": [g for g, _, _, _ in rated],
+                "response_id": [i for _, i, _, _ in rated],
+                "instruction": [q for _, _, q, _ in rated],
+                "response": [r for _, _, _, r in rated],
+                "answer": [c.text if c.ok else None for c in answers],
+                "rating": pd.array(
+                    [fb.parse_rating(c.text) if c.ok else None for c in answers], dtype="Int64"
+                ),
+                "split": [splits[g] for g, _, _, _ in rated],
+            }
+        )
+        rating_of = {
+            (row.instruction_id, row.response_id): None if pd.isna(row.rating) else int(row.rating)
+            for row in ratings.itertuples()
+        }
+        failed = sum(1 for c in answers if not c.ok)
+
+        # ---- rankings: each pair of one instruction's responses, in both orders
+        pairs = [
+            (g, i, j)
+            for g, (_, responses) in enumerate(groups)
+            for i, j in itertools.combinations(range(len(responses)), 2)
+        ]
+        judged = judge_pairs(
+            annotator,
+            str(section.ranking_template),
+            [groups[g][0] for g, _, _ in pairs],
+            [groups[g][1][i] for g, i, _ in pairs],
+            [groups[g][1][j] for g, _, j in pairs],
+            desc="feedback: rankings",
+        )
+        failed += sum(j.verdict.failed for j in judged)
+        if failed > int(section.max_failed_calls):
+            raise RuntimeError(
+                f"{failed} annotator calls failed (feedback.max_failed_calls="
+                f"{section.max_failed_calls}); finished calls are cached: re-run the same "
+                "command to retry only the failed ones"
+            )
+        labels = [fb.ranking_label(j.verdict) for j in judged]
+        implied = [fb.implied_ranking(rating_of[(g, i)], rating_of[(g, j)]) for g, i, j in pairs]
+        rankings = pd.DataFrame(
+            {
+                "instruction_id": [g for g, _, _ in pairs],
+                "x_id": [i for _, i, _ in pairs],
+                "y_id": [j for _, _, j in pairs],
+                "instruction": [groups[g][0] for g, _, _ in pairs],
+                "response_x": [groups[g][1][i] for g, i, _ in pairs],
+                "response_y": [groups[g][1][j] for g, _, j in pairs],
+                "label": labels,
+                "implied": implied,
+                "answer_x_as_a": [j.answer_x_as_a for j in judged],
+                "answer_x_as_b": [j.answer_x_as_b for j in judged],
+                "split": [splits[g] for g, _, _ in pairs],
+            }
+        )
+
+        # ---- consistency of the two protocols
+        result = fb.consistency(implied, labels)
+        summary: dict[str, Any] = {
+            **result.as_dict(),
+            "rated_responses": len(ratings),
+            "unparsed_ratings": int(ratings["rating"].isna().sum()) - failed_ratings(answers),
+            "ranked_pairs": len(rankings),
+            "unparsed_rankings": sum(j.verdict.unparsed for j in judged),
+            "failed_calls": failed,
+        }
+        log.info(
+            "[feedback] ratings and rankings disagree on %s of %d pairs\n%s",
+            "n/a" if result.disagreement is None else f"{result.disagreement:.1%}",
+            result.pairs,
+            fb.format_table(result),
+        )
+
+        # ---- write the artifact
+        ratings.to_parquet(job.workdir / RATINGS, index=False)
+        rankings.to_parquet(job.workdir / RANKINGS, index=False)
+        (job.workdir / CONSISTENCY).write_text(json.dumps(summary, indent=2) + "\n")
+        (job.workdir / "consistency.md").write_text(consistency_markdown(result) + "\n")
+        counts = {
+            "instructions": len(groups),
+            "rated_responses": len(ratings),
+            "ranked_pairs": len(rankings),
+            "unparsed_ratings": summary["unparsed_ratings"],
+            "unparsed_rankings": summary["unparsed_rankings"],
+            "failed_calls": failed,
+            "consistency_pairs": result.pairs,
+        }
+        return job.commit(counts, extra={"consistency": summary})
+
+
+def failed_ratings(answers) -> int:
+    return sum(1 for c in answers if not c.ok)
+
+
+def consistency_markdown(result: fb.Consistency) -> str:
+    share = "n/a" if result.disagreement is None else f"{result.disagreement:.1%}"
+    return (
+        "Rows: the ranking implied by the ratings; columns: the ranking feedback "
+        "(x: the first response preferred, y: the second, equal: a tie).\n\n"
+        f"{fb.format_table(result)}\n\nDisagreement: {share} of {result.pairs} pairs "
+        f"({result.missing} left out: a rating or a ranking could not be read)."
+    )
+
+
+def load_groups(cfg: DictConfig, job: StageJob) -> list[tuple[str, list[str]]]:
+    """(instruction, responses) per instruction, from the configured source."""
+    section = cfg.feedback
+    limit = section.num_instructions
+    if section.source == "preprocess":
+        split = job.input("preprocess") / f"{section.split}.parquet"
+        if not split.is_file():
+            raise FileNotFoundError(f"feedback.split={section.split}: no {split}")
+        rows = preference_rows(split, limit)
+        return [
+            (str(r.prompt), [str(r.chosen), str(r.rejected)])
+            for r in rows.itertuples()
+            if str(r.chosen) != str(r.rejected)
+        ]
+    from autorule.stages.generate import CANDIDATES, read_jsonl
+
+    path = job.input("generate") / CANDIDATES
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"feedback.source=generate reads {path}, written by generate.best_of_n > 1: "
+            "python -m autorule stage=generate generate.best_of_n=5"
+        )
+    prompts = {row["id"]: row["turns"][0] for row in read_jsonl(path.with_name("responses.jsonl"))}
+    groups = [
+        (str(prompts[row["id"]]), [str(c) for c in row["candidates"]]) for row in read_jsonl(path)
+    ]
+    return groups if limit is None else groups[: int(limit)]

@@ -1,0 +1,155 @@
+"""The feedback stage through an OpenAI-compatible server (the real openai client against
+tests/fakeserver.py) whose scripted annotator disagrees with itself in a known way: its ratings
+favour the dataset's chosen answer, its rankings the longer answer. The share of disagreement is
+then known exactly from the data."""
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+
+from autorule.core.artifacts import artifact_path, read_manifest
+from autorule.core.config import compose
+from autorule.data.pairs import preference_rows
+from autorule.stages import feedback, preprocess
+from fakeserver import FakeLLMServer, FakeReply
+
+pytestmark = pytest.mark.slow
+
+KEY_ENV = "AUTORULE_TEST_ANNOTATOR_KEY"
+N = 12
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("root")
+    preprocess.run(compose(["stage=preprocess", f"paths.root={folder}"]))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-test-annotator-0123456789abcdef")
+
+
+def between(text: str, start: str, end: str) -> str:
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def digest_wins(a: str, b: str) -> str:
+    """The rankings' rule: the answer with the smaller digest wins (unrelated to the ratings')."""
+    return (
+        "A"
+        if hashlib.sha256(a.encode()).hexdigest() < hashlib.sha256(b.encode()).hexdigest()
+        else "B"
+    )
+
+
+class Annotator:
+    """Rates chosen answers 7 and the others 2 (one answer's rating unreadable); ranks by
+    :func:`digest_wins` in both orders, except for one instruction where it always says A
+    (position bias: a tie)."""
+
+    def __init__(self, chosen: set[str], unreadable: str, biased: str):
+        self.chosen, self.unreadable, self.biased = chosen, unreadable, biased
+
+    def __call__(self, request) -> FakeReply:
+        text = request.prompt
+        if "[Response A]" in text:
+            a = between(text, "[Response A]\n", "\n\n[Response B]")
+            b = between(text, "[Response B]\n", "\n\nDecide")
+            biased = between(text, "[Instruction]\n", "\n\n[Response A]") == self.biased
+            winner = "A" if biased else digest_wins(a, b)
+            return FakeReply(text=f"Weighing both.\nPreferred: {winner}")
+        response = between(text, "[Response]\n", "\n\nJudge the response")
+        if response == self.unreadable:
+            return FakeReply(text="It is hard to say.")
+        return FakeReply(text=f"Reasoning.\nRating: {7 if response in self.chosen else 2}")
+
+
+def config(root, *overrides):
+    return compose(
+        [
+            f"paths.root={root}",
+            "llm@feedback.llm=openai",
+            "feedback.llm.base_url=URL",  # a transport key: the artifacts do not depend on it
+            "feedback.llm.model=served-annotator",
+            f"feedback.llm.api_key_env={KEY_ENV}",
+            f"feedback.llm.cache_dir={root / 'llm-cache'}",
+            "feedback.llm.progress=false",
+            "feedback.llm.retry.max_attempts=1",
+            f"feedback.num_instructions={N}",
+            "feedback.heldout_instructions=3",
+            *overrides,
+        ]
+    )
+
+
+def test_known_disagreement_share(root):
+    cfg = config(root, "stage=feedback")
+    rows = preference_rows(artifact_path(cfg, "preprocess") / "test_prefs.parquet", N)
+    rows = rows[rows["chosen"] != rows["rejected"]].reset_index(drop=True)
+    unreadable = str(rows["rejected"][0])
+    biased = str(rows["prompt"][1])
+    annotator = Annotator(set(rows["chosen"].astype(str)), unreadable, biased)
+    with FakeLLMServer(annotator) as server:
+        cfg.feedback.llm.base_url = f"{server.url}/v1"
+        path = feedback.run(cfg)
+        sent = len(server.requests)
+
+    # every pair is (chosen, rejected): the ratings imply x except for the unreadable one; the
+    # rankings say x or y by digest, equal for the biased instruction
+    expected = {"x": 0, "y": 0, "equal": 1}
+    for chosen, rejected in zip(rows["chosen"][2:], rows["rejected"][2:], strict=True):
+        expected["x" if digest_wins(str(chosen), str(rejected)) == "A" else "y"] += 1
+    scored = len(rows) - 1
+    summary = json.loads((path / "consistency.json").read_text())
+    assert sent == 2 * len(rows) + 2 * len(rows)  # a rating per answer, a ranking per order
+    assert summary["table"]["x"] == expected
+    assert summary["table"]["y"] == {"x": 0, "y": 0, "equal": 0}
+    assert summary["pairs"] == scored and summary["missing"] == 1
+    assert summary["unparsed_ratings"] == 1 and summary["unparsed_rankings"] == 0
+    assert summary["disagreement"] == pytest.approx((scored - expected["x"]) / scored)
+    assert 0 < summary["disagreement"] < 1  # the data has both kinds, so the test can fail
+
+    ratings = pd.read_parquet(path / "ratings.parquet")
+    rankings = pd.read_parquet(path / "rankings.parquet")
+    assert len(ratings) == 2 * len(rows) and len(rankings) == len(rows)
+    assert (rankings["split"] == "heldout").sum() == 3
+    assert read_manifest(path)["counts"]["consistency_pairs"] == scored
+    assert "Disagreement" in (path / "consistency.md").read_text()
+
+
+@pytest.mark.parametrize("protocol", ["ratings", "rankings"])
+def test_reward_models_train_and_pick_the_best_of_4(root, protocol):
+    from autorule.stages import feedback_rm, generate
+
+    assert read_manifest(artifact_path(config(root, "stage=feedback"), "feedback"))  # made above
+    path = feedback_rm.run(config(root, "stage=feedback_rm", f"feedback_rm.protocol={protocol}"))
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["protocol"] == protocol and metrics["global_step"] == 6
+    # rankings: 9 training pairs minus the tie; ratings: 18 training answers minus the unread one
+    assert metrics["train_rows"] == {"ratings": 17, "rankings": 8}[protocol]
+    for kind in ("rankings", "ratings"):
+        assert 0.0 <= metrics[f"heldout_{kind}_accuracy"] <= 1.0
+    assert metrics["heldout_ratings_pairs"] == 3  # the 3 held-out pairs all differ in rating
+
+    cfg = config(
+        root,
+        "stage=generate",
+        "generate.model=base",
+        "generate.reference=null",
+        "generate.best_of_n=4",
+        "generate.best_of_reward=feedback_rm",
+        "generate.max_prompts=3",
+        "generate.max_new_tokens=8",
+        f"feedback_rm.protocol={protocol}",
+    )
+    out = generate.run(cfg)
+    assert "feedback_rm" in read_manifest(out)["inputs"]  # a protocol's picks are its own artifact
+    rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert len(row["candidates"]) == len(row["scores"]) == 4
+        assert row["scores"][row["chosen"]] == max(row["scores"])
