@@ -126,7 +126,7 @@ def test_kept_checkpoints_are_models_for_the_reward_hacking_curve(trained):
         ]
     )
     path = grpo.run(cfg)
-    kept = sorted(p.name for p in (path / "checkpoints").iterdir())
+    kept = sorted(p.name for p in (path / "checkpoints").glob("checkpoint-*"))
     assert kept == ["checkpoint-2", "checkpoint-4"]  # save_total_limit does not apply
     for name in kept:
         folder = path / "checkpoints" / name
