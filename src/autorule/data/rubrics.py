@@ -137,7 +137,9 @@ def _parse_item(item: Any, field: str, fail) -> RubricItem:
     try:
         groups = re.compile(regex, re.DOTALL).groups
     except re.error as err:
-        raise fail(f"{field}.extraction_regex", f"is not a valid regular expression: {err}")
+        raise fail(
+            f"{field}.extraction_regex", f"is not a valid regular expression: {err}"
+        ) from None
     if groups < 1:
         raise fail(f"{field}.extraction_regex", "needs a group: its first group is the score")
     return RubricItem(**values)
