@@ -149,8 +149,9 @@ SPEC = StageSpec(
         "model.tiny",
         "model.pad_token",
     ),
-    # The rubric file is identified by its content (the fingerprint), not its path.
-    ignore=(*_RUNTIME, "grpo.rubric_file"),
+    # The rubric file is identified by its content (the fingerprint), not its path; the debug
+    # view only prints.
+    ignore=(*_RUNTIME, "grpo.rubric_file", "rubric.debug_examples"),
     ignore_when=unused_reward_settings,
     fingerprint=rubric_file_fingerprint,
     llm_roles=("judge.llm", "rubric.grader"),
