@@ -138,23 +138,39 @@ def exact_sum(mistakes: list):
     return grade
 
 
-def test_tiny_grpo_on_the_addition_data_graded_exactly(root):
+def test_tiny_grpo_on_the_addition_data_graded_exactly_and_evaluated_on_its_test_split(root):
     mistakes: list[str] = []
     grade = exact_sum(mistakes)
     with FakeLLMServer(grade) as server:
-        cfg = rubric_config(root, server, "grpo.rubric_dataset=addition", "grpo.max_steps=2")
+        cfg = rubric_config(
+            root,
+            server,
+            "grpo.rubric_dataset=addition",
+            "grpo.max_steps=2",
+            "grpo.eval_split=test",
+            "grpo.eval_steps=2",
+        )
         path = grpo.run(cfg)
         requests = list(server.requests)
     assert "/preprocess/addition-" in read_manifest(path)["inputs"]["preprocess"]["path"]
-    assert len(requests) == 2 * 16 and not mistakes
+    # Two training steps of 16 answers, then the 16 test questions x 4 answers at step 2.
+    assert len(requests) == 2 * 16 + 16 * 4 and not mistakes
+    right = [int(re.search(r"<score>(\d)</score>", grade(r).text).group(1)) for r in requests]
     history = history_of(path)
     assert len(history) == 2
-    right = [int(re.search(r"<score>(\d)</score>", grade(r).text).group(1)) for r in requests]
     for step, entry in enumerate(history):
         for key in METRICS:
             assert key in entry, key
         assert entry["rubric/unparsed"] == 0 and entry["rubric/failed"] == 0
         assert entry["rubric/score"] == pytest.approx(sum(right[16 * step : 16 * (step + 1)]) / 16)
+    lines = (path / grpo.LOG_HISTORY).read_text().splitlines()
+    [evaluation] = [e for e in map(json.loads, lines) if "eval_reward" in e]
+    for key in METRICS:
+        assert f"eval_{key}" in evaluation, key
+    assert evaluation["eval_rubric/score"] == pytest.approx(sum(right[32:]) / 64)
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["eval_rows"] == 16
+    assert metrics["eval_reward_rubric_end"] == evaluation["eval_rewards/rubric/mean"]
 
 
 def says_one_to_digits(request) -> FakeReply:

@@ -127,6 +127,9 @@ def test_rubric_experiments_use_the_recipe_settings_and_their_rubric_data(tmp_pa
         "preprocess",
     )
     assert input_path(cfg, "grpo", "sft").name.startswith("uf-")
+    # The addition demo's headline figure is its test reward, evaluated every 20 steps.
+    expected = ("test", 20) if data == "addition" else (None, None)
+    assert (section.eval_split, section.eval_steps) == expected
 
 
 def test_a_rubric_dry_run_names_the_prompts_the_grader_and_the_adapter(tmp_path, capsys):
@@ -196,6 +199,8 @@ def test_a_rubric_file_is_hashed_by_its_content_not_its_path(tmp_path):
         (["grpo.rubric_file=/no/such/file.jsonl"], "is not a file"),
         (["grpo.lora_rank=0"], "grpo.lora_rank"),
         (["grpo.lora_rank=8", "grpo.deepspeed=zero3"], "zero3"),
+        (["grpo.eval_split=test_prefs"], "evaluation needs both"),
+        (["grpo.eval_steps=5"], "evaluation needs both"),
     ],
 )
 def test_rubric_and_lora_settings_that_cannot_work_are_refused(tmp_path, overrides, message):
@@ -223,6 +228,20 @@ def test_reward_summary_reads_the_first_and_last_logged_means(history, start, en
     assert (summary["reward_rm_start"], summary["reward_rm_end"]) == (start, end)
     assert (summary["reward_start"], summary["reward_end"]) == (1, 3)
     assert summary["reward_rules_start"] is None
+
+
+def test_reward_summary_reads_the_held_out_evaluations_when_there_were_any():
+    history = [
+        {"rewards/rubric/mean": 0.1, "reward": 0.1},
+        {"eval_rewards/rubric/mean": 0.3, "eval_reward": 0.3},
+        {"rewards/rubric/mean": 0.2, "reward": 0.2},
+        {"eval_rewards/rubric/mean": 0.9, "eval_reward": 0.9},
+    ]
+    summary = grpo.reward_summary(history, ["rubric"])
+    assert (summary["eval_reward_rubric_start"], summary["eval_reward_rubric_end"]) == (0.3, 0.9)
+    assert (summary["eval_reward_start"], summary["eval_reward_end"]) == (0.3, 0.9)
+    assert (summary["reward_start"], summary["reward_end"]) == (0.1, 0.2)
+    assert "eval_reward_start" not in grpo.reward_summary(history[::2], ["rubric"])
 
 
 def test_rule_table_has_each_rule_at_the_start_and_the_end():

@@ -195,6 +195,13 @@ def check(cfg: DictConfig) -> None:
         )
     trainer_args(section)  # reward weights against terms
     check_rubric_data(cfg)
+    if bool(section.eval_split) != bool(section.eval_steps):
+        raise ConfigError(
+            f"grpo.eval_split={section.eval_split} and grpo.eval_steps={section.eval_steps}: "
+            "evaluation needs both, a held-out split and how often to evaluate it"
+        )
+    if section.eval_split and section.rubric_file:
+        raise ConfigError("grpo.eval_split: a rubric file has no splits (set grpo.eval_split=null)")
     check_number(section.lora_rank, "grpo.lora_rank", low=1, none_ok=True)
     if section.lora_rank is not None:
         check_number(section.lora_alpha, "grpo.lora_alpha", integer=False, low=0, low_open=True)
@@ -312,27 +319,34 @@ def rubric_dataset(jsonl: Path, limit: int | None, render):
     )
 
 
-def train_dataset(cfg: DictConfig, inputs: dict[str, Path], tokenizer):
-    """The RL prompts: a preprocess split's formatted prompts, or rubric data."""
+def train_dataset(
+    cfg: DictConfig,
+    inputs: dict[str, Path],
+    tokenizer,
+    split_key: str = "prompt_split",
+    limit: int | None = None,
+):
+    """The prompts of split ``grpo.<split_key>``: a preprocess split's formatted prompts, or
+    rubric data (the rubric file has no splits)."""
     from autorule.data.rubrics import render_prompt
 
     section = cfg.grpo
+    split = section[split_key]
     if not (section.rubric_file or section.rubric_dataset):
-        parquet = inputs["preprocess"] / f"{section.prompt_split}.parquet"
-        return prompt_dataset(parquet, section.max_prompts)
+        return prompt_dataset(inputs["preprocess"] / f"{split}.parquet", limit)
     if section.rubric_file:
         jsonl = Path(str(section.rubric_file)).expanduser()
     else:
-        jsonl = inputs["preprocess"] / f"{section.prompt_split}.jsonl"
+        jsonl = inputs["preprocess"] / f"{split}.jsonl"
         if not jsonl.is_file():
             found = sorted(p.stem for p in inputs["preprocess"].glob("*.jsonl"))
             raise FileNotFoundError(
-                f"grpo.prompt_split={section.prompt_split}: the {section.rubric_dataset} "
-                f"preprocess artifact has no {jsonl.name}; its splits: {found}"
+                f"grpo.{split_key}={split}: the {section.rubric_dataset} preprocess artifact "
+                f"has no {jsonl.name}; its splits: {found}"
             )
     fmt, template = str(cfg.preprocess.prompt_format), str(cfg.preprocess.plain_template)
     return rubric_dataset(
-        jsonl, section.max_prompts, lambda convo: render_prompt(convo, fmt, template, tokenizer)
+        jsonl, limit, lambda convo: render_prompt(convo, fmt, template, tokenizer)
     )
 
 
@@ -402,7 +416,10 @@ def build_trainer(
         import_vllm()  # a clear install hint rather than TRL's error deep inside the trainer
     policy = str(inputs["sft"] / MODEL)
     tokenizer = load_tokenizer(cfg, name_or_path=policy)
-    dataset = train_dataset(cfg, inputs, tokenizer)
+    dataset = train_dataset(cfg, inputs, tokenizer, limit=section.max_prompts)
+    held_out = None
+    if section.eval_split:
+        held_out = train_dataset(cfg, inputs, tokenizer, "eval_split")
     context = reward_context(cfg, inputs, tokenizer)
     funcs = build_reward_funcs(list(section.rewards), context)
     args = GRPOConfig(**config_kwargs(cfg, SPEC.name, workdir))
@@ -414,6 +431,7 @@ def build_trainer(
         reward_funcs=funcs,
         args=args,
         train_dataset=dataset,
+        eval_dataset=held_out,
         processing_class=tokenizer,
         callbacks=[*callbacks, *([shown] if shown else [])],
         peft_config=lora_config(section),
@@ -428,12 +446,18 @@ def first_and_last(history: list[dict], key: str) -> tuple[float | None, float |
 
 
 def reward_summary(history: list[dict], names: Sequence[str]) -> dict[str, Any]:
-    """Each term's mean reward, and the total, at the first and the last logging step."""
+    """Each term's mean reward, and the total, at the first and the last logging step; the same
+    for the held-out split's evaluations (``eval_reward...``) when there were any."""
     out: dict[str, Any] = {}
     for name in names:
         start, end = first_and_last(history, f"rewards/{name}/mean")
         out[f"reward_{name}_start"], out[f"reward_{name}_end"] = start, end
     out["reward_start"], out["reward_end"] = first_and_last(history, "reward")
+    if any("eval_reward" in entry for entry in history):
+        for name in names:
+            start, end = first_and_last(history, f"eval_rewards/{name}/mean")
+            out[f"eval_reward_{name}_start"], out[f"eval_reward_{name}_end"] = start, end
+        out["eval_reward_start"], out["eval_reward_end"] = first_and_last(history, "eval_reward")
     return out
 
 
@@ -464,7 +488,14 @@ def train(
     history = [dict(entry) for entry in trainer.state.log_history]
     names = list(cfg.grpo.rewards)
     metrics = {
-        **base_metrics(trainer, result, resumed_from, None, len(trainer.train_dataset), 0),
+        **base_metrics(
+            trainer,
+            result,
+            resumed_from,
+            None,
+            len(trainer.train_dataset),
+            len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        ),
         **reward_summary(history, names),
         "rewards": names,
     }
