@@ -228,7 +228,7 @@ def test_the_addition_data_is_deterministic_and_asks_for_the_sum():
 def test_the_addition_preprocess_artifact_is_the_same_on_every_run(tmp_path, make_cfg):
     first = preprocess.run(make_cfg("dataset=addition", root=tmp_path / "a"))
     second = preprocess.run(make_cfg("dataset=addition", root=tmp_path / "b"))
-    for split, n in (("train", 64), ("test", 16)):  # the tiny profile's sizes
+    for split, n in (("train", 128), ("test", 16)):  # the tiny profile's sizes
         text = (first / f"{split}.jsonl").read_text()
         assert text == (second / f"{split}.jsonl").read_text()
         assert len(rubrics.read_jsonl(first / f"{split}.jsonl")) == n

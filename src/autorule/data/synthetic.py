@@ -257,11 +257,12 @@ SCORE_DESCRIPTIONS = [
 ]
 
 
-def make_feedback_collection(seed: int, instructions: int = 24) -> pd.DataFrame:
+def make_feedback_collection(seed: int, instructions: int = 120) -> pd.DataFrame:
     """Builds a small copy of ``prometheus-eval/Feedback-Collection`` (split ``train``).
 
     Every instruction has one criterion, five score descriptions and a reference answer, and five
-    rows (responses graded 1 to 5) that repeat them, as the hub copy does.
+    rows (responses graded 1 to 5) that repeat them, as the hub copy does. 120 instructions fill a
+    rollout of the rubric recipe's 100 prompts.
     """
     rng = random.Random(f"{seed}-feedback")
     rows = []

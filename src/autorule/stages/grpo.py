@@ -22,8 +22,9 @@ What it reads: the sft artifact always; the preprocess artifact of this run's da
 is used (its model and its score statistics); the rule set when the ``rules`` term is used (the
 extract artifact, or ``rules.path``: recorded and hashed like any input).
 
-``grpo.lora_rank`` trains a LoRA adapter (peft) instead of every weight; the artifact's model is
-the adapter merged into the policy, so it loads like any other.
+``grpo.lora_rank`` trains a LoRA adapter (peft) instead of every weight; the artifact keeps the
+adapter (``adapter/``) and, as ``model/``, the policy with the adapter merged in, so it loads like
+any other.
 
 Artifact: ``model/`` (the trained policy, ``from_pretrained`` loads it), ``metrics.json`` (each
 reward term's mean at the first and at the last logging step, losses, steps),
@@ -54,6 +55,9 @@ from autorule.training.launch import check_launcher, run_training, world_size
 log = logging.getLogger(__name__)
 
 RULE_TABLE = "rule_satisfaction.json"
+ADAPTER = (
+    "adapter"  # with grpo.lora_rank: the LoRA adapter (peft's files), beside the merged model/
+)
 LOG_HISTORY = "log_history.jsonl"
 
 
@@ -205,11 +209,6 @@ def check(cfg: DictConfig) -> None:
     check_number(section.lora_rank, "grpo.lora_rank", low=1, none_ok=True)
     if section.lora_rank is not None:
         check_number(section.lora_alpha, "grpo.lora_alpha", integer=False, low=0, low_open=True)
-        if section.deepspeed == "zero3":
-            raise ConfigError(
-                "grpo.lora_rank with grpo.deepspeed=zero3: the adapter is merged into the "
-                "policy at the end, which needs whole weights; use zero2 or null"
-            )
         try:
             import peft  # noqa: F401
         except ImportError as err:
@@ -417,6 +416,12 @@ def build_trainer(
     policy = str(inputs["sft"] / MODEL)
     tokenizer = load_tokenizer(cfg, name_or_path=policy)
     dataset = train_dataset(cfg, inputs, tokenizer, limit=section.max_prompts)
+    if len(dataset) < int(section.prompts_per_rollout):
+        raise ValueError(
+            f"grpo: {prompt_source(cfg)} gives {len(dataset)} prompts (grpo.max_prompts="
+            f"{section.max_prompts}), fewer than one rollout of grpo.prompts_per_rollout="
+            f"{section.prompts_per_rollout}: not a single step could run"
+        )
     held_out = None
     if section.eval_split:
         held_out = train_dataset(cfg, inputs, tokenizer, "eval_split")
@@ -482,9 +487,6 @@ def train(
         result, resumed_from = fit(trainer, workdir)
     finally:
         close_all(trainer.reward_funcs)
-    if cfg.grpo.lora_rank is not None:
-        # The artifact holds a whole model that from_pretrained loads: the adapter merged in.
-        trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
     history = [dict(entry) for entry in trainer.state.log_history]
     names = list(cfg.grpo.rewards)
     metrics = {
@@ -508,4 +510,23 @@ def train(
             (workdir / RULE_TABLE).write_text(json.dumps(table, indent=2) + "\n")
             metrics["rules"] = len(table)
     save(trainer, workdir, metrics)
+    if cfg.grpo.lora_rank is not None:
+        if trainer.is_world_process_zero():
+            merge_adapter(inputs["sft"] / MODEL, workdir, trainer.processing_class)
+        trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def merge_adapter(policy: Path, workdir: Path, tokenizer) -> None:
+    """Turns the saved LoRA adapter into a whole model: ``model/`` (peft's adapter files, as the
+    trainer saved them, gathered from every ZeRO stage) moves to ``adapter/``, and the starting
+    policy with the adapter merged in is saved as ``model/``, which from_pretrained loads."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = workdir / ADAPTER
+    (workdir / MODEL).rename(adapter)
+    base = AutoModelForCausalLM.from_pretrained(str(policy), dtype="auto")
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(workdir / MODEL))
+    tokenizer.save_pretrained(str(workdir / MODEL))

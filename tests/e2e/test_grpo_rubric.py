@@ -6,6 +6,8 @@ import json
 import re
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 from autorule.core.artifacts import read_manifest
 from autorule.core.config import compose
@@ -70,6 +72,7 @@ def test_tiny_grpo_on_feedback_collection_rubrics_logs_what_the_grader_said(root
             server,
             "grpo.rubric_dataset=prometheus",
             "grpo.max_steps=2",
+            "grpo.lora_rank=4",
             "rubric.debug_examples=1",
         )
         path = grpo.run(cfg)
@@ -114,6 +117,17 @@ def test_tiny_grpo_on_feedback_collection_rubrics_logs_what_the_grader_said(root
     metrics = json.loads((path / "metrics.json").read_text())
     assert metrics["rewards"] == ["rubric"]
     assert metrics["reward_rubric_end"] == history[-1]["rewards/rubric/mean"]
+
+    # LoRA: the adapter is kept, and model/ is the SFT policy with it merged in.
+    adapter = json.loads((path / grpo.ADAPTER / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and adapter["lora_alpha"] == 32
+    assert f"{grpo.ADAPTER}/adapter_model.safetensors" in manifest["files"]
+    tuned = AutoModelForCausalLM.from_pretrained(path / "model")
+    start = AutoModelForCausalLM.from_pretrained(manifest["inputs"]["sft"]["path"] + "/model")
+    tuned_weights, start_weights = tuned.state_dict(), start.state_dict()
+    assert tuned_weights.keys() == start_weights.keys()  # a whole model, no adapter layers
+    moved = [k for k in start_weights if not torch.equal(tuned_weights[k], start_weights[k])]
+    assert moved and all(k.endswith("proj.weight") for k in moved), moved
 
     # The debug view: one example per logging step, with what the grader saw and said.
     out = capsys.readouterr().out
@@ -199,3 +213,20 @@ def test_the_rubric_reward_rises_when_the_grader_rewards_something_learnable(roo
     assert len(scores) == 14
     first, last = sum(scores[:4]) / 4, sum(scores[-4:]) / 4
     assert last >= first + 0.25, scores
+
+
+def test_a_prompt_set_smaller_than_one_rollout_is_refused(root):
+    """Otherwise TRL would run no step at all and the stage would commit the SFT policy."""
+    with FakeLLMServer(says_one_to_digits) as server:
+        cfg = rubric_config(
+            root,
+            server,
+            "grpo.rubric_dataset=prometheus",
+            "grpo.max_prompts=8",
+            "grpo.global_batch_size=40",
+            "grpo.micro_batch_size=8",
+            "grpo.prompts_per_rollout=10",
+        )
+        with pytest.raises(ValueError, match="gives 8 prompts .* fewer than one rollout"):
+            grpo.run(cfg)
+        assert not server.requests
