@@ -10,6 +10,8 @@ TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROOT ?= outputs
+# Extra overrides for `make demo`, e.g. ARGS="generate.max_prompts=8"
+ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -34,8 +36,10 @@ test: install
 test-all: install
 	$(PY) -m pytest -q tests
 
+# Every stage on the tiny profile, then the path of the run's Markdown report.
 demo: install
-	$(PY) -m autorule stage=pipeline paths.root=$(ROOT)
+	$(PY) -m autorule stage=pipeline paths.root=$(ROOT) $(ARGS)
+	@$(PY) -m autorule.stages.report paths.root=$(ROOT) $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests scripts

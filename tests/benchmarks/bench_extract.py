@@ -30,7 +30,6 @@ import math
 import multiprocessing
 import os
 import platform
-import re
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ import time
 from collections import Counter
 
 import pytest
+from benchdoc import write_section
 
 from autorule.core.config import REPO_ROOT, compose
 from autorule.llm.base import LLM
@@ -93,17 +93,7 @@ def _bound(steps: Counter, concurrency: int) -> float:
 
 
 def _write_doc(section: str) -> None:
-    start, end = "<!-- extraction-throughput:start -->", "<!-- extraction-throughput:end -->"
-    block = f"{start}\n{section}\n{end}"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if start in text:
-        text = re.sub(
-            re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.DOTALL
-        )
-    else:
-        text = text.rstrip("\n") + f"\n\n## Extraction throughput\n\n{block}\n"
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(text)
+    write_section("extraction-throughput", "Extraction throughput", section)
 
 
 @pytest.mark.bench

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import statistics
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
+from benchdoc import write_section
 
 from autorule.core.config import REPO_ROOT, compose
 from autorule.rewards import RuleJudge
@@ -84,16 +84,7 @@ COMMAND = (
 
 
 def _write_doc(section: str) -> None:
-    start, end = "<!-- rule-verification:start -->", "<!-- rule-verification:end -->"
-    block = f"{start}\n{section}\n{end}"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if start in text:
-        text = re.sub(
-            re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.DOTALL
-        )
-    else:
-        text = text.rstrip("\n") + f"\n\n## Rule verification\n\n{block}\n"
-    DOC.write_text(text)
+    write_section("rule-verification", "Rule verification", section)
 
 
 def _timed(judge: RuleJudge, responses, prompts):

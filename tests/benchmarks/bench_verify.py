@@ -12,14 +12,15 @@ docs/benchmarks.md (section "Verifying artifacts on reuse"), only when the asser
 
 import os
 import platform
-import re
 import time
 from pathlib import Path
 
 import pytest
+from benchdoc import write_section
 
+from autorule.core import stage as stage_registry
 from autorule.core.artifacts import StageJob, is_up_to_date
-from autorule.stages import SPECS, StageSpec
+from autorule.core.stage import StageSpec
 
 pytestmark = pytest.mark.bench
 
@@ -63,16 +64,7 @@ def _timed(cfg) -> tuple[float, bool]:
 
 
 def _write_doc(section: str) -> None:
-    start, end = "<!-- verify-artifacts:start -->", "<!-- verify-artifacts:end -->"
-    block = f"{start}\n{section}\n{end}"
-    text = DOC.read_text()
-    if start in text:
-        text = re.sub(
-            re.escape(start) + ".*?" + re.escape(end), lambda m: block, text, flags=re.DOTALL
-        )
-    else:
-        text = text.rstrip("\n") + f"\n\n## Verifying artifacts on reuse\n\n{block}\n"
-    DOC.write_text(text)
+    write_section("verify-artifacts", "Verifying artifacts on reuse", section)
 
 
 def _cpu() -> str:
@@ -87,7 +79,7 @@ def _cpu() -> str:
 
 def test_verify_cost_on_a_large_artifact(make_cfg, monkeypatch):
     load_before = os.getloadavg()[0]  # other work on the cores makes the figures noisier
-    monkeypatch.setitem(SPECS, "big", StageSpec(keys=("seed",)))
+    monkeypatch.setitem(stage_registry._REGISTERED, "big", StageSpec(name="big", keys=("seed",)))
     cfg = make_cfg()
     t0 = time.perf_counter()
     path = _write_artifact(cfg)

@@ -10,7 +10,7 @@ from autorule.core.stage import META_STAGES, builtin_stages, load
 
 GROUPS = ["stage", "dataset", "model", "profile", "paths", "launcher", "logger"]
 # Groups mounted at packages (the LLM backends, once per role): group -> the packages.
-MOUNTED = {"llm": ("extract.llm", "judge.llm", "rubric.grader")}
+MOUNTED = {"llm": ("extract.llm", "judge.llm", "rubric.grader", "critique.llm", "evaluate.judge")}
 
 
 def options(group: str) -> list[str]:

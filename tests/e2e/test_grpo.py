@@ -91,3 +91,22 @@ def test_the_rules_reward_rises_when_the_judge_rewards_something_learnable(train
     assert len(rates) == 14
     first, last = sum(rates[:4]) / 4, sum(rates[-4:]) / 4
     assert last >= first + 0.25, rates
+
+
+def test_grpo_resumes_after_an_interruption(trained):
+    from autorule.core.artifacts import artifact_path, work_path
+    from e2e.test_sft import Interrupted, StopAfterSave
+
+    root = trained["sft"].parents[1]
+    # length_penalty alone: no judge or reward model, so the run is short.
+    cfg = compose(
+        ["stage=grpo", f"paths.root={root}", "grpo.rewards=[length_penalty]", "grpo.save_steps=2"]
+    )
+    with pytest.raises(Interrupted):
+        grpo.run(cfg, callbacks=[StopAfterSave(2)])
+    assert (work_path(artifact_path(cfg, "grpo")) / "checkpoints" / "checkpoint-2").is_dir()
+    path = grpo.run(cfg)  # the same command again
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 2 and metrics["global_step"] == 4
+    history = [json.loads(line) for line in (path / grpo.LOG_HISTORY).read_text().splitlines()]
+    assert [e["step"] for e in history if "rewards/length_penalty/mean" in e] == [1, 2, 3, 4]

@@ -207,11 +207,13 @@ def test_pipeline_dry_run_runs_no_non_training_stage(tmp_path, capsys, monkeypat
     done = run_stage(cfg)
     out = capsys.readouterr().out
     assert not any(tmp_path.iterdir()), "a dry run must not write anything"
-    for name in ("preprocess", "extract"):
+    for name in ("preprocess", "extract", "generate", "evaluate", "report"):
         assert f"\n  python -m autorule stage={name} profile=paper paths.root={tmp_path}\n" in out
         assert f"\n  artifact {done[name]} (no artifact yet: the run would make it)\n" in out
-    assert "[autorule] dry run of stage sft " in out and "[autorule] dry run of stage rm " in out
-    assert list(done) == ["preprocess", "extract", "sft", "rm"]
+    for name in ("sft", "rm", "grpo"):
+        assert f"[autorule] dry run of stage {name} " in out
+    assert list(done) == list(cfg.pipeline.stages)
+    assert list(done)[:5] == ["preprocess", "extract", "sft", "rm", "grpo"]
     for name, path in done.items():
         assert f"\n[autorule] {name}: {path} (dry run, nothing written)\n" in out
 

@@ -130,6 +130,17 @@ def test_dry_run_off_the_cluster_needs_no_scontrol_nor_gpus(tmp_path):
     assert "--main_process_ip gpu-b07 " in out and "\n  init=sft -> " in out
 
 
+def test_cloud_dry_run_shows_the_papers_batch_and_phases(tmp_path):
+    env = {"SLURM_JOB_NODELIST": "gpu-a01", "SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "8"}
+    result = run_script(tmp_path, "cloud", env, "experiment=cloud_uf")
+    assert result.returncode == 0, result.stderr
+    cmd, out = printed(result)
+    assert cmd[3] == "stage=cloud" and "experiment=cloud_uf" in cmd
+    assert "--use_deepspeed --deepspeed_config_file" in out and "zero3.json" in out
+    assert "\n  global_batch=96 (micro 2 x 8 processes x accumulation 6)\n" in out
+    assert "phase 1 critique SFT" in out and "\n  learning_rate=1e-06\n" in out
+
+
 def test_without_scontrol_a_real_run_refuses(tmp_path):
     env = {"SLURM_JOB_NODELIST": "gpu-b07", "AUTORULE_DRY_RUN": "0"}
     result = run_script(tmp_path, "sft", env, scontrol=False)

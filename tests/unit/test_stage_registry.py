@@ -215,7 +215,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 LOW_LEVEL = ("autorule.core.hashing", "autorule.core.files", "autorule.core.secrets")
-LAYERS = ["core", "data", "llm", "rules", "training", "rewards", "stages"]
+LAYERS = ["core", "data", "llm", "rules", "training", "rewards", "evaluation", "stages"]
 
 
 def test_low_level_helpers_import_nothing_from_the_package():

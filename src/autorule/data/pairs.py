@@ -103,3 +103,15 @@ def mt_pairs(
                     row_ids[key] = str(row[key])
             pairs.append(Pair(f"mt-{int(q)}-{j:02d}", a, b, winner, row_ids))
     return pairs
+
+
+def preference_rows(parquet, num_pairs: int | None = None) -> pd.DataFrame:
+    """``prompt``, ``chosen``, ``rejected`` (the bare request and the final answers) of the first
+    ``num_pairs`` rows of a preprocessed UltraFeedback split (all rows for None), in order: the
+    pairs the critiques and cloud stages train on."""
+    df = pd.read_parquet(parquet, columns=["prompt", "chosen_content", "rejected_content"])
+    if num_pairs is not None:
+        if int(num_pairs) < 1:
+            raise ValueError(f"critique.num_pairs must be positive or null, got {num_pairs}")
+        df = df.head(int(num_pairs))
+    return df.rename(columns={"chosen_content": "chosen", "rejected_content": "rejected"})

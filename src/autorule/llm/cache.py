@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
+from autorule.core.files import write_bytes_atomic
 from autorule.core.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -106,9 +105,4 @@ class ResponseCache:
             log.warning("not caching an LLM answer for %s: %s", path, err)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_bytes_atomic(path, data)

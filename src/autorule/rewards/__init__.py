@@ -9,7 +9,7 @@ terms), :mod:`autorule.rewards.judge` (the rule judge), :mod:`autorule.rewards.r
 grader) and docs/rewards.md.
 """
 
-from autorule.rewards import rubric, terms  # noqa: F401 - registers the built-in terms
+from autorule.rewards import cloud, rubric, terms  # noqa: F401 - registers the built-in terms
 from autorule.rewards.judge import JudgeResult, RuleJudge
 from autorule.rewards.registry import (
     REWARDS,

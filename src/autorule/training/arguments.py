@@ -81,7 +81,8 @@ def check_training(section: Mapping[str, Any], stage: str, world_size: int) -> N
     allowed range, before any model is loaded."""
 
     def number(key: str, **allowed) -> None:
-        check_number(section[key], f"{stage}.{key}", **allowed)
+        if key in section:  # a trainer without the key (e.g. no evaluation) has nothing to check
+            check_number(section[key], f"{stage}.{key}", **allowed)
 
     number("max_steps", meaning=" (> 0: train that many optimizer steps; <= 0: num_train_epochs)")
     if int(section["max_steps"]) <= 0:

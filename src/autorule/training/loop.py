@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,13 @@ log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"  # transformers' TRAINER_STATE_NAME, written last
 
 
-def config_kwargs(cfg: DictConfig, stage: str, workdir: Path) -> dict[str, Any]:
+def config_kwargs(
+    cfg: DictConfig, stage: str, workdir: Path, section: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Keyword arguments for ``SFTConfig`` / ``RewardConfig``; exports the tracker's variables.
+
+    ``section``: the training settings when they are not ``cfg[stage]`` (a stage that trains in
+    phases, each with settings of its own).
 
     Gradient accumulation uses the number of processes actually running, so the global batch
     holds even when accelerate starts fewer workers than launcher.num_processes asked for (on a
@@ -57,7 +63,9 @@ def config_kwargs(cfg: DictConfig, stage: str, workdir: Path) -> dict[str, Any]:
     os.environ.update(env)
     kwargs = {
         "output_dir": str(workdir / CHECKPOINTS),
-        **trainer_kwargs(cfg[stage], world, get_spec(stage, cfg).trainer_args),
+        **trainer_kwargs(
+            cfg[stage] if section is None else section, world, get_spec(stage, cfg).trainer_args
+        ),
         **tracking,
     }
     # transformers 5 renamed gradient_checkpointing (a deprecated alias until v6).

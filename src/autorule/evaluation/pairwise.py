@@ -1,0 +1,245 @@
+"""Pairwise judging: which of two responses to one instruction is better, asked in both orders.
+
+An LLM judge sees an instruction and two responses labelled A and B, and ends its answer with a
+line ``Preferred: A`` or ``Preferred: B``. Judges favour one position, so every pair is asked
+twice, with the responses swapped (:func:`judge_pairs`); a pair's score for response X is
+
+* 1 when X wins in both orders, 0 when it loses in both,
+* 0.5 when the two orders disagree (the verdict followed the position, not the response).
+
+A pair with an answer that cannot be read (:func:`parse_preference`) or a call that failed is left
+out of the score and counted. :func:`win_rate` gives the mean score with a 95% Wilson interval.
+
+Answers are model output: they are read with regular expressions, ``json.loads`` and
+``ast.literal_eval`` (which builds literals only), never executed.
+
+The same module serves any comparison of two response sets (a policy against the SFT model, a
+checkpoint against another, the feedback study's rankings).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Any
+
+from autorule.rules.prompts import fill, user
+
+LETTERS = ("A", "B")
+# The verdict line: "Preferred: A", tolerating markdown emphasis, brackets, quotes and a full stop
+# around the parts (judges format the line in many small ways).
+_DECORATION = r"[\s*_`#>\[\]()\"'.]*"
+VERDICT_LINE = re.compile(
+    rf"^{_DECORATION}preferred{_DECORATION}\s*[:=]\s*{_DECORATION}([AB]){_DECORATION}$",
+    re.IGNORECASE,
+)
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
+# Keys a structured answer may name its choice under.
+_CHOICE_KEYS = ("preferred", "winner", "choice", "answer")
+
+
+def parse_preference(answer: str) -> tuple[str | None, str]:
+    """``("A" | "B", method)`` read from a judge's answer, or ``(None, "")`` when it cannot be read.
+
+    The answer's last non-empty line must be the verdict line; failing that, the last line or the
+    whole answer may be a JSON object (or a Python dict literal) such as ``{"preferred": "A"}``.
+    Nothing in the answer is ever executed: ``ast.literal_eval`` rejects calls, names and
+    attributes with an error, which makes the answer unparsed.
+    """
+    text = answer.strip()
+    if not text:
+        return None, ""
+    lines = [line for line in text.splitlines() if line.strip()]
+    match = VERDICT_LINE.match(lines[-1].strip())
+    if match:
+        return match.group(1).upper(), "line"
+    for candidate in (_FENCE.sub("", text).strip(), lines[-1].strip()):
+        for method, load in (("json", json.loads), ("literal", ast.literal_eval)):
+            try:
+                value = load(candidate)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue
+            letter = _choice(value)
+            if letter is not None:
+                return letter, method
+    return None, ""
+
+
+def _choice(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    for key, item in value.items():
+        if isinstance(key, str) and key.strip().lower() in _CHOICE_KEYS and isinstance(item, str):
+            letter = item.strip().strip("[]()\"' .").upper()
+            if letter in LETTERS:
+                return letter
+    return None
+
+
+@dataclass
+class PairVerdict:
+    """The two verdicts on one pair: X shown as A first, then X shown as B."""
+
+    x_as_a: str | None  # the letter preferred when X was A (None: unparsed or failed)
+    x_as_b: str | None  # the letter preferred when X was B
+    failed: int = 0  # calls of this pair that failed after their retries (0, 1 or 2)
+
+    @property
+    def score(self) -> float | None:
+        """X's score: 1 (won both orders), 0 (lost both), 0.5 (the orders disagree), None when
+        either verdict is missing."""
+        if self.x_as_a is None or self.x_as_b is None:
+            return None
+        wins = (self.x_as_a == "A") + (self.x_as_b == "B")
+        return wins / 2
+
+    @property
+    def unparsed(self) -> int:
+        """Answers of this pair that came back but could not be read."""
+        missing = (self.x_as_a is None) + (self.x_as_b is None)
+        return missing - self.failed
+
+
+def verdicts_from_answers(
+    answers_x_as_a: Sequence[str | None], answers_x_as_b: Sequence[str | None]
+) -> list[PairVerdict]:
+    """Pairs' verdicts from the judge's two answers on each (None = the call failed)."""
+    out = []
+    for first, second in zip(answers_x_as_a, answers_x_as_b, strict=True):
+        failed = (first is None) + (second is None)
+        out.append(
+            PairVerdict(
+                parse_preference(first)[0] if first is not None else None,
+                parse_preference(second)[0] if second is not None else None,
+                failed,
+            )
+        )
+    return out
+
+
+# z of a two-sided 95% interval
+Z95 = NormalDist().inv_cdf(0.975)
+
+
+def wilson_interval(rate: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``rate`` observed on ``n`` trials.
+
+    Used for scores with ties too: a pair's score s is 0, 0.5 or 1, so s^2 <= s and its variance
+    is at most rate * (1 - rate), the binomial one; the interval is then conservative. Unlike the
+    normal interval it stays inside [0, 1] and does not collapse to a point at 0 or 1.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    denominator = 1 + z * z / n
+    centre = (rate + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class WinRate:
+    """X's win rate over judged pairs, ties worth half, with its 95% interval."""
+
+    rate: float | None  # mean score over the scored pairs; None when none was scored
+    low: float | None
+    high: float | None
+    pairs: int  # pairs asked
+    scored: int  # pairs with both verdicts read
+    wins: int  # X preferred in both orders
+    losses: int  # the other preferred in both orders
+    ties: int  # the orders disagree
+    unparsed_answers: int  # answers that came back but could not be read
+    unparsed_pairs: int  # pairs left out because an answer could not be read
+    failed_calls: int  # calls that failed after their retries (their pairs are left out too)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def win_rate(verdicts: Sequence[PairVerdict]) -> WinRate:
+    """X's win rate over ``verdicts`` (:class:`PairVerdict`), with a 95% Wilson interval."""
+    scores = [v.score for v in verdicts]
+    scored = [s for s in scores if s is not None]
+    wins, losses = scored.count(1.0), scored.count(0.0)
+    ties = len(scored) - wins - losses
+    rate = low = high = None
+    if scored:
+        rate = sum(scored) / len(scored)
+        low, high = wilson_interval(rate, len(scored))
+    unparsed_pairs = sum(
+        1 for v, s in zip(verdicts, scores, strict=True) if s is None and not v.failed
+    )
+    return WinRate(
+        rate=rate,
+        low=low,
+        high=high,
+        pairs=len(verdicts),
+        scored=len(scored),
+        wins=wins,
+        losses=losses,
+        ties=ties,
+        unparsed_answers=sum(v.unparsed for v in verdicts),
+        unparsed_pairs=unparsed_pairs,
+        failed_calls=sum(v.failed for v in verdicts),
+    )
+
+
+def pairwise_request(
+    template: str, instruction: str, response_a: str, response_b: str
+) -> list[dict[str, str]]:
+    """The judge's request for one order (``template``: ``evaluate.pairwise.template``)."""
+    return user(
+        fill(
+            template,
+            "evaluate.pairwise.template",
+            instruction=instruction,
+            response_a=response_a,
+            response_b=response_b,
+        )
+    )
+
+
+@dataclass
+class PairJudgment:
+    """One pair as judged: the texts' answers in both orders and the verdict."""
+
+    answer_x_as_a: str | None
+    answer_x_as_b: str | None
+    verdict: PairVerdict
+
+
+def judge_pairs(
+    llm,
+    template: str,
+    instructions: Sequence[str],
+    responses_x: Sequence[str],
+    responses_y: Sequence[str],
+    desc: str = "judge: pairs",
+) -> list[PairJudgment]:
+    """Asks ``llm`` (an :class:`autorule.llm.LLM`) to compare ``responses_x[i]`` with
+    ``responses_y[i]`` for each instruction, in both orders; the verdicts are X's.
+
+    All 2n requests go to the LLM layer at once (concurrent for served judges, batched for local
+    ones, cached either way).
+    """
+    n = len(instructions)
+    if not n == len(responses_x) == len(responses_y):
+        raise ValueError(
+            f"{n} instructions, {len(responses_x)} and {len(responses_y)} responses: one each"
+        )
+    requests = [
+        pairwise_request(template, q, x, y)
+        for q, x, y in zip(instructions, responses_x, responses_y, strict=True)
+    ] + [
+        pairwise_request(template, q, y, x)
+        for q, x, y in zip(instructions, responses_x, responses_y, strict=True)
+    ]
+    completions = llm.complete_all(requests, desc=desc)
+    answers = [c.text if c.ok else None for c in completions]
+    verdicts = verdicts_from_answers(answers[:n], answers[n:])
+    return [PairJudgment(answers[i], answers[n + i], verdicts[i]) for i in range(n)]
