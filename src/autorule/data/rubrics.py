@@ -37,6 +37,8 @@ DEFAULT_FORMAT_INSTRUCTION = (
     "<score>0.5</score>."
 )
 ROLES = ("system", "user", "assistant")
+# The dataset options (conf/dataset/) that preprocess converts to rubric data.
+RUBRIC_DATASETS = ("addition", "prometheus")
 ITEM_FIELDS = ("rubric_str", "extraction_regex", "grader_output_format_instruction")
 
 

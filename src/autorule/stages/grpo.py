@@ -27,7 +27,8 @@ adapter (``adapter/``) and, as ``model/``, the policy with the adapter merged in
 any other.
 
 Artifact: ``model/`` (the trained policy, ``from_pretrained`` loads it), ``metrics.json`` (each
-reward term's mean at the first and at the last logging step, losses, steps),
+reward term's mean at the first and at the last logging step, and on ``grpo.eval_split`` when
+evaluated, losses, steps),
 ``rule_satisfaction.json`` (each rule's text and its satisfaction rate at the first and at the last
 logging step, when the ``rules`` term is used), ``log_history.jsonl`` (every logged step:
 reward terms, per-rule rates, KL, lengths) and the manifest. Resuming and multi-GPU launching
@@ -55,9 +56,8 @@ from autorule.training.launch import check_launcher, run_training, world_size
 log = logging.getLogger(__name__)
 
 RULE_TABLE = "rule_satisfaction.json"
-ADAPTER = (
-    "adapter"  # with grpo.lora_rank: the LoRA adapter (peft's files), beside the merged model/
-)
+# With grpo.lora_rank: the LoRA adapter (peft's files), beside the merged model/.
+ADAPTER = "adapter"
 LOG_HISTORY = "log_history.jsonl"
 
 
@@ -220,7 +220,7 @@ def check(cfg: DictConfig) -> None:
 
 def check_rubric_data(cfg: DictConfig) -> None:
     """Rubric prompts: one source, a known rubric dataset, and rubric data for the rubric term."""
-    from autorule.stages.preprocess import RUBRIC_DATASETS
+    from autorule.data.rubrics import RUBRIC_DATASETS
 
     section = cfg.grpo
     dataset, file = section.rubric_dataset, section.rubric_file

@@ -86,9 +86,8 @@ _OWN_KEYS = {
     "addition": ("preprocess.addition",),
     "prometheus": ("dataset.split",),
 }
-# Datasets converted to rubric data (JSONL), which the grpo stage reads with grpo.rubric_dataset.
-RUBRIC_DATASETS = ("addition", "prometheus")
-DATASETS = ("uf", "mt", *RUBRIC_DATASETS)
+# Rubric datasets become JSONL, which the grpo stage reads with grpo.rubric_dataset.
+DATASETS = ("uf", "mt", *rubrics.RUBRIC_DATASETS)
 
 
 def ignored_for(cfg: DictConfig) -> tuple[str, ...]:
