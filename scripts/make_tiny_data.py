@@ -6,7 +6,12 @@ python scripts/make_tiny_data.py --out data
 import argparse
 from pathlib import Path
 
-from autorule.data.synthetic import write_mt_bench, write_reward_bench, write_ultrafeedback
+from autorule.data.synthetic import (
+    write_feedback_collection,
+    write_mt_bench,
+    write_reward_bench,
+    write_ultrafeedback,
+)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
@@ -16,3 +21,4 @@ if __name__ == "__main__":
     print(write_ultrafeedback(args.out / "ultrafeedback_binarized", seed=args.seed))
     print(write_mt_bench(args.out / "mt_bench_human_judgments", seed=args.seed))
     print(write_reward_bench(args.out / "reward_bench", seed=args.seed))
+    print(write_feedback_collection(args.out / "feedback_collection", seed=args.seed))

@@ -10,7 +10,16 @@ from autorule.core.stage import META_STAGES, builtin_stages, load
 
 GROUPS = ["stage", "dataset", "model", "profile", "paths", "launcher", "logger"]
 # Groups mounted at packages (the LLM backends, once per role): group -> the packages.
-MOUNTED = {"llm": ("extract.llm", "judge.llm", "critique.llm", "evaluate.judge", "feedback.llm")}
+MOUNTED = {
+    "llm": (
+        "extract.llm",
+        "judge.llm",
+        "rubric.grader",
+        "critique.llm",
+        "evaluate.judge",
+        "feedback.llm",
+    )
+}
 
 
 def options(group: str) -> list[str]:
@@ -41,6 +50,9 @@ def test_profile_by_dataset(make_cfg, profile, dataset):
     assert cfg.profile.name == profile
     if profile == "tiny":
         assert cfg.model.name_or_path == "tiny"
+    if cfg.dataset.hub_id is None:  # generated (the addition demo): nothing to read
+        assert cfg.dataset.path is None and cfg.dataset.local_copy is None
+    elif profile == "tiny":
         assert Path(cfg.dataset.path).is_dir(), "the tiny profile reads the bundled copy"
     else:
         assert cfg.dataset.path == cfg.dataset.hub_id

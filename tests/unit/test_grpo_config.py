@@ -1,6 +1,7 @@
 """The grpo stage's configuration: the paper's settings, the experiments, what its hash covers,
 the SLURM script with a served judge and SLURM sweeps (dry runs: nothing trains)."""
 
+import json
 import shlex
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import sys
 import pytest
 
 from autorule.core.artifacts import artifact_path, config_hash, input_path
-from autorule.core.config import REPO_ROOT, compose
+from autorule.core.config import REPO_ROOT, ConfigError, compose
 from autorule.stages import grpo
 from unit.test_slurm import printed, run_script
 
@@ -59,6 +60,8 @@ def test_paper_dry_run_shows_the_released_settings(tmp_path, capsys):
         ("length_control", ["rm"]),
         ("autorule_uf", ["rm", "rules"]),
         ("autorule_mt", ["rm", "rules"]),
+        ("rubric_addition", ["rubric"]),
+        ("rubric_prometheus", ["rubric"]),
     ],
 )
 def test_experiments_pick_their_reward_terms(experiment, rewards):
@@ -105,6 +108,106 @@ def test_autorule_mt_reads_the_rules_extracted_from_mt_bench(tmp_path):
     assert input_path(cfg, "grpo", "sft").name.startswith("uf-")
 
 
+@pytest.mark.parametrize("data", ["addition", "prometheus"])
+def test_rubric_experiments_use_the_recipe_settings_and_their_rubric_data(tmp_path, data):
+    cfg = compose(["stage=grpo", f"experiment=rubric_{data}", f"paths.root={tmp_path}"])
+    section = cfg.grpo
+    # tinker-cookbook's rubric recipe: group size 4, learning rate 1e-5, LoRA rank 32, no KL.
+    assert (section.num_generations, section.learning_rate, section.lora_rank) == (4, 1e-5, 32)
+    assert (section.kl_coef, section.prompts_per_rollout, section.global_batch_size) == (
+        0,
+        100,
+        400,
+    )
+    assert section.rubric_dataset == data and section.prompt_split == "train"
+    assert grpo.SPEC.inputs_for(cfg) == ("preprocess", "sft")
+    assert input_path(cfg, "grpo", "preprocess").name.startswith(f"{data}-")
+    assert input_path(cfg, "grpo", "preprocess") == artifact_path(
+        compose([f"experiment=rubric_{data}", f"dataset={data}", f"paths.root={tmp_path}"]),
+        "preprocess",
+    )
+    assert input_path(cfg, "grpo", "sft").name.startswith("uf-")
+    # The addition demo's headline figure is its test reward, evaluated every 20 steps.
+    expected = ("test", 20) if data == "addition" else (None, None)
+    assert (section.eval_split, section.eval_steps) == expected
+
+
+def test_a_rubric_dry_run_names_the_prompts_the_grader_and_the_adapter(tmp_path, capsys):
+    out = dry_run(tmp_path, capsys, "experiment=rubric_addition", "profile=tiny")
+    assert "\n  rewards: rubric x 1.0\n" in out
+    assert "\n  prompts: rubric dataset addition, split train\n" in out
+    assert "\n  rubric grader: backend=HFLLM model=tiny\n" in out
+    assert "\n  LoRA: rank 32, alpha 32, all linear layers\n" in out
+    assert "\n  input preprocess -> " in out and "preprocess/addition-" in out
+
+
+def test_rubric_settings_are_hashed_only_when_the_rubric_term_is_used(tmp_path):
+    root = f"paths.root={tmp_path}"
+    baseline = ["experiment=grpo_baseline", root]
+    h = config_hash(compose(baseline), "grpo")
+    for change in (
+        "rubric.grader.model=other",
+        "rewards.rubric.format_coef=0.5",
+        "rubric.prompt=x",
+    ):
+        assert h == config_hash(compose([*baseline, change]), "grpo"), change
+    assert h == config_hash(compose([*baseline, "grpo.lora_alpha=8"]), "grpo")  # no adapter
+
+    rubric = ["experiment=rubric_addition", root]
+    h = config_hash(compose(rubric), "grpo")
+    for change in (
+        "rubric.grader.model=other",
+        "rewards.rubric.format_coef=0.5",
+        "rubric.prompt='{conversation}{answer}{rubric}{format_instruction}'",
+        "grpo.lora_alpha=8",
+        "grpo.rubric_dataset=prometheus",
+    ):
+        assert h != config_hash(compose([*rubric, change]), "grpo"), change
+    for same in (
+        "rubric.grader.max_concurrency=3",
+        "rubric.grader.base_url=http://elsewhere:1/v1",
+        "rubric.debug_examples=4",
+    ):
+        assert h == config_hash(compose([*rubric, same]), "grpo"), same
+
+
+def test_a_rubric_file_is_hashed_by_its_content_not_its_path(tmp_path):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    line = json.dumps(
+        {"convo": [{"role": "user", "content": "Hi"}], "rubric_items": [{"rubric_str": "Kind?"}]}
+    )
+    first.write_text(line + "\n")
+    second.write_text(line + "\n")
+    base = ["grpo.rewards=[rubric]", f"paths.root={tmp_path}"]
+    cfg = compose([*base, f"grpo.rubric_file={first}"])
+    assert grpo.SPEC.inputs_for(cfg) == ("sft",)  # no preprocess artifact is read
+    h = config_hash(cfg, "grpo")
+    assert h == config_hash(compose([*base, f"grpo.rubric_file={second}"]), "grpo")
+    second.write_text(line + "\n" + line + "\n")
+    assert h != config_hash(compose([*base, f"grpo.rubric_file={second}"]), "grpo")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["grpo.rewards=[rubric]"], "set grpo.rubric_dataset"),
+        (
+            ["grpo.rubric_dataset=addition", "grpo.rubric_file=x.jsonl"],
+            "both name the rubric prompts",
+        ),
+        (["grpo.rubric_dataset=uf"], "grpo.rubric_dataset"),
+        (["grpo.rubric_file=/no/such/file.jsonl"], "is not a file"),
+        (["grpo.lora_rank=0"], "grpo.lora_rank"),
+        (["grpo.eval_split=test_prefs"], "evaluation needs both"),
+        (["grpo.eval_steps=5"], "evaluation needs both"),
+    ],
+)
+def test_rubric_and_lora_settings_that_cannot_work_are_refused(tmp_path, overrides, message):
+    cfg = compose(["stage=grpo", f"paths.root={tmp_path}", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        grpo.check(cfg)
+
+
 @pytest.mark.parametrize(
     "history, start, end",
     [
@@ -124,6 +227,20 @@ def test_reward_summary_reads_the_first_and_last_logged_means(history, start, en
     assert (summary["reward_rm_start"], summary["reward_rm_end"]) == (start, end)
     assert (summary["reward_start"], summary["reward_end"]) == (1, 3)
     assert summary["reward_rules_start"] is None
+
+
+def test_reward_summary_reads_the_held_out_evaluations_when_there_were_any():
+    history = [
+        {"rewards/rubric/mean": 0.1, "reward": 0.1},
+        {"eval_rewards/rubric/mean": 0.3, "eval_reward": 0.3},
+        {"rewards/rubric/mean": 0.2, "reward": 0.2},
+        {"eval_rewards/rubric/mean": 0.9, "eval_reward": 0.9},
+    ]
+    summary = grpo.reward_summary(history, ["rubric"])
+    assert (summary["eval_reward_rubric_start"], summary["eval_reward_rubric_end"]) == (0.3, 0.9)
+    assert (summary["eval_reward_start"], summary["eval_reward_end"]) == (0.3, 0.9)
+    assert (summary["reward_start"], summary["reward_end"]) == (0.1, 0.2)
+    assert "eval_reward_start" not in grpo.reward_summary(history[::2], ["rubric"])
 
 
 def test_rule_table_has_each_rule_at_the_start_and_the_end():

@@ -133,15 +133,16 @@ def renamed_overrides(overrides: Iterable[str]) -> list[str]:
     return found
 
 
-def with_dataset(cfg: DictConfig, name: str) -> DictConfig:
+def with_dataset(cfg: DictConfig, name: str, key: str = "rules.dataset") -> DictConfig:
     """A copy of ``cfg`` with the dataset group's option ``name`` (``conf/dataset/<name>.yaml``),
     as ``dataset=<name>`` on the command line would give. Where the data is read from follows
     the profile: a ``dataset.path`` that points inside the dataset section (the tiny profile's
-    bundled copy, the paper's hub id) is kept; any other is the new option's own."""
+    bundled copy, the paper's hub id) is kept; any other is the new option's own. ``key`` names
+    the setting that asked for the dataset, in the error for an unknown one."""
     file = CONF_DIR / "dataset" / f"{name}.yaml"
     if not file.is_file():
         known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
-        raise ValueError(f"rules.dataset={name!r}: no {file}; known datasets: {known}")
+        raise ValueError(f"{key}={name!r}: no {file}; known datasets: {known}")
     other = copy.deepcopy(cfg)
     section = OmegaConf.load(file)
     path = cfg.dataset._get_node("path")._value()

@@ -86,6 +86,9 @@ class StageSpec:
     # Fingerprint of what the stage reads from outside paths.root (a dataset folder, a hub id and
     # revision), hashed into its config hash: see autorule.data.fingerprints.
     fingerprint: Callable[[Any], Any] | None = None
+    # Inputs found under another dataset's config: input name -> the dotted config key that
+    # names a conf/dataset option for it (null: this run's own dataset), e.g. grpo's rubric data.
+    input_datasets: Mapping[str, str] = field(default_factory=dict)
 
     def ignored(self, cfg: Any) -> tuple[str, ...]:
         """The keys under ``keys`` that do not decide the output under ``cfg``."""
@@ -107,14 +110,21 @@ class StageSpec:
     def config_for_input(self, cfg: Any, name: str) -> Any:
         """The config under which input ``name`` is found: ``cfg`` itself, except for the rule
         set when ``rules.dataset`` names another dataset (AutoRule-MT: rules extracted from
-        MT-Bench judgments, used to train on UltraFeedback prompts)."""
+        MT-Bench judgments, used to train on UltraFeedback prompts) and for the inputs of
+        ``input_datasets`` that name one."""
+        from autorule.core.config import with_dataset
+
+        if name in self.input_datasets:
+            key = self.input_datasets[name]
+            dataset = _select(cfg, key)
+            if dataset and dataset != cfg.dataset.name:
+                return with_dataset(cfg, str(dataset), key=key)
+            return cfg
         if name != RULES_STAGE or not self.reads_rules(cfg):
             return cfg
         dataset = (cfg.get("rules") or {}).get("dataset")
         if not dataset or dataset == cfg.dataset.name:
             return cfg
-        from autorule.core.config import with_dataset
-
         return with_dataset(cfg, str(dataset))
 
     def inputs_for(self, cfg: Any) -> tuple[str, ...]:
@@ -123,6 +133,16 @@ class StageSpec:
         if self.reads_rules(cfg) and self.rules_file(cfg) is None and RULES_STAGE not in names:
             names.append(RULES_STAGE)
         return tuple(names)
+
+
+def _select(cfg: Any, dotted: str) -> Any:
+    """The value at a dotted key of a mapping-like config (None when absent)."""
+    node = cfg
+    for part in dotted.split("."):
+        node = node.get(part) if hasattr(node, "get") else None
+        if node is None:
+            return None
+    return node
 
 
 # Specs registered by hand (tests, notebooks), consulted before any module is imported.

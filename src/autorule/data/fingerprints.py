@@ -60,7 +60,10 @@ def preprocess_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     tokenizer is trained on (the tokenizer decides the length filter)."""
     from autorule.data.model_paths import TINY, tiny_corpus
 
-    found: dict[str, Any] = {"dataset": dataset_source(str(cfg.dataset.path), cfg.dataset.revision)}
+    path = cfg.dataset.get("path")
+    # A generated dataset (the addition demo) reads nothing: its settings are in the config hash.
+    source = None if path is None else dataset_source(str(path), cfg.dataset.get("revision"))
+    found: dict[str, Any] = {"dataset": source}
     if cfg.dataset.name == "uf" and str(cfg.model.name_or_path) == TINY:
         found["tiny_corpus"] = [_file_sha256(p) for p in tiny_corpus(cfg)]
     return found

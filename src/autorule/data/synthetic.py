@@ -1,6 +1,6 @@
 """Deterministic synthetic data in the exact schemas of the hub datasets autorule reads.
 
-Two datasets are produced, laid out like their hub repositories so the real loaders read them:
+Four datasets are produced, laid out like their hub repositories so the real loaders read them:
 
 * ``ultrafeedback_binarized/data/<split>-00000-of-00001.parquet`` for the splits ``train_prefs``,
   ``test_prefs``, ``train_sft`` and ``test_sft`` with the columns of
@@ -9,6 +9,11 @@ Two datasets are produced, laid out like their hub repositories so the real load
 * ``mt_bench_human_judgments/data/human-00000-of-00001.parquet`` with the columns of
   ``lmsys/mt_bench_human_judgments`` (``question_id``, ``model_a``, ``model_b``, ``winner``,
   ``judge``, ``conversation_a``, ``conversation_b``, ``turn``).
+* ``feedback_collection/data/train-00000-of-00001.parquet`` with the columns of
+  ``prometheus-eval/Feedback-Collection`` (``instruction``, ``output``, ``orig_instruction``,
+  ``orig_response``, ``orig_criteria``, ``orig_score1_description`` to
+  ``orig_score5_description``, ``orig_reference_answer``, ``orig_feedback``, ``orig_score``): as
+  on the hub, each instruction comes five times, once per graded response (scores 1 to 5).
 * ``reward_bench/data/filtered-00000-of-00001.parquet`` with the columns of
   ``allenai/reward-bench`` (``prompt``, ``chosen``, ``chosen_model``, ``rejected``,
   ``rejected_model``, ``subset``, ``id``): a few pairs of every subset, for the CLoud evaluation.
@@ -245,6 +250,53 @@ def make_mt_bench(seed: int, judgments_per_question: int = 6) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+CRITERIA = [
+    "Does the reply give concrete, actionable steps?",
+    "Is the reply polite and encouraging towards the user?",
+    "Does the reply stay on the topic the user asked about?",
+    "Is the reply concise, without filler?",
+]
+SCORE_DESCRIPTIONS = [
+    "The reply does not meet the criterion at all.",
+    "The reply meets the criterion only in small part.",
+    "The reply meets about half of the criterion.",
+    "The reply meets most of the criterion.",
+    "The reply meets the criterion fully.",
+]
+
+
+def make_feedback_collection(seed: int, instructions: int = 120) -> pd.DataFrame:
+    """Builds a small copy of ``prometheus-eval/Feedback-Collection`` (split ``train``).
+
+    Every instruction has one criterion, five score descriptions and a reference answer, and five
+    rows (responses graded 1 to 5) that repeat them, as the hub copy does. 120 instructions fill a
+    rollout of the rubric recipe's 100 prompts.
+    """
+    rng = random.Random(f"{seed}-feedback")
+    rows = []
+    for i in range(instructions):
+        topic = rng.choice(TOPICS)
+        instruction = rng.choice(ASKS).format(t=topic)
+        criterion = CRITERIA[i % len(CRITERIA)]
+        reference = good_answer(rng, topic)
+        for score in range(1, 6):
+            response = good_answer(rng, topic) if score >= 4 else bad_answer(rng)
+            feedback = SCORE_DESCRIPTIONS[score - 1]
+            row = {
+                "instruction": f"Grade the response to: {instruction}\n{response}",
+                "output": f"{feedback} [RESULT] {score}",
+                "orig_instruction": instruction,
+                "orig_response": response,
+                "orig_criteria": criterion,
+                **{f"orig_score{k}_description": SCORE_DESCRIPTIONS[k - 1] for k in range(1, 6)},
+                "orig_reference_answer": reference,
+                "orig_feedback": feedback,
+                "orig_score": str(score),
+            }
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 UF_SPLITS = {"train_prefs": 480, "test_prefs": 160, "train_sft": 480, "test_sft": 160}
 
 
@@ -263,6 +315,14 @@ def write_mt_bench(out: Path, seed: int = 0) -> Path:
     """Writes an MT-Bench human-judgments copy in the hub layout under ``out``; returns ``out``."""
     (out / "data").mkdir(parents=True, exist_ok=True)
     make_mt_bench(seed).to_parquet(out / "data" / "human-00000-of-00001.parquet", index=False)
+    return out
+
+
+def write_feedback_collection(out: Path, seed: int = 0) -> Path:
+    """Writes a Feedback-Collection copy in the hub layout under ``out``; returns ``out``."""
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    df = make_feedback_collection(seed)
+    df.to_parquet(out / "data" / "train-00000-of-00001.parquet", index=False)
     return out
 
 

@@ -5,10 +5,16 @@
     funcs[1](prompts, completions)  # -> one float per completion
 
 See :mod:`autorule.rewards.registry` (the contract), :mod:`autorule.rewards.terms` (the built-in
-terms), :mod:`autorule.rewards.judge` (the rule judge) and docs/rewards.md.
+terms), :mod:`autorule.rewards.judge` (the rule judge), :mod:`autorule.rewards.rubric` (the rubric
+grader) and docs/rewards.md.
 """
 
-from autorule.rewards import cloud, feedback, terms  # noqa: F401 - registers the built-in terms
+from autorule.rewards import (  # noqa: F401 - registers the built-in terms
+    cloud,
+    feedback,
+    rubric,
+    terms,
+)
 from autorule.rewards.judge import JudgeResult, RuleJudge
 from autorule.rewards.registry import (
     REWARDS,

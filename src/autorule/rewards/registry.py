@@ -8,8 +8,10 @@ GRPOTrainer's signature::
 
 named after its term (``f.__name__``), so TRL logs it as ``rewards/<name>/mean``. A term may also
 expose ``f.metrics()`` (extra metrics averaged over the calls since the previous ``metrics()``,
-e.g. ``rules/<i>``) and ``f.close()`` (frees the models it holds). Under TRL the same metrics also
-go to TRL's ``log_metric`` hook, which GRPOTrainer hands every reward function.
+e.g. ``rules/<i>``), ``f.close()`` (frees the models it holds) and ``f.show_examples(step)``
+(prints the examples it keeps for a debug view; the grpo stage calls it at each logging step).
+Under TRL the same metrics also go to TRL's ``log_metric`` hook, which GRPOTrainer hands every
+reward function.
 
 Add a term with ``@register("name")`` on its factory in a module imported by
 ``autorule.rewards`` (docs/rewards.md).
@@ -43,6 +45,7 @@ class RewardContext:
     rules: list[str] = field(default_factory=list)  # the rule set the rules term checks
     device: str | None = None  # where models run; None = cuda when available, else cpu
     tokenizer: Any = None  # the policy tokenizer (response lengths in policy tokens)
+    max_completion_length: int | None = None  # the policy's token budget per answer (cut-offs)
 
     def resolved_device(self) -> str:
         if self.device:

@@ -11,12 +11,24 @@ responses; each response gets the weighted sum of the reward terms named in ``gr
 (``autorule.rewards``: the reward model, rule satisfaction judged by an LLM, a length penalty,
 ...), and advantages are normalised within each prompt's group.
 
-What it reads: the preprocess and sft artifacts always; the rm artifact when the ``rm`` term is
-used (its model and its score statistics); the rule set when the ``rules`` term is used (the
+Rubric data (docs/rubric.md) gives the prompts instead: ``grpo.rubric_dataset=addition`` (or
+``prometheus``) reads ``<grpo.prompt_split>.jsonl`` of that dataset's preprocess artifact,
+``grpo.rubric_file`` a rubric JSONL file of your own (hashed by content). Each conversation is
+rendered in the policy's prompt format (``preprocess.prompt_format``), and its rubric items and
+conversation travel as dataset columns, which TRL hands to the ``rubric`` reward term.
+
+What it reads: the sft artifact always; the preprocess artifact of this run's dataset, or of
+``grpo.rubric_dataset``, unless ``grpo.rubric_file`` is set; the rm artifact when the ``rm`` term
+is used (its model and its score statistics); the rule set when the ``rules`` term is used (the
 extract artifact, or ``rules.path``: recorded and hashed like any input).
 
+``grpo.lora_rank`` trains a LoRA adapter (peft) instead of every weight; the artifact keeps the
+adapter (``adapter/``) and, as ``model/``, the policy with the adapter merged in, so it loads like
+any other.
+
 Artifact: ``model/`` (the trained policy, ``from_pretrained`` loads it), ``metrics.json`` (each
-reward term's mean at the first and at the last logging step, losses, steps),
+reward term's mean at the first and at the last logging step, and on ``grpo.eval_split`` when
+evaluated, losses, steps),
 ``rule_satisfaction.json`` (each rule's text and its satisfaction rate at the first and at the last
 logging step, when the ``rules`` term is used), ``log_history.jsonl`` (every logged step:
 reward terms, per-rule rates, KL, lengths) and the manifest. Resuming and multi-GPU launching
@@ -44,6 +56,8 @@ from autorule.training.launch import check_launcher, run_training, world_size
 log = logging.getLogger(__name__)
 
 RULE_TABLE = "rule_satisfaction.json"
+# With grpo.lora_rank: the LoRA adapter (peft's files), beside the merged model/.
+ADAPTER = "adapter"
 LOG_HISTORY = "log_history.jsonl"
 
 
@@ -51,18 +65,37 @@ def uses_term(cfg: Any, name: str) -> bool:
     return name in list(cfg.grpo.rewards)
 
 
+# Sections that only one reward term reads, besides its own rewards.<term>.
+TERM_SECTIONS = {"rules": "judge", "rubric": "rubric"}
+
+
 def unused_reward_settings(cfg: Any) -> tuple[str, ...]:
-    """Settings of reward terms this run does not use, and the judge when no term needs it:
-    left out of the hash, so the baseline's artifact ignores the judge's model."""
+    """Settings of reward terms this run does not use, and the judge or the rubric grader when no
+    term needs it: left out of the hash, so the baseline's artifact ignores the judge's model.
+    LoRA's alpha is left out too when no adapter is trained."""
     used = set(cfg.grpo.rewards)
     keys = [
         f"rewards.{name}"
         for name, value in (cfg.get("rewards") or {}).items()
         if name not in used and isinstance(value, Mapping)
     ]
-    if "rules" not in used:
-        keys.append("judge")
+    keys += [section for term, section in TERM_SECTIONS.items() if term not in used]
+    if cfg.grpo.get("lora_rank") is None:
+        keys.append("grpo.lora_alpha")
     return tuple(keys)
+
+
+def rubric_file_fingerprint(cfg: Any) -> dict[str, str] | None:
+    """The content hash of ``grpo.rubric_file`` (its path is not hashed: two clones share)."""
+    path = cfg.grpo.get("rubric_file")
+    if not path:
+        return None
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"grpo.rubric_file={path} is not a file (a rubric JSONL file)")
+    from autorule.core.hashing import file_sha256
+
+    return {"rubric_file": file_sha256(file)}
 
 
 def trainer_args(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,12 +143,26 @@ SPEC = StageSpec(
         "rm": lambda cfg: uses_term(cfg, "rm"),
         # The cloud term reads this config's cloud artifact unless rewards.cloud.model names one.
         "cloud": lambda cfg: uses_term(cfg, "cloud") and not cfg.rewards.cloud.model,
+        "preprocess": lambda cfg: not cfg.grpo.get("rubric_file"),
     },
+    # Rubric prompts come from the preprocess artifact of the rubric dataset.
+    input_datasets={"preprocess": "grpo.rubric_dataset"},
     uses_rules=lambda cfg: uses_term(cfg, "rules"),
-    keys=("grpo", "rewards", "judge", "model.name_or_path", "model.tiny", "model.pad_token"),
-    ignore=_RUNTIME,
+    keys=(
+        "grpo",
+        "rewards",
+        "judge",
+        "rubric",
+        "model.name_or_path",
+        "model.tiny",
+        "model.pad_token",
+    ),
+    # The rubric file is identified by its content (the fingerprint), not its path; the debug
+    # view only prints.
+    ignore=(*_RUNTIME, "grpo.rubric_file", "rubric.debug_examples"),
     ignore_when=unused_reward_settings,
-    llm_roles=("judge.llm",),
+    fingerprint=rubric_file_fingerprint,
+    llm_roles=("judge.llm", "rubric.grader"),
     trains=True,
     resumable=True,
     trainer_args=trainer_args,
@@ -155,6 +202,46 @@ def check(cfg: DictConfig) -> None:
             f"{world_size(cfg)} processes"
         )
     trainer_args(section)  # reward weights against terms
+    check_rubric_data(cfg)
+    if bool(section.eval_split) != bool(section.eval_steps):
+        raise ConfigError(
+            f"grpo.eval_split={section.eval_split} and grpo.eval_steps={section.eval_steps}: "
+            "evaluation needs both, a held-out split and how often to evaluate it"
+        )
+    if section.eval_split and section.rubric_file:
+        raise ConfigError("grpo.eval_split: a rubric file has no splits (set grpo.eval_split=null)")
+    check_number(section.lora_rank, "grpo.lora_rank", low=1, none_ok=True)
+    if section.lora_rank is not None:
+        check_number(section.lora_alpha, "grpo.lora_alpha", integer=False, low=0, low_open=True)
+        try:
+            import peft  # noqa: F401
+        except ImportError as err:
+            raise ConfigError(
+                f"grpo.lora_rank={section.lora_rank} trains LoRA through peft, which is not "
+                "installed: pip install 'autorule[lora]' (or set grpo.lora_rank=null)"
+            ) from err
+
+
+def check_rubric_data(cfg: DictConfig) -> None:
+    """Rubric prompts: one source, a known rubric dataset, and rubric data for the rubric term."""
+    from autorule.data.rubrics import RUBRIC_DATASETS
+
+    section = cfg.grpo
+    dataset, file = section.rubric_dataset, section.rubric_file
+    if dataset and file:
+        raise ConfigError(
+            f"grpo.rubric_dataset={dataset} and grpo.rubric_file={file} both name the rubric "
+            "prompts: set one"
+        )
+    if dataset:
+        check_choice(dataset, "grpo.rubric_dataset", RUBRIC_DATASETS)
+    if file and not Path(str(file)).expanduser().is_file():
+        raise ConfigError(f"grpo.rubric_file={file} is not a file (a rubric JSONL file)")
+    if uses_term(cfg, "rubric") and not (dataset or file):
+        raise ConfigError(
+            "the reward term rubric grades answers against each prompt's rubric items: set "
+            f"grpo.rubric_dataset (one of {list(RUBRIC_DATASETS)}) or grpo.rubric_file"
+        )
 
 
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
@@ -169,6 +256,7 @@ def describe(cfg: DictConfig) -> list[str]:
     terms = ", ".join(f"{n} x {w}" for n, w in zip(section.rewards, weights, strict=True))
     lines = [
         f"rewards: {terms}",
+        f"prompts: {prompt_source(cfg)}",
         f"rollout: {section.prompts_per_rollout} prompts x {section.num_generations} samples = "
         f"{int(section.prompts_per_rollout) * int(section.num_generations)} completions; "
         f"{section.global_batch_size} completions per optimizer step",
@@ -179,7 +267,26 @@ def describe(cfg: DictConfig) -> list[str]:
             f"judge: mode={judge.mode} backend={judge.llm._target_.rsplit('.', 1)[-1]} "
             f"model={judge.llm.model}"
         )
+    if uses_term(cfg, "rubric"):
+        grader = cfg.rubric.grader
+        lines.append(
+            f"rubric grader: backend={grader._target_.rsplit('.', 1)[-1]} model={grader.model}"
+        )
+    if section.lora_rank is not None:
+        lines.append(
+            f"LoRA: rank {section.lora_rank}, alpha {section.lora_alpha}, all linear layers"
+        )
     return lines
+
+
+def prompt_source(cfg: DictConfig) -> str:
+    """Where the prompts come from, in words (the dry run's line)."""
+    section = cfg.grpo
+    if section.rubric_file:
+        return f"rubric file {section.rubric_file}"
+    if section.rubric_dataset:
+        return f"rubric dataset {section.rubric_dataset}, split {section.prompt_split}"
+    return f"preprocess split {section.prompt_split}"
 
 
 def prompt_dataset(parquet: Path, limit: int | None):
@@ -193,13 +300,107 @@ def prompt_dataset(parquet: Path, limit: int | None):
     return datasets.Dataset.from_dict({"prompt": prompts.tolist()})
 
 
+def rubric_dataset(jsonl: Path, limit: int | None, render):
+    """A ``datasets.Dataset`` of rubric prompts: ``prompt`` (``render(convo)``, the text the
+    policy reads) and, as JSON, ``convo`` and ``rubric_items``, which TRL passes to the reward
+    functions as keywords of those names."""
+    import datasets
+
+    from autorule.data.rubrics import read_jsonl
+
+    points = read_jsonl(jsonl)
+    if limit is not None:
+        points = points[: int(limit)]
+    return datasets.Dataset.from_dict(
+        {
+            "prompt": [render(point.convo) for point in points],
+            "convo": [json.dumps(list(point.convo)) for point in points],
+            "rubric_items": [
+                json.dumps([i.to_dict() for i in point.rubric_items]) for point in points
+            ],
+        }
+    )
+
+
+def train_dataset(
+    cfg: DictConfig,
+    inputs: dict[str, Path],
+    tokenizer,
+    split_key: str = "prompt_split",
+    limit: int | None = None,
+):
+    """The prompts of split ``grpo.<split_key>``: a preprocess split's formatted prompts, or
+    rubric data (the rubric file has no splits)."""
+    from autorule.data.rubrics import render_prompt
+
+    section = cfg.grpo
+    split = section[split_key]
+    if not (section.rubric_file or section.rubric_dataset):
+        return prompt_dataset(inputs["preprocess"] / f"{split}.parquet", limit)
+    if section.rubric_file:
+        jsonl = Path(str(section.rubric_file)).expanduser()
+    else:
+        jsonl = inputs["preprocess"] / f"{split}.jsonl"
+        if not jsonl.is_file():
+            found = sorted(p.stem for p in inputs["preprocess"].glob("*.jsonl"))
+            raise FileNotFoundError(
+                f"grpo.{split_key}={split}: the {section.rubric_dataset} preprocess artifact "
+                f"has no {jsonl.name}; its splits: {found}"
+            )
+    fmt, template = str(cfg.preprocess.prompt_format), str(cfg.preprocess.plain_template)
+    return rubric_dataset(
+        jsonl, limit, lambda convo: render_prompt(convo, fmt, template, tokenizer)
+    )
+
+
 def reward_context(cfg: DictConfig, inputs: dict[str, Path], tokenizer):
-    """What the reward terms need: the rm artifact, the rule set, the policy's tokenizer."""
+    """What the reward terms need: the rm artifact, the rule set, the policy's tokenizer and its
+    answer budget."""
     from autorule.rewards.registry import RewardContext
     from autorule.rules.ruleset import load_rules
 
     rules = load_rules(cfg, inputs) if SPEC.reads_rules(cfg) else []
-    return RewardContext(cfg=cfg, rm_folder=inputs.get("rm"), rules=rules, tokenizer=tokenizer)
+    return RewardContext(
+        cfg=cfg,
+        rm_folder=inputs.get("rm"),
+        rules=rules,
+        tokenizer=tokenizer,
+        max_completion_length=int(cfg.grpo.max_completion_length),
+    )
+
+
+def lora_config(section: DictConfig):
+    """peft's LoRA settings for ``grpo.lora_rank`` (None: every weight trains)."""
+    if section.lora_rank is None:
+        return None
+    from peft import LoraConfig
+
+    # Every linear layer, attention and MLP alike, as the rubric recipe's LoRA (Thinking
+    # Machines' "LoRA Without Regret" finds MLP adapters matter most).
+    return LoraConfig(
+        r=int(section.lora_rank),
+        lora_alpha=float(section.lora_alpha),
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def debug_callback(funcs: Sequence[Any]):
+    """A callback that shows the reward terms' kept examples (``show_examples``) at each
+    logging step, from the main process; None when no term keeps any."""
+    from transformers import TrainerCallback
+
+    showing = [f for f in funcs if getattr(f, "show_examples", None) is not None]
+    if not showing:
+        return None
+
+    class ShowExamples(TrainerCallback):
+        def on_log(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                for func in showing:
+                    func.show_examples(state.global_step)
+
+    return ShowExamples()
 
 
 def build_trainer(
@@ -218,12 +419,20 @@ def build_trainer(
         import_vllm()  # a clear install hint rather than TRL's error deep inside the trainer
     policy = str(inputs["sft"] / MODEL)
     tokenizer = load_tokenizer(cfg, name_or_path=policy)
-    dataset = prompt_dataset(
-        inputs["preprocess"] / f"{section.prompt_split}.parquet", section.max_prompts
-    )
+    dataset = train_dataset(cfg, inputs, tokenizer, limit=section.max_prompts)
+    if len(dataset) < int(section.prompts_per_rollout):
+        raise ValueError(
+            f"grpo: {prompt_source(cfg)} gives {len(dataset)} prompts (grpo.max_prompts="
+            f"{section.max_prompts}), fewer than one rollout of grpo.prompts_per_rollout="
+            f"{section.prompts_per_rollout}: not a single step could run"
+        )
+    held_out = None
+    if section.eval_split:
+        held_out = train_dataset(cfg, inputs, tokenizer, "eval_split")
     context = reward_context(cfg, inputs, tokenizer)
     funcs = build_reward_funcs(list(section.rewards), context)
     args = GRPOConfig(**config_kwargs(cfg, SPEC.name, workdir))
+    shown = debug_callback(funcs) if int(cfg.rubric.debug_examples) else None
     # Each term hands its own metrics (per-rule satisfaction, judge failures) to TRL's
     # log_metric, so every tracker and log_history get them at each logging step.
     trainer = GRPOTrainer(
@@ -231,8 +440,10 @@ def build_trainer(
         reward_funcs=funcs,
         args=args,
         train_dataset=dataset,
+        eval_dataset=held_out,
         processing_class=tokenizer,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, *([shown] if shown else [])],
+        peft_config=lora_config(section),
     )
     return trainer, context.rules
 
@@ -244,12 +455,18 @@ def first_and_last(history: list[dict], key: str) -> tuple[float | None, float |
 
 
 def reward_summary(history: list[dict], names: Sequence[str]) -> dict[str, Any]:
-    """Each term's mean reward, and the total, at the first and the last logging step."""
+    """Each term's mean reward, and the total, at the first and the last logging step; the same
+    for the held-out split's evaluations (``eval_reward...``) when there were any."""
     out: dict[str, Any] = {}
     for name in names:
         start, end = first_and_last(history, f"rewards/{name}/mean")
         out[f"reward_{name}_start"], out[f"reward_{name}_end"] = start, end
     out["reward_start"], out["reward_end"] = first_and_last(history, "reward")
+    if any("eval_reward" in entry for entry in history):
+        for name in names:
+            start, end = first_and_last(history, f"eval_rewards/{name}/mean")
+            out[f"eval_reward_{name}_start"], out[f"eval_reward_{name}_end"] = start, end
+        out["eval_reward_start"], out["eval_reward_end"] = first_and_last(history, "eval_reward")
     return out
 
 
@@ -277,7 +494,14 @@ def train(
     history = [dict(entry) for entry in trainer.state.log_history]
     names = list(cfg.grpo.rewards)
     metrics = {
-        **base_metrics(trainer, result, resumed_from, None, len(trainer.train_dataset), 0),
+        **base_metrics(
+            trainer,
+            result,
+            resumed_from,
+            None,
+            len(trainer.train_dataset),
+            len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        ),
         **reward_summary(history, names),
         "rewards": names,
     }
@@ -290,4 +514,23 @@ def train(
             (workdir / RULE_TABLE).write_text(json.dumps(table, indent=2) + "\n")
             metrics["rules"] = len(table)
     save(trainer, workdir, metrics, keep_checkpoints=bool(cfg.grpo.keep_checkpoints))
+    if cfg.grpo.lora_rank is not None:
+        if trainer.is_world_process_zero():
+            merge_adapter(inputs["sft"] / MODEL, workdir, trainer.processing_class)
+        trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def merge_adapter(policy: Path, workdir: Path, tokenizer) -> None:
+    """Turns the saved LoRA adapter into a whole model: ``model/`` (peft's adapter files, as the
+    trainer saved them, gathered from every ZeRO stage) moves to ``adapter/``, and the starting
+    policy with the adapter merged in is saved as ``model/``, which from_pretrained loads."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = workdir / ADAPTER
+    (workdir / MODEL).rename(adapter)
+    base = AutoModelForCausalLM.from_pretrained(str(policy), dtype="auto")
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(workdir / MODEL))
+    tokenizer.save_pretrained(str(workdir / MODEL))

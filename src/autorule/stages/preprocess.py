@@ -19,6 +19,13 @@ answer) and ``response`` (the chosen content: the SFT target). The original mess
 ``dataset=mt`` (MT-Bench human judgments) drops ties and writes ``train.parquet`` and
 ``test.parquet`` by question id (see :func:`autorule.data.filters.mt_question_split`).
 
+Rubric datasets (:mod:`autorule.data.rubrics`, docs/rubric.md) become ``<split>.jsonl`` files of
+rubric datapoints, every field written out: ``dataset=prometheus`` converts Feedback-Collection
+(split ``dataset.split``; each instruction comes five times there, once per graded response, so
+exact duplicates are dropped and counted), ``dataset=addition`` generates the addition demo
+(``preprocess.addition``; nothing is read). The grpo stage trains on them with
+``grpo.rubric_dataset``.
+
 Counts in the manifest: rows in and out per split and rows dropped per filter reason.
 
 A local folder is read one split at a time (each split's files on their own), so a split whose
@@ -39,6 +46,7 @@ from omegaconf import DictConfig
 from autorule.core.artifacts import StageJob
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.stage import StageSpec
+from autorule.data import rubrics
 from autorule.data.filters import FilterSettings, filter_rows, format_prompt, mt_question_split
 from autorule.data.model_paths import load_tokenizer
 
@@ -56,7 +64,7 @@ UF_COLUMNS = (
 MT_COLUMNS = ("question_id", "winner", "conversation_a", "conversation_b")
 
 
-# preprocess settings that only one dataset reads; the other dataset's artifact ignores them.
+# preprocess settings that only one dataset reads; the other datasets' artifacts ignore them.
 _MT_ONLY = (
     "dataset.split",
     "preprocess.mt_block_size",
@@ -72,6 +80,21 @@ _UF_ONLY = (
     "preprocess.unfiltered_splits",
     "model",  # the policy tokenizer is only used by the UltraFeedback length filter
 )
+_OWN_KEYS = {
+    "uf": _UF_ONLY,
+    "mt": _MT_ONLY,
+    "addition": ("preprocess.addition",),
+    "prometheus": ("dataset.split",),
+}
+# Rubric datasets become JSONL, which the grpo stage reads with grpo.rubric_dataset.
+DATASETS = ("uf", "mt", *rubrics.RUBRIC_DATASETS)
+
+
+def ignored_for(cfg: DictConfig) -> tuple[str, ...]:
+    """The settings that only other datasets read (their own keys are kept)."""
+    own = set(_OWN_KEYS.get(cfg.dataset.name, ()))
+    others = (key for name, keys in _OWN_KEYS.items() if name != cfg.dataset.name for key in keys)
+    return tuple(dict.fromkeys(key for key in others if key not in own))
 
 
 def _fingerprint(cfg: DictConfig):
@@ -93,7 +116,7 @@ SPEC = StageSpec(
         "dataset.local_copy",
         "dataset.revision",
     ),
-    ignore_when=lambda cfg: _MT_ONLY if cfg.dataset.name == "uf" else _UF_ONLY,
+    ignore_when=ignored_for,
     fingerprint=_fingerprint,
     version=2,
 )
@@ -106,8 +129,13 @@ def check(cfg: DictConfig) -> None:
     """Refuses settings that cannot work before any data is read."""
     check_paths(cfg)
     p = cfg.preprocess
-    check_choice(cfg.dataset.name, "dataset.name", ("uf", "mt"))
-    if cfg.dataset.name == "uf":
+    check_choice(cfg.dataset.name, "dataset.name", DATASETS)
+    if cfg.dataset.name == "addition":
+        for key in ("num_train", "num_test", "max_operand"):
+            check_number(p.addition[key], f"preprocess.addition.{key}", low=1)
+    elif cfg.dataset.name == "prometheus":
+        pass  # the split is checked when it is read (datasets names the ones there are)
+    elif cfg.dataset.name == "uf":
         check_number(p.filter.max_tokens, "preprocess.filter.max_tokens", low=1)
         check_number(p.test_subset_size, "preprocess.test_subset_size", low=1)
         check_number(p.batch_size, "preprocess.batch_size", low=1)
@@ -133,7 +161,12 @@ def run(cfg: DictConfig) -> Path:
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
-        builders = {"uf": _ultrafeedback, "mt": _mt_bench}
+        builders = {
+            "uf": _ultrafeedback,
+            "mt": _mt_bench,
+            "addition": _addition,
+            "prometheus": _prometheus,
+        }
         counts = builders[cfg.dataset.name](cfg, job.workdir)
         return job.commit(counts)
 
@@ -386,4 +419,41 @@ def _mt_bench(cfg: DictConfig, out: Path) -> dict[str, int]:
         "test_rows": len(test),
         "train_questions": int(train["question_id"].nunique()),
         "test_questions": int(test["question_id"].nunique()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Rubric data
+
+
+def _addition(cfg: DictConfig, out: Path) -> dict[str, int]:
+    """The rubric recipe's addition demo, generated from ``preprocess.addition``."""
+    section = cfg.preprocess.addition
+    train, test = rubrics.addition_datapoints(
+        int(section.num_train), int(section.num_test), int(section.seed), int(section.max_operand)
+    )
+    return {
+        "train_rows": rubrics.write_jsonl(out / "train.jsonl", train),
+        "test_rows": rubrics.write_jsonl(out / "test.jsonl", test),
+    }
+
+
+def _prometheus(cfg: DictConfig, out: Path) -> dict[str, int]:
+    """Feedback-Collection's rows as rubric datapoints, exact duplicates dropped."""
+    split = str(cfg.dataset.split)
+    data = _load_split(cfg, split)
+    _require_columns(data, rubrics.PROMETHEUS_COLUMNS)
+    converted = [rubrics.prometheus_datapoint(row) for row in data.df.to_dict("records")]
+    kept = rubrics.dedupe(converted)
+    log.info(
+        "[preprocess] prometheus %s: %d datapoints from %d rows (%d duplicates dropped)",
+        split,
+        len(kept),
+        len(converted),
+        len(converted) - len(kept),
+    )
+    return {
+        f"{split}_rows_in": len(converted),
+        f"{split}_dropped_duplicate": len(converted) - len(kept),
+        f"{split}_rows": rubrics.write_jsonl(out / f"{split}.jsonl", kept),
     }

@@ -1,0 +1,308 @@
+"""The ``rubric`` reward term: an LLM grader scores each answer against its datapoint's rubric.
+
+Rubric data (:mod:`autorule.data.rubrics`, docs/rubric.md) gives every prompt its own list of
+rubric items. For each (answer, item) the grader, LLM role ``rubric.grader``, gets one user
+message (``rubric.prompt``): the conversation so far (every message before the policy's answer),
+then the policy's answer set apart as the only thing to grade, then the item and its format
+instruction. The score is the last match of the item's ``extraction_regex`` (first group,
+DOTALL) in the grader's answer; a grade with no match, or whose match is not a finite number,
+scores 0.0 and is counted as unparsed (a failed call scores 0.0 too, counted as failed).
+
+    reward = mean of the item scores + format_coef x (format_ok - 1)
+
+the tinker-cookbook rubric recipe's formula with its coefficient 0.1 (``rewards.rubric``).
+``format_ok`` (:func:`answer_format_ok`) says whether the policy's answer is a well-formed chat
+reply: it has some text, and it was not cut off at the token limit.
+
+Metrics per call (:class:`~autorule.rewards.registry.MetricLog`, TRL's ``log_metric``):
+``rubric/format`` (share of answers well formed), ``rubric/score`` (mean item score),
+``rubric/unparsed`` and ``rubric/failed`` (shares of grades), ``rubric/item_<j>`` (mean score of
+the j-th item of each datapoint's rubric). With ``rubric.debug_examples=N`` the term keeps N graded
+examples of its latest call, and ``show_examples()`` prints them (the grpo stage calls it at each
+logging step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from autorule import llm as llms
+from autorule.data.rubrics import RubricItem, parse_datapoint
+from autorule.llm import LLMCallError
+from autorule.rewards.judge import _as_text
+from autorule.rewards.registry import MetricLog, RewardContext, named, register
+from autorule.rules.prompts import fill, render_conversation
+
+log = logging.getLogger(__name__)
+
+PROMPT_PLACEHOLDERS = ("conversation", "answer", "rubric", "format_instruction")
+
+# --------------------------------------------------------------------------------------------
+# Pure parts
+
+
+def grader_prompt(
+    template: str, convo: Sequence[dict[str, str]], answer: str, item: RubricItem
+) -> str:
+    """The grader's one user message: ``template`` (``rubric.prompt``) with the conversation
+    before the answer, the answer alone, the rubric item and its format instruction filled in."""
+    return fill(
+        template,
+        "rubric.prompt",
+        conversation=render_conversation(convo),
+        answer=answer.strip(),
+        rubric=item.rubric_str.strip(),
+        format_instruction=item.grader_output_format_instruction.strip(),
+    )
+
+
+def parse_score(text: str, regex: str) -> float | None:
+    """The score in a grader's answer: the first group of the regex's *last* match (DOTALL), as
+    a finite float; None when nothing matches or the match is not a number.
+
+    The last match wins because a grader may quote the format, or the graded answer, before it
+    gives its own score.
+    """
+    matches = list(re.finditer(regex, text, re.DOTALL))
+    if not matches:
+        return None
+    try:
+        value = float(matches[-1].group(1).strip())
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def rubric_reward(scores: Sequence[float], format_ok: bool, format_coef: float = 0.1) -> float:
+    """Mean item score + format_coef x (format_ok - 1): a malformed answer loses format_coef."""
+    if not scores:
+        raise ValueError("a rubric reward needs at least one item score")
+    return float(np.mean(scores)) + format_coef * (float(bool(format_ok)) - 1.0)
+
+
+def answer_format_ok(
+    text: str,
+    ids: Sequence[int] | None = None,
+    stop_ids: Sequence[int] = (),
+    budget: int | None = None,
+) -> bool:
+    """Whether a plain chat answer is well formed: it holds some non-space text, and it was not
+    cut off at the token limit.
+
+    Cut off means, as TRL counts clipped completions, that its last token ``ids[-1]`` is not a
+    stop token (``stop_ids``: eos, pad); an answer shorter than ``budget`` tokens ended by itself
+    whatever its last token (a server may strip the stop token). Without ``ids`` only the text
+    is checked.
+    """
+    if not text.strip():
+        return False
+    if not ids:
+        return True
+    if budget is not None and len(ids) < budget:
+        return True
+    return ids[-1] in set(stop_ids)
+
+
+# --------------------------------------------------------------------------------------------
+# The debug view
+
+
+@dataclass
+class GradedExample:
+    """One answer with everything the grader saw and said, for the debug view."""
+
+    convo: list[dict[str, str]]
+    answer: str
+    format_ok: bool
+    reward: float
+    grades: list[dict[str, Any]] = field(default_factory=list)  # prompt, output, score, error
+
+
+def render_example(example: GradedExample, title: str) -> str:
+    """One graded example as coloured terminal text (termcolor: plain when not a terminal)."""
+    from termcolor import colored
+
+    rule = "=" * 80
+
+    def section(name: str, body: str, color: str) -> list[str]:
+        return [colored(rule, color), colored(name, color, attrs=["bold"]), colored(body, color)]
+
+    lines = [colored(f"{rule}\n{title}", "white", attrs=["bold"])]
+    lines += section("The conversation", render_conversation(example.convo), "blue")
+    lines += section(
+        f"The policy's answer (well formed: {example.format_ok})", example.answer, "green"
+    )
+    for j, grade in enumerate(example.grades):
+        lines += section(f"Grader prompt, item {j}", grade["prompt"], "yellow")
+        output = grade["output"] if grade["error"] is None else f"call failed: {grade['error']}"
+        lines += section(f"Grader output, item {j}", output, "magenta")
+        score = "unparsed (0.0)" if grade["score"] is None else f"{grade['score']:g}"
+        lines.append(colored(f"score: {score}", "red" if grade["score"] is None else "cyan"))
+    lines.append(colored(f"reward: {example.reward:.4f}", "white", attrs=["bold"]))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The term
+
+
+def _items(value: Any, where: str) -> list[RubricItem]:
+    """A ``rubric_items`` value as TRL hands it over: a JSON string or a list of item dicts."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    convo = [{"role": "user", "content": "-"}]  # only the items are checked here
+    return list(parse_datapoint({"convo": convo, "rubric_items": value}, where).rubric_items)
+
+
+def _convo(value: Any, prompt: Any) -> list[dict[str, str]]:
+    """The conversation before the answer: the ``convo`` column (JSON or messages), else the
+    prompt (a message list, or its text as one user turn)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    if value is not None:
+        return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+    if isinstance(prompt, (list, tuple)):
+        return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+    return [{"role": "user", "content": _as_text(prompt)}]
+
+
+@register("rubric")
+def rubric_term(context: RewardContext):
+    """Rubric items graded by the LLM of role ``rubric.grader`` (settings: ``rubric`` and
+    ``rewards.rubric``).
+
+    Each call needs the datapoints' rubric items: the ``rubric_items`` keyword (one per
+    completion: a JSON list or a list of item dicts), which TRL passes from the dataset column of
+    that name; ``convo`` (same form) gives the conversation before each answer, else the prompt
+    stands for it.
+    """
+    cfg = context.cfg
+    section = cfg.rubric
+    coef = float(cfg.rewards.rubric.format_coef)
+    template = str(section.prompt)
+    fill(template, "rubric.prompt", **dict.fromkeys(PROMPT_PLACEHOLDERS, ""))
+    n_debug = int(section.debug_examples)
+    if n_debug < 0:
+        raise ValueError(f"rubric.debug_examples must be >= 0, got {n_debug}")
+    overrides = {}
+    if context.device and OmegaConf.select(cfg, "rubric.grader.device") == "auto":
+        overrides["device"] = context.device
+    grader = llms.build(cfg, "rubric.grader", overrides)
+    tokenizer = context.tokenizer
+    stop_ids = [
+        i
+        for i in (
+            getattr(tokenizer, "eos_token_id", None),
+            getattr(tokenizer, "pad_token_id", None),
+        )
+        if i is not None
+    ]
+    budget = context.max_completion_length
+    metrics = MetricLog()
+    kept: list[GradedExample] = []
+
+    def rubric(
+        prompts, completions, rubric_items=None, convo=None, completion_ids=None, **kwargs
+    ) -> list[float]:
+        n = len(completions)
+        if rubric_items is None:
+            raise ValueError(
+                "the reward term rubric needs each prompt's rubric items (keyword rubric_items): "
+                "train on rubric data (grpo.rubric_dataset or grpo.rubric_file)"
+            )
+        if len(rubric_items) != n:
+            raise ValueError(f"{len(rubric_items)} rubric_items for {n} completions")
+        items = [
+            _items(value, f"rubric_items of completion {i}") for i, value in enumerate(rubric_items)
+        ]
+        convos = [_convo(None if convo is None else convo[i], prompts[i]) for i in range(n)]
+        answers = [_as_text(c) for c in completions]
+        ok = [
+            answer_format_ok(
+                answers[i], None if completion_ids is None else completion_ids[i], stop_ids, budget
+            )
+            for i in range(n)
+        ]
+        requests, owner = [], []
+        for i in range(n):
+            for j, item in enumerate(items[i]):
+                prompt = grader_prompt(template, convos[i], answers[i], item)
+                requests.append([{"role": "user", "content": prompt}])
+                owner.append((i, j))
+        grades = grader.complete_all(requests, desc="rubric")
+        failed = sum(not g.ok for g in grades)
+        if grades and failed == len(grades):
+            raise LLMCallError(f"every rubric grader call failed; the first: {grades[0].error}")
+        scores: list[list[float]] = [[] for _ in range(n)]
+        parsed: list[float | None] = []
+        unparsed = 0
+        for (i, j), grade in zip(owner, grades, strict=True):
+            value = parse_score(grade.text, items[i][j].extraction_regex) if grade.ok else None
+            unparsed += grade.ok and value is None
+            parsed.append(value)
+            scores[i].append(0.0 if value is None else value)
+        if failed:
+            log.warning("rubric: %d of %d grader calls failed (scored 0)", failed, len(grades))
+        rewards = [rubric_reward(scores[i], ok[i], coef) for i in range(n)]
+
+        log_metric = kwargs.get("log_metric")
+        means = [float(np.mean(s)) for s in scores]
+        metrics.add(
+            {
+                "rubric/format": float(np.mean(ok)),
+                "rubric/score": float(np.mean(means)),
+                "rubric/unparsed": unparsed / len(grades),
+                "rubric/failed": failed / len(grades),
+            },
+            n,
+            log_metric,
+        )
+        for j in range(max(len(s) for s in scores)):
+            column = [s[j] for s in scores if len(s) > j]
+            metrics.add({f"rubric/item_{j}": float(np.mean(column))}, len(column), log_metric)
+
+        if n_debug:
+            kept.clear()
+            k = 0
+            for i in range(min(n, n_debug)):
+                example = GradedExample(convos[i], answers[i], ok[i], rewards[i])
+                for _ in items[i]:
+                    grade = grades[k]
+                    example.grades.append(
+                        {
+                            "prompt": requests[k][0]["content"],
+                            "output": grade.text,
+                            "score": parsed[k],
+                            "error": grade.error,
+                        }
+                    )
+                    k += 1
+                kept.append(example)
+        return rewards
+
+    def show_examples(step: int | None = None) -> int:
+        """Prints the kept examples (the debug view) and forgets them; returns how many."""
+        shown = len(kept)
+        where = f" at step {step}" if step is not None else ""
+        for index, example in enumerate(kept, 1):
+            print(render_example(example, f"rubric example {index}/{shown}{where}"), flush=True)
+        kept.clear()
+        return shown
+
+    def close() -> None:
+        for attribute in ("_model", "_engine"):
+            if getattr(grader, attribute, None) is not None:
+                setattr(grader, attribute, None)
+
+    rubric.metrics, rubric.close, rubric.show_examples = metrics.pop, close, show_examples
+    rubric.grader, rubric.examples = grader, kept
+    return named(rubric, "rubric")
