@@ -94,9 +94,17 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("feedback_eval.n_values is empty: give the N of best-of-N to judge")
     for n in values:
         check_number(n, "feedback_eval.n_values[]", low=1)
-    if max(values) > int(cfg.generate.best_of_n):
+    check_number(section.max_failed_calls, "feedback_eval.max_failed_calls", low=0)
+    check_settings(OmegaConf.to_container(cfg.feedback.llm, resolve=True), "feedback.llm")
+
+
+def check_picks(cfg: DictConfig) -> None:
+    """The generate settings the picks need (checked when the stage runs: other stages run
+    with best_of_n=1)."""
+    section = cfg.feedback_eval
+    if max(section.n_values) > int(cfg.generate.best_of_n):
         raise ConfigError(
-            f"feedback_eval.n_values goes up to {max(values)} but generate.best_of_n="
+            f"feedback_eval.n_values goes up to {max(section.n_values)} but generate.best_of_n="
             f"{cfg.generate.best_of_n} candidates are sampled per prompt"
         )
     if int(cfg.generate.best_of_n) < 2 or cfg.generate.best_of_reward != "feedback_rm":
@@ -105,8 +113,6 @@ def check(cfg: DictConfig) -> None:
             "generate.best_of_n > 1 and generate.best_of_reward=feedback_rm "
             "(experiment=feedback_study does)"
         )
-    check_number(section.max_failed_calls, "feedback_eval.max_failed_calls", low=0)
-    check_settings(OmegaConf.to_container(cfg.feedback.llm, resolve=True), "feedback.llm")
 
 
 def pick_for_n(scores: Sequence[float], n: int) -> int:
@@ -157,6 +163,7 @@ def run(cfg: DictConfig) -> Path:
     from autorule.stages import feedback_rm, generate
 
     check(cfg)
+    check_picks(cfg)
     section = cfg.feedback_eval
     n_values = sorted({int(n) for n in section.n_values})
     configs = {p: with_protocol(cfg, p) for p in PROTOCOLS}
