@@ -217,12 +217,16 @@ def judge_all(cfg, annotator, data, n_values):
     template = str(cfg.feedback.rating_template)
     # every distinct (instruction, response) rated once; the cache would dedupe repeats anyway
     texts = sorted(
-        {(q, r) for d in data.values() for q, r in zip(d["instructions"], d["references"])}
+        {
+            (q, r)
+            for d in data.values()
+            for q, r in zip(d["instructions"], d["references"], strict=True)
+        }
         | {
             (q, r)
             for d in data.values()
             for picks in d["picks"].values()
-            for q, r in zip(d["instructions"], picks)
+            for q, r in zip(d["instructions"], picks, strict=True)
         }
     )
     requests = [
@@ -231,8 +235,10 @@ def judge_all(cfg, annotator, data, n_values):
     ]
     answers = annotator.complete_all(requests, desc="feedback_eval: ratings")
     failed = sum(1 for c in answers if not c.ok)
-    rating = {t: fb.parse_rating(c.text) if c.ok else None for t, c in zip(texts, answers)}
-    unread = sum(1 for t, c in zip(texts, answers) if c.ok and rating[t] is None)
+    rating = {
+        t: fb.parse_rating(c.text) if c.ok else None for t, c in zip(texts, answers, strict=True)
+    }
+    unread = sum(1 for t, c in zip(texts, answers, strict=True) if c.ok and rating[t] is None)
 
     scores: dict[str, dict[str, dict[int, list[float | None]]]] = {}
     for protocol, d in data.items():
