@@ -227,3 +227,34 @@ def test_feedback_eval_two_by_two(root):
     report = (path / "report.md").read_text()
     assert "| ratings \\ rankings | x | y | equal |" in report  # the consistency table
     assert "Disagreement:" in report and "best-of-4" in report
+
+
+def test_feedback_eval_makes_the_picks_it_lacks(root):
+    """One command runs the study: picks not made yet (here: of 2 prompts) are sampled first,
+    under each protocol, with the reward models already trained."""
+    from autorule.stages import feedback_eval
+
+    cfg = config(
+        root,
+        "stage=feedback_eval",
+        "generate.model=base",
+        "generate.reference=null",
+        "generate.best_of_n=2",
+        "generate.best_of_reward=feedback_rm",
+        "generate.max_prompts=2",
+        "generate.max_new_tokens=4",
+        "feedback_eval.n_values=[1,2]",
+    )
+    generated = {
+        p: artifact_path(feedback_eval.with_protocol(cfg, p), "generate")
+        for p in ("ratings", "rankings")
+    }
+    assert not any(folder.exists() for folder in generated.values())
+    with FakeLLMServer(EvalAnnotator(set(), "", "")) as server:
+        cfg.feedback.llm.base_url = f"{server.url}/v1"
+        path = feedback_eval.run(cfg)
+    result = json.loads((path / "win_rates.json").read_text())
+    assert result["prompts"] == {"ratings": 2, "rankings": 2}
+    for protocol, folder in generated.items():
+        assert read_manifest(folder)["status"] == "complete"
+        assert f"feedback_rm.protocol={protocol}" in read_manifest(folder)["command"]
