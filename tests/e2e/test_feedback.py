@@ -153,3 +153,108 @@ def test_reward_models_train_and_pick_the_best_of_4(root, protocol):
     for row in rows:
         assert len(row["candidates"]) == len(row["scores"]) == 4
         assert row["scores"][row["chosen"]] == max(row["scores"])
+
+
+def eval_rating(response: str) -> int:
+    """The evaluation annotator's ratings: a function of the answer's length, so picks and
+    references differ in rating in a way the test can recompute."""
+    return 1 + len(response) % 7
+
+
+class EvalAnnotator(Annotator):
+    def __call__(self, request) -> FakeReply:
+        if "[Response A]" in request.prompt:
+            return super().__call__(request)
+        response = between(request.prompt, "[Response]\n", "\n\nJudge the response")
+        return FakeReply(text=f"Reasoning.\nRating: {eval_rating(response)}")
+
+
+def expected_score(judged_by: str, pick: str, reference: str) -> float:
+    if judged_by == "ratings":
+        a, b = eval_rating(pick), eval_rating(reference)
+        return 1.0 if a > b else 0.5 if a == b else 0.0
+    # both orders: X as A wins if its digest is smaller; X as B wins if the reference's is larger
+    return ((digest_wins(pick, reference) == "A") + (digest_wins(reference, pick) == "B")) / 2
+
+
+def test_feedback_eval_two_by_two(root):
+    from PIL import Image
+
+    from autorule.stages import feedback_eval
+
+    overrides = [
+        "stage=feedback_eval",
+        "generate.model=base",
+        "generate.reference=null",
+        "generate.best_of_n=4",
+        "generate.best_of_reward=feedback_rm",
+        "generate.max_prompts=3",
+        "generate.max_new_tokens=8",
+        "feedback_eval.n_values=[1,2,4]",
+    ]
+    cfg = config(root, *overrides)
+    assert read_manifest(artifact_path(cfg, "feedback"))  # made by the first test
+    with FakeLLMServer(EvalAnnotator(set(), "", "")) as server:
+        cfg.feedback.llm.base_url = f"{server.url}/v1"
+        path = feedback_eval.run(cfg)
+
+    result = json.loads((path / "win_rates.json").read_text())
+    manifest = read_manifest(path)
+    assert result["n_values"] == [1, 2, 4]
+    for trained in ("ratings", "rankings"):
+        generated = artifact_path(feedback_eval.with_protocol(cfg, trained), "generate")
+        assert manifest["inputs"][f"generate_{trained}"]["path"] == str(generated)
+        rows = [
+            json.loads(line) for line in (generated / "candidates.jsonl").read_text().splitlines()
+        ]
+        assert result["reference"][trained] == "first candidate"
+        for judged_by in ("ratings", "rankings"):
+            for n in (1, 2, 4):
+                cell = result["win_rates"][trained][judged_by][str(n)]
+                picks = [r["candidates"][feedback_eval.pick_for_n(r["scores"], n)] for r in rows]
+                scores = [
+                    expected_score(judged_by, p, r["candidates"][0])
+                    for p, r in zip(picks, rows, strict=True)
+                ]
+                assert cell["n"] == 3
+                assert cell["rate"] == pytest.approx(sum(scores) / 3)
+                assert cell["low"] <= cell["rate"] <= cell["high"]
+            # best-of-1 is the reference itself: a tie under both protocols
+            assert result["win_rates"][trained][judged_by]["1"]["ties"] == 3
+
+    with Image.open(path / "win_rate_vs_n.png") as image:
+        image.verify()
+    report = (path / "report.md").read_text()
+    assert "| ratings \\ rankings | x | y | equal |" in report  # the consistency table
+    assert "Disagreement:" in report and "best-of-4" in report
+
+
+def test_feedback_eval_makes_the_picks_it_lacks(root):
+    """One command runs the study: picks not made yet (here: of 2 prompts) are sampled first,
+    under each protocol, with the reward models already trained."""
+    from autorule.stages import feedback_eval
+
+    cfg = config(
+        root,
+        "stage=feedback_eval",
+        "generate.model=base",
+        "generate.reference=null",
+        "generate.best_of_n=2",
+        "generate.best_of_reward=feedback_rm",
+        "generate.max_prompts=2",
+        "generate.max_new_tokens=4",
+        "feedback_eval.n_values=[1,2]",
+    )
+    generated = {
+        p: artifact_path(feedback_eval.with_protocol(cfg, p), "generate")
+        for p in ("ratings", "rankings")
+    }
+    assert not any(folder.exists() for folder in generated.values())
+    with FakeLLMServer(EvalAnnotator(set(), "", "")) as server:
+        cfg.feedback.llm.base_url = f"{server.url}/v1"
+        path = feedback_eval.run(cfg)
+    result = json.loads((path / "win_rates.json").read_text())
+    assert result["prompts"] == {"ratings": 2, "rankings": 2}
+    for protocol, folder in generated.items():
+        assert read_manifest(folder)["status"] == "complete"
+        assert f"feedback_rm.protocol={protocol}" in read_manifest(folder)["command"]

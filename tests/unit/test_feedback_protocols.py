@@ -93,3 +93,41 @@ def test_win_rate_counts_ties_as_half_with_a_sem_interval():
     assert result.rate - result.low == pytest.approx(1.96 * sd / 2)
     assert fb.sem_win_rate([None]).rate is None
     assert fb.rating_score(5, 5) == 0.5 and fb.rating_score(6, 2) == 1.0
+
+
+def test_best_of_n_pick_uses_only_the_first_n_candidates():
+    from autorule.stages.feedback_eval import pick_for_n
+
+    scores = [0.2, -1.0, 0.9, 0.9, 3.0]
+    assert [pick_for_n(scores, n) for n in (1, 2, 3, 4, 5)] == [0, 0, 2, 2, 4]
+    assert pick_for_n([float("nan"), 0.1], 2) == 1  # NaN never wins
+    with pytest.raises(ValueError, match="best-of-6 of 5"):
+        pick_for_n(scores, 6)
+
+
+def test_two_by_two_win_rates_from_literal_scores():
+    from autorule.stages.feedback_eval import table
+
+    ratings_picks = [fb.rating_score(p, r) for p, r in [(6, 4), (5, 5), (2, 7), (7, 1)]]
+    assert ratings_picks == [1.0, 0.5, 0.0, 1.0]
+    ranked = [
+        v.score
+        for v in verdicts_from_answers(["Preferred: A"] * 3, ["Preferred: B", "Preferred: A", "x"])
+    ]
+    assert ranked == [1.0, 0.5, None]
+    result = table(
+        {
+            "ratings": {"ratings": {1: ratings_picks}, "rankings": {1: ranked}},
+            "rankings": {"ratings": {1: [0.0, 0.0]}, "rankings": {1: [1.0, 1.0, 1.0, 0.0]}},
+        }
+    )
+    cell = result["ratings"]["ratings"]["1"]
+    assert (cell["wins"], cell["ties"], cell["losses"], cell["n"]) == (2, 1, 1, 4)
+    assert cell["rate"] == pytest.approx(2.5 / 4)
+    sd = math.sqrt(((0.375**2) * 2 + 0.125**2 + 0.625**2) / 3)
+    assert cell["high"] - cell["rate"] == pytest.approx(1.96 * sd / 2)
+    assert result["ratings"]["rankings"]["1"]["rate"] == pytest.approx(0.75)  # unread left out
+    assert result["ratings"]["rankings"]["1"]["n"] == 2
+    assert result["rankings"]["ratings"]["1"]["rate"] == 0.0
+    assert result["rankings"]["ratings"]["1"]["low"] == result["rankings"]["ratings"]["1"]["high"]
+    assert result["rankings"]["rankings"]["1"]["rate"] == pytest.approx(0.75)

@@ -443,8 +443,14 @@ class StageJob:
         """Folder of the complete upstream artifact ``name``; raises with the command to make it."""
         if name not in self.spec.inputs_for(self.cfg):
             raise KeyError(f"stage {self.stage!r} does not declare input {name!r}")
-        input_cfg = self.spec.config_for_input(self.cfg, name)
-        folder = artifact_path(input_cfg, name)
+        return self.input_as(name, name, self.spec.config_for_input(self.cfg, name))
+
+    def input_as(self, name: str, stage: str, input_cfg: DictConfig) -> Path:
+        """Folder of the complete artifact of ``stage`` under ``input_cfg`` (e.g. one value of a
+        swept key), recorded in the manifest's inputs as ``name`` like any declared input, so its
+        recomputation makes this artifact out of date. The stage hashes ``input_cfg`` itself (its
+        spec's ``fingerprint``)."""
+        folder = artifact_path(input_cfg, stage)
         manifest = read_manifest(folder)
         if not is_complete(manifest):
             if manifest is not None:
@@ -460,13 +466,13 @@ class StageJob:
                 state = "missing"
             raise StageInputError(
                 f"stage '{self.stage}' needs the '{name}' artifact at {folder}, which is {state}. "
-                f"Make it first with:\n  {make_command(input_cfg, name)}"
+                f"Make it first with:\n  {make_command(input_cfg, stage)}"
             )
         problem = check_files(folder, manifest, verify_hashes(self.cfg))
         if problem:
             raise StageInputError(
                 f"stage '{self.stage}' needs the '{name}' artifact at {folder}, but its {problem}. "
-                f"Recompute it with:\n  {make_command(self.cfg, name)}"
+                f"Recompute it with:\n  {make_command(input_cfg, stage)}"
             )
         self._inputs[name] = {"path": str(folder), "hash": manifest["artifact_hash"]}
         return folder

@@ -1,0 +1,338 @@
+"""Stage ``feedback_eval``: the best-of-N picks of each feedback reward model, judged against a
+reference under both feedback protocols (the 2x2 of Bansal et al., ICLR 2024).
+
+    python -m autorule stage=feedback_eval experiment=feedback_study
+
+For each training protocol (``ratings``, ``rankings``) the stage reads the generate artifact made
+with that protocol's reward model (``generate.best_of_reward=feedback_rm``, the config with
+``feedback_rm.protocol`` set to it); one missing is made first (feedback_rm, then generate, under
+that protocol), so one command runs the whole study. For each N of ``feedback_eval.n_values`` the
+pick is the best-scoring of the first N candidates of ``candidates.jsonl`` (the candidates are
+independent samples, so the first N are a best-of-N draw of their own).
+
+Each pick is compared with a reference answer to the same prompt: the generate artifact's
+``reference.jsonl`` when it has one (``generate.reference`` set), else the prompt's first
+candidate, an unselected sample of the same policy (best-of-1 against it then scores about 0.5).
+The annotator (LLM role ``feedback.llm``, the feedback stage's templates) judges under
+
+* **ratings**: pick and reference are rated alone; the higher rating wins, equal ratings tie;
+* **rankings**: the pair is asked in both orders; the same position winning both is a tie.
+
+Win rate = (wins + 0.5 ties) / n with a 95% interval of 1.96 x SEM
+(:func:`autorule.evaluation.feedback.sem_win_rate`); unread or failed judgments are left out and
+counted.
+
+Artifact: ``win_rates.json`` (training protocol -> evaluation protocol -> N -> win rate),
+``win_rate_vs_n.png`` and ``report.md`` (the feedback artifact's consistency table, each reward
+model's held-out accuracies, and the 2x2 at the largest N).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from autorule.core.config import ConfigError, check_number, check_paths
+from autorule.core.stage import StageSpec
+from autorule.evaluation import feedback as fb
+from autorule.evaluation.generation import best_index
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("ratings", "rankings")
+WIN_RATES, REPORT, PLOT = "win_rates.json", "report.md", "win_rate_vs_n.png"
+
+
+def with_protocol(cfg: DictConfig, protocol: str) -> DictConfig:
+    """``cfg`` with ``feedback_rm.protocol=protocol`` (and that override in ``run.overrides``, so
+    the commands recorded for artifacts made under it are right)."""
+    out = copy.deepcopy(cfg)
+    out.feedback_rm.protocol = protocol
+    overrides = OmegaConf.select(out, "run.overrides")
+    if overrides is not None:
+        kept = [o for o in overrides if not str(o).lstrip("+~").startswith("feedback_rm.protocol=")]
+        out.run.overrides = [*kept, f"feedback_rm.protocol={protocol}"]
+    return out
+
+
+def fingerprint(cfg: DictConfig) -> dict[str, str]:
+    """The config hashes of the generate artifact of each protocol: the picks judged here."""
+    from autorule.core.artifacts import config_hash
+
+    return {p: config_hash(with_protocol(cfg, p), "generate") for p in PROTOCOLS}
+
+
+SPEC = StageSpec(
+    name="feedback_eval",
+    inputs=("feedback",),
+    keys=(
+        "feedback_eval",
+        "feedback.llm",
+        "feedback.rating_template",
+        "feedback.ranking_template",
+    ),
+    llm_roles=("feedback.llm",),
+    ignore=("feedback_eval.max_failed_calls",),
+    fingerprint=fingerprint,
+)
+
+
+def check(cfg: DictConfig) -> None:
+    """Refuses settings that cannot work before any call is paid for."""
+    from autorule.llm.base import check_settings
+
+    check_paths(cfg)
+    section = cfg.feedback_eval
+    values = list(section.n_values)
+    if not values:
+        raise ConfigError("feedback_eval.n_values is empty: give the N of best-of-N to judge")
+    for n in values:
+        check_number(n, "feedback_eval.n_values[]", low=1)
+    check_number(section.max_failed_calls, "feedback_eval.max_failed_calls", low=0)
+    check_settings(OmegaConf.to_container(cfg.feedback.llm, resolve=True), "feedback.llm")
+
+
+def check_picks(cfg: DictConfig) -> None:
+    """The generate settings the picks need (checked when the stage runs: other stages run
+    with best_of_n=1)."""
+    section = cfg.feedback_eval
+    if max(section.n_values) > int(cfg.generate.best_of_n):
+        raise ConfigError(
+            f"feedback_eval.n_values goes up to {max(section.n_values)} but generate.best_of_n="
+            f"{cfg.generate.best_of_n} candidates are sampled per prompt"
+        )
+    if int(cfg.generate.best_of_n) < 2 or cfg.generate.best_of_reward != "feedback_rm":
+        raise ConfigError(
+            "feedback_eval judges feedback reward models' best-of-N picks: set "
+            "generate.best_of_n > 1 and generate.best_of_reward=feedback_rm "
+            "(experiment=feedback_study does)"
+        )
+
+
+def pick_for_n(scores: Sequence[float], n: int) -> int:
+    """The index of the best-scoring of the first ``n`` candidates (the first on ties)."""
+    if not 1 <= n <= len(scores):
+        raise ValueError(f"best-of-{n} of {len(scores)} candidates")
+    return best_index(list(scores)[:n])
+
+
+def picks_and_references(folder: Path, n_values: Sequence[int]) -> dict[str, Any]:
+    """Prompts, references and the pick of each N from one generate artifact."""
+    from autorule.stages.generate import CANDIDATES, REFERENCE, RESPONSES, read_jsonl
+
+    if not (folder / CANDIDATES).is_file():
+        raise FileNotFoundError(
+            f"{folder / CANDIDATES} is missing: feedback_eval needs generate.best_of_n > 1"
+        )
+    rows = read_jsonl(folder / CANDIDATES)
+    prompts = {r["id"]: str(r["turns"][0]) for r in read_jsonl(folder / RESPONSES)}
+    reference = {}
+    if (folder / REFERENCE).is_file():
+        reference = {r["id"]: str(r["responses"][0]) for r in read_jsonl(folder / REFERENCE)}
+    return {
+        "instructions": [prompts[r["id"]] for r in rows],
+        "references": [reference.get(r["id"], str(r["candidates"][0])) for r in rows],
+        "reference_source": "reference.jsonl" if reference else "first candidate",
+        "picks": {
+            n: [str(r["candidates"][pick_for_n(r["scores"], n)]) for r in rows] for n in n_values
+        },
+    }
+
+
+def table(scores: dict[str, dict[str, dict[int, list[float | None]]]]) -> dict[str, Any]:
+    """Training protocol -> evaluation protocol -> str(N) -> the win rate of the per-prompt
+    scores (1 win, 0.5 tie, 0 loss, None unread)."""
+    return {
+        trained: {
+            judged: {str(n): fb.sem_win_rate(s).as_dict() for n, s in by_n.items()}
+            for judged, by_n in by_judged.items()
+        }
+        for trained, by_judged in scores.items()
+    }
+
+
+def run(cfg: DictConfig) -> Path:
+    from autorule import llm as llms
+    from autorule.core.artifacts import StageJob, artifact_path, read_manifest
+    from autorule.stages import feedback_rm, generate
+
+    check(cfg)
+    check_picks(cfg)
+    section = cfg.feedback_eval
+    n_values = sorted({int(n) for n in section.n_values})
+    configs = {p: with_protocol(cfg, p) for p in PROTOCOLS}
+    for protocol, pcfg in configs.items():
+        if read_manifest(artifact_path(pcfg, "generate")) is None:
+            log.info("[feedback_eval] making the %s reward model's best-of-N picks", protocol)
+            feedback_rm.run(pcfg)
+            generate.run(pcfg)
+
+    with StageJob(cfg, SPEC.name) as job:
+        if job.done:
+            return job.path
+        consistency_md = (job.input("feedback") / "consistency.md").read_text()
+        data, accuracies = {}, {}
+        for protocol, pcfg in configs.items():
+            folder = job.input_as(f"generate_{protocol}", "generate", pcfg)
+            rm = job.input_as(f"feedback_rm_{protocol}", "feedback_rm", pcfg)
+            data[protocol] = picks_and_references(folder, n_values)
+            metrics = json.loads((rm / "metrics.json").read_text())
+            accuracies[protocol] = {
+                k: metrics.get(f"heldout_{k}_accuracy") for k in ("rankings", "ratings")
+            }
+        annotator = llms.build(cfg, "feedback.llm")
+        scores, failed, unread = judge_all(cfg, annotator, data, n_values)
+        if failed > int(section.max_failed_calls):
+            raise RuntimeError(
+                f"{failed} annotator calls failed (feedback_eval.max_failed_calls="
+                f"{section.max_failed_calls}); finished calls are cached: re-run the same "
+                "command to retry only the failed ones"
+            )
+        result = {
+            "n_values": n_values,
+            "reference": {p: d["reference_source"] for p, d in data.items()},
+            "prompts": {p: len(d["instructions"]) for p, d in data.items()},
+            "win_rates": table(scores),
+            "heldout_accuracy": accuracies,
+        }
+        (job.workdir / WIN_RATES).write_text(json.dumps(result, indent=2) + "\n")
+        plot(result, job.workdir / PLOT)
+        (job.workdir / REPORT).write_text(report(result, consistency_md))
+        return job.commit(
+            {"prompts": sum(result["prompts"].values()), "failed_calls": failed, "unread": unread}
+        )
+
+
+def judge_all(cfg, annotator, data, n_values):
+    """Scores of each pick against its reference under both evaluation protocols."""
+    from autorule.evaluation.pairwise import judge_pairs
+    from autorule.rules.prompts import fill, user
+
+    template = str(cfg.feedback.rating_template)
+    # every distinct (instruction, response) rated once; the cache would dedupe repeats anyway
+    texts = sorted(
+        {
+            (q, r)
+            for d in data.values()
+            for q, r in zip(d["instructions"], d["references"], strict=True)
+        }
+        | {
+            (q, r)
+            for d in data.values()
+            for picks in d["picks"].values()
+            for q, r in zip(d["instructions"], picks, strict=True)
+        }
+    )
+    requests = [
+        user(fill(template, "feedback.rating_template", instruction=q, response=r))
+        for q, r in texts
+    ]
+    answers = annotator.complete_all(requests, desc="feedback_eval: ratings")
+    failed = sum(1 for c in answers if not c.ok)
+    rating = {
+        t: fb.parse_rating(c.text) if c.ok else None for t, c in zip(texts, answers, strict=True)
+    }
+    unread = sum(1 for t, c in zip(texts, answers, strict=True) if c.ok and rating[t] is None)
+
+    scores: dict[str, dict[str, dict[int, list[float | None]]]] = {}
+    for protocol, d in data.items():
+        qs, refs = d["instructions"], d["references"]
+        by_rating, by_ranking = {}, {}
+        for n in n_values:
+            picks = d["picks"][n]
+            by_rating[n] = [
+                fb.rating_score(rating[(q, p)], rating[(q, r)])
+                for q, p, r in zip(qs, picks, refs, strict=True)
+            ]
+            judged = judge_pairs(
+                annotator,
+                str(cfg.feedback.ranking_template),
+                qs,
+                picks,
+                refs,
+                desc=f"feedback_eval: rankings ({protocol}, N={n})",
+            )
+            failed += sum(j.verdict.failed for j in judged)
+            unread += sum(j.verdict.unparsed for j in judged)
+            by_ranking[n] = [j.verdict.score for j in judged]
+        scores[protocol] = {"ratings": by_rating, "rankings": by_ranking}
+    return scores, failed, unread
+
+
+def fmt(cell: dict[str, Any]) -> str:
+    if cell["rate"] is None:
+        return "n/a"
+    return f"{cell['rate']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}] (n={cell['n']})"
+
+
+def report(result: dict[str, Any], consistency_md: str) -> str:
+    n = str(max(result["n_values"]))
+    rates = result["win_rates"]
+    lines = [
+        "# Ratings vs rankings",
+        "",
+        "## Consistency of the annotator's two protocols",
+        "",
+        consistency_md.strip(),
+        "",
+        "## Held-out accuracy of each reward model",
+        "",
+        "| trained on | on rankings | on ratings |",
+        "|---|---|---|",
+    ]
+    for p, acc in result["heldout_accuracy"].items():
+        cells = ["n/a" if acc[k] is None else f"{acc[k]:.3f}" for k in ("rankings", "ratings")]
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"## Win rate of the best-of-{n} picks against the reference",
+        "",
+        "(wins + 0.5 ties) / n, 95% interval of 1.96 x SEM; references: "
+        + ", ".join(f"{p}: {s}" for p, s in result["reference"].items())
+        + ".",
+        "",
+        "| trained on \\ judged by | ratings | rankings |",
+        "|---|---|---|",
+    ]
+    for p in PROTOCOLS:
+        lines.append(f"| {p} | {fmt(rates[p]['ratings'][n])} | {fmt(rates[p]['rankings'][n])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Win rate against N, a line per reward model and evaluation protocol, with intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for trained, by_judged in result["win_rates"].items():
+        for judged, by_n in by_judged.items():
+            ns = [n for n in result["n_values"] if by_n[str(n)]["rate"] is not None]
+            rates = [by_n[str(n)]["rate"] for n in ns]
+            errors = [by_n[str(n)]["high"] - by_n[str(n)]["rate"] for n in ns]
+            ax.errorbar(
+                ns,
+                rates,
+                yerr=errors,
+                marker="o",
+                capsize=3,
+                linestyle="-" if judged == "rankings" else "--",
+                label=f"RM: {trained}, judged by {judged}",
+            )
+    ax.axhline(0.5, color="grey", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(result["n_values"], [str(n) for n in result["n_values"]])
+    ax.set_xlabel("N (best of N)")
+    ax.set_ylabel("win rate against the reference")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
