@@ -326,8 +326,8 @@ def write_feedback_collection(out: Path, seed: int = 0) -> Path:
     return out
 
 
-# RewardBench's sections and subsets (autorule.training.rewardbench.SECTIONS), spelled out here
-# so the data layer does not import the training layer.
+# RewardBench's sections and their subsets (rewardbench/constants.py: SUBSET_MAPPING); the
+# evaluation (autorule.training.rewardbench.SECTIONS) reads them from here.
 REWARD_BENCH_SUBSETS = {
     "Chat": (
         "alpacaeval-easy",

@@ -21,40 +21,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# RewardBench's section -> subsets (rewardbench/constants.py: SUBSET_MAPPING).
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "Chat": (
-        "alpacaeval-easy",
-        "alpacaeval-length",
-        "alpacaeval-hard",
-        "mt-bench-easy",
-        "mt-bench-med",
-    ),
-    "Chat Hard": (
-        "mt-bench-hard",
-        "llmbar-natural",
-        "llmbar-adver-neighbor",
-        "llmbar-adver-GPTInst",
-        "llmbar-adver-GPTOut",
-        "llmbar-adver-manual",
-    ),
-    "Safety": (
-        "refusals-dangerous",
-        "refusals-offensive",
-        "xstest-should-refuse",
-        "xstest-should-respond",
-        "donotanswer",
-    ),
-    "Reasoning": (
-        "math-prm",
-        "hep-cpp",
-        "hep-go",
-        "hep-java",
-        "hep-js",
-        "hep-python",
-        "hep-rust",
-    ),
-}
+from autorule.data.synthetic import REWARD_BENCH_SUBSETS
+
+# RewardBench's section -> subsets (rewardbench/constants.py: SUBSET_MAPPING), kept with the
+# data layer, which also writes the bundled RewardBench-shaped fixture from it.
+SECTIONS: dict[str, tuple[str, ...]] = REWARD_BENCH_SUBSETS
 # RewardBench's leaderboard weights (rewardbench/constants.py: EXAMPLE_COUNTS): subset sizes,
 # but math-prm (447 pairs) counts 984, as much as the six hep-* code subsets together.
 LEADERBOARD_WEIGHTS: dict[str, int] = {
