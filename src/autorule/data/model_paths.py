@@ -56,6 +56,29 @@ def ensure_pad_token(tokenizer, pad_token: str | None = None):
     return tokenizer
 
 
+def resolve_device(device: str | None) -> str:
+    """``device`` itself, or for ``auto`` / None: cuda when there is one, else cpu."""
+    if device and device != "auto":
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_generator(model: str, tokenizer: str | None = None, dtype="auto", device="auto"):
+    """A causal LM in eval mode on ``device`` and its tokenizer set up for batched generation:
+    padded and truncated on the left (decoder-only models continue from the right end), with a
+    pad token (:func:`ensure_pad_token`). Returns ``(model, tokenizer)``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer or model)
+    tok.padding_side = "left"
+    tok.truncation_side = "left"
+    ensure_pad_token(tok)
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+    return lm.to(resolve_device(device)).eval(), tok
+
+
 def load_tokenizer(cfg: DictConfig, role: str = "policy", name_or_path: str | None = None):
     """The tokenizer of ``role`` (or of the folder ``name_or_path``), with its pad token set
     (:func:`ensure_pad_token`)."""

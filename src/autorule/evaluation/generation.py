@@ -176,21 +176,15 @@ class Generator:
     def _load_hf(self):
         if self._model is None:
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            from autorule.data.model_paths import ensure_pad_token
+            from autorule.data.model_paths import load_generator
 
-            device = self.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name)
-            tokenizer.padding_side = "left"  # decoder-only models continue from the right end
-            tokenizer.truncation_side = "left"
-            ensure_pad_token(tokenizer)
-            model = AutoModelForCausalLM.from_pretrained(
-                self.model, dtype=DTYPES.get(self.sampling.dtype, self.sampling.dtype)
+            self._model, self._tokenizer = load_generator(
+                self.model,
+                self.tokenizer_name,
+                dtype=DTYPES.get(self.sampling.dtype, self.sampling.dtype),
+                device=self.device,
             )
-            self._model, self._tokenizer = model.to(device).eval(), tokenizer
             torch.manual_seed(self.sampling.seed)
         return self._model, self._tokenizer
 

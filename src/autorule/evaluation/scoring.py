@@ -28,12 +28,11 @@ def rm_scores(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from autorule.data.model_paths import ensure_pad_token
+    from autorule.data.model_paths import ensure_pad_token, resolve_device
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(str(model_dir)), pad_token)
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).to(device).eval()
     if model.config.pad_token_id is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from autorule.data.model_paths import ensure_pad_token
+from autorule.data.model_paths import load_generator
 from autorule.llm.base import Completion, LocalLLM, Messages, Verdict
 
 
@@ -50,18 +50,9 @@ class HFLLM(LocalLLM):
 
     def _load(self):
         if self._model is None:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            device = self.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            tokenizer = AutoTokenizer.from_pretrained(self.model)
-            tokenizer.padding_side = "left"  # decoder-only models continue from the right end
-            tokenizer.truncation_side = "left"
-            ensure_pad_token(tokenizer)
-            model = AutoModelForCausalLM.from_pretrained(self.model, dtype=self.dtype)
-            self._model, self._tokenizer = model.to(device).eval(), tokenizer
+            self._model, self._tokenizer = load_generator(
+                self.model, dtype=self.dtype, device=self.device
+            )
         return self._model, self._tokenizer
 
     def _prompt(self, tokenizer, messages: Messages) -> str:

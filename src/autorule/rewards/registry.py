@@ -48,11 +48,9 @@ class RewardContext:
     max_completion_length: int | None = None  # the policy's token budget per answer (cut-offs)
 
     def resolved_device(self) -> str:
-        if self.device:
-            return str(self.device)
-        import torch
+        from autorule.data.model_paths import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_device(self.device)
 
 
 Factory = Callable[[RewardContext], RewardFunc]
