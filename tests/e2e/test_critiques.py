@@ -8,20 +8,13 @@ import pytest
 
 from autorule.core.artifacts import read_manifest
 from autorule.core.config import compose
-from autorule.stages import critiques, preprocess
+from autorule.stages import critiques
 from fakeserver import FakeLLMServer, FakeReply
 
 pytestmark = pytest.mark.slow
 
 KEY_ENV = "AUTORULE_TEST_JUDGE_KEY"
 PAIRS = 4
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("root")
-    preprocess.run(compose(["stage=preprocess", f"paths.root={folder}"]))
-    return folder
 
 
 @pytest.fixture(autouse=True)

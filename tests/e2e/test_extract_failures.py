@@ -20,7 +20,7 @@ from autorule.core.artifacts import artifact_path, read_manifest, work_path
 from autorule.core.config import ConfigError, compose
 from autorule.core.secrets import MASK
 from autorule.pipeline import run_stage
-from autorule.stages import extract, preprocess
+from autorule.stages import extract
 from fakeserver import FakeLLMServer, FakeReply, self_signed_cert
 
 pytestmark = pytest.mark.slow
@@ -31,13 +31,6 @@ SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLEsessiontoken0123456789abcdef"
 OPENAI_KEY = "sk-proj-Gateway0123456789abcdefXYZ"
 BEDROCK_API_KEY = "ABSKQmVkcm9ja0FQSUtleS1leGFtcGxlMDEyMzQ1Njc4OQ"
 RULES = ["The reply answers the question.", "The reply is concise.", "The reply is polite."]
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("root")
-    preprocess.run(compose(["stage=preprocess", f"paths.root={folder}"]))
-    return folder
 
 
 @pytest.fixture(autouse=True)

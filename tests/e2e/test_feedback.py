@@ -12,20 +12,13 @@ import pytest
 from autorule.core.artifacts import artifact_path, read_manifest
 from autorule.core.config import compose
 from autorule.data.pairs import preference_rows
-from autorule.stages import feedback, preprocess
+from autorule.stages import feedback
 from fakeserver import FakeLLMServer, FakeReply
 
 pytestmark = pytest.mark.slow
 
 KEY_ENV = "AUTORULE_TEST_ANNOTATOR_KEY"
 N = 12
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("root")
-    preprocess.run(compose(["stage=preprocess", f"paths.root={folder}"]))
-    return folder
 
 
 @pytest.fixture(autouse=True)
