@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autorule.llm.base import LLM, Completion, LLMCallError, Messages
 
-__all__ = ["LLM", "Completion", "LLMCallError", "Messages", "build", "role_section"]
+__all__ = ["LLM", "Completion", "LLMCallError", "Messages", "build", "check_role", "role_section"]
 
 
 def role_section(cfg: DictConfig, role: str) -> DictConfig:
@@ -31,6 +31,14 @@ def role_section(cfg: DictConfig, role: str) -> DictConfig:
     if not isinstance(section, DictConfig):
         raise KeyError(f"no LLM role {role!r} in the config: mount a backend with llm@{role}=...")
     return section
+
+
+def check_role(cfg: DictConfig, role: str) -> None:
+    """Refuses numbers in LLM role ``role``'s settings that cannot work, naming ``<role>.<key>``
+    (:func:`autorule.llm.base.check_settings`), before any call is paid for."""
+    from autorule.llm.base import check_settings
+
+    check_settings(OmegaConf.to_container(role_section(cfg, role), resolve=True), role)
 
 
 def build(cfg: DictConfig, role: str, overrides: dict | None = None) -> LLM:

@@ -31,7 +31,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
@@ -59,14 +59,14 @@ SPEC = StageSpec(
 
 def check(cfg: DictConfig) -> None:
     """Refuses settings that cannot work before any call is paid for."""
-    from autorule.llm.base import check_settings
+    from autorule.llm import check_role
 
     check_paths(cfg)
     check_choice(cfg.dataset.name, "dataset.name", ("uf",))  # UltraFeedback preference pairs
     section = cfg.critique
     check_number(section.num_pairs, "critique.num_pairs", low=1, none_ok=True)
     check_number(section.max_failed_calls, "critique.max_failed_calls", low=0)
-    check_settings(OmegaConf.to_container(section.llm, resolve=True), "critique.llm")
+    check_role(cfg, "critique.llm")
 
 
 def run(cfg: DictConfig) -> Path:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob, read_manifest
@@ -108,7 +108,6 @@ SPEC = StageSpec(
 
 def check(cfg: DictConfig) -> None:
     """Refuses settings that cannot work before any model is loaded or any call is paid for."""
-    from autorule.llm.base import check_settings
     from autorule.rules.prompts import fill
 
     check_paths(cfg)
@@ -125,7 +124,7 @@ def check(cfg: DictConfig) -> None:
     if section.win_rate:
         template = str(section.pairwise.template)
         fill(template, "evaluate.pairwise.template", instruction="", response_a="", response_b="")
-        check_settings(OmegaConf.to_container(llms.role_section(cfg, ROLE), resolve=True), ROLE)
+        llms.check_role(cfg, ROLE)
     if section.prune_below is not None and not agreement_on(cfg):
         raise ConfigError(
             "evaluate.prune_below prunes by rule agreement: set evaluate.rule_agreement=true"

@@ -60,7 +60,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
@@ -68,7 +68,6 @@ from autorule.core.config import check_choice, check_number, check_paths
 from autorule.core.secrets import redact
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import Pair, mt_pairs, uf_pairs
-from autorule.llm.base import check_settings
 from autorule.rules.parsing import parse_rules
 from autorule.rules.prompts import (
     approx_tokens,
@@ -138,7 +137,7 @@ def check(cfg: DictConfig) -> None:
         low=0,
         meaning=" (0 = every call must succeed)",
     )
-    check_settings(OmegaConf.to_container(llms.role_section(cfg, ROLE), resolve=True), ROLE)
+    llms.check_role(cfg, ROLE)
 
 
 def run(cfg: DictConfig) -> Path:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
@@ -72,7 +72,7 @@ SPEC = StageSpec(
 
 def check(cfg: DictConfig) -> None:
     """Refuses settings that cannot work before any call is paid for."""
-    from autorule.llm.base import check_settings
+    from autorule.llm import check_role
 
     check_paths(cfg)
     section = cfg.feedback
@@ -89,7 +89,7 @@ def check(cfg: DictConfig) -> None:
         missing = [p for p in needed if p not in str(section[key])]
         if missing:
             raise ConfigError(f"feedback.{key} lacks the placeholder(s) {missing}")
-    check_settings(OmegaConf.to_container(section.llm, resolve=True), "feedback.llm")
+    check_role(cfg, "feedback.llm")
 
 
 def run(cfg: DictConfig) -> Path:

@@ -85,7 +85,7 @@ SPEC = StageSpec(
 
 def check(cfg: DictConfig) -> None:
     """Refuses settings that cannot work before any call is paid for."""
-    from autorule.llm.base import check_settings
+    from autorule.llm import check_role
 
     check_paths(cfg)
     section = cfg.feedback_eval
@@ -95,7 +95,7 @@ def check(cfg: DictConfig) -> None:
     for n in values:
         check_number(n, "feedback_eval.n_values[]", low=1)
     check_number(section.max_failed_calls, "feedback_eval.max_failed_calls", low=0)
-    check_settings(OmegaConf.to_container(cfg.feedback.llm, resolve=True), "feedback.llm")
+    check_role(cfg, "feedback.llm")
 
 
 def check_picks(cfg: DictConfig) -> None:
