@@ -251,3 +251,46 @@ def test_feedback_eval_makes_the_picks_it_lacks(root):
     for protocol, folder in generated.items():
         assert read_manifest(folder)["status"] == "complete"
         assert f"feedback_rm.protocol={protocol}" in read_manifest(folder)["command"]
+
+
+def test_the_study_runs_on_the_tiny_profile(tmp_path):
+    """The one command of the study, on the tiny profile: its random model cannot annotate, so
+    the heuristic stand-in does (feedback.annotator=auto), and the report has the consistency
+    table and all four cells of the 2x2 at N=4."""
+    import subprocess
+    import sys
+
+    from autorule.evaluation.annotators import HeuristicAnnotator
+
+    root = tmp_path / "out"
+    command = [sys.executable, "-m", "autorule", "stage=pipeline", "experiment=feedback_study"]
+    done = subprocess.run(
+        [*command, f"paths.root={root}"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = compose(["stage=pipeline", "experiment=feedback_study", f"paths.root={root}"])
+    consistency = json.loads((artifact_path(cfg, "feedback") / "consistency.json").read_text())
+    assert consistency["annotator"]["kind"] == "heuristic"
+
+    # the table the stand-in's two rules give on the annotated pairs, recomputed from the data
+    stand_in = HeuristicAnnotator(
+        int(cfg.feedback.heuristic.rating_words), float(cfg.feedback.heuristic.rank_margin)
+    )
+    rows = preference_rows(
+        artifact_path(cfg, "preprocess") / "test_prefs.parquet", cfg.feedback.num_instructions
+    )
+    expected = {row: dict.fromkeys(("x", "y", "equal"), 0) for row in ("x", "y", "equal")}
+    for chosen, rejected in zip(rows["chosen"], rows["rejected"], strict=True):
+        a, b = stand_in.rating_of(chosen), stand_in.rating_of(rejected)
+        implied = "x" if a > b else "y" if b > a else "equal"
+        [judged] = stand_in.rank(["q"], [chosen], [rejected])
+        ranked = {1.0: "x", 0.0: "y", 0.5: "equal"}[judged.verdict.score]
+        expected[implied][ranked] += 1
+    assert consistency["table"] == expected and consistency["pairs"] == len(rows)
+
+    report = (artifact_path(cfg, "feedback_eval") / "report.md").read_text()
+    assert "heuristic stand-in" in report and "measure nothing" in report
+    assert "| ratings \\ rankings | x | y | equal |" in report
+    two_by_two = report.split("| trained on \\ judged by | ratings | rankings |")[1]
+    cells = [line for line in two_by_two.splitlines() if line.startswith(("| ratings", "| rank"))]
+    assert len(cells) == 2 and "n/a" not in two_by_two and "(n=16)" in two_by_two

@@ -42,6 +42,7 @@ from autorule.core.config import ConfigError, check_number, check_paths
 from autorule.core.stage import StageSpec
 from autorule.evaluation import feedback as fb
 from autorule.evaluation.generation import best_index
+from autorule.stages import feedback
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +74,21 @@ SPEC = StageSpec(
     inputs=("feedback",),
     keys=(
         "feedback_eval",
+        "feedback.annotator",
+        "feedback.heuristic",
         "feedback.llm",
         "feedback.rating_template",
         "feedback.ranking_template",
     ),
     llm_roles=("feedback.llm",),
     ignore=("feedback_eval.max_failed_calls",),
+    ignore_when=lambda cfg: feedback.unused_keys(cfg),
     fingerprint=fingerprint,
 )
 
 
 def check(cfg: DictConfig) -> None:
     """Refuses settings that cannot work before any call is paid for."""
-    from autorule.llm import check_role
-
     check_paths(cfg)
     section = cfg.feedback_eval
     values = list(section.n_values)
@@ -95,7 +97,7 @@ def check(cfg: DictConfig) -> None:
     for n in values:
         check_number(n, "feedback_eval.n_values[]", low=1)
     check_number(section.max_failed_calls, "feedback_eval.max_failed_calls", low=0)
-    check_role(cfg, "feedback.llm")
+    feedback.check(cfg)  # the annotator's settings, as the feedback stage checks them
 
 
 def check_picks(cfg: DictConfig) -> None:
@@ -158,7 +160,6 @@ def table(scores: dict[str, dict[str, dict[int, list[float | None]]]]) -> dict[s
 
 
 def run(cfg: DictConfig) -> Path:
-    from autorule import llm as llms
     from autorule.core.artifacts import StageJob, artifact_path, read_manifest
     from autorule.stages import feedback_rm, generate
 
@@ -186,8 +187,8 @@ def run(cfg: DictConfig) -> Path:
             accuracies[protocol] = {
                 k: metrics.get(f"heldout_{k}_accuracy") for k in ("rankings", "ratings")
             }
-        annotator = llms.build(cfg, "feedback.llm")
-        scores, failed, unread = judge_all(cfg, annotator, data, n_values)
+        annotator = feedback.build_annotator(cfg)
+        scores, failed, unread = judge_all(annotator, data, n_values)
         if failed > int(section.max_failed_calls):
             raise RuntimeError(
                 f"{failed} annotator calls failed (feedback_eval.max_failed_calls="
@@ -200,6 +201,7 @@ def run(cfg: DictConfig) -> Path:
             "prompts": {p: len(d["instructions"]) for p, d in data.items()},
             "win_rates": table(scores),
             "heldout_accuracy": accuracies,
+            "annotator": annotator.describe(),
         }
         (job.workdir / WIN_RATES).write_text(json.dumps(result, indent=2) + "\n")
         plot(result, job.workdir / PLOT)
@@ -209,12 +211,8 @@ def run(cfg: DictConfig) -> Path:
         )
 
 
-def judge_all(cfg, annotator, data, n_values):
+def judge_all(annotator, data, n_values):
     """Scores of each pick against its reference under both evaluation protocols."""
-    from autorule.evaluation.pairwise import judge_pairs
-    from autorule.rules.prompts import fill, user
-
-    template = str(cfg.feedback.rating_template)
     # every distinct (instruction, response) rated once; the cache would dedupe repeats anyway
     texts = sorted(
         {
@@ -229,16 +227,12 @@ def judge_all(cfg, annotator, data, n_values):
             for q, r in zip(d["instructions"], picks, strict=True)
         }
     )
-    requests = [
-        user(fill(template, "feedback.rating_template", instruction=q, response=r))
-        for q, r in texts
-    ]
-    answers = annotator.complete_all(requests, desc="feedback_eval: ratings")
-    failed = sum(1 for c in answers if not c.ok)
-    rating = {
-        t: fb.parse_rating(c.text) if c.ok else None for t, c in zip(texts, answers, strict=True)
-    }
-    unread = sum(1 for t, c in zip(texts, answers, strict=True) if c.ok and rating[t] is None)
+    answers = annotator.rate(
+        [q for q, _ in texts], [r for _, r in texts], desc="feedback_eval: ratings"
+    )
+    failed = sum(a.failed for a in answers)
+    unread = sum(a.unparsed for a in answers)
+    rating = {t: a.rating for t, a in zip(texts, answers, strict=True)}
 
     scores: dict[str, dict[str, dict[int, list[float | None]]]] = {}
     for protocol, d in data.items():
@@ -250,13 +244,8 @@ def judge_all(cfg, annotator, data, n_values):
                 fb.rating_score(rating[(q, p)], rating[(q, r)])
                 for q, p, r in zip(qs, picks, refs, strict=True)
             ]
-            judged = judge_pairs(
-                annotator,
-                str(cfg.feedback.ranking_template),
-                qs,
-                picks,
-                refs,
-                desc=f"feedback_eval: rankings ({protocol}, N={n})",
+            judged = annotator.rank(
+                qs, picks, refs, desc=f"feedback_eval: rankings ({protocol}, N={n})"
             )
             failed += sum(j.verdict.failed for j in judged)
             unread += sum(j.verdict.unparsed for j in judged)
@@ -276,6 +265,8 @@ def report(result: dict[str, Any], consistency_md: str) -> str:
     rates = result["win_rates"]
     lines = [
         "# Ratings vs rankings",
+        "",
+        feedback.annotator_line(result["annotator"]),
         "",
         "## Consistency of the annotator's two protocols",
         "",
