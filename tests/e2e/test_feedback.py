@@ -294,3 +294,30 @@ def test_the_study_runs_on_the_tiny_profile(tmp_path):
     two_by_two = report.split("| trained on \\ judged by | ratings | rankings |")[1]
     cells = [line for line in two_by_two.splitlines() if line.startswith(("| ratings", "| rank"))]
     assert len(cells) == 2 and "n/a" not in two_by_two and "(n=16)" in two_by_two
+
+    # a Hydra sweep over the training protocol: one job per protocol, each its own artifact
+    sweep = [
+        sys.executable,
+        "-m",
+        "autorule",
+        "-m",
+        "stage=feedback_rm",
+        "experiment=feedback_study",
+        "feedback_rm.protocol=ratings,rankings",
+        "feedback_rm.max_steps=2",
+        f"paths.root={root}",
+    ]
+    done = subprocess.run(sweep, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for protocol in ("ratings", "rankings"):
+        swept = compose(
+            [
+                "stage=feedback_rm",
+                "experiment=feedback_study",
+                f"feedback_rm.protocol={protocol}",
+                "feedback_rm.max_steps=2",
+                f"paths.root={root}",
+            ]
+        )
+        metrics = json.loads((artifact_path(swept, "feedback_rm") / "metrics.json").read_text())
+        assert metrics["protocol"] == protocol and metrics["global_step"] == 2
