@@ -4,6 +4,7 @@ favour the dataset's chosen answer, its rankings the longer answer. The share of
 then known exactly from the data."""
 
 import hashlib
+import itertools
 import json
 
 import pandas as pd
@@ -272,21 +273,30 @@ def test_the_study_runs_on_the_tiny_profile(tmp_path):
     consistency = json.loads((artifact_path(cfg, "feedback") / "consistency.json").read_text())
     assert consistency["annotator"]["kind"] == "heuristic"
 
-    # the table the stand-in's two rules give on the annotated pairs, recomputed from the data
+    # the answers annotated: 5 samples of the base model per prompt, unranked, an artifact of
+    # their own; the table is what the stand-in's two rules give on every pair of them
+    samples = artifact_path(feedback.candidates_config(cfg), "generate")
+    groups = [
+        json.loads(line)["candidates"]
+        for line in (samples / "candidates.jsonl").read_text().splitlines()
+    ]
+    rows = [json.loads(line) for line in (samples / "candidates.jsonl").read_text().splitlines()]
+    assert all(set(row["scores"]) == {None} for row in rows)  # unranked: no reward model read
+    assert "feedback_rm" not in read_manifest(samples)["inputs"]
+    assert len(groups) == 16 and {len(g) for g in groups} == {5}
     stand_in = HeuristicAnnotator(
         int(cfg.feedback.heuristic.rating_words), float(cfg.feedback.heuristic.rank_margin)
     )
-    rows = preference_rows(
-        artifact_path(cfg, "preprocess") / "test_prefs.parquet", cfg.feedback.num_instructions
-    )
     expected = {row: dict.fromkeys(("x", "y", "equal"), 0) for row in ("x", "y", "equal")}
-    for chosen, rejected in zip(rows["chosen"], rows["rejected"], strict=True):
-        a, b = stand_in.rating_of(chosen), stand_in.rating_of(rejected)
-        implied = "x" if a > b else "y" if b > a else "equal"
-        [judged] = stand_in.rank(["q"], [chosen], [rejected])
-        ranked = {1.0: "x", 0.0: "y", 0.5: "equal"}[judged.verdict.score]
-        expected[implied][ranked] += 1
-    assert consistency["table"] == expected and consistency["pairs"] == len(rows)
+    for answers in groups:
+        for x, y in itertools.combinations(answers, 2):
+            a, b = stand_in.rating_of(x), stand_in.rating_of(y)
+            implied = "x" if a > b else "y" if b > a else "equal"
+            [judged] = stand_in.rank(["q"], [x], [y])
+            ranked = {1.0: "x", 0.0: "y", 0.5: "equal"}[judged.verdict.score]
+            expected[implied][ranked] += 1
+    assert consistency["table"] == expected and consistency["pairs"] == 16 * 10
+    assert 0 < consistency["disagreement"] < 1  # a mixed table: the comparison can fail
 
     report = (artifact_path(cfg, "feedback_eval") / "report.md").read_text()
     assert "heuristic stand-in" in report and "measure nothing" in report

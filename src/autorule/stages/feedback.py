@@ -4,15 +4,18 @@ the two protocols agree.
     python -m autorule stage=feedback                                   # tiny profile
     python -m autorule stage=feedback llm@feedback.llm=openai \
         feedback.llm.base_url=http://annotator:8000/v1 feedback.llm.model=<served name>
-    python -m autorule stage=feedback feedback.source=generate          # generate's N candidates
+    python -m autorule stage=feedback feedback.source=generate          # sampled answers
 
 Several responses per instruction (five in Bansal et al., ICLR 2024): with
 ``feedback.source=preprocess`` the chosen and rejected answers of the first
-``feedback.num_instructions`` rows of ``feedback.split``; with ``feedback.source=generate`` the
-best-of-N candidates of the generate artifact (``candidates.jsonl``, ``generate.best_of_n > 1``).
+``feedback.num_instructions`` rows of ``feedback.split``; with ``feedback.source=generate``
+``feedback.responses_per_instruction`` answers of ``generate.model`` sampled for each of the
+first ``feedback.num_instructions`` prompts of ``feedback.prompts`` (a generate artifact of its
+own, :func:`candidates_config`, made first when missing).
 
-The annotator (LLM role ``feedback.llm``, any backend; calls concurrent and cached, so a re-run
-pays only for what is missing) gives
+The annotator (:mod:`autorule.evaluation.annotators`: the LLM role ``feedback.llm``, any backend,
+calls concurrent and cached, so a re-run pays only for what is missing; or the heuristic stand-in
+of ``feedback.annotator``) gives
 
 * a **rating** of each response alone (``feedback.rating_template``; the answer ends with
   ``Rating: <1-7>``; unparsed answers are counted);
@@ -44,7 +47,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
-from autorule.core.config import ConfigError, check_choice, check_number, check_paths
+from autorule.core.config import (
+    ConfigError,
+    check_choice,
+    check_number,
+    check_paths,
+    with_values,
+)
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import preference_rows
 from autorule.evaluation import feedback as fb
@@ -68,7 +77,28 @@ SPEC = StageSpec(
         "preprocess": lambda cfg: cfg.feedback.source == "preprocess",
         "generate": lambda cfg: cfg.feedback.source == "generate",
     },
+    input_configs={"generate": lambda cfg: candidates_config(cfg)},
 )
+
+
+def candidates_config(cfg: DictConfig) -> DictConfig:
+    """The generate config whose samples are annotated (``feedback.source=generate``):
+    ``feedback.responses_per_instruction`` unranked answers of ``generate.model`` to each of the
+    first ``feedback.num_instructions`` prompts of ``feedback.prompts``. Unranked, the samples do
+    not depend on any reward model, so a feedback reward model may later rank generate's samples
+    without a cycle."""
+    section = cfg.feedback
+    return with_values(
+        cfg,
+        {
+            "generate.prompts": str(section.prompts),
+            "generate.max_prompts": section.num_instructions,
+            "generate.best_of_n": int(section.responses_per_instruction),
+            "generate.best_of_reward": None,
+            "generate.reference": None,
+            "generate.checkpoints": False,
+        },
+    )
 
 
 def check(cfg: DictConfig) -> None:
@@ -80,6 +110,13 @@ def check(cfg: DictConfig) -> None:
     check_choice(section.source, "feedback.source", SOURCES)
     if section.source == "preprocess":
         check_choice(cfg.dataset.name, "dataset.name", ("uf",))  # chosen/rejected answers
+    else:
+        check_number(
+            section.responses_per_instruction,
+            "feedback.responses_per_instruction",
+            low=2,
+            meaning=" (answers sampled per instruction: rankings need two)",
+        )
     check_number(section.num_instructions, "feedback.num_instructions", low=1, none_ok=True)
     check_number(section.heldout_instructions, "feedback.heldout_instructions", low=0)
     check_number(section.max_failed_calls, "feedback.max_failed_calls", low=0)
@@ -146,7 +183,16 @@ def build_annotator(cfg: DictConfig) -> Annotator:
 
 
 def run(cfg: DictConfig) -> Path:
+    from autorule.core.artifacts import artifact_path, read_manifest
+
     check(cfg)
+    if cfg.feedback.source == "generate":
+        samples = candidates_config(cfg)
+        if read_manifest(artifact_path(samples, "generate")) is None:
+            from autorule.stages import generate
+
+            log.info("[feedback] sampling the answers to annotate first")
+            generate.run(samples)
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
@@ -302,8 +348,8 @@ def load_groups(cfg: DictConfig, job: StageJob) -> list[tuple[str, list[str]]]:
     path = job.input("generate") / CANDIDATES
     if not path.is_file():
         raise FileNotFoundError(
-            f"feedback.source=generate reads {path}, written by generate.best_of_n > 1: "
-            "python -m autorule stage=generate generate.best_of_n=5"
+            f"feedback.source=generate reads {path}, which that generate artifact lacks; "
+            "delete the folder and re-run: the feedback stage samples it again"
         )
     prompts = {row["id"]: row["turns"][0] for row in read_jsonl(path.with_name("responses.jsonl"))}
     groups = [

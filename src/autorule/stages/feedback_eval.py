@@ -29,16 +29,15 @@ model's held-out accuracies, and the 2x2 at the largest N).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from autorule.core.config import ConfigError, check_number, check_paths
+from autorule.core.config import ConfigError, check_number, check_paths, with_values
 from autorule.core.stage import StageSpec
 from autorule.evaluation import feedback as fb
 from autorule.evaluation.generation import best_index
@@ -53,13 +52,7 @@ WIN_RATES, REPORT, PLOT = "win_rates.json", "report.md", "win_rate_vs_n.png"
 def with_protocol(cfg: DictConfig, protocol: str) -> DictConfig:
     """``cfg`` with ``feedback_rm.protocol=protocol`` (and that override in ``run.overrides``, so
     the commands recorded for artifacts made under it are right)."""
-    out = copy.deepcopy(cfg)
-    out.feedback_rm.protocol = protocol
-    overrides = OmegaConf.select(out, "run.overrides")
-    if overrides is not None:
-        kept = [o for o in overrides if not str(o).lstrip("+~").startswith("feedback_rm.protocol=")]
-        out.run.overrides = [*kept, f"feedback_rm.protocol={protocol}"]
-    return out
+    return with_values(cfg, {"feedback_rm.protocol": protocol})
 
 
 def fingerprint(cfg: DictConfig) -> dict[str, str]:
