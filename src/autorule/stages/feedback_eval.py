@@ -10,9 +10,11 @@ that protocol), so one command runs the whole study. For each N of ``feedback_ev
 pick is the best-scoring of the first N candidates of ``candidates.jsonl`` (the candidates are
 independent samples, so the first N are a best-of-N draw of their own).
 
-Each pick is compared with a reference answer to the same prompt: the generate artifact's
-``reference.jsonl`` when it has one (``generate.reference`` set), else the prompt's first
-candidate, an unselected sample of the same policy (best-of-1 against it then scores about 0.5).
+Each pick is compared with a reference answer to the same prompt: the file
+``feedback_eval.reference`` names (instruction + output rows, matched by instruction), else the
+generate artifact's ``reference.jsonl`` when it has one (``generate.reference`` set), else the
+prompt's first candidate, an unselected sample of the same policy (best-of-1 against it then
+scores about 0.5).
 The annotator (LLM role ``feedback.llm``, the feedback stage's templates) judges under
 
 * **ratings**: pick and reference are rated alone; the higher rating wins, equal ratings tie;
@@ -55,11 +57,21 @@ def with_protocol(cfg: DictConfig, protocol: str) -> DictConfig:
     return with_values(cfg, {"feedback_rm.protocol": protocol})
 
 
-def fingerprint(cfg: DictConfig) -> dict[str, str]:
-    """The config hashes of the generate artifact of each protocol: the picks judged here."""
+def fingerprint(cfg: DictConfig) -> dict[str, str | None]:
+    """The config hashes of the generate artifact of each protocol (the picks judged here), and
+    the content of the reference file when one is named."""
     from autorule.core.artifacts import config_hash
 
-    return {p: config_hash(with_protocol(cfg, p), "generate") for p in PROTOCOLS}
+    found: dict[str, str | None] = {
+        p: config_hash(with_protocol(cfg, p), "generate") for p in PROTOCOLS
+    }
+    reference = cfg.feedback_eval.reference
+    if reference is not None:
+        from autorule.core.hashing import file_sha256
+
+        path = Path(str(reference)).expanduser()
+        found["reference"] = file_sha256(path) if path.is_file() else None
+    return found
 
 
 SPEC = StageSpec(
@@ -90,6 +102,11 @@ def check(cfg: DictConfig) -> None:
     for n in values:
         check_number(n, "feedback_eval.n_values[]", low=1)
     check_number(section.max_failed_calls, "feedback_eval.max_failed_calls", low=0)
+    if section.reference is not None and not Path(str(section.reference)).expanduser().is_file():
+        raise ConfigError(
+            f"feedback_eval.reference={section.reference} is not a file: name a JSON, JSONL or "
+            "parquet file of instructions and reference answers, or null"
+        )
     feedback.check(cfg)  # the annotator's settings, as the feedback stage checks them
 
 
@@ -117,8 +134,12 @@ def pick_for_n(scores: Sequence[float], n: int) -> int:
     return best_index(list(scores)[:n])
 
 
-def picks_and_references(folder: Path, n_values: Sequence[int]) -> dict[str, Any]:
-    """Prompts, references and the pick of each N from one generate artifact."""
+def picks_and_references(
+    folder: Path, n_values: Sequence[int], reference_file: str | None = None
+) -> dict[str, Any]:
+    """Prompts, references and the pick of each N from one generate artifact; the references
+    come from ``reference_file`` (matched by instruction) when it is given."""
+    from autorule.evaluation.prompt_sets import reference_answers
     from autorule.stages.generate import CANDIDATES, REFERENCE, RESPONSES, read_jsonl
 
     if not (folder / CANDIDATES).is_file():
@@ -127,13 +148,29 @@ def picks_and_references(folder: Path, n_values: Sequence[int]) -> dict[str, Any
         )
     rows = read_jsonl(folder / CANDIDATES)
     prompts = {r["id"]: str(r["turns"][0]) for r in read_jsonl(folder / RESPONSES)}
-    reference = {}
-    if (folder / REFERENCE).is_file():
+    instructions = [prompts[r["id"]] for r in rows]
+    if reference_file is not None:
+        by_instruction = reference_answers(reference_file, "feedback_eval.reference")
+        missing = [q for q in instructions if q not in by_instruction]
+        if missing:
+            raise ValueError(
+                f"feedback_eval.reference={reference_file} has no answer for {len(missing)} of "
+                f"the {len(instructions)} prompts of {folder}, e.g. {missing[0][:80]!r}: sample "
+                "the same prompts (generate.prompts) the reference file answers"
+            )
+        references = [by_instruction[q] for q in instructions]
+        source = f"{Path(reference_file).name}"
+    elif (folder / REFERENCE).is_file():
         reference = {r["id"]: str(r["responses"][0]) for r in read_jsonl(folder / REFERENCE)}
+        references = [reference[r["id"]] for r in rows]
+        source = "reference.jsonl"
+    else:
+        references = [str(r["candidates"][0]) for r in rows]
+        source = "first candidate"
     return {
-        "instructions": [prompts[r["id"]] for r in rows],
-        "references": [reference.get(r["id"], str(r["candidates"][0])) for r in rows],
-        "reference_source": "reference.jsonl" if reference else "first candidate",
+        "instructions": instructions,
+        "references": references,
+        "reference_source": source,
         "picks": {
             n: [str(r["candidates"][pick_for_n(r["scores"], n)]) for r in rows] for n in n_values
         },
@@ -175,7 +212,10 @@ def run(cfg: DictConfig) -> Path:
         for protocol, pcfg in configs.items():
             folder = job.input_as(f"generate_{protocol}", "generate", pcfg)
             rm = job.input_as(f"feedback_rm_{protocol}", "feedback_rm", pcfg)
-            data[protocol] = picks_and_references(folder, n_values)
+            reference = section.reference
+            data[protocol] = picks_and_references(
+                folder, n_values, None if reference is None else str(reference)
+            )
             metrics = json.loads((rm / "metrics.json").read_text())
             accuracies[protocol] = {
                 k: metrics.get(f"heldout_{k}_accuracy") for k in ("rankings", "ratings")
