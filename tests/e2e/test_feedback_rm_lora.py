@@ -12,10 +12,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 from autorule.core.artifacts import artifact_path, read_manifest, work_path
 from autorule.data.model_paths import resolve
 from autorule.data.pairs import preference_rows
-from autorule.rewards.feedback import score_texts
+from autorule.rewards.feedback import score_texts, text
+from autorule.rewards.registry import REWARDS, RewardContext
 from autorule.stages import feedback, feedback_rm
 from autorule.training import lora
-from e2e.test_feedback import KEY_ENV, N, Annotator, config
+from e2e.test_feedback import KEY_ENV, Annotator, N, config
 from e2e.test_sft import Interrupted, StopAfterSave
 from fakeserver import FakeLLMServer
 
@@ -97,7 +98,8 @@ def test_lora_reward_model_resumes_and_is_merged_into_a_plain_model(root, annota
     merged = AutoModelForSequenceClassification.from_pretrained(path / "model")
     assert not any("lora" in key for key in merged.state_dict())
     assert merged.state_dict().keys() == start.state_dict().keys()
-    assert merged.config.pad_token_id is not None
+    tokenizer = AutoTokenizer.from_pretrained(path / "model")
+    assert merged.config.pad_token_id == tokenizer.pad_token_id is not None
 
     # Its weights differ from the starting model's by the LoRA delta alone (B A x alpha / rank)
     # on the adapted layers, by training on the head, and not at all elsewhere.
@@ -111,14 +113,18 @@ def test_lora_reward_model_resumes_and_is_merged_into_a_plain_model(root, annota
         torch.testing.assert_close(after[key] - before[key], delta, rtol=1e-4, atol=1e-6)
     assert len(moved) == 7 * layers + 1  # every adapted layer moved
 
-    # The merged model scores as the peft model does, and as the held-out accuracy was measured.
+    # The reward term (best-of-N's scorer) reads model/ of this config's artifact and scores as
+    # the trained peft model does.
     from peft import PeftModel
 
-    tokenizer = AutoTokenizer.from_pretrained(path / "model")
-    base = feedback_rm.starting_model(init, tokenizer)
-    adapted = PeftModel.from_pretrained(base, str(path / lora.ADAPTER))
-    texts = [f"Question {i}? An answer of some length, number {i}." for i in range(6)]
-    texts += [t + tokenizer.eos_token for t in texts[:3]]
-    ours, theirs = score_texts(merged, tokenizer, texts), score_texts(adapted, tokenizer, texts)
-    assert ours == pytest.approx(theirs, abs=1e-4)
-    assert len(set(ours)) > 1  # distinct scores: the comparison can fail
+    adapted = PeftModel.from_pretrained(
+        feedback_rm.starting_model(init, tokenizer), str(path / lora.ADAPTER)
+    )
+    prompts = [f"Question {i}?" for i in range(6)]
+    answers = [f"An answer of some length, number {i}." * (1 + i % 3) for i in range(6)]
+    template, eos = str(cfg.preprocess.plain_template), tokenizer.eos_token
+    texts = [text(template, p, a, eos) for p, a in zip(prompts, answers, strict=True)]
+    expected = score_texts(adapted, tokenizer, texts)
+    scored = REWARDS["feedback_rm"](RewardContext(cfg))(prompts, answers)
+    assert scored == pytest.approx(expected, abs=1e-4)
+    assert len({round(x, 3) for x in expected}) > 1  # distinct scores: the comparison can fail

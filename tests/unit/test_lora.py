@@ -94,9 +94,7 @@ def test_feedback_rm_hash_covers_alpha_only_with_an_adapter(tmp_path):
 
 
 def test_feedback_rm_dry_run_names_the_adapter(tmp_path, capsys):
-    cfg = compose(
-        ["stage=feedback_rm", f"paths.root={tmp_path}", "dry_run=true", "profile=paper"]
-    )
+    cfg = compose(["stage=feedback_rm", f"paths.root={tmp_path}", "dry_run=true", "profile=paper"])
     feedback_rm.run(cfg)
     out = capsys.readouterr().out
     # The paper profile: LoRA at Bansal et al.'s lr 1e-4 (rank and alpha ours).
