@@ -4,7 +4,10 @@ favour the dataset's chosen answer, its rankings the longer answer. The share of
 then known exactly from the data."""
 
 import hashlib
+import itertools
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -251,3 +254,131 @@ def test_feedback_eval_makes_the_picks_it_lacks(root):
     for protocol, folder in generated.items():
         assert read_manifest(folder)["status"] == "complete"
         assert f"feedback_rm.protocol={protocol}" in read_manifest(folder)["command"]
+
+
+STUDY = ["experiment=feedback_study"]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """The one command of the study, on the tiny profile, through the CLI: its root and config."""
+    root = tmp_path_factory.mktemp("study")
+    command = [sys.executable, "-m", "autorule", "stage=pipeline", *STUDY, f"paths.root={root}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, compose(["stage=pipeline", *STUDY, f"paths.root={root}"])
+
+
+def test_the_study_runs_on_the_tiny_profile(tiny_study):
+    """The tiny random model cannot annotate, so the heuristic stand-in does
+    (feedback.annotator=auto); the report has the consistency table and the 2x2 at N=4."""
+    from autorule.evaluation.annotators import HeuristicAnnotator
+
+    root, cfg = tiny_study
+    consistency = json.loads((artifact_path(cfg, "feedback") / "consistency.json").read_text())
+    assert consistency["annotator"]["kind"] == "heuristic"
+
+    # the answers annotated: 5 samples of the base model per prompt, unranked, an artifact of
+    # their own; the table is what the stand-in's two rules give on every pair of them
+    samples = artifact_path(feedback.candidates_config(cfg), "generate")
+    rows = [json.loads(line) for line in (samples / "candidates.jsonl").read_text().splitlines()]
+    assert all(set(row["scores"]) == {None} for row in rows)  # unranked: no reward model read
+    assert "feedback_rm" not in read_manifest(samples)["inputs"]
+    groups = [row["candidates"] for row in rows]
+    assert len(groups) == 16 and {len(g) for g in groups} == {5}
+    stand_in = HeuristicAnnotator(
+        int(cfg.feedback.heuristic.rating_words), float(cfg.feedback.heuristic.rank_margin)
+    )
+    expected = {row: dict.fromkeys(("x", "y", "equal"), 0) for row in ("x", "y", "equal")}
+    for answers in groups:
+        for x, y in itertools.combinations(answers, 2):
+            a, b = stand_in.rating_of(x), stand_in.rating_of(y)
+            implied = "x" if a > b else "y" if b > a else "equal"
+            [judged] = stand_in.rank(["q"], [x], [y])
+            ranked = {1.0: "x", 0.0: "y", 0.5: "equal"}[judged.verdict.score]
+            expected[implied][ranked] += 1
+    assert consistency["table"] == expected and consistency["pairs"] == 16 * 10
+    assert 0 < consistency["disagreement"] < 1  # a mixed table: the comparison can fail
+
+    report = (artifact_path(cfg, "feedback_eval") / "report.md").read_text()
+    assert "heuristic stand-in" in report and "measure nothing" in report
+    assert "| ratings \\ rankings | x | y | equal |" in report
+    two_by_two = report.split("| trained on \\ judged by | ratings | rankings |")[1]
+    cells = [line for line in two_by_two.splitlines() if line.startswith(("| ratings", "| rank"))]
+    assert len(cells) == 2 and "n/a" not in two_by_two and "(n=16)" in two_by_two
+
+
+def test_a_sweep_trains_one_reward_model_per_protocol(tiny_study):
+    """A Hydra sweep over feedback_rm.protocol: one job per protocol, each its own artifact."""
+    root, _ = tiny_study
+    sweep = [
+        sys.executable,
+        "-m",
+        "autorule",
+        "-m",
+        "stage=feedback_rm",
+        "experiment=feedback_study",
+        "feedback_rm.protocol=ratings,rankings",
+        "feedback_rm.max_steps=2",
+        f"paths.root={root}",
+    ]
+    done = subprocess.run(sweep, capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for protocol in ("ratings", "rankings"):
+        swept = compose(
+            [
+                "stage=feedback_rm",
+                "experiment=feedback_study",
+                f"feedback_rm.protocol={protocol}",
+                "feedback_rm.max_steps=2",
+                f"paths.root={root}",
+            ]
+        )
+        metrics = json.loads((artifact_path(swept, "feedback_rm") / "metrics.json").read_text())
+        assert metrics["protocol"] == protocol and metrics["global_step"] == 2
+
+
+def test_picks_are_judged_against_a_reference_file(tiny_study, tmp_path):
+    """feedback_eval.reference: reference answers from a file, matched by instruction (as
+    AlpacaEval's reference outputs); one it lacks is an error naming the file."""
+    from autorule.evaluation.annotators import HeuristicAnnotator
+    from autorule.stages import feedback_eval
+
+    root, cfg = tiny_study
+    picks = artifact_path(feedback_eval.with_protocol(cfg, "ratings"), "generate")
+    prompts = [
+        json.loads(line)["turns"][0]
+        for line in (picks / "responses.jsonl").read_text().splitlines()
+    ]
+    reference = tmp_path / "reference.json"
+    answers = ["ok " * (i % 9) for i in range(len(prompts))]  # 0 to 8 words: ratings 1 to 2
+    reference.write_text(
+        json.dumps(
+            [
+                {"instruction": q, "output": a, "generator": "x"}
+                for q, a in zip(prompts, answers, strict=True)
+            ]
+        )
+    )
+    overrides = ["stage=feedback_eval", *STUDY, f"paths.root={root}"]
+    judged = compose([*overrides, f"feedback_eval.reference={reference}"])
+    result = json.loads((feedback_eval.run(judged) / "win_rates.json").read_text())
+    assert result["reference"] == {"ratings": "reference.json", "rankings": "reference.json"}
+
+    # the ratings protocol's best-of-4 win rate of the ratings model, recomputed from the picks
+    stand_in = HeuristicAnnotator(
+        int(cfg.feedback.heuristic.rating_words), float(cfg.feedback.heuristic.rank_margin)
+    )
+    rows = [json.loads(line) for line in (picks / "candidates.jsonl").read_text().splitlines()]
+    scores = []
+    for row, answer in zip(rows, answers, strict=True):
+        pick = row["candidates"][feedback_eval.pick_for_n(row["scores"], 4)]
+        a, b = stand_in.rating_of(pick), stand_in.rating_of(answer)
+        scores.append(1.0 if a > b else 0.5 if a == b else 0.0)
+    cell = result["win_rates"]["ratings"]["ratings"]["4"]
+    assert cell["rate"] == pytest.approx(sum(scores) / len(scores)) and cell["n"] == len(rows)
+
+    reference.write_text(json.dumps([{"instruction": prompts[0], "output": "ok"}]))
+    lacking = compose([*overrides, f"feedback_eval.reference={reference}"])
+    with pytest.raises(ValueError, match=r"reference.json has no answer for 15 of the 16"):
+        feedback_eval.run(lacking)

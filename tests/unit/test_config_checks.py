@@ -115,3 +115,34 @@ def test_llm_settings_are_checked_for_every_backend(tmp_path, overrides, message
     cfg = compose([f"paths.root={tmp_path}", "stage=extract", *overrides])
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         check_stages(cfg, ["extract"])
+
+
+def test_with_values_sets_keys_and_records_the_overrides(make_cfg):
+    from autorule.core.config import with_values
+
+    cfg = make_cfg("generate.best_of_n=4", "feedback_rm.protocol=ratings")
+    other = with_values(cfg, {"generate.best_of_reward": None, "feedback_rm.protocol": "rankings"})
+    assert other.generate.best_of_reward is None and other.feedback_rm.protocol == "rankings"
+    assert cfg.feedback_rm.protocol == "ratings"  # the original is untouched
+    assert "feedback_rm.protocol=ratings" not in other.run.overrides
+    assert other.run.overrides[-2:] == [
+        "generate.best_of_reward=null",
+        "feedback_rm.protocol=rankings",
+    ]
+    assert "generate.best_of_n=4" in other.run.overrides
+
+
+def test_the_feedback_samples_do_not_depend_on_the_feedback_reward_model(make_cfg):
+    """feedback.source=generate samples with no reward ranking them, so a feedback reward model
+    ranking generate's best-of-N later is no cycle (the hash would recurse forever)."""
+    from autorule.core.artifacts import config_hash
+    from autorule.stages import feedback
+
+    cfg = make_cfg("experiment=feedback_study", "feedback.source=generate")
+    assert cfg.generate.best_of_reward == "feedback_rm"
+    samples = feedback.candidates_config(cfg)
+    assert samples.generate.best_of_reward is None and samples.generate.best_of_n == 5
+    assert samples.generate.prompts == "train_prefs"
+    assert config_hash(cfg, "feedback_eval")  # finishes
+    moved = make_cfg("experiment=feedback_study", "feedback.responses_per_instruction=3")
+    assert config_hash(moved, "feedback") != config_hash(cfg, "feedback")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,31 @@ def with_dataset(cfg: DictConfig, name: str, key: str = "rules.dataset") -> Dict
         overrides = [o for o in other.run.overrides if override_top_key(o) != "dataset"]
         other.run.overrides = [*overrides, f"dataset={name}"]
     return other
+
+
+def with_values(cfg: DictConfig, values: Mapping[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with each dotted key of ``values`` set, as ``key=value`` on the command
+    line would give; ``run.overrides`` says so too, so the command recorded for an artifact made
+    under the copy makes it again."""
+    other = copy.deepcopy(cfg)
+    with open_dict(other):
+        for key, value in values.items():
+            OmegaConf.update(other, key, value, merge=False)
+        if OmegaConf.select(other, "run.overrides") is not None:
+            kept = [
+                o for o in other.run.overrides if str(o).lstrip("+~").split("=", 1)[0] not in values
+            ]
+            other.run.overrides = [*kept, *(f"{k}={override_value(v)}" for k, v in values.items())]
+    return other
+
+
+def override_value(value: Any) -> str:
+    """``value`` spelled as on the command line (None -> null, True -> true)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def finalize(cfg: DictConfig, stage: str, overrides: Sequence[str]) -> DictConfig:

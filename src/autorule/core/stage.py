@@ -89,6 +89,9 @@ class StageSpec:
     # Inputs found under another dataset's config: input name -> the dotted config key that
     # names a conf/dataset option for it (null: this run's own dataset), e.g. grpo's rubric data.
     input_datasets: Mapping[str, str] = field(default_factory=dict)
+    # Inputs made under a config of their own: input name -> a function of this stage's config
+    # giving that input's config (e.g. the feedback stage's unranked samples to annotate).
+    input_configs: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
 
     def ignored(self, cfg: Any) -> tuple[str, ...]:
         """The keys under ``keys`` that do not decide the output under ``cfg``."""
@@ -110,10 +113,12 @@ class StageSpec:
     def config_for_input(self, cfg: Any, name: str) -> Any:
         """The config under which input ``name`` is found: ``cfg`` itself, except for the rule
         set when ``rules.dataset`` names another dataset (AutoRule-MT: rules extracted from
-        MT-Bench judgments, used to train on UltraFeedback prompts) and for the inputs of
-        ``input_datasets`` that name one."""
+        MT-Bench judgments, used to train on UltraFeedback prompts), for the inputs of
+        ``input_datasets`` that name one, and for those of ``input_configs``."""
         from autorule.core.config import with_dataset
 
+        if name in self.input_configs:
+            return self.input_configs[name](cfg)
         if name in self.input_datasets:
             key = self.input_datasets[name]
             dataset = _select(cfg, key)

@@ -53,10 +53,11 @@ def from_split(folder: Path, split: str) -> list[Conversation]:
     ]
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``.json`` (a list of objects), ``.jsonl`` or ``.parquet`` prompt file."""
+def read_rows(path: Path, key: str = "generate.prompts") -> list[dict[str, Any]]:
+    """The rows of a ``.json`` (a list of objects), ``.jsonl`` or ``.parquet`` prompt file
+    (``key``: the setting that names it, for the errors)."""
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} (generate.prompts) does not exist")
+        raise FileNotFoundError(f"prompt file {path} ({key}) does not exist")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pandas as pd
@@ -68,9 +69,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         rows = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"prompt file {path} is not valid JSON: {err}") from err
+        raise ValueError(f"prompt file {path} ({key}) is not valid JSON: {err}") from err
     if not isinstance(rows, list):
-        raise ValueError(f"prompt file {path} must hold a list of objects")
+        raise ValueError(f"prompt file {path} ({key}) must hold a list of objects")
     return rows
 
 
@@ -101,6 +102,24 @@ def from_rows(rows: list[dict[str, Any]], where: str) -> list[Conversation]:
 def from_file(path: str | Path) -> list[Conversation]:
     path = Path(path).expanduser()
     return from_rows(read_rows(path), str(path))
+
+
+def reference_answers(path: str | Path, key: str) -> dict[str, str]:
+    """Reference answers by instruction from a file of rows with an instruction (``turns``,
+    ``instruction`` or ``prompt``) and an answer (``output``, ``response`` or ``responses[0]``),
+    as AlpacaEval's reference outputs; ``key`` names the setting, for the errors."""
+    path = Path(path).expanduser()
+    rows = read_rows(path, key)
+    where = f"{path} ({key})"
+    found = {}
+    for n, (row, item) in enumerate(zip(rows, from_rows(rows, where), strict=True)):
+        answer = next((row[k] for k in ("output", "response") if k in row), None)
+        if answer is None and isinstance(row.get("responses"), list) and row["responses"]:
+            answer = row["responses"][0]
+        if not isinstance(answer, str):
+            raise ValueError(f"{where}: row {n} has no output, response or responses field")
+        found[item.turns[0]] = answer
+    return found
 
 
 def alpaca_eval_file(revision: str | None = None) -> Path:

@@ -4,15 +4,18 @@ the two protocols agree.
     python -m autorule stage=feedback                                   # tiny profile
     python -m autorule stage=feedback llm@feedback.llm=openai \
         feedback.llm.base_url=http://annotator:8000/v1 feedback.llm.model=<served name>
-    python -m autorule stage=feedback feedback.source=generate          # generate's N candidates
+    python -m autorule stage=feedback feedback.source=generate          # sampled answers
 
 Several responses per instruction (five in Bansal et al., ICLR 2024): with
 ``feedback.source=preprocess`` the chosen and rejected answers of the first
-``feedback.num_instructions`` rows of ``feedback.split``; with ``feedback.source=generate`` the
-best-of-N candidates of the generate artifact (``candidates.jsonl``, ``generate.best_of_n > 1``).
+``feedback.num_instructions`` rows of ``feedback.split``; with ``feedback.source=generate``
+``feedback.responses_per_instruction`` answers of ``generate.model`` sampled for each of the
+first ``feedback.num_instructions`` prompts of ``feedback.prompts`` (a generate artifact of its
+own, :func:`candidates_config`, made first when missing).
 
-The annotator (LLM role ``feedback.llm``, any backend; calls concurrent and cached, so a re-run
-pays only for what is missing) gives
+The annotator (:mod:`autorule.evaluation.annotators`: the LLM role ``feedback.llm``, any backend,
+calls concurrent and cached, so a re-run pays only for what is missing; or the heuristic stand-in
+of ``feedback.annotator``) gives
 
 * a **rating** of each response alone (``feedback.rating_template``; the answer ends with
   ``Rating: <1-7>``; unparsed answers are counted);
@@ -40,21 +43,27 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
-from autorule.core.config import ConfigError, check_choice, check_number, check_paths
+from autorule.core.config import (
+    ConfigError,
+    check_choice,
+    check_number,
+    check_paths,
+    with_values,
+)
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import preference_rows
 from autorule.evaluation import feedback as fb
-from autorule.evaluation.pairwise import judge_pairs
-from autorule.rules.prompts import fill, user
+from autorule.evaluation.annotators import Annotator, HeuristicAnnotator, LLMAnnotator
 
 log = logging.getLogger(__name__)
 
 RATINGS, RANKINGS, CONSISTENCY = "ratings.parquet", "rankings.parquet", "consistency.json"
 SOURCES = ("preprocess", "generate")
+ANNOTATORS = ("auto", "llm", "heuristic")
 TRAIN, HELDOUT = "train", "heldout"
 
 SPEC = StageSpec(
@@ -63,11 +72,33 @@ SPEC = StageSpec(
     keys=("feedback",),
     llm_roles=("feedback.llm",),
     ignore=("feedback.max_failed_calls",),
+    ignore_when=lambda cfg: unused_keys(cfg),
     only_if={
         "preprocess": lambda cfg: cfg.feedback.source == "preprocess",
         "generate": lambda cfg: cfg.feedback.source == "generate",
     },
+    input_configs={"generate": lambda cfg: candidates_config(cfg)},
 )
+
+
+def candidates_config(cfg: DictConfig) -> DictConfig:
+    """The generate config whose samples are annotated (``feedback.source=generate``):
+    ``feedback.responses_per_instruction`` unranked answers of ``generate.model`` to each of the
+    first ``feedback.num_instructions`` prompts of ``feedback.prompts``. Unranked, the samples do
+    not depend on any reward model, so a feedback reward model may later rank generate's samples
+    without a cycle."""
+    section = cfg.feedback
+    return with_values(
+        cfg,
+        {
+            "generate.prompts": str(section.prompts),
+            "generate.max_prompts": section.num_instructions,
+            "generate.best_of_n": int(section.responses_per_instruction),
+            "generate.best_of_reward": None,
+            "generate.reference": None,
+            "generate.checkpoints": False,
+        },
+    )
 
 
 def check(cfg: DictConfig) -> None:
@@ -79,6 +110,13 @@ def check(cfg: DictConfig) -> None:
     check_choice(section.source, "feedback.source", SOURCES)
     if section.source == "preprocess":
         check_choice(cfg.dataset.name, "dataset.name", ("uf",))  # chosen/rejected answers
+    else:
+        check_number(
+            section.responses_per_instruction,
+            "feedback.responses_per_instruction",
+            low=2,
+            meaning=" (answers sampled per instruction: rankings need two)",
+        )
     check_number(section.num_instructions, "feedback.num_instructions", low=1, none_ok=True)
     check_number(section.heldout_instructions, "feedback.heldout_instructions", low=0)
     check_number(section.max_failed_calls, "feedback.max_failed_calls", low=0)
@@ -89,11 +127,72 @@ def check(cfg: DictConfig) -> None:
         missing = [p for p in needed if p not in str(section[key])]
         if missing:
             raise ConfigError(f"feedback.{key} lacks the placeholder(s) {missing}")
-    check_role(cfg, "feedback.llm")
+    check_choice(section.annotator, "feedback.annotator", ANNOTATORS)
+    if annotator_kind(cfg) == "llm":
+        check_role(cfg, "feedback.llm")
+    else:
+        check_number(section.heuristic.rating_words, "feedback.heuristic.rating_words", low=1)
+        check_number(
+            section.heuristic.rank_margin,
+            "feedback.heuristic.rank_margin",
+            integer=False,
+            low=0,
+            high=1,
+            high_open=True,
+        )
+
+
+def annotator_kind(cfg: DictConfig) -> str:
+    """``llm`` or ``heuristic``: ``feedback.annotator``, with ``auto`` meaning the heuristic
+    stand-in when the role ``feedback.llm`` is the tiny random model (it never writes a readable
+    rating or ranking, so the study would have no feedback) and the LLM otherwise."""
+    from autorule.data.model_paths import TINY
+
+    kind = str(cfg.feedback.annotator)
+    if kind != "auto":
+        return kind
+    return "heuristic" if OmegaConf.select(cfg, "feedback.llm.model") == TINY else "llm"
+
+
+def unused_keys(cfg: DictConfig) -> tuple[str, ...]:
+    """The settings of the annotator not used (:func:`annotator_kind`) decide nothing."""
+    if annotator_kind(cfg) == "heuristic":
+        return ("feedback.llm", "feedback.rating_template", "feedback.ranking_template")
+    return ("feedback.heuristic",)
+
+
+def build_annotator(cfg: DictConfig) -> Annotator:
+    """The annotator ``feedback.annotator`` names: the LLM role ``feedback.llm`` with the two
+    templates, or the heuristic stand-in (:class:`HeuristicAnnotator`)."""
+    section = cfg.feedback
+    if annotator_kind(cfg) == "heuristic":
+        log.warning(
+            "[feedback] feedback.annotator=%s: the heuristic stand-in computed from the text "
+            "(ratings from length, rankings from distinct words), not a language model; its "
+            "feedback exercises the study, it measures nothing",
+            section.annotator,
+        )
+        return HeuristicAnnotator(
+            int(section.heuristic.rating_words), float(section.heuristic.rank_margin)
+        )
+    return LLMAnnotator(
+        llms.build(cfg, "feedback.llm"),
+        str(section.rating_template),
+        str(section.ranking_template),
+    )
 
 
 def run(cfg: DictConfig) -> Path:
+    from autorule.core.artifacts import artifact_path, read_manifest
+
     check(cfg)
+    if cfg.feedback.source == "generate":
+        samples = candidates_config(cfg)
+        if read_manifest(artifact_path(samples, "generate")) is None:
+            from autorule.stages import generate
+
+            log.info("[feedback] sampling the answers to annotate first")
+            generate.run(samples)
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
@@ -109,7 +208,7 @@ def run(cfg: DictConfig) -> Path:
             )
         splits = [TRAIN] * (len(groups) - held) + [HELDOUT] * held
         log.info("[feedback] %d instructions, %d held out", len(groups), held)
-        annotator = llms.build(cfg, "feedback.llm")
+        annotator = build_annotator(cfg)
 
         # ---- ratings: each response alone
         rated = [
@@ -117,28 +216,17 @@ def run(cfg: DictConfig) -> Path:
             for g, (instruction, responses) in enumerate(groups)
             for i, response in enumerate(responses)
         ]
-        requests = [
-            user(
-                fill(
-                    str(section.rating_template),
-                    "feedback.rating_template",
-                    instruction=instruction,
-                    response=response,
-                )
-            )
-            for _, _, instruction, response in rated
-        ]
-        answers = annotator.complete_all(requests, desc="feedback: ratings")
+        answers = annotator.rate(
+            [q for _, _, q, _ in rated], [r for _, _, _, r in rated], desc="feedback: ratings"
+        )
         ratings = pd.DataFrame(
             {
                 "instruction_id": [g for g, _, _, _ in rated],
                 "response_id": [i for _, i, _, _ in rated],
                 "instruction": [q for _, _, q, _ in rated],
                 "response": [r for _, _, _, r in rated],
-                "answer": [c.text if c.ok else None for c in answers],
-                "rating": pd.array(
-                    [fb.parse_rating(c.text) if c.ok else None for c in answers], dtype="Int64"
-                ),
+                "answer": [a.answer for a in answers],
+                "rating": pd.array([a.rating for a in answers], dtype="Int64"),
                 "split": [splits[g] for g, _, _, _ in rated],
             }
         )
@@ -146,7 +234,7 @@ def run(cfg: DictConfig) -> Path:
             (row.instruction_id, row.response_id): None if pd.isna(row.rating) else int(row.rating)
             for row in ratings.itertuples()
         }
-        failed = sum(1 for c in answers if not c.ok)
+        failed = sum(a.failed for a in answers)
 
         # ---- rankings: each pair of one instruction's responses, in both orders
         pairs = [
@@ -154,9 +242,7 @@ def run(cfg: DictConfig) -> Path:
             for g, (_, responses) in enumerate(groups)
             for i, j in itertools.combinations(range(len(responses)), 2)
         ]
-        judged = judge_pairs(
-            annotator,
-            str(section.ranking_template),
+        judged = annotator.rank(
             [groups[g][0] for g, _, _ in pairs],
             [groups[g][1][i] for g, i, _ in pairs],
             [groups[g][1][j] for g, _, j in pairs],
@@ -191,8 +277,9 @@ def run(cfg: DictConfig) -> Path:
         result = fb.consistency(implied, labels)
         summary: dict[str, Any] = {
             **result.as_dict(),
+            "annotator": annotator.describe(),
             "rated_responses": len(ratings),
-            "unparsed_ratings": int(ratings["rating"].isna().sum()) - failed_ratings(answers),
+            "unparsed_ratings": sum(a.unparsed for a in answers),
             "ranked_pairs": len(rankings),
             "unparsed_rankings": sum(j.verdict.unparsed for j in judged),
             "failed_calls": failed,
@@ -221,8 +308,15 @@ def run(cfg: DictConfig) -> Path:
         return job.commit(counts, extra={"consistency": summary})
 
 
-def failed_ratings(answers) -> int:
-    return sum(1 for c in answers if not c.ok)
+def annotator_line(described: dict[str, Any]) -> str:
+    """One line naming the annotator, for the Markdown outputs."""
+    if described["kind"] == "heuristic":
+        return (
+            "Annotator: the heuristic stand-in (ratings from length, rankings from the share of "
+            "distinct words), not a language model: these numbers exercise the study and measure "
+            "nothing."
+        )
+    return f"Annotator: {described.get('model')} ({described.get('backend')} backend)."
 
 
 def consistency_markdown(result: fb.Consistency) -> str:
@@ -254,8 +348,8 @@ def load_groups(cfg: DictConfig, job: StageJob) -> list[tuple[str, list[str]]]:
     path = job.input("generate") / CANDIDATES
     if not path.is_file():
         raise FileNotFoundError(
-            f"feedback.source=generate reads {path}, written by generate.best_of_n > 1: "
-            "python -m autorule stage=generate generate.best_of_n=5"
+            f"feedback.source=generate reads {path}, which that generate artifact lacks; "
+            "delete the folder and re-run: the feedback stage samples it again"
         )
     prompts = {row["id"]: row["turns"][0] for row in read_jsonl(path.with_name("responses.jsonl"))}
     groups = [

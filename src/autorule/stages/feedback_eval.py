@@ -10,9 +10,11 @@ that protocol), so one command runs the whole study. For each N of ``feedback_ev
 pick is the best-scoring of the first N candidates of ``candidates.jsonl`` (the candidates are
 independent samples, so the first N are a best-of-N draw of their own).
 
-Each pick is compared with a reference answer to the same prompt: the generate artifact's
-``reference.jsonl`` when it has one (``generate.reference`` set), else the prompt's first
-candidate, an unselected sample of the same policy (best-of-1 against it then scores about 0.5).
+Each pick is compared with a reference answer to the same prompt: the file
+``feedback_eval.reference`` names (instruction + output rows, matched by instruction), else the
+generate artifact's ``reference.jsonl`` when it has one (``generate.reference`` set), else the
+prompt's first candidate, an unselected sample of the same policy (best-of-1 against it then
+scores about 0.5).
 The annotator (LLM role ``feedback.llm``, the feedback stage's templates) judges under
 
 * **ratings**: pick and reference are rated alone; the higher rating wins, equal ratings tie;
@@ -29,19 +31,19 @@ model's held-out accuracies, and the 2x2 at the largest N).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from autorule.core.config import ConfigError, check_number, check_paths
+from autorule.core.config import ConfigError, check_number, check_paths, with_values
 from autorule.core.stage import StageSpec
 from autorule.evaluation import feedback as fb
 from autorule.evaluation.generation import best_index
+from autorule.stages import feedback
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +54,24 @@ WIN_RATES, REPORT, PLOT = "win_rates.json", "report.md", "win_rate_vs_n.png"
 def with_protocol(cfg: DictConfig, protocol: str) -> DictConfig:
     """``cfg`` with ``feedback_rm.protocol=protocol`` (and that override in ``run.overrides``, so
     the commands recorded for artifacts made under it are right)."""
-    out = copy.deepcopy(cfg)
-    out.feedback_rm.protocol = protocol
-    overrides = OmegaConf.select(out, "run.overrides")
-    if overrides is not None:
-        kept = [o for o in overrides if not str(o).lstrip("+~").startswith("feedback_rm.protocol=")]
-        out.run.overrides = [*kept, f"feedback_rm.protocol={protocol}"]
-    return out
+    return with_values(cfg, {"feedback_rm.protocol": protocol})
 
 
-def fingerprint(cfg: DictConfig) -> dict[str, str]:
-    """The config hashes of the generate artifact of each protocol: the picks judged here."""
+def fingerprint(cfg: DictConfig) -> dict[str, str | None]:
+    """The config hashes of the generate artifact of each protocol (the picks judged here), and
+    the content of the reference file when one is named."""
     from autorule.core.artifacts import config_hash
 
-    return {p: config_hash(with_protocol(cfg, p), "generate") for p in PROTOCOLS}
+    found: dict[str, str | None] = {
+        p: config_hash(with_protocol(cfg, p), "generate") for p in PROTOCOLS
+    }
+    reference = cfg.feedback_eval.reference
+    if reference is not None:
+        from autorule.core.hashing import file_sha256
+
+        path = Path(str(reference)).expanduser()
+        found["reference"] = file_sha256(path) if path.is_file() else None
+    return found
 
 
 SPEC = StageSpec(
@@ -73,20 +79,21 @@ SPEC = StageSpec(
     inputs=("feedback",),
     keys=(
         "feedback_eval",
+        "feedback.annotator",
+        "feedback.heuristic",
         "feedback.llm",
         "feedback.rating_template",
         "feedback.ranking_template",
     ),
     llm_roles=("feedback.llm",),
     ignore=("feedback_eval.max_failed_calls",),
+    ignore_when=lambda cfg: feedback.unused_keys(cfg),
     fingerprint=fingerprint,
 )
 
 
 def check(cfg: DictConfig) -> None:
     """Refuses settings that cannot work before any call is paid for."""
-    from autorule.llm import check_role
-
     check_paths(cfg)
     section = cfg.feedback_eval
     values = list(section.n_values)
@@ -95,7 +102,12 @@ def check(cfg: DictConfig) -> None:
     for n in values:
         check_number(n, "feedback_eval.n_values[]", low=1)
     check_number(section.max_failed_calls, "feedback_eval.max_failed_calls", low=0)
-    check_role(cfg, "feedback.llm")
+    if section.reference is not None and not Path(str(section.reference)).expanduser().is_file():
+        raise ConfigError(
+            f"feedback_eval.reference={section.reference} is not a file: name a JSON, JSONL or "
+            "parquet file of instructions and reference answers, or null"
+        )
+    feedback.check(cfg)  # the annotator's settings, as the feedback stage checks them
 
 
 def check_picks(cfg: DictConfig) -> None:
@@ -122,8 +134,12 @@ def pick_for_n(scores: Sequence[float], n: int) -> int:
     return best_index(list(scores)[:n])
 
 
-def picks_and_references(folder: Path, n_values: Sequence[int]) -> dict[str, Any]:
-    """Prompts, references and the pick of each N from one generate artifact."""
+def picks_and_references(
+    folder: Path, n_values: Sequence[int], reference_file: str | None = None
+) -> dict[str, Any]:
+    """Prompts, references and the pick of each N from one generate artifact; the references
+    come from ``reference_file`` (matched by instruction) when it is given."""
+    from autorule.evaluation.prompt_sets import reference_answers
     from autorule.stages.generate import CANDIDATES, REFERENCE, RESPONSES, read_jsonl
 
     if not (folder / CANDIDATES).is_file():
@@ -132,13 +148,29 @@ def picks_and_references(folder: Path, n_values: Sequence[int]) -> dict[str, Any
         )
     rows = read_jsonl(folder / CANDIDATES)
     prompts = {r["id"]: str(r["turns"][0]) for r in read_jsonl(folder / RESPONSES)}
-    reference = {}
-    if (folder / REFERENCE).is_file():
+    instructions = [prompts[r["id"]] for r in rows]
+    if reference_file is not None:
+        by_instruction = reference_answers(reference_file, "feedback_eval.reference")
+        missing = [q for q in instructions if q not in by_instruction]
+        if missing:
+            raise ValueError(
+                f"feedback_eval.reference={reference_file} has no answer for {len(missing)} of "
+                f"the {len(instructions)} prompts of {folder}, e.g. {missing[0][:80]!r}: sample "
+                "the same prompts (generate.prompts) the reference file answers"
+            )
+        references = [by_instruction[q] for q in instructions]
+        source = f"{Path(reference_file).name}"
+    elif (folder / REFERENCE).is_file():
         reference = {r["id"]: str(r["responses"][0]) for r in read_jsonl(folder / REFERENCE)}
+        references = [reference[r["id"]] for r in rows]
+        source = "reference.jsonl"
+    else:
+        references = [str(r["candidates"][0]) for r in rows]
+        source = "first candidate"
     return {
-        "instructions": [prompts[r["id"]] for r in rows],
-        "references": [reference.get(r["id"], str(r["candidates"][0])) for r in rows],
-        "reference_source": "reference.jsonl" if reference else "first candidate",
+        "instructions": instructions,
+        "references": references,
+        "reference_source": source,
         "picks": {
             n: [str(r["candidates"][pick_for_n(r["scores"], n)]) for r in rows] for n in n_values
         },
@@ -158,7 +190,6 @@ def table(scores: dict[str, dict[str, dict[int, list[float | None]]]]) -> dict[s
 
 
 def run(cfg: DictConfig) -> Path:
-    from autorule import llm as llms
     from autorule.core.artifacts import StageJob, artifact_path, read_manifest
     from autorule.stages import feedback_rm, generate
 
@@ -181,13 +212,16 @@ def run(cfg: DictConfig) -> Path:
         for protocol, pcfg in configs.items():
             folder = job.input_as(f"generate_{protocol}", "generate", pcfg)
             rm = job.input_as(f"feedback_rm_{protocol}", "feedback_rm", pcfg)
-            data[protocol] = picks_and_references(folder, n_values)
+            reference = section.reference
+            data[protocol] = picks_and_references(
+                folder, n_values, None if reference is None else str(reference)
+            )
             metrics = json.loads((rm / "metrics.json").read_text())
             accuracies[protocol] = {
                 k: metrics.get(f"heldout_{k}_accuracy") for k in ("rankings", "ratings")
             }
-        annotator = llms.build(cfg, "feedback.llm")
-        scores, failed, unread = judge_all(cfg, annotator, data, n_values)
+        annotator = feedback.build_annotator(cfg)
+        scores, failed, unread = judge_all(annotator, data, n_values)
         if failed > int(section.max_failed_calls):
             raise RuntimeError(
                 f"{failed} annotator calls failed (feedback_eval.max_failed_calls="
@@ -200,6 +234,7 @@ def run(cfg: DictConfig) -> Path:
             "prompts": {p: len(d["instructions"]) for p, d in data.items()},
             "win_rates": table(scores),
             "heldout_accuracy": accuracies,
+            "annotator": annotator.describe(),
         }
         (job.workdir / WIN_RATES).write_text(json.dumps(result, indent=2) + "\n")
         plot(result, job.workdir / PLOT)
@@ -209,12 +244,8 @@ def run(cfg: DictConfig) -> Path:
         )
 
 
-def judge_all(cfg, annotator, data, n_values):
+def judge_all(annotator, data, n_values):
     """Scores of each pick against its reference under both evaluation protocols."""
-    from autorule.evaluation.pairwise import judge_pairs
-    from autorule.rules.prompts import fill, user
-
-    template = str(cfg.feedback.rating_template)
     # every distinct (instruction, response) rated once; the cache would dedupe repeats anyway
     texts = sorted(
         {
@@ -229,16 +260,12 @@ def judge_all(cfg, annotator, data, n_values):
             for q, r in zip(d["instructions"], picks, strict=True)
         }
     )
-    requests = [
-        user(fill(template, "feedback.rating_template", instruction=q, response=r))
-        for q, r in texts
-    ]
-    answers = annotator.complete_all(requests, desc="feedback_eval: ratings")
-    failed = sum(1 for c in answers if not c.ok)
-    rating = {
-        t: fb.parse_rating(c.text) if c.ok else None for t, c in zip(texts, answers, strict=True)
-    }
-    unread = sum(1 for t, c in zip(texts, answers, strict=True) if c.ok and rating[t] is None)
+    answers = annotator.rate(
+        [q for q, _ in texts], [r for _, r in texts], desc="feedback_eval: ratings"
+    )
+    failed = sum(a.failed for a in answers)
+    unread = sum(a.unparsed for a in answers)
+    rating = {t: a.rating for t, a in zip(texts, answers, strict=True)}
 
     scores: dict[str, dict[str, dict[int, list[float | None]]]] = {}
     for protocol, d in data.items():
@@ -250,13 +277,8 @@ def judge_all(cfg, annotator, data, n_values):
                 fb.rating_score(rating[(q, p)], rating[(q, r)])
                 for q, p, r in zip(qs, picks, refs, strict=True)
             ]
-            judged = judge_pairs(
-                annotator,
-                str(cfg.feedback.ranking_template),
-                qs,
-                picks,
-                refs,
-                desc=f"feedback_eval: rankings ({protocol}, N={n})",
+            judged = annotator.rank(
+                qs, picks, refs, desc=f"feedback_eval: rankings ({protocol}, N={n})"
             )
             failed += sum(j.verdict.failed for j in judged)
             unread += sum(j.verdict.unparsed for j in judged)
@@ -276,6 +298,8 @@ def report(result: dict[str, Any], consistency_md: str) -> str:
     rates = result["win_rates"]
     lines = [
         "# Ratings vs rankings",
+        "",
+        feedback.annotator_line(result["annotator"]),
         "",
         "## Consistency of the annotator's two protocols",
         "",

@@ -17,7 +17,10 @@ Sampling runs on vLLM when it is installed and a GPU is present, else on ``trans
 (``preprocess.prompt_format``: the paper's plain ``<|user|>{prompt}<|assistant|>``, or the
 tokenizer's chat template). With ``generate.best_of_n=N`` the model draws N answers per prompt and
 keeps the one the reward term ``generate.best_of_reward`` of :mod:`autorule.rewards` scores highest
-(every candidate and score goes to ``candidates.jsonl``); the reference is sampled once.
+(every candidate and score goes to ``candidates.jsonl``); the reference is sampled once. With
+``generate.best_of_reward=null`` the N answers are kept unranked (``candidates.jsonl``, scores
+null; ``responses.jsonl`` holds each prompt's first), e.g. as responses to annotate in the
+feedback study.
 
 Artifact: ``responses.jsonl`` (the model), ``reference.jsonl``, ``checkpoints/step-<N>.jsonl``; one
 row per prompt: ``id``, ``turns`` (the user turns), ``responses`` (one answer per turn),
@@ -85,13 +88,20 @@ def best_of(cfg: DictConfig) -> bool:
     return int(cfg.generate.best_of_n) > 1
 
 
+def ranking_term(cfg: DictConfig) -> str | None:
+    """The reward term that ranks the best-of-N samples; None when nothing ranks them (one
+    sample, or N kept unranked with ``generate.best_of_reward=null``)."""
+    term = cfg.generate.best_of_reward
+    return str(term) if best_of(cfg) and term is not None else None
+
+
 def reads_prompt_split(cfg: DictConfig) -> bool:
     return prompt_sets.kind(str(cfg.generate.prompts)) == "split"
 
 
 def ignored_keys(cfg: DictConfig) -> tuple[str, ...]:
     keys: tuple[str, ...] = ()
-    if not best_of(cfg):  # the reward terms' settings matter only when they rank samples
+    if ranking_term(cfg) is None:  # the reward terms' settings matter only when they rank samples
         keys += ("rewards", "judge")
     if BASE not in model_values(cfg):  # the base model is read only as generate.model=base
         keys += ("model.name_or_path", "model.tiny")
@@ -154,15 +164,11 @@ SPEC = StageSpec(
         "preprocess": reads_prompt_split,
         **{stage: (lambda cfg, s=stage: samples_stage(cfg, s)) for stage in MODEL_STAGES},
         **{
-            stage: (
-                lambda cfg, s=stage: (
-                    best_of(cfg) and TERM_INPUTS.get(str(cfg.generate.best_of_reward)) == s
-                )
-            )
+            stage: (lambda cfg, s=stage: TERM_INPUTS.get(ranking_term(cfg)) == s)
             for stage in TERM_INPUTS.values()
         },
     },
-    uses_rules=lambda cfg: best_of(cfg) and str(cfg.generate.best_of_reward) in RULE_TERMS,
+    uses_rules=lambda cfg: ranking_term(cfg) in RULE_TERMS,
     ignore_when=ignored_keys,
     fingerprint=fingerprint,
 )
@@ -267,7 +273,7 @@ def run(cfg: DictConfig) -> Path:
         info = {
             "sampling": sampling.as_dict(),
             "best_of_n": int(section.best_of_n),
-            "best_of_reward": str(section.best_of_reward) if best_of(cfg) else None,
+            "best_of_reward": ranking_term(cfg),
             "category_temperature": OmegaConf.to_container(section.category_temperature),
             "backend": backend,
             "prompts": prompt_info,
@@ -420,37 +426,23 @@ def pick_best(
     workdir: Path,
 ) -> list[list[Sample]]:
     """The highest-scoring of each prompt's N samples under ``generate.best_of_reward``; every
-    candidate and its score go to ``candidates.jsonl``."""
-    from autorule.rewards import registry
-
-    term = str(cfg.generate.best_of_reward)
-    rules: list[str] = []
-    if SPEC.reads_rules(cfg):
-        from autorule.rules.ruleset import load_rules
-
-        rules = load_rules(cfg, inputs)
-    context = registry.RewardContext(cfg=cfg, rm_folder=inputs.get("rm"), rules=rules)
-    [reward] = registry.build_reward_funcs([term], context)
-    try:
-        prompts, completions = [], []
-        for item, conversation in zip(items, samples, strict=True):
-            prompt = format_prompt(item.turns, [])
-            for sample in conversation[0]:
-                prompts.append(prompt)
-                completions.append(sample.text)
-        scores = [float(s) for s in reward(prompts=prompts, completions=completions)]
-    finally:
-        close = getattr(registry, "close_all", None)
-        if close is not None:
-            close([reward])
-    if len(scores) != len(completions):
-        raise ValueError(f"reward term {term!r} gave {len(scores)} scores for {len(completions)}")
+    candidate and its score go to ``candidates.jsonl``. With no ranking term the candidates are
+    kept unranked (scores null) and the first is each prompt's answer."""
+    term = ranking_term(cfg)
+    flat = [
+        (format_prompt(item.turns, []), sample.text)
+        for item, conversation in zip(items, samples, strict=True)
+        for sample in conversation[0]
+    ]
+    scores: list[float | None] = [None] * len(flat)
+    if term is not None:
+        scores = [float(s) for s in score_with_term(cfg, inputs, term, flat)]
     chosen, rows, k = [], [], 0
     for item, conversation in zip(items, samples, strict=True):
         n = len(conversation[0])
         mine = scores[k : k + n]
         k += n
-        best = best_index(mine)
+        best = 0 if term is None else best_index(mine)
         chosen.append([conversation[0][best]])
         rows.append(
             {
@@ -462,6 +454,30 @@ def pick_best(
         )
     write_jsonl(workdir / CANDIDATES, rows)
     return chosen
+
+
+def score_with_term(
+    cfg: DictConfig, inputs: dict[str, Path], term: str, flat: list[tuple[str, str]]
+) -> list[float]:
+    """Reward term ``term``'s scores of (formatted prompt, completion) pairs."""
+    from autorule.rewards import registry
+
+    rules: list[str] = []
+    if SPEC.reads_rules(cfg):
+        from autorule.rules.ruleset import load_rules
+
+        rules = load_rules(cfg, inputs)
+    context = registry.RewardContext(cfg=cfg, rm_folder=inputs.get("rm"), rules=rules)
+    [reward] = registry.build_reward_funcs([term], context)
+    try:
+        scores = reward(prompts=[p for p, _ in flat], completions=[c for _, c in flat])
+    finally:
+        close = getattr(registry, "close_all", None)
+        if close is not None:
+            close([reward])
+    if len(scores) != len(flat):
+        raise ValueError(f"reward term {term!r} gave {len(scores)} scores for {len(flat)}")
+    return list(scores)
 
 
 # --------------------------------------------------------------------------------------------
