@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from autorule.core.artifacts import read_manifest
 from autorule.core.config import compose
 from autorule.stages import grpo, preprocess
+from autorule.training import lora
 from fakeserver import FakeLLMServer, FakeReply
 
 pytestmark = pytest.mark.slow
@@ -119,9 +120,9 @@ def test_tiny_grpo_on_feedback_collection_rubrics_logs_what_the_grader_said(root
     assert metrics["reward_rubric_end"] == history[-1]["rewards/rubric/mean"]
 
     # LoRA: the adapter is kept, and model/ is the SFT policy with it merged in.
-    adapter = json.loads((path / grpo.ADAPTER / "adapter_config.json").read_text())
+    adapter = json.loads((path / lora.ADAPTER / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and adapter["lora_alpha"] == 32
-    assert f"{grpo.ADAPTER}/adapter_model.safetensors" in manifest["files"]
+    assert f"{lora.ADAPTER}/adapter_model.safetensors" in manifest["files"]
     tuned = AutoModelForCausalLM.from_pretrained(path / "model")
     start = AutoModelForCausalLM.from_pretrained(manifest["inputs"]["sft"]["path"] + "/model")
     tuned_weights, start_weights = tuned.state_dict(), start.state_dict()

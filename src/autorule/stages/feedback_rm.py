@@ -17,13 +17,18 @@ above trains a one-output sequence-classification head on ``model.name_or_path``
 same launcher as rm (:mod:`autorule.training.launch`: in-process or ``accelerate launch``,
 resumable from checkpoints). Each answer is read as ``preprocess.plain_template`` + answer + eos.
 
+``feedback_rm.lora_rank`` trains LoRA adapters (peft) on every linear layer, and the score head
+whole, instead of every weight, as the paper did (:mod:`autorule.training.lora`); the artifact
+keeps the adapter (``adapter/``) and, as ``model/``, the model with it merged in, so the reward
+term loads it like any other.
+
 After training, the model's accuracy on the held-out feedback of *both* kinds goes into
 ``metrics.json``: ``heldout_rankings_accuracy`` (pairs with a strict ranking, the preferred one
 scoring higher) and ``heldout_ratings_accuracy`` (pairs of one instruction's answers with
 different ratings, the higher-rated one scoring higher).
 
-Artifact: ``model/``, ``metrics.json`` and the manifest. The reward term ``feedback_rm``
-(:mod:`autorule.rewards.feedback`) scores with it, e.g. for best-of-N in generate.
+Artifact: ``model/``, ``metrics.json``, with LoRA ``adapter/``, and the manifest. The reward term
+``feedback_rm`` (:mod:`autorule.rewards.feedback`) scores with it, e.g. for best-of-N in generate.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from autorule.core.config import ConfigError, check_choice, check_paths
 from autorule.core.stage import StageSpec
 from autorule.evaluation import feedback as fb
 from autorule.rewards.feedback import score_texts, text
+from autorule.training import lora
 from autorule.training.arguments import check_training, runtime_keys
 from autorule.training.launch import check_launcher, run_training, world_size
 from autorule.training.loop import base_metrics, config_kwargs, fit, save
@@ -60,6 +66,7 @@ SPEC = StageSpec(
         "model.pad_token",
     ),
     ignore=runtime_keys("feedback_rm"),
+    ignore_when=lambda cfg: lora.unused_keys(cfg, "feedback_rm"),
     trains=True,
     resumable=True,
     trainer_args=lambda section: {"remove_unused_columns": False},
@@ -72,11 +79,14 @@ def check(cfg: DictConfig) -> None:
     check_choice(cfg.feedback_rm.protocol, "feedback_rm.protocol", PROTOCOLS)
     check_launcher(cfg)
     check_training(cfg.feedback_rm, "feedback_rm", world_size(cfg))
+    lora.check(cfg.feedback_rm, "feedback_rm")
 
 
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
     check(cfg)
-    return run_training(cfg, SPEC.name, train, callbacks)
+    return run_training(
+        cfg, SPEC.name, train, callbacks, describe=lambda cfg: lora.describe(cfg.feedback_rm)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +217,16 @@ def trainer_class():
 # Training
 
 
+def starting_model(init: str, tokenizer):
+    """The model training starts from: ``init`` with a one-output score head (new, unless
+    ``init`` has one), padding with ``tokenizer``'s pad token."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
 def accuracy(model, tokenizer, template: str, triples) -> float | None:
     """Share of (prompt, better, worse) triples where the better answer scores strictly higher."""
     if not triples:
@@ -222,7 +242,7 @@ def train(
 ) -> dict[str, Any]:
     """Trains in this process (one of many under accelerate); writes model/ and metrics.json."""
     import datasets
-    from transformers import AutoModelForSequenceClassification, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     from autorule.data.model_paths import load_tokenizer, resolve
     from autorule.stages.feedback import RANKINGS, RATINGS
@@ -242,8 +262,12 @@ def train(
     init = resolve(cfg, "reward")
     tokenizer = load_tokenizer(cfg, name_or_path=init)
     set_seed(int(section.seed))  # the new score head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
+    model = starting_model(init, tokenizer)
+    adapters = lora.lora_config(section, "SEQ_CLS")
+    if adapters is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, adapters)
     template = str(cfg.preprocess.plain_template)
     trainer = trainer_class()(
         model=model,
@@ -255,6 +279,8 @@ def train(
     )
     result, resumed_from = fit(trainer, workdir)
 
+    # Scored with the trained model as it stands (with LoRA, the peft model): the merge below
+    # saves the same function.
     heldout = heldout_comparisons(ratings, rankings)
     metrics = {
         **base_metrics(trainer, result, resumed_from, None, len(columns["prompt"]), 0),
@@ -275,4 +301,8 @@ def train(
         metrics["heldout_ratings_accuracy"],
     )
     save(trainer, workdir, metrics)
+    if adapters is not None:
+        if trainer.is_world_process_zero():
+            lora.merge_adapter(workdir, lambda: starting_model(init, tokenizer), tokenizer)
+        trainer.accelerator.wait_for_everyone()
     return metrics

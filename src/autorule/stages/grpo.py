@@ -50,14 +50,13 @@ from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.stage import StageSpec
+from autorule.training import lora
 from autorule.training.arguments import MODEL, check_training, runtime_keys
 from autorule.training.launch import check_launcher, run_training, world_size
 
 log = logging.getLogger(__name__)
 
 RULE_TABLE = "rule_satisfaction.json"
-# With grpo.lora_rank: the LoRA adapter (peft's files), beside the merged model/.
-ADAPTER = "adapter"
 LOG_HISTORY = "log_history.jsonl"
 
 
@@ -80,9 +79,7 @@ def unused_reward_settings(cfg: Any) -> tuple[str, ...]:
         if name not in used and isinstance(value, Mapping)
     ]
     keys += [section for term, section in TERM_SECTIONS.items() if term not in used]
-    if cfg.grpo.get("lora_rank") is None:
-        keys.append("grpo.lora_alpha")
-    return tuple(keys)
+    return (*keys, *lora.unused_keys(cfg, "grpo"))
 
 
 def rubric_file_fingerprint(cfg: Any) -> dict[str, str] | None:
@@ -210,16 +207,7 @@ def check(cfg: DictConfig) -> None:
         )
     if section.eval_split and section.rubric_file:
         raise ConfigError("grpo.eval_split: a rubric file has no splits (set grpo.eval_split=null)")
-    check_number(section.lora_rank, "grpo.lora_rank", low=1, none_ok=True)
-    if section.lora_rank is not None:
-        check_number(section.lora_alpha, "grpo.lora_alpha", integer=False, low=0, low_open=True)
-        try:
-            import peft  # noqa: F401
-        except ImportError as err:
-            raise ConfigError(
-                f"grpo.lora_rank={section.lora_rank} trains LoRA through peft, which is not "
-                "installed: pip install 'autorule[lora]' (or set grpo.lora_rank=null)"
-            ) from err
+    lora.check(section, "grpo")
 
 
 def check_rubric_data(cfg: DictConfig) -> None:
@@ -272,11 +260,7 @@ def describe(cfg: DictConfig) -> list[str]:
         lines.append(
             f"rubric grader: backend={grader._target_.rsplit('.', 1)[-1]} model={grader.model}"
         )
-    if section.lora_rank is not None:
-        lines.append(
-            f"LoRA: rank {section.lora_rank}, alpha {section.lora_alpha}, all linear layers"
-        )
-    return lines
+    return lines + lora.describe(section)
 
 
 def prompt_source(cfg: DictConfig) -> str:
@@ -369,22 +353,6 @@ def reward_context(cfg: DictConfig, inputs: dict[str, Path], tokenizer):
     )
 
 
-def lora_config(section: DictConfig):
-    """peft's LoRA settings for ``grpo.lora_rank`` (None: every weight trains)."""
-    if section.lora_rank is None:
-        return None
-    from peft import LoraConfig
-
-    # Every linear layer, attention and MLP alike, as the rubric recipe's LoRA (Thinking
-    # Machines' "LoRA Without Regret" finds MLP adapters matter most).
-    return LoraConfig(
-        r=int(section.lora_rank),
-        lora_alpha=float(section.lora_alpha),
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-
-
 def debug_callback(funcs: Sequence[Any]):
     """A callback that shows the reward terms' kept examples (``show_examples``) at each
     logging step, from the main process; None when no term keeps any."""
@@ -443,7 +411,7 @@ def build_trainer(
         eval_dataset=held_out,
         processing_class=tokenizer,
         callbacks=[*callbacks, *([shown] if shown else [])],
-        peft_config=lora_config(section),
+        peft_config=lora.lora_config(section, "CAUSAL_LM"),
     )
     return trainer, context.rules
 
@@ -516,21 +484,15 @@ def train(
     save(trainer, workdir, metrics, keep_checkpoints=bool(cfg.grpo.keep_checkpoints))
     if cfg.grpo.lora_rank is not None:
         if trainer.is_world_process_zero():
-            merge_adapter(inputs["sft"] / MODEL, workdir, trainer.processing_class)
+            lora.merge_adapter(
+                workdir, lambda: starting_policy(inputs["sft"] / MODEL), trainer.processing_class
+            )
         trainer.accelerator.wait_for_everyone()
     return metrics
 
 
-def merge_adapter(policy: Path, workdir: Path, tokenizer) -> None:
-    """Turns the saved LoRA adapter into a whole model: ``model/`` (peft's adapter files, as the
-    trainer saved them, gathered from every ZeRO stage) moves to ``adapter/``, and the starting
-    policy with the adapter merged in is saved as ``model/``, which from_pretrained loads."""
-    from peft import PeftModel
+def starting_policy(folder: Path):
+    """The policy training started from: the base of the LoRA merge."""
     from transformers import AutoModelForCausalLM
 
-    adapter = workdir / ADAPTER
-    (workdir / MODEL).rename(adapter)
-    base = AutoModelForCausalLM.from_pretrained(str(policy), dtype="auto")
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    merged.save_pretrained(str(workdir / MODEL))
-    tokenizer.save_pretrained(str(workdir / MODEL))
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype="auto")
