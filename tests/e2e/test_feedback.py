@@ -306,6 +306,7 @@ def test_the_study_runs_on_the_tiny_profile(tiny_study):
     two_by_two = report.split("| trained on \\ judged by | ratings | rankings |")[1]
     cells = [line for line in two_by_two.splitlines() if line.startswith(("| ratings", "| rank"))]
     assert len(cells) == 2 and "n/a" not in two_by_two and "(n=16)" in two_by_two
+    assert "![win rate against N](win_rate_vs_n.png)" in report
 
 
 def test_a_sweep_trains_one_reward_model_per_protocol(tiny_study):

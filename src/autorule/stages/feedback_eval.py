@@ -326,6 +326,7 @@ def report(result: dict[str, Any], consistency_md: str) -> str:
     ]
     for p in PROTOCOLS:
         lines.append(f"| {p} | {fmt(rates[p]['ratings'][n])} | {fmt(rates[p]['rankings'][n])} |")
+    lines += ["", f"Every N of {result['n_values']}:", "", f"![win rate against N]({PLOT})"]
     return "\n".join(lines) + "\n"
 
 
