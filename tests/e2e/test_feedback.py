@@ -15,7 +15,7 @@ import pytest
 from autorule.core.artifacts import artifact_path, read_manifest
 from autorule.core.config import compose
 from autorule.data.pairs import preference_rows
-from autorule.stages import feedback
+from autorule.stages import feedback, feedback_eval
 from fakeserver import FakeLLMServer, FakeReply
 
 pytestmark = pytest.mark.slow
@@ -307,6 +307,10 @@ def test_the_study_runs_on_the_tiny_profile(tiny_study):
     cells = [line for line in two_by_two.splitlines() if line.startswith(("| ratings", "| rank"))]
     assert len(cells) == 2 and "n/a" not in two_by_two and "(n=16)" in two_by_two
     assert "![win rate against N](win_rate_vs_n.png)" in report
+    rm = artifact_path(feedback_eval.with_protocol(cfg, "ratings"), "feedback_rm")
+    metrics = json.loads((rm / "metrics.json").read_text())
+    accuracy = metrics["heldout_ratings_accuracy"]
+    assert f"{accuracy:.3f} ({metrics['heldout_ratings_pairs']} pairs)" in report
 
 
 def test_a_sweep_trains_one_reward_model_per_protocol(tiny_study):

@@ -208,7 +208,7 @@ def run(cfg: DictConfig) -> Path:
         if job.done:
             return job.path
         consistency_md = (job.input("feedback") / "consistency.md").read_text()
-        data, accuracies = {}, {}
+        data, accuracies, pair_counts = {}, {}, {}
         for protocol, pcfg in configs.items():
             folder = job.input_as(f"generate_{protocol}", "generate", pcfg)
             rm = job.input_as(f"feedback_rm_{protocol}", "feedback_rm", pcfg)
@@ -219,6 +219,9 @@ def run(cfg: DictConfig) -> Path:
             metrics = json.loads((rm / "metrics.json").read_text())
             accuracies[protocol] = {
                 k: metrics.get(f"heldout_{k}_accuracy") for k in ("rankings", "ratings")
+            }
+            pair_counts[protocol] = {
+                k: metrics.get(f"heldout_{k}_pairs") for k in ("rankings", "ratings")
             }
         annotator = feedback.build_annotator(cfg)
         scores, failed, unread = judge_all(annotator, data, n_values)
@@ -234,6 +237,7 @@ def run(cfg: DictConfig) -> Path:
             "prompts": {p: len(d["instructions"]) for p, d in data.items()},
             "win_rates": table(scores),
             "heldout_accuracy": accuracies,
+            "heldout_pairs": pair_counts,
             "annotator": annotator.describe(),
         }
         (job.workdir / WIN_RATES).write_text(json.dumps(result, indent=2) + "\n")
@@ -311,7 +315,11 @@ def report(result: dict[str, Any], consistency_md: str) -> str:
         "|---|---|---|",
     ]
     for p, acc in result["heldout_accuracy"].items():
-        cells = ["n/a" if acc[k] is None else f"{acc[k]:.3f}" for k in ("rankings", "ratings")]
+        pairs = result["heldout_pairs"][p]
+        cells = [
+            "n/a" if acc[k] is None else f"{acc[k]:.3f} ({pairs[k]} pairs)"
+            for k in ("rankings", "ratings")
+        ]
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     lines += [
         "",
