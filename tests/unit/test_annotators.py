@@ -90,3 +90,11 @@ def test_only_the_annotator_in_use_decides_the_artifact(make_cfg, stage):
     assert not moved("feedback.heuristic.rating_words=12", base=served)
     # forcing the tiny model to annotate is another artifact than the stand-in's
     assert moved("feedback.annotator=llm")
+
+
+def test_the_sampling_of_the_answers_to_annotate_is_checked_up_front(make_cfg):
+    cfg = make_cfg("feedback.source=generate", "generate.temperature=0")
+    with pytest.raises(ConfigError, match="generate.best_of_n=5 needs sampling"):
+        feedback.check(cfg)
+    with pytest.raises(ConfigError, match="feedback.responses_per_instruction"):
+        feedback.check(make_cfg("feedback.source=generate", "feedback.responses_per_instruction=1"))

@@ -117,6 +117,9 @@ def check(cfg: DictConfig) -> None:
             low=2,
             meaning=" (answers sampled per instruction: rankings need two)",
         )
+        from autorule.stages import generate
+
+        generate.check(candidates_config(cfg))  # the sampling, before any call is paid for
     check_number(section.num_instructions, "feedback.num_instructions", low=1, none_ok=True)
     check_number(section.heldout_instructions, "feedback.heldout_instructions", low=0)
     check_number(section.max_failed_calls, "feedback.max_failed_calls", low=0)
