@@ -387,3 +387,50 @@ def test_picks_are_judged_against_a_reference_file(tiny_study, tmp_path):
     lacking = compose([*overrides, f"feedback_eval.reference={reference}"])
     with pytest.raises(ValueError, match=r"reference.json has no answer for 15 of the 16"):
         feedback_eval.run(lacking)
+
+
+def test_a_bedrock_annotator(root, monkeypatch, tmp_path):
+    """The documented Bedrock command's settings (llm@feedback.llm=bedrock, model, region),
+    through the real boto3 client against a local Converse-speaking server."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE1234",
+        "AWS_SECRET_ACCESS_KEY": "fake-secret-key-for-tests-0123456789",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    n = 4
+    cfg = compose(
+        [
+            f"paths.root={root}",
+            "stage=feedback",
+            "llm@feedback.llm=bedrock",
+            "feedback.llm.model=anthropic.annotator-v1:0",
+            "feedback.llm.region=us-east-1",
+            "feedback.llm.endpoint_url=URL",  # a transport key: the artifact does not depend on it
+            f"feedback.llm.cache_dir={tmp_path / 'llm-cache'}",
+            "feedback.llm.progress=false",
+            "feedback.llm.retry.max_attempts=1",
+            f"feedback.num_instructions={n}",
+            "feedback.heldout_instructions=1",
+        ]
+    )
+    rows = preference_rows(artifact_path(cfg, "preprocess") / "test_prefs.parquet", n)
+    annotator = Annotator(set(rows["chosen"].astype(str)), unreadable="", biased="")
+    with FakeLLMServer(annotator) as server:
+        cfg.feedback.llm.endpoint_url = server.url
+        path = feedback.run(cfg)
+        sent = len(server.requests)
+    summary = json.loads((path / "consistency.json").read_text())
+    assert sent == 2 * n + 2 * n  # a rating per answer, a ranking per order
+    assert summary["annotator"] == {
+        "kind": "llm",
+        "backend": "bedrock",
+        "model": "anthropic.annotator-v1:0",
+    }
+    # the ratings imply x on every (chosen, rejected) pair; the rankings follow the digests
+    pairs = zip(rows["chosen"], rows["rejected"], strict=True)
+    wins = sum(digest_wins(str(c), str(r)) == "A" for c, r in pairs)
+    assert summary["table"]["x"] == {"x": wins, "y": n - wins, "equal": 0}
+    assert summary["unparsed_ratings"] == 0 and summary["failed_calls"] == 0
