@@ -176,8 +176,6 @@ def expected_score(judged_by: str, pick: str, reference: str) -> float:
 def test_feedback_eval_two_by_two(root):
     from PIL import Image
 
-    from autorule.stages import feedback_eval
-
     overrides = [
         "stage=feedback_eval",
         "generate.model=base",
@@ -228,8 +226,6 @@ def test_feedback_eval_two_by_two(root):
 def test_feedback_eval_makes_the_picks_it_lacks(root):
     """One command runs the study: picks not made yet (here: of 2 prompts) are sampled first,
     under each protocol, with the reward models already trained."""
-    from autorule.stages import feedback_eval
-
     cfg = config(
         root,
         "stage=feedback_eval",
@@ -347,7 +343,6 @@ def test_picks_are_judged_against_a_reference_file(tiny_study, tmp_path):
     """feedback_eval.reference: reference answers from a file, matched by instruction (as
     AlpacaEval's reference outputs); one it lacks is an error naming the file."""
     from autorule.evaluation.annotators import HeuristicAnnotator
-    from autorule.stages import feedback_eval
 
     root, cfg = tiny_study
     picks = artifact_path(feedback_eval.with_protocol(cfg, "ratings"), "generate")

@@ -149,15 +149,16 @@ class HeuristicAnnotator(Annotator):
         self.rating_words, self.rank_margin = int(rating_words), float(rank_margin)
 
     def rating_of(self, response: str) -> int:
-        count = len(words(response))
+        return self.rating_for(len(words(response)))
+
+    def rating_for(self, count: int) -> int:
+        """The rating of an answer of ``count`` words."""
         span = RATING_MAX - RATING_MIN
         return RATING_MIN + round(span * min(1.0, count / self.rating_words))
 
     def rating_answer(self, response: str) -> str:
         count = len(words(response))
-        return (
-            f"Stand-in rating from the length: {count} words.\nRating: {self.rating_of(response)}"
-        )
+        return f"Stand-in rating from the length: {count} words.\nRating: {self.rating_for(count)}"
 
     def ranking_answer(self, response_a: str, response_b: str) -> str:
         share_a, share_b = distinct_share(response_a), distinct_share(response_b)

@@ -135,11 +135,10 @@ def pick_for_n(scores: Sequence[float], n: int) -> int:
 
 
 def picks_and_references(
-    folder: Path, n_values: Sequence[int], reference_file: str | None = None
+    folder: Path, n_values: Sequence[int], reference_file: tuple[str, dict[str, str]] | None = None
 ) -> dict[str, Any]:
     """Prompts, references and the pick of each N from one generate artifact; the references
-    come from ``reference_file`` (matched by instruction) when it is given."""
-    from autorule.evaluation.prompt_sets import reference_answers
+    come from ``reference_file`` (its path, and its answers by instruction) when it is given."""
     from autorule.stages.generate import CANDIDATES, REFERENCE, RESPONSES, read_jsonl
 
     if not (folder / CANDIDATES).is_file():
@@ -150,16 +149,16 @@ def picks_and_references(
     prompts = {r["id"]: str(r["turns"][0]) for r in read_jsonl(folder / RESPONSES)}
     instructions = [prompts[r["id"]] for r in rows]
     if reference_file is not None:
-        by_instruction = reference_answers(reference_file, "feedback_eval.reference")
+        file, by_instruction = reference_file
         missing = [q for q in instructions if q not in by_instruction]
         if missing:
             raise ValueError(
-                f"feedback_eval.reference={reference_file} has no answer for {len(missing)} of "
+                f"feedback_eval.reference={file} has no answer for {len(missing)} of "
                 f"the {len(instructions)} prompts of {folder}, e.g. {missing[0][:80]!r}: sample "
                 "the same prompts (generate.prompts) the reference file answers"
             )
         references = [by_instruction[q] for q in instructions]
-        source = f"{Path(reference_file).name}"
+        source = Path(file).name
     elif (folder / REFERENCE).is_file():
         reference = {r["id"]: str(r["responses"][0]) for r in read_jsonl(folder / REFERENCE)}
         references = [reference[r["id"]] for r in rows]
@@ -208,14 +207,17 @@ def run(cfg: DictConfig) -> Path:
         if job.done:
             return job.path
         consistency_md = (job.input("feedback") / "consistency.md").read_text()
+        reference_file = None
+        if section.reference is not None:  # read once, for both protocols' picks
+            from autorule.evaluation.prompt_sets import reference_answers
+
+            file = str(section.reference)
+            reference_file = (file, reference_answers(file, "feedback_eval.reference"))
         data, accuracies, pair_counts = {}, {}, {}
         for protocol, pcfg in configs.items():
             folder = job.input_as(f"generate_{protocol}", "generate", pcfg)
             rm = job.input_as(f"feedback_rm_{protocol}", "feedback_rm", pcfg)
-            reference = section.reference
-            data[protocol] = picks_and_references(
-                folder, n_values, None if reference is None else str(reference)
-            )
+            data[protocol] = picks_and_references(folder, n_values, reference_file)
             metrics = json.loads((rm / "metrics.json").read_text())
             accuracies[protocol] = {
                 k: metrics.get(f"heldout_{k}_accuracy") for k in ("rankings", "ratings")
