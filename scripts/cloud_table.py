@@ -13,7 +13,7 @@ import sys
 from autorule.core.artifacts import artifact_path, is_complete, make_command, read_manifest
 from autorule.core.config import compose
 from autorule.training.arguments import METRICS
-from autorule.training.rewardbench import side_by_side
+from autorule.evaluation.rewardbench import side_by_side
 
 EXPERIMENTS = {"CLoud": "cloud_uf", "classic": "classic_uf"}
 

@@ -12,7 +12,7 @@ import shutil
 
 from autorule.core.artifacts import StageJob
 from autorule.core.stage import StageSpec
-from autorule.data.model_paths import resolve
+from autorule.data.models import resolve
 
 SPEC = StageSpec(name="grpo", inputs=("sft",), keys=("standin_grpo",))
 RULES = ["The reply answers the question.", "The reply is polite."]

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from autorule.core.artifacts import read_manifest
-from autorule.data.model_paths import load_tokenizer
+from autorule.data.models import load_tokenizer
 from autorule.data.synthetic import write_ultrafeedback
 from autorule.stages import preprocess
 

@@ -11,7 +11,7 @@ from transformers import AutoModel, AutoModelForCausalLM, TrainerCallback, set_s
 
 from autorule.core.artifacts import artifact_path, read_manifest
 from autorule.core.config import compose
-from autorule.data.model_paths import resolve
+from autorule.data.models import resolve
 from autorule.data.pairs import preference_rows
 from autorule.rewards.registry import REWARDS, RewardContext
 from autorule.stages import cloud, cloud_eval, critiques, preprocess

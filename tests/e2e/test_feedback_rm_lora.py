@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
 from autorule.core.artifacts import artifact_path, read_manifest, work_path
-from autorule.data.model_paths import resolve
+from autorule.data.models import resolve
 from autorule.data.pairs import preference_rows
-from autorule.rewards.feedback import score_texts, text
+from autorule.rewards.feedback_rm import score_texts, text
 from autorule.rewards.registry import REWARDS, RewardContext
 from autorule.stages import feedback, feedback_rm
 from autorule.training import lora

@@ -14,7 +14,7 @@ from omegaconf.errors import InterpolationResolutionError
 from autorule.core.artifacts import StageInputError, is_up_to_date, read_manifest
 from autorule.core.config import ConfigError, compose
 from autorule.data.filters import REASONS
-from autorule.data.model_paths import load_tokenizer
+from autorule.data.models import load_tokenizer
 from autorule.pipeline import run_stage
 from autorule.stages import preprocess, sft
 

@@ -58,7 +58,7 @@ def dataset_source(path: str, revision: str | None) -> dict[str, Any]:
 def preprocess_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     """The external inputs of ``preprocess``: the dataset, and for the tiny model the corpus its
     tokenizer is trained on (the tokenizer decides the length filter)."""
-    from autorule.data.model_paths import TINY, tiny_corpus
+    from autorule.data.models import TINY, tiny_corpus
 
     path = cfg.dataset.get("path")
     # A generated dataset (the addition demo) reads nothing: its settings are in the config hash.

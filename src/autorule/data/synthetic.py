@@ -327,7 +327,7 @@ def write_feedback_collection(out: Path, seed: int = 0) -> Path:
 
 
 # RewardBench's sections and their subsets (rewardbench/constants.py: SUBSET_MAPPING); the
-# evaluation (autorule.training.rewardbench.SECTIONS) reads them from here.
+# evaluation (autorule.evaluation.rewardbench.SECTIONS) reads them from here.
 REWARD_BENCH_SUBSETS = {
     "Chat": (
         "alpacaeval-easy",

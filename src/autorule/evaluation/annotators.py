@@ -18,7 +18,7 @@ can never read feedback differently.
   nothing about any model; reports name it.
 
 Both write their verdicts as text and read them back with the same parsers
-(:func:`autorule.evaluation.feedback.parse_rating`,
+(:func:`autorule.evaluation.feedback_protocols.parse_rating`,
 :func:`autorule.evaluation.pairwise.parse_preference`), so one code path turns answers into
 feedback.
 """
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from autorule.evaluation.feedback import RATING_MAX, RATING_MIN, parse_rating
+from autorule.evaluation.feedback_protocols import RATING_MAX, RATING_MIN, parse_rating
 from autorule.evaluation.pairwise import PairJudgment, judge_pairs, verdicts_from_answers
 from autorule.rules.prompts import fill, user
 

@@ -177,7 +177,7 @@ class Generator:
         if self._model is None:
             import torch
 
-            from autorule.data.model_paths import load_generator
+            from autorule.data.models import load_generator
 
             self._model, self._tokenizer = load_generator(
                 self.model,

@@ -28,7 +28,7 @@ def rm_scores(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from autorule.data.model_paths import ensure_pad_token, resolve_device
+    from autorule.data.models import ensure_pad_token, resolve_device
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")

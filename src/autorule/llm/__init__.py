@@ -50,7 +50,7 @@ def build(cfg: DictConfig, role: str, overrides: dict | None = None) -> LLM:
     """
     from hydra.utils import get_class
 
-    from autorule.data.model_paths import TINY, resolve
+    from autorule.data.models import TINY, resolve
 
     settings = OmegaConf.to_container(role_section(cfg, role), resolve=True)
     settings.update(overrides or {})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from autorule.data.model_paths import load_generator
+from autorule.data.models import load_generator
 from autorule.llm.base import Completion, LocalLLM, Messages, Verdict
 
 

@@ -11,7 +11,7 @@ grader) and docs/rewards.md.
 
 from autorule.rewards import (  # noqa: F401 - registers the built-in terms
     cloud,
-    feedback,
+    feedback_rm,
     rubric,
     terms,
 )

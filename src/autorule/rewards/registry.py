@@ -48,7 +48,7 @@ class RewardContext:
     max_completion_length: int | None = None  # the policy's token budget per answer (cut-offs)
 
     def resolved_device(self) -> str:
-        from autorule.data.model_paths import resolve_device
+        from autorule.data.models import resolve_device
 
         return resolve_device(self.device)
 

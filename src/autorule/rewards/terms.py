@@ -74,7 +74,7 @@ def rm_term(context: RewardContext):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from autorule.data.model_paths import load_tokenizer
+    from autorule.data.models import load_tokenizer
 
     if context.rm_folder is None:
         raise ValueError("the reward term rm needs the rm artifact (RewardContext.rm_folder)")

@@ -50,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from autorule.core.config import check_choice, check_number, check_paths
 from autorule.core.files import write_text_atomic
 from autorule.core.stage import StageSpec
-from autorule.data.model_paths import load_tokenizer, resolve
+from autorule.data.models import load_tokenizer, resolve
 from autorule.data.pairs import preference_rows
 from autorule.training.arguments import METRICS, MODEL, check_training, runtime_keys, trainer_kwargs
 from autorule.training.launch import check_launcher, run_training, world_size

@@ -15,7 +15,7 @@ pair is right when the chosen answer scores strictly higher.
   (:mod:`autorule.training.rm_metrics`);
 * RewardBench (``cloud_eval.rewardbench.path``: ``allenai/reward-bench`` or a local copy laid
   out like it; null skips it): accuracy per section (Chat, Chat Hard, Safety, Reasoning) and
-  their mean (:mod:`autorule.training.rewardbench`).
+  their mean (:mod:`autorule.evaluation.rewardbench`).
 
 Critique generation runs on vLLM when it is installed and a GPU is there
 (``cloud_eval.engine``), else with transformers in batches.
@@ -39,7 +39,8 @@ from autorule.core.artifacts import StageJob
 from autorule.core.config import check_choice, check_number, check_paths
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import preference_rows
-from autorule.training import rewardbench, rm_metrics
+from autorule.evaluation import rewardbench
+from autorule.training import rm_metrics
 from autorule.training.arguments import METRICS, MODEL
 
 log = logging.getLogger(__name__)

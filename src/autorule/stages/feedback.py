@@ -24,7 +24,7 @@ of ``feedback.annotator``) gives
   position winning both orders is "equal".
 
 The ratings' implied rankings are compared with the rankings
-(:func:`autorule.evaluation.feedback.consistency`). The last ``feedback.heldout_instructions``
+(:func:`autorule.evaluation.feedback_protocols.consistency`). The last ``feedback.heldout_instructions``
 instructions are marked ``split=heldout``: the feedback_rm stage trains on the rest and measures
 its accuracy on them.
 
@@ -56,7 +56,7 @@ from autorule.core.config import (
 )
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import preference_rows
-from autorule.evaluation import feedback as fb
+from autorule.evaluation import feedback_protocols as fb
 from autorule.evaluation.annotators import Annotator, HeuristicAnnotator, LLMAnnotator
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def annotator_kind(cfg: DictConfig) -> str:
     """``llm`` or ``heuristic``: ``feedback.annotator``, with ``auto`` meaning the heuristic
     stand-in when the role ``feedback.llm`` is the tiny random model (it never writes a readable
     rating or ranking, so the study would have no feedback) and the LLM otherwise."""
-    from autorule.data.model_paths import TINY
+    from autorule.data.models import TINY
 
     kind = str(cfg.feedback.annotator)
     if kind != "auto":

@@ -21,7 +21,7 @@ The annotator (LLM role ``feedback.llm``, the feedback stage's templates) judges
 * **rankings**: the pair is asked in both orders; the same position winning both is a tie.
 
 Win rate = (wins + 0.5 ties) / n with a 95% interval of 1.96 x SEM
-(:func:`autorule.evaluation.feedback.sem_win_rate`); unread or failed judgments are left out and
+(:func:`autorule.evaluation.feedback_protocols.sem_win_rate`); unread or failed judgments are left out and
 counted.
 
 Artifact: ``win_rates.json`` (training protocol -> evaluation protocol -> N -> win rate),
@@ -41,7 +41,7 @@ from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_number, check_paths, with_values
 from autorule.core.stage import StageSpec
-from autorule.evaluation import feedback as fb
+from autorule.evaluation import feedback_protocols as fb
 from autorule.evaluation.generation import best_index
 from autorule.stages import feedback
 

@@ -7,10 +7,10 @@
 Bansal et al. (ICLR 2024) trained one reward model per protocol on the same responses:
 
 * ``ratings``: regression; the loss is the MSE between sigmoid(score) and (rating - 1) / 6
-  (:func:`autorule.evaluation.feedback.rating_target`), over the responses whose rating parsed;
+  (:func:`autorule.evaluation.feedback_protocols.rating_target`), over the responses whose rating parsed;
 * ``rankings``: Bradley-Terry, -log sigmoid(score(preferred) - score(other)), over the pairs
   with a strict preference (ties and unread verdicts dropped:
-  :func:`autorule.evaluation.feedback.preferred_pairs`).
+  :func:`autorule.evaluation.feedback_protocols.preferred_pairs`).
 
 Only the feedback artifact's ``split=train`` rows train. A transformers ``Trainer`` with the loss
 above trains a one-output sequence-classification head on ``model.name_or_path``, through the
@@ -28,7 +28,7 @@ scoring higher) and ``heldout_ratings_accuracy`` (pairs of one instruction's ans
 different ratings, the higher-rated one scoring higher).
 
 Artifact: ``model/``, ``metrics.json``, with LoRA ``adapter/``, and the manifest. The reward term
-``feedback_rm`` (:mod:`autorule.rewards.feedback`) scores with it, e.g. for best-of-N in generate.
+``feedback_rm`` (:mod:`autorule.rewards.feedback_rm`) scores with it, e.g. for best-of-N in generate.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_choice, check_paths
 from autorule.core.stage import StageSpec
-from autorule.evaluation import feedback as fb
-from autorule.rewards.feedback import score_texts, text
+from autorule.evaluation import feedback_protocols as fb
+from autorule.rewards.feedback_rm import score_texts, text
 from autorule.training import lora
 from autorule.training.arguments import check_training, runtime_keys
 from autorule.training.launch import check_launcher, run_training, world_size
@@ -244,7 +244,7 @@ def train(
     import datasets
     from transformers import TrainingArguments, set_seed
 
-    from autorule.data.model_paths import load_tokenizer, resolve
+    from autorule.data.models import load_tokenizer, resolve
     from autorule.stages.feedback import RANKINGS, RATINGS
 
     section = cfg.feedback_rm

@@ -379,7 +379,7 @@ def resolve_model(
             raise FileNotFoundError(f"{key}={value}: the {value} artifact has no {MODEL_DIR}/")
         return str(folder), None
     if value == BASE:
-        from autorule.data.model_paths import resolve
+        from autorule.data.models import resolve
 
         return resolve(cfg, "policy"), None
     path = Path(value).expanduser()

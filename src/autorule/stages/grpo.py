@@ -376,7 +376,7 @@ def build_trainer(
 ):
     from trl import GRPOConfig, GRPOTrainer
 
-    from autorule.data.model_paths import load_tokenizer
+    from autorule.data.models import load_tokenizer
     from autorule.rewards.registry import build_reward_funcs
     from autorule.training.loop import config_kwargs
 

@@ -48,7 +48,7 @@ from autorule.core.config import ConfigError, check_choice, check_number, check_
 from autorule.core.stage import StageSpec
 from autorule.data import rubrics
 from autorule.data.filters import FilterSettings, filter_rows, format_prompt, mt_question_split
-from autorule.data.model_paths import load_tokenizer
+from autorule.data.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 from autorule.core.artifacts import artifact_path
 from autorule.core.config import check_choice, check_paths
 from autorule.core.stage import StageSpec
-from autorule.data.model_paths import load_tokenizer, resolve
+from autorule.data.models import load_tokenizer, resolve
 from autorule.training import rm_metrics
 from autorule.training.arguments import MODEL, check_training, runtime_keys, sequence_kwargs
 from autorule.training.launch import artifact_state, check_launcher, run_training, world_size

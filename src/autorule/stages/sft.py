@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from autorule.core.config import check_paths
 from autorule.core.stage import StageSpec
-from autorule.data.model_paths import load_tokenizer, resolve
+from autorule.data.models import load_tokenizer, resolve
 from autorule.training.arguments import check_training, runtime_keys, sequence_kwargs
 from autorule.training.launch import check_launcher, run_training, world_size
 from autorule.training.loop import base_metrics, config_kwargs, fit, save

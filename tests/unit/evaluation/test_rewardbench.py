@@ -6,8 +6,8 @@ import pytest
 
 from autorule.core.config import REPO_ROOT
 from autorule.data.synthetic import REWARD_BENCH_SUBSETS, make_reward_bench
-from autorule.training import rewardbench
-from autorule.training.rewardbench import (
+from autorule.evaluation import rewardbench
+from autorule.evaluation.rewardbench import (
     LEADERBOARD_WEIGHTS,
     SECTIONS,
     load_pairs,

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from autorule.evaluation import feedback as fb
+from autorule.evaluation import feedback_protocols as fb
 from autorule.evaluation.pairwise import verdicts_from_answers
 
 

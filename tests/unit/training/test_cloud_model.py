@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, set_seed
 
 from autorule.core.config import compose
-from autorule.data.model_paths import load_tokenizer, resolve
+from autorule.data.models import load_tokenizer, resolve
 from autorule.stages.cloud import pair_columns
 from autorule.training import cloud_model
 from autorule.training.cloud_data import CloudFormat, PairCollator, collate, encode_all, join

@@ -73,7 +73,7 @@ def feedback_rm_term(context: RewardContext):
     """The feedback reward model's raw score of each completion."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from autorule.data.model_paths import ensure_pad_token
+    from autorule.data.models import ensure_pad_token
 
     folder = model_folder(context)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(folder))

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from autorule.data.model_paths import resolve
+from autorule.data.models import resolve
 from autorule.llm.hf import HFLLM, group_by_prefix, last_token_logprobs
 from autorule.rewards.judge import (
     RuleJudge,

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from autorule.data.model_paths import load_tokenizer, resolve
+from autorule.data.models import load_tokenizer, resolve
 from autorule.rewards import REWARDS, RewardContext, build_reward_funcs, close_all, register
 from autorule.rewards.terms import length_penalty, normalise, rm_statistics, rules_reward
 from fakeserver import FakeLLMServer, ScriptedJudge
