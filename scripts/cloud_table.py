@@ -12,8 +12,8 @@ import sys
 
 from autorule.core.artifacts import artifact_path, is_complete, make_command, read_manifest
 from autorule.core.config import compose
-from autorule.training.arguments import METRICS
 from autorule.evaluation.rewardbench import side_by_side
+from autorule.training.arguments import METRICS
 
 EXPERIMENTS = {"CLoud": "cloud_uf", "classic": "classic_uf"}
 

@@ -24,9 +24,9 @@ of ``feedback.annotator``) gives
   position winning both orders is "equal".
 
 The ratings' implied rankings are compared with the rankings
-(:func:`autorule.evaluation.feedback_protocols.consistency`). The last ``feedback.heldout_instructions``
-instructions are marked ``split=heldout``: the feedback_rm stage trains on the rest and measures
-its accuracy on them.
+(:func:`autorule.evaluation.feedback_protocols.consistency`). The last
+``feedback.heldout_instructions`` instructions are marked ``split=heldout``: the feedback_rm
+stage trains on the rest and measures its accuracy on them.
 
 Artifact: ``ratings.parquet`` (instruction, response, rating, answer, split), ``rankings.parquet``
 (instruction, response_x, response_y, label x|y|equal, implied label, both answers, split),

@@ -21,8 +21,8 @@ The annotator (LLM role ``feedback.llm``, the feedback stage's templates) judges
 * **rankings**: the pair is asked in both orders; the same position winning both is a tie.
 
 Win rate = (wins + 0.5 ties) / n with a 95% interval of 1.96 x SEM
-(:func:`autorule.evaluation.feedback_protocols.sem_win_rate`); unread or failed judgments are left out and
-counted.
+(:func:`autorule.evaluation.feedback_protocols.sem_win_rate`); unread or failed judgments are
+left out and counted.
 
 Artifact: ``win_rates.json`` (training protocol -> evaluation protocol -> N -> win rate),
 ``win_rate_vs_n.png`` and ``report.md`` (the feedback artifact's consistency table, each reward

@@ -7,7 +7,8 @@
 Bansal et al. (ICLR 2024) trained one reward model per protocol on the same responses:
 
 * ``ratings``: regression; the loss is the MSE between sigmoid(score) and (rating - 1) / 6
-  (:func:`autorule.evaluation.feedback_protocols.rating_target`), over the responses whose rating parsed;
+  (:func:`autorule.evaluation.feedback_protocols.rating_target`), over the responses whose
+  rating parsed;
 * ``rankings``: Bradley-Terry, -log sigmoid(score(preferred) - score(other)), over the pairs
   with a strict preference (ties and unread verdicts dropped:
   :func:`autorule.evaluation.feedback_protocols.preferred_pairs`).
@@ -28,7 +29,8 @@ scoring higher) and ``heldout_ratings_accuracy`` (pairs of one instruction's ans
 different ratings, the higher-rated one scoring higher).
 
 Artifact: ``model/``, ``metrics.json``, with LoRA ``adapter/``, and the manifest. The reward term
-``feedback_rm`` (:mod:`autorule.rewards.feedback_rm`) scores with it, e.g. for best-of-N in generate.
+``feedback_rm`` (:mod:`autorule.rewards.feedback_rm`) scores with it, e.g. for best-of-N in
+generate.
 """
 
 from __future__ import annotations
