@@ -32,8 +32,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -128,6 +129,36 @@ def echo_rules(request: FakeRequest) -> FakeReply:
         "The reply is clear and concise.",
     ]
     return FakeReply(text=json.dumps(rules), reasoning=f"Thinking about request {digest[:16]}.")
+
+
+def echoing_authorization(reply: Callable[[FakeRequest], FakeReply]):
+    """``reply`` with the request's ``Authorization`` header quoted on the first line of every
+    ordinary answer, as a gateway's debug output might: for tests that no artifact keeps a key."""
+
+    def echo(request: FakeRequest) -> FakeReply:
+        answer = reply(request)
+        if answer.status != 200 or answer.raw_body is not None:
+            return answer
+        header = request.headers.get("authorization", "")
+        return replace(answer, text=f"(request sent with {header})\n{answer.text}")
+
+    return echo
+
+
+def files_holding(folder, secret: str) -> list[str]:
+    """The files under ``folder`` whose content holds ``secret``: parquet tables read back as
+    text (their pages are compressed), every other file as bytes."""
+    import pandas as pd
+
+    found = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        if path.suffix == ".parquet":
+            data = pd.read_parquet(path).to_json().encode()
+        else:
+            data = path.read_bytes()
+        if secret.encode() in data or json.dumps(secret)[1:-1].encode() in data:
+            found.append(str(path.relative_to(folder)))
+    return found
 
 
 class _Server(ThreadingHTTPServer):

@@ -17,9 +17,9 @@ manifest with ``status: complete``; a crash at any point leaves no folder that l
 
 An artifact is *up to date* when its manifest is complete, its config hash matches, every file the
 manifest lists is there with its recorded size (with ``verify=true``, its recorded sha256 too),
-it is not marked ``provisional``, and every upstream artifact it read still has the content hash
-recorded in ``inputs`` (so recomputing an upstream stage into different content makes its
-downstream stages out of date). A manifest that cannot be read, whatever it holds, counts as no
+it is not marked ``provisional`` (a stand-in, or a result with failed LLM calls), and every
+upstream artifact it read still has the content hash recorded in ``inputs`` (so recomputing an
+upstream stage into different content makes its downstream stages out of date). A manifest that cannot be read, whatever it holds, counts as no
 manifest: the stage recomputes the artifact.
 """
 
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CONFIG_FILE = "config.yaml"  # the full resolved config, secrets masked
+FAILED_CALLS = "failed_calls"  # the count of LLM calls that failed for good: > 0 is provisional
 PACKAGES = (
     "autorule",
     "torch",
@@ -515,11 +516,24 @@ class StageJob:
         )
 
     def commit(self, counts: dict[str, int] | None = None, extra: dict | None = None) -> Path:
-        """Writes the manifest as complete and moves the work folder into place atomically."""
+        """Writes the manifest as complete and moves the work folder into place atomically.
+
+        An artifact whose counts record failed LLM calls (``failed_calls`` > 0, allowed by the
+        stage's ``max_failed_calls``) is committed ``provisional``: later stages may read it, but
+        the next run of this stage recomputes it, replaying the cached answers and asking again
+        only for the failed ones."""
         counts = dict(counts or {})
         for k, v in counts.items():
             if not isinstance(v, int) or isinstance(v, bool):
                 raise TypeError(f"count {k!r} must be an int, got {type(v).__name__}")
+        if counts.get(FAILED_CALLS, 0) > 0:
+            extra = {**(extra or {}), "provisional": True}
+            log.warning(
+                "[%s] %d LLM calls failed: the artifact is provisional; re-run the same command "
+                "to ask again for those calls only",
+                self.stage,
+                counts[FAILED_CALLS],
+            )
         resolved = OmegaConf.to_container(self.cfg, resolve=True)
         (self.workdir / CONFIG_FILE).write_text(
             OmegaConf.to_yaml(OmegaConf.create(redact(resolved)))

@@ -1,8 +1,13 @@
-"""Writing files so that a reader never sees half of one. Imports nothing from autorule.
+"""Writing files so that a reader never sees half of one, and artifacts that hold no secret.
+Imports nothing from autorule but :mod:`autorule.core.secrets`.
 
 Every writer here writes a temporary file beside the target, then renames it into place
 (``os.replace`` is atomic on POSIX file systems): a crash or a concurrent reader sees the old file
 or the new one, never a torn one.
+
+The ``*_redacted`` writers are the ones stages use for their artifacts' files: LLM answers, call
+records and anything else that may quote a credential (a server that echoes the request's
+``Authorization`` header) pass :func:`~autorule.core.secrets.redact` on the way to disk.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import os
 import uuid
 from pathlib import Path
 from typing import Any
+
+from autorule.core.secrets import redact, redact_text
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -51,3 +58,46 @@ def rename_dir_atomic(tmp: Path, final: Path) -> bool:
             return False
         raise
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# Artifact files: redacted, then written atomically
+
+
+def write_text_redacted(path: str | Path, text: str) -> None:
+    """Writes ``text`` (Markdown, YAML, any text) with secrets masked."""
+    write_text_atomic(path, redact_text(text))
+
+
+def write_json_redacted(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
+    """Writes ``obj`` as JSON with secrets masked (keys sorted)."""
+    write_json_atomic(path, redact(obj), indent=indent)
+
+
+def write_jsonl_redacted(path: str | Path, rows: Any) -> int:
+    """Writes one JSON object per line with secrets masked; returns how many."""
+    lines = [json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in redact(list(rows))]
+    write_text_atomic(path, "".join(lines))
+    return len(lines)
+
+
+def redact_frame(frame: Any) -> Any:
+    """A copy of a pandas DataFrame whose text cells (nested lists and dicts too) are redacted."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    clean = frame.copy()
+    for column in clean.columns:
+        if is_object_dtype(clean[column]) or is_string_dtype(clean[column]):
+            clean[column] = redact(clean[column].tolist())
+    return clean
+
+
+def write_parquet_redacted(path: str | Path, frame: Any) -> None:
+    """Writes a pandas DataFrame as parquet (no index) with secrets masked."""
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        redact_frame(frame).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

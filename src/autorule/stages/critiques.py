@@ -26,7 +26,6 @@ input_tokens, output_tokens, empty_critiques.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from omegaconf import DictConfig
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
 from autorule.core.config import check_choice, check_number, check_paths
+from autorule.core.files import write_jsonl_redacted, write_parquet_redacted
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import preference_rows
 from autorule.rules.prompts import fill
@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> Path:
             {"side": SIDES[i // n], "row": i % n, **completion.record()}
             for i, completion in enumerate(answers)
         ]
-        write_jsonl(job.workdir / "calls.jsonl", calls)
+        write_jsonl_redacted(job.workdir / "calls.jsonl", calls)
         failed = [c for c in calls if c["error"]]
         if len(failed) > int(section.max_failed_calls):
             raise RuntimeError(
@@ -114,7 +114,7 @@ def run(cfg: DictConfig) -> Path:
         out = out[ok].reset_index(drop=True)[list(COLUMNS)]
         if out.empty:
             raise RuntimeError(f"no pair has both critiques; see {job.workdir}/calls.jsonl")
-        out.to_parquet(job.workdir / OUTPUT, index=False)
+        write_parquet_redacted(job.workdir / OUTPUT, out)
         counts = {
             "pairs": len(out),
             "calls": len(calls),
@@ -148,9 +148,3 @@ def read_critiques(folder: Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{folder / OUTPUT} lacks the columns {missing}")
     return df
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")

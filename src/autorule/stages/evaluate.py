@@ -45,6 +45,7 @@ from omegaconf import DictConfig
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob, read_manifest
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
+from autorule.core.files import write_json_redacted, write_jsonl_redacted
 from autorule.core.stage import StageSpec
 from autorule.evaluation import agreement, alpaca, hacking, mt_bench, pairwise
 from autorule.stages.generate import (
@@ -54,7 +55,6 @@ from autorule.stages.generate import (
     RESPONSES,
     SAMPLING,
     read_jsonl,
-    write_jsonl,
 )
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def run(cfg: DictConfig) -> Path:
         scores: dict[str, list[float]] = {}
         if section.rm_score:
             scores = rm_score_sets(cfg, inputs["rm"], sets)
-            (job.workdir / "rm_scores.json").write_text(json.dumps(scores) + "\n")
+            write_json_redacted(job.workdir / "rm_scores.json", scores, indent=None)
             metrics["rm_score"] = {label: summary(values) for label, values in scores.items()}
 
         # ---- 2. win rates against the reference, in both orders
@@ -179,12 +179,12 @@ def run(cfg: DictConfig) -> Path:
                 )
                 rates[label] = pairwise.win_rate([j.verdict for j in judged]).as_dict()
                 judged_rows += judgment_rows(label, sets[label], judged)
-            write_jsonl(job.workdir / "judgments.jsonl", judged_rows)
+            write_jsonl_redacted(job.workdir / "judgments.jsonl", judged_rows)
             metrics["win_rate"] = rates["model"]
             metrics["win_rate_checkpoints"] = {k: v for k, v in rates.items() if k != "model"}
             counts["judge_calls"] = 2 * sum(r["pairs"] for r in rates.values())
             counts["unparsed_judge_answers"] = sum(r["unparsed_answers"] for r in rates.values())
-            counts["failed_judge_calls"] = sum(r["failed_calls"] for r in rates.values())
+            counts["failed_calls"] = sum(r["failed_calls"] for r in rates.values())
             points = checkpoint_points(cfg, inputs, rates, scores)
         elif section.win_rate:
             metrics["win_rate"] = None
@@ -196,16 +196,17 @@ def run(cfg: DictConfig) -> Path:
 
             rules = load_rules(cfg, inputs)
             found = rule_agreement(cfg, inputs["preprocess"], rules)
-            (job.workdir / "rule_agreement.json").write_text(json.dumps(found, indent=2) + "\n")
+            write_json_redacted(job.workdir / "rule_agreement.json", found)
             metrics["rule_agreement"] = {k: v for k, v in found.items() if k != "rules"}
             counts["agreement_pairs"] = found["overall"]["pairs"]
+            counts["failed_calls"] = counts.get("failed_calls", 0) + found["failed"]
             if section.prune_below is not None:
                 metrics["pruned_rules"] = write_pruned(job.workdir, found, section.prune_below)
                 counts["pruned_rules_kept"] = len(metrics["pruned_rules"]["kept"])
 
         # ---- 4. reward hacking: the training log and the checkpoints
         found = reward_hacking(cfg, inputs, points)
-        (job.workdir / "hacking.json").write_text(json.dumps(found, indent=2) + "\n")
+        write_json_redacted(job.workdir / "hacking.json", found)
         metrics["hacking_flags"] = found["flags"]
         counts["hacking_flags"] = len(found["flags"])
 
@@ -215,7 +216,7 @@ def run(cfg: DictConfig) -> Path:
             job.workdir, sets, generated, model_name, reference_name
         )
 
-        (job.workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json_redacted(job.workdir / "metrics.json", metrics)
         log.info("[evaluate] win rate: %s", metrics.get("win_rate"))
         return job.commit(counts, extra={"metrics": headline(metrics)})
 
@@ -417,7 +418,7 @@ def write_pruned(workdir: Path, found: dict[str, Any], threshold: float) -> dict
         f"Rules whose agreement with the human preference on {found['split']} reached "
         f"{threshold} (evaluate.prune_below); {len(dropped)} dropped."
     )
-    path.write_text(json.dumps({"description": description, "rules": kept}, indent=2) + "\n")
+    write_json_redacted(path, {"description": description, "rules": kept})
     log.info(
         "[evaluate] pruned rule file: %d kept, %d dropped -> %s", len(kept), len(dropped), path
     )

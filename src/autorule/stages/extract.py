@@ -55,7 +55,6 @@ messages can carry what a server echoed back (an ``Authorization`` header, a tok
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -65,6 +64,7 @@ from omegaconf import DictConfig
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
 from autorule.core.config import check_choice, check_number, check_paths
+from autorule.core.files import write_json_redacted, write_jsonl_redacted
 from autorule.core.secrets import redact
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import Pair, mt_pairs, uf_pairs
@@ -197,7 +197,7 @@ def run(cfg: DictConfig) -> Path:
         for i, completion in zip(todo, extracted, strict=True):
             apply_extraction(examples[i], completion)
 
-        write_jsonl(job.workdir / "examples.jsonl", examples)
+        write_jsonl_redacted(job.workdir / "examples.jsonl", examples)
         stop_on_failures(calls, int(section.max_failed_calls), job.workdir)
 
         # ---- 3. merge: exact duplicates, then near-duplicates with the LLM
@@ -249,9 +249,9 @@ def run(cfg: DictConfig) -> Path:
                 section, counts, job.path if section.fallback_rules else job.workdir
             )
             counts["fallback_rules_used"] = 1
-        write_json(job.workdir / "rules.json", final)
-        write_json(job.workdir / "rules_unmerged.json", unique)
-        write_jsonl(job.workdir / "calls.jsonl", calls)
+        write_json_redacted(job.workdir / "rules.json", final)
+        write_json_redacted(job.workdir / "rules_unmerged.json", unique)
+        write_jsonl_redacted(job.workdir / "calls.jsonl", calls)
         log.info("[extract] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         # Fallback rules stand in for extracted ones: the next run of the stage recomputes them.
         provisional = {"provisional": True} if counts["fallback_rules_used"] else {}
@@ -365,25 +365,13 @@ def stop_on_failures(calls: list[dict], allowed: int, workdir: Path) -> None:
     """
     failed = [c for c in calls if c["error"]]
     if failed and len(failed) > allowed:
-        write_jsonl(workdir / "calls.jsonl", calls)
+        write_jsonl_redacted(workdir / "calls.jsonl", calls)
         raise RuntimeError(
             f"{len(failed)} of {len(calls)} LLM calls failed (extract.max_failed_calls={allowed}); "
             f"first error: {redact(failed[0]['error'])}\nFinished calls are cached: re-run the "
             f"same command to retry only the failed ones. Details: {workdir}/examples.jsonl, "
             f"{workdir}/calls.jsonl"
         )
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """One JSON line per row, secrets masked (:func:`autorule.core.secrets.redact`)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for row in redact(rows):
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-
-
-def write_json(path: Path, obj) -> None:
-    """``obj`` as indented JSON, secrets masked."""
-    path.write_text(json.dumps(redact(obj), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------

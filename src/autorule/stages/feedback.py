@@ -37,7 +37,6 @@ Artifact: ``ratings.parquet`` (instruction, response, rating, answer, split), ``
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from autorule.core.config import (
     check_paths,
     with_values,
 )
+from autorule.core.files import write_json_redacted, write_parquet_redacted, write_text_redacted
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import preference_rows
 from autorule.evaluation import feedback_protocols as fb
@@ -295,10 +295,10 @@ def run(cfg: DictConfig) -> Path:
         )
 
         # ---- write the artifact
-        ratings.to_parquet(job.workdir / RATINGS, index=False)
-        rankings.to_parquet(job.workdir / RANKINGS, index=False)
-        (job.workdir / CONSISTENCY).write_text(json.dumps(summary, indent=2) + "\n")
-        (job.workdir / "consistency.md").write_text(consistency_markdown(result) + "\n")
+        write_parquet_redacted(job.workdir / RATINGS, ratings)
+        write_parquet_redacted(job.workdir / RANKINGS, rankings)
+        write_json_redacted(job.workdir / CONSISTENCY, summary)
+        write_text_redacted(job.workdir / "consistency.md", consistency_markdown(result) + "\n")
         counts = {
             "instructions": len(groups),
             "rated_responses": len(ratings),

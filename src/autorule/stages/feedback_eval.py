@@ -40,6 +40,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_number, check_paths, with_values
+from autorule.core.files import write_json_redacted, write_text_redacted
 from autorule.core.stage import StageSpec
 from autorule.evaluation import feedback_protocols as fb
 from autorule.evaluation.generation import best_index
@@ -242,9 +243,9 @@ def run(cfg: DictConfig) -> Path:
             "heldout_pairs": pair_counts,
             "annotator": annotator.describe(),
         }
-        (job.workdir / WIN_RATES).write_text(json.dumps(result, indent=2) + "\n")
+        write_json_redacted(job.workdir / WIN_RATES, result)
         plot(result, job.workdir / PLOT)
-        (job.workdir / REPORT).write_text(report(result, consistency_md))
+        write_text_redacted(job.workdir / REPORT, report(result, consistency_md))
         return job.commit(
             {"prompts": sum(result["prompts"].values()), "failed_calls": failed, "unread": unread}
         )

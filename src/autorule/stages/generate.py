@@ -42,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autorule.core.artifacts import StageJob, read_manifest
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
+from autorule.core.files import write_json_redacted, write_jsonl_redacted
 from autorule.core.hashing import file_sha256
 from autorule.core.stage import StageSpec
 from autorule.evaluation import prompt_sets
@@ -263,7 +264,7 @@ def run(cfg: DictConfig) -> Path:
                 response_row(item, answers) for item, answers in zip(items, chosen, strict=True)
             ]
             out = output_file(job.workdir, label)
-            write_jsonl(out, rows)
+            write_jsonl_redacted(out, rows)
             counts[f"unfinished_{label_key(label)}"] = sum(
                 1 for row in rows if not all(row["finished"])
             )
@@ -281,7 +282,7 @@ def run(cfg: DictConfig) -> Path:
             "reference": None if section.reference is None else str(section.reference),
             "models": records,
         }
-        (job.workdir / SAMPLING).write_text(json.dumps(info, indent=2) + "\n")
+        write_json_redacted(job.workdir / SAMPLING, info)
         return job.commit(counts, extra={"generate": {"backend": backend, "models": records}})
 
 
@@ -452,7 +453,7 @@ def pick_best(
                 "chosen": best,
             }
         )
-    write_jsonl(workdir / CANDIDATES, rows)
+    write_jsonl_redacted(workdir / CANDIDATES, rows)
     return chosen
 
 
@@ -507,12 +508,6 @@ def output_file(workdir: Path, label: str) -> Path:
 
 def label_key(label: str) -> str:
     return label.replace("-", "_")
-
-
-def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -49,6 +49,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
+from autorule.core.files import write_json_redacted, write_jsonl_redacted
 from autorule.core.stage import StageSpec
 from autorule.training import lora
 from autorule.training.arguments import MODEL, check_training, runtime_keys
@@ -474,12 +475,10 @@ def train(
         "rewards": names,
     }
     if trainer.is_world_process_zero():
-        with open(workdir / LOG_HISTORY, "w") as f:
-            for entry in history:
-                f.write(json.dumps(entry, sort_keys=True) + "\n")
+        write_jsonl_redacted(workdir / LOG_HISTORY, history)
         if SPEC.reads_rules(cfg):
             table = rule_table(history, rules)
-            (workdir / RULE_TABLE).write_text(json.dumps(table, indent=2) + "\n")
+            write_json_redacted(workdir / RULE_TABLE, table)
             metrics["rules"] = len(table)
     save(trainer, workdir, metrics, keep_checkpoints=bool(cfg.grpo.keep_checkpoints))
     if cfg.grpo.lora_rank is not None:

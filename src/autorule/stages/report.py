@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from autorule.core.artifacts import StageJob, artifact_path
 from autorule.core.config import check_number, check_paths
+from autorule.core.files import write_text_redacted
 from autorule.core.stage import StageSpec
 from autorule.evaluation import plots
 
@@ -50,7 +51,7 @@ def run(cfg: DictConfig) -> Path:
         if not job.done:
             evaluated = job.input("evaluate")
             text = render(cfg, evaluated, job.workdir)
-            (job.workdir / REPORT).write_text(text)
+            write_text_redacted(job.workdir / REPORT, text)
             figures = sorted((job.workdir / PLOTS).glob("*.png"))
             job.commit({"plots": len(figures)})
         print(f"[autorule] report: {job.path / REPORT}", flush=True)
