@@ -14,6 +14,10 @@ per request, for a server run in another process). ``tls=self_signed_cert(folder
 which botocore requires before it sends a Bedrock API key (``AWS_BEARER_TOKEN_BEDROCK``); point
 the client at the certificate with ``AWS_CA_BUNDLE``.
 
+Helpers for answers that misbehave: :func:`echoing_authorization` quotes the request's
+``Authorization`` header in every answer (with :func:`files_holding` to look for the key in an
+artifact), :func:`quoting_grader` quotes the graded reply after its score.
+
 OpenAI requests with ``logprobs: true`` get the reply's ``top_logprobs`` back in the API's format
 (``choices[0].logprobs.content[0].top_logprobs``, cut to the ``top_logprobs`` asked for).
 :class:`ScriptedJudge` is a rule judge for it: it says yes exactly for known (response, rule)
@@ -143,6 +147,18 @@ def echoing_authorization(reply: Callable[[FakeRequest], FakeReply]):
         return replace(answer, text=f"(request sent with {header})\n{answer.text}")
 
     return echo
+
+
+def quoting_grader(score: str):
+    """A rubric grader that gives ``score`` in ``<score>`` tags, then quotes the reply it graded
+    (found between ``<reply>`` tags in the grader prompt), as graders that explain themselves do:
+    a reply holding a score tag of its own then follows the grader's."""
+
+    def grade(request: FakeRequest) -> FakeReply:
+        reply = request.prompt.split("<reply>\n", 1)[-1].split("\n</reply>", 1)[0]
+        return FakeReply(text=f"<score>{score}</score>\nThe reply I graded:\n{reply}")
+
+    return grade
 
 
 def files_holding(folder, secret: str) -> list[str]:

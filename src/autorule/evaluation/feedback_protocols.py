@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from autorule.evaluation.pairwise import PairVerdict
+from autorule.evaluation.pairwise import PairVerdict, last_line_verdict
 
 RATING_MIN, RATING_MAX = 1, 7  # the paper's 7-point scale
 # The three outcomes of a comparison of response X with response Y.
@@ -38,9 +38,11 @@ X, Y, EQUAL = "x", "y", "equal"
 LABELS = (X, Y, EQUAL)
 
 _DECORATION = r"[\s*_`#>\[\]()\"'.]*"
-# "Rating: 5", tolerating markdown emphasis, brackets and "5/7" or "5 out of 7".
+# "Rating: 5", tolerating markdown emphasis, brackets and "5/7" or "5 out of 7". Plain ASCII
+# digits, at most three: a longer run (5,000 digits would pass Python's int-digits limit) or a
+# full-width digit is no rating.
 RATING_LINE = re.compile(
-    rf"^{_DECORATION}rating{_DECORATION}\s*[:=]\s*{_DECORATION}(\d+)"
+    rf"^{_DECORATION}rating{_DECORATION}\s*[:=]\s*{_DECORATION}([0-9]{{1,3}})"
     rf"(?:\s*(?:/|out of)\s*7)?{_DECORATION}$",
     re.IGNORECASE,
 )
@@ -48,14 +50,14 @@ RATING_LINE = re.compile(
 
 def parse_rating(answer: str | None) -> int | None:
     """The 1-7 rating on the answer's last non-empty line, or None (no such line, a number out of
-    range, an empty or failed answer)."""
+    range, another rating line that disagrees, an empty or failed answer)."""
     if not answer or not answer.strip():
         return None
-    last = [line for line in answer.strip().splitlines() if line.strip()][-1].strip()
-    match = RATING_LINE.match(last)
-    if not match:
+    lines = [line for line in answer.strip().splitlines() if line.strip()]
+    found = last_line_verdict(lines, RATING_LINE)
+    if not found:
         return None
-    value = int(match.group(1))
+    value = int(found)
     return value if RATING_MIN <= value <= RATING_MAX else None
 
 

@@ -4,9 +4,11 @@ Rubric data (:mod:`autorule.data.rubrics`, docs/rubric.md) gives every prompt it
 rubric items. For each (answer, item) the grader, LLM role ``rubric.grader``, gets one user
 message (``rubric.prompt``): the conversation so far (every message before the policy's answer),
 then the policy's answer set apart as the only thing to grade, then the item and its format
-instruction. The score is the last match of the item's ``extraction_regex`` (first group,
-DOTALL) in the grader's answer; a grade with no match, or whose match is not a finite number,
-scores 0.0 and is counted as unparsed (a failed call scores 0.0 too, counted as failed).
+instruction. The score is the first group of the item's ``extraction_regex`` (DOTALL) in the
+grader's answer: a plain ASCII decimal number within the item's ``min_score``..``max_score``,
+the same in every match (:func:`parse_score`). A grade with no match, a match that is no such
+number, or disagreeing matches scores 0.0 and is counted as unparsed (a failed call scores 0.0
+too, counted as failed).
 
     reward = mean of the item scores + format_coef x (format_ok - 1)
 
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,21 +66,34 @@ def grader_prompt(
     )
 
 
-def parse_score(text: str, regex: str) -> float | None:
-    """The score in a grader's answer: the first group of the regex's *last* match (DOTALL), as
-    a finite float; None when nothing matches or the match is not a number.
+# A score as a grader should write it: plain ASCII digits, an optional sign and decimal point. No
+# exponent (1e308), no digit separators (1_000), no full-width or other Unicode digits (５), and
+# at most 32 characters, all of which float() would otherwise take.
+PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+MAX_SCORE_CHARS = 32
 
-    The last match wins because a grader may quote the format, or the graded answer, before it
-    gives its own score.
+
+def parse_score(text: str, regex: str, low: float = 0.0, high: float = 1.0) -> float | None:
+    """The score in a grader's answer: the first group of the regex's matches (DOTALL), a plain
+    number within [low, high] (the rubric item's ``min_score``/``max_score``); None otherwise.
+
+    Every match must give the same score: a grader may quote the graded answer after its own
+    score, and that answer may hold a score tag of its own, so an answer with disagreeing copies
+    is unreadable (the graded text must never supply the grade). A copy that is not a plain
+    number, or is out of range, makes the answer unreadable too.
     """
-    matches = list(re.finditer(regex, text, re.DOTALL))
-    if not matches:
+    found = {_plain_score(m.group(1), low, high) for m in re.finditer(regex, text, re.DOTALL)}
+    if len(found) != 1:
         return None
-    try:
-        value = float(matches[-1].group(1).strip())
-    except (TypeError, ValueError):
+    return found.pop()
+
+
+def _plain_score(group: str | None, low: float, high: float) -> float | None:
+    text = (group or "").strip()
+    if len(text) > MAX_SCORE_CHARS or not PLAIN_NUMBER.fullmatch(text):
         return None
-    return value if math.isfinite(value) else None
+    value = float(text)
+    return value if low <= value <= high else None
 
 
 def rubric_reward(scores: Sequence[float], format_ok: bool, format_coef: float = 0.1) -> float:
@@ -246,7 +260,12 @@ def rubric_term(context: RewardContext):
         parsed: list[float | None] = []
         unparsed = 0
         for (i, j), grade in zip(owner, grades, strict=True):
-            value = parse_score(grade.text, items[i][j].extraction_regex) if grade.ok else None
+            item = items[i][j]
+            value = (
+                parse_score(grade.text, item.extraction_regex, item.min_score, item.max_score)
+                if grade.ok
+                else None
+            )
             unparsed += grade.ok and value is None
             parsed.append(value)
             scores[i].append(0.0 if value is None else value)
