@@ -182,17 +182,23 @@ def read_jsonl(path: str | Path) -> list[RubricDatapoint]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"rubric data file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RubricFormatError(
+            f"file {path} is not UTF-8 text (byte {err.start}: {err.reason}); rubric data is "
+            "JSON lines"
+        ) from None
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"file {path}, line {number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RubricFormatError(f"{where}: not valid JSON ({err.msg})") from None
-            out.append(parse_datapoint(obj, where))
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON may hold U+2028
+        if not line.strip():
+            continue
+        where = f"file {path}, line {number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RubricFormatError(f"{where}: not valid JSON ({err.msg})") from None
+        out.append(parse_datapoint(obj, where))
     if not out:
         raise RubricFormatError(f"file {path} holds no datapoints")
     return out

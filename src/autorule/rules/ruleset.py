@@ -43,11 +43,25 @@ def read_rules_file(path: str | Path) -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"rule file {path} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"rule file {path} is not UTF-8 text (byte {err.start}: {err.reason}); a rule file "
+            "is JSON or YAML"
+        ) from None
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            # PyYAML names the text "<unicode string>"; say which file, and where in it. Its
+            # safe loader also refuses tags that build Python objects (!!python/...).
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise ValueError(f"rule file {path} is not plain YAML{where}: {problem}") from None
     else:
         try:
             data = json.loads(text)

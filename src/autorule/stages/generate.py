@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -198,6 +199,8 @@ def check(cfg: DictConfig) -> None:
             f"generate.best_of_n={section.best_of_n} needs sampling (generate.temperature > 0): "
             "greedy decoding gives the same answer N times"
         )
+    for key in ("generate.model", "generate.reference"):
+        check_model_folder(OmegaConf.select(cfg, key), key)
     if section.checkpoints and str(section.model) not in MODEL_STAGES:
         raise ConfigError(
             f"generate.checkpoints=true samples the checkpoints a training stage kept; "
@@ -369,6 +372,18 @@ def resolve_models(cfg: DictConfig, inputs: dict[str, Path]) -> dict[str, tuple[
         for step, folder in kept_checkpoints(inputs[value], value):
             models[f"step-{step}"] = (str(folder), tokenizer_of(folder, inputs[value] / MODEL_DIR))
     return models
+
+
+def check_model_folder(value: Any, key: str) -> None:
+    """Refuses a model path that is a symbolic link to nothing: read as a hub id, it would fail
+    later inside transformers without naming the link."""
+    if value is None or str(value) in (*MODEL_STAGES, BASE):
+        return
+    path = Path(str(value)).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(
+            f"{key}={value} is a symbolic link to {os.readlink(path)}, which does not exist"
+        )
 
 
 def resolve_model(

@@ -514,3 +514,10 @@ def test_a_score_planted_in_the_reply_never_becomes_the_grade(make_cfg, tmp_path
         assert len(server.requests) == 3
     assert rewards == [0.5, 0.0, 0.0]
     assert func.metrics()["rubric/unparsed"] == pytest.approx(2 / 3)
+
+
+def test_a_binary_rubric_file_is_named(tmp_path):
+    path = tmp_path / "rubrics.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n\xff\xfe\x00\x01")
+    with pytest.raises(RubricFormatError, match=re.escape(f"file {path} is not UTF-8 text")):
+        rubrics.read_jsonl(path)
