@@ -16,7 +16,8 @@ Calls go through the LLM layer (:mod:`autorule.llm`): concurrent for served judg
 local ones, and cached as they arrive, so an interrupted run re-run with the same command pays
 only for the calls it had not made. Calls that fail for good stop the stage before it commits
 (beyond ``critique.max_failed_calls``); a pair with a failed call is left out when failures are
-allowed.
+allowed, and the artifact is then provisional: the next run recomputes it, asking again only for
+the failed calls.
 
 Artifact: ``critiques.parquet`` (``prompt``, ``chosen``, ``rejected``, ``chosen_feedback``,
 ``rejected_feedback``), ``calls.jsonl`` (one record per call: side, row, latency, tokens,
