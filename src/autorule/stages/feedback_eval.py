@@ -343,10 +343,7 @@ def report(result: dict[str, Any], consistency_md: str) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Win rate against N, a line per reward model and evaluation protocol, with intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from autorule.evaluation.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for trained, by_judged in result["win_rates"].items():
@@ -369,6 +366,4 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("N (best of N)")
     ax.set_ylabel("win rate against the reference")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

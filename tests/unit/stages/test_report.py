@@ -15,6 +15,7 @@ HOSTILE = [
     'Shows <img src=x onerror="steal()"> nothing',
     "Cites ![pixel](http://evil.example/t.png) sources",
     "Is brief.\n## Injected heading",
+    "Quotes prices as $\\frac{1$ dollars",  # unbalanced math for matplotlib's labels
 ]
 
 
@@ -57,6 +58,8 @@ def test_rules_written_by_an_llm_cannot_change_the_reports_markdown(make_cfg, tm
         "### RM score and win rate over checkpoints",
         "## AlpacaEval 2.0 and MT-Bench",
     ]
+    png = tmp_path / "out" / "plots" / "rule_agreement.png"
+    assert f"(plots/{png.name})" in text and png.read_bytes()[:4] == b"\x89PNG"
     # still readable: the words are there, escaped rather than dropped
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "Answers \\| with a pipe" in text and "Is brief. ## Injected heading" in text
