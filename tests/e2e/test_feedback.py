@@ -223,20 +223,23 @@ def test_feedback_eval_two_by_two(root):
     assert "Disagreement:" in report and "best-of-4" in report
 
 
+# feedback_eval on picks of 2 prompts, best of 2
+SMALL_EVAL = [
+    "stage=feedback_eval",
+    "generate.model=base",
+    "generate.reference=null",
+    "generate.best_of_n=2",
+    "generate.best_of_reward=feedback_rm",
+    "generate.max_prompts=2",
+    "generate.max_new_tokens=4",
+    "feedback_eval.n_values=[1,2]",
+]
+
+
 def test_feedback_eval_makes_the_picks_it_lacks(root):
     """One command runs the study: picks not made yet (here: of 2 prompts) are sampled first,
     under each protocol, with the reward models already trained."""
-    cfg = config(
-        root,
-        "stage=feedback_eval",
-        "generate.model=base",
-        "generate.reference=null",
-        "generate.best_of_n=2",
-        "generate.best_of_reward=feedback_rm",
-        "generate.max_prompts=2",
-        "generate.max_new_tokens=4",
-        "feedback_eval.n_values=[1,2]",
-    )
+    cfg = config(root, *SMALL_EVAL)
     generated = {
         p: artifact_path(feedback_eval.with_protocol(cfg, p), "generate")
         for p in ("ratings", "rankings")
@@ -528,14 +531,7 @@ def test_calls_allowed_to_fail_make_feedback_eval_provisional(root, tmp_path):
 
     cfg = config(
         root,
-        "stage=feedback_eval",
-        "generate.model=base",
-        "generate.reference=null",
-        "generate.best_of_n=2",
-        "generate.best_of_reward=feedback_rm",
-        "generate.max_prompts=2",
-        "generate.max_new_tokens=4",
-        "feedback_eval.n_values=[1,2]",
+        *SMALL_EVAL,
         "feedback_eval.max_failed_calls=100",
         f"feedback.llm.cache_dir={tmp_path / 'cache'}",
         "force=true",

@@ -26,6 +26,15 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
 
 
+def read_utf8(path: str | Path, what: str, error: type[Exception] = ValueError) -> str:
+    """The text of ``path``; ``error`` naming ``what`` and the file when it is not UTF-8 (a
+    binary file given by mistake), rather than a bare ``UnicodeDecodeError``."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically."""
     path = Path(path)

@@ -36,6 +36,8 @@ from math import isfinite
 from pathlib import Path
 from typing import Any
 
+from autorule.core.files import read_utf8
+
 DEFAULT_EXTRACTION_REGEX = r"<score>(.*?)</score>"
 DEFAULT_FORMAT_INSTRUCTION = (
     "Write your score, a number between 0 and 1, inside <score></score> tags, e.g. "
@@ -182,13 +184,7 @@ def read_jsonl(path: str | Path) -> list[RubricDatapoint]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"rubric data file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise RubricFormatError(
-            f"file {path} is not UTF-8 text (byte {err.start}: {err.reason}); rubric data is "
-            "JSON lines"
-        ) from None
+    text = read_utf8(path, "rubric data file", RubricFormatError)
     out = []
     for number, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON may hold U+2028
         if not line.strip():

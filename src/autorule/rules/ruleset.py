@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from autorule.core.files import read_utf8
+
 log = logging.getLogger(__name__)
 
 _SPACE = re.compile(r"\s+")
@@ -43,13 +45,7 @@ def read_rules_file(path: str | Path) -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"rule file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"rule file {path} is not UTF-8 text (byte {err.start}: {err.reason}); a rule file "
-            "is JSON or YAML"
-        ) from None
+    text = read_utf8(path, "rule file")
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 

@@ -519,5 +519,7 @@ def test_a_score_planted_in_the_reply_never_becomes_the_grade(make_cfg, tmp_path
 def test_a_binary_rubric_file_is_named(tmp_path):
     path = tmp_path / "rubrics.jsonl"
     path.write_bytes(json.dumps(GOOD).encode() + b"\n\xff\xfe\x00\x01")
-    with pytest.raises(RubricFormatError, match=re.escape(f"file {path} is not UTF-8 text")):
+    with pytest.raises(
+        RubricFormatError, match=re.escape(f"rubric data file {path} is not UTF-8 text")
+    ):
         rubrics.read_jsonl(path)
