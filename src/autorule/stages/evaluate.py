@@ -24,6 +24,9 @@ What it measures (docs/evaluation.md):
 5. **Hand-offs**: ``alpaca_eval/`` (outputs and model config, and AlpacaEval's length-controlled
    win rate when it can run) and, for MT-Bench question sets, ``mt_bench/model_answer/``.
 
+Judge calls that failed (the pairwise judge's or the rule judge's) make the artifact provisional:
+the next run recomputes it, replaying the cached answers and asking again only for those calls.
+
 Artifact: ``metrics.json`` (everything the report tabulates), ``judgments.jsonl`` (the judge's
 answers, one line per pair), ``rm_scores.json``, ``rule_agreement.json``, ``pruned_rules.json``,
 ``hacking.json``, ``alpaca_eval/``, ``mt_bench/``.

@@ -47,7 +47,8 @@ When extraction yields no rules at all (the tiny profile's random model), ``extr
 names a rule file to use instead; the stage logs a warning and records the fallback in the counts
 and the manifest, which it marks ``provisional``: the next run of the stage recomputes it (replaying
 cached answers, asking again for the failed ones), so a later run with a working endpoint does not
-find "nothing to do". Without a fallback it fails, saying why.
+find "nothing to do". Without a fallback it fails, saying why. Rules extracted while calls failed
+(allowed by ``extract.max_failed_calls``) are provisional the same way.
 
 Everything the stage writes passes :func:`autorule.core.secrets.redact`: answers and error
 messages can carry what a server echoed back (an ``Authorization`` header, a token).
