@@ -19,8 +19,8 @@ An artifact is *up to date* when its manifest is complete, its config hash match
 manifest lists is there with its recorded size (with ``verify=true``, its recorded sha256 too),
 it is not marked ``provisional`` (a stand-in, or a result with failed LLM calls), and every
 upstream artifact it read still has the content hash recorded in ``inputs`` (so recomputing an
-upstream stage into different content makes its downstream stages out of date). A manifest that cannot be read, whatever it holds, counts as no
-manifest: the stage recomputes the artifact.
+upstream stage into different content makes its downstream stages out of date). A manifest that
+cannot be read, whatever it holds, counts as no manifest: the stage recomputes the artifact.
 """
 
 from __future__ import annotations
