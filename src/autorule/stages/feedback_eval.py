@@ -22,7 +22,8 @@ The annotator (LLM role ``feedback.llm``, the feedback stage's templates) judges
 
 Win rate = (wins + 0.5 ties) / n with a 95% interval of 1.96 x SEM
 (:func:`autorule.evaluation.feedback_protocols.sem_win_rate`); unread or failed judgments are
-left out and counted.
+left out and counted, and failed ones make the artifact provisional (the next run asks again for
+them only).
 
 Artifact: ``win_rates.json`` (training protocol -> evaluation protocol -> N -> win rate),
 ``win_rate_vs_n.png`` and ``report.md`` (the feedback artifact's consistency table, each reward
