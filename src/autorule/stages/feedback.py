@@ -16,8 +16,7 @@ own, :func:`candidates_config`, made first when missing).
 The annotator (:mod:`autorule.evaluation.annotators`: the LLM role ``feedback.llm``, any backend,
 calls concurrent and cached, so a re-run pays only for what is missing, and calls allowed to fail
 (``feedback.max_failed_calls``) leave a provisional artifact that the next run completes; or the
-heuristic stand-in
-of ``feedback.annotator``) gives
+heuristic stand-in of ``feedback.annotator``) gives
 
 * a **rating** of each response alone (``feedback.rating_template``; the answer ends with
   ``Rating: <1-7>``; unparsed answers are counted);
