@@ -5,9 +5,10 @@ Every writer here writes a temporary file beside the target, then renames it int
 (``os.replace`` is atomic on POSIX file systems): a crash or a concurrent reader sees the old file
 or the new one, never a torn one.
 
-The ``*_redacted`` writers are the ones stages use for their artifacts' files: LLM answers, call
-records and anything else that may quote a credential (a server that echoes the request's
-``Authorization`` header) pass :func:`~autorule.core.secrets.redact` on the way to disk.
+:func:`write_jsonl` and the ``*_redacted`` writers are the ones stages use for their artifacts'
+files: LLM answers, call records and anything else that may quote a credential (a server that
+echoes the request's ``Authorization`` header) pass :func:`~autorule.core.secrets.redact` on the
+way to disk.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,23 @@ def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> 
     write_text_atomic(path, text + "\n")
 
 
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
+    """Writes one JSON line per row, each with its secrets masked (:func:`redact`), atomically;
+    returns the number of rows."""
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    count = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(redact(row), ensure_ascii=False, default=str) + "\n")
+                count += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
 def rename_dir_atomic(tmp: Path, final: Path) -> bool:
     """Renames the folder ``tmp`` to ``final``; False when another process got there first
     (``final`` exists and is not empty), in which case ``tmp`` is left for the caller to remove."""
@@ -81,13 +100,6 @@ def write_text_redacted(path: str | Path, text: str) -> None:
 def write_json_redacted(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
     """Writes ``obj`` as JSON with secrets masked (keys sorted)."""
     write_json_atomic(path, redact(obj), indent=indent)
-
-
-def write_jsonl_redacted(path: str | Path, rows: Any) -> int:
-    """Writes one JSON object per line with secrets masked; returns how many."""
-    lines = [json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in redact(list(rows))]
-    write_text_atomic(path, "".join(lines))
-    return len(lines)
 
 
 def redact_frame(frame: Any) -> Any:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autorule.core.files import write_jsonl_redacted
+from autorule.core.files import write_jsonl
 
 TEMPLATE_NAME = "autorule-plain"
 PLAIN_TEMPLATE = "<|user|>{prompt}<|assistant|>"
@@ -126,7 +126,7 @@ def write_answers(
     """Writes ``<folder>/model_answer/<model_id>.jsonl`` (FastChat's layout under data/mt_bench)."""
     path = folder / "model_answer" / f"{model_id}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl_redacted(path, answer_rows(rows, model_id, tstamp))
+    write_jsonl(path, answer_rows(rows, model_id, tstamp))
     return path
 
 

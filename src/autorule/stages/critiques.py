@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
 from autorule.core.config import check_choice, check_number, check_paths
-from autorule.core.files import write_jsonl_redacted, write_parquet_redacted
+from autorule.core.files import write_jsonl, write_parquet_redacted
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import preference_rows
 from autorule.rules.prompts import fill
@@ -97,7 +97,7 @@ def run(cfg: DictConfig) -> Path:
             {"side": SIDES[i // n], "row": i % n, **completion.record()}
             for i, completion in enumerate(answers)
         ]
-        write_jsonl_redacted(job.workdir / "calls.jsonl", calls)
+        write_jsonl(job.workdir / "calls.jsonl", calls)
         failed = [c for c in calls if c["error"]]
         if len(failed) > int(section.max_failed_calls):
             raise RuntimeError(

@@ -48,7 +48,7 @@ from omegaconf import DictConfig
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob, read_manifest
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
-from autorule.core.files import write_json_redacted, write_jsonl_redacted
+from autorule.core.files import write_json_redacted, write_jsonl
 from autorule.core.stage import StageSpec
 from autorule.evaluation import agreement, alpaca, hacking, mt_bench, pairwise
 from autorule.stages.generate import (
@@ -182,7 +182,7 @@ def run(cfg: DictConfig) -> Path:
                 )
                 rates[label] = pairwise.win_rate([j.verdict for j in judged]).as_dict()
                 judged_rows += judgment_rows(label, sets[label], judged)
-            write_jsonl_redacted(job.workdir / "judgments.jsonl", judged_rows)
+            write_jsonl(job.workdir / "judgments.jsonl", judged_rows)
             metrics["win_rate"] = rates["model"]
             metrics["win_rate_checkpoints"] = {k: v for k, v in rates.items() if k != "model"}
             counts["judge_calls"] = 2 * sum(r["pairs"] for r in rates.values())

@@ -65,7 +65,7 @@ from omegaconf import DictConfig
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
 from autorule.core.config import check_choice, check_number, check_paths
-from autorule.core.files import write_json_redacted, write_jsonl_redacted
+from autorule.core.files import write_json_redacted, write_jsonl
 from autorule.core.secrets import redact
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import Pair, mt_pairs, uf_pairs
@@ -198,7 +198,7 @@ def run(cfg: DictConfig) -> Path:
         for i, completion in zip(todo, extracted, strict=True):
             apply_extraction(examples[i], completion)
 
-        write_jsonl_redacted(job.workdir / "examples.jsonl", examples)
+        write_jsonl(job.workdir / "examples.jsonl", examples)
         stop_on_failures(calls, int(section.max_failed_calls), job.workdir)
 
         # ---- 3. merge: exact duplicates, then near-duplicates with the LLM
@@ -252,7 +252,7 @@ def run(cfg: DictConfig) -> Path:
             counts["fallback_rules_used"] = 1
         write_json_redacted(job.workdir / "rules.json", final)
         write_json_redacted(job.workdir / "rules_unmerged.json", unique)
-        write_jsonl_redacted(job.workdir / "calls.jsonl", calls)
+        write_jsonl(job.workdir / "calls.jsonl", calls)
         log.info("[extract] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         # Fallback rules stand in for extracted ones: the next run of the stage recomputes them.
         provisional = {"provisional": True} if counts["fallback_rules_used"] else {}
@@ -366,7 +366,7 @@ def stop_on_failures(calls: list[dict], allowed: int, workdir: Path) -> None:
     """
     failed = [c for c in calls if c["error"]]
     if failed and len(failed) > allowed:
-        write_jsonl_redacted(workdir / "calls.jsonl", calls)
+        write_jsonl(workdir / "calls.jsonl", calls)
         raise RuntimeError(
             f"{len(failed)} of {len(calls)} LLM calls failed (extract.max_failed_calls={allowed}); "
             f"first error: {redact(failed[0]['error'])}\nFinished calls are cached: re-run the "

@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autorule.core.artifacts import StageJob, read_manifest
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
-from autorule.core.files import write_json_redacted, write_jsonl_redacted
+from autorule.core.files import write_json_redacted, write_jsonl
 from autorule.core.hashing import file_sha256
 from autorule.core.stage import StageSpec
 from autorule.evaluation import prompt_sets
@@ -267,7 +267,7 @@ def run(cfg: DictConfig) -> Path:
                 response_row(item, answers) for item, answers in zip(items, chosen, strict=True)
             ]
             out = output_file(job.workdir, label)
-            write_jsonl_redacted(out, rows)
+            write_jsonl(out, rows)
             counts[f"unfinished_{label_key(label)}"] = sum(
                 1 for row in rows if not all(row["finished"])
             )
@@ -468,7 +468,7 @@ def pick_best(
                 "chosen": best,
             }
         )
-    write_jsonl_redacted(workdir / CANDIDATES, rows)
+    write_jsonl(workdir / CANDIDATES, rows)
     return chosen
 
 

@@ -49,7 +49,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
-from autorule.core.files import write_json_redacted, write_jsonl_redacted
+from autorule.core.files import write_json_redacted, write_jsonl
 from autorule.core.stage import StageSpec
 from autorule.training import lora
 from autorule.training.arguments import MODEL, check_training, runtime_keys
@@ -475,7 +475,7 @@ def train(
         "rewards": names,
     }
     if trainer.is_world_process_zero():
-        write_jsonl_redacted(workdir / LOG_HISTORY, history)
+        write_jsonl(workdir / LOG_HISTORY, history)
         if SPEC.reads_rules(cfg):
             table = rule_table(history, rules)
             write_json_redacted(workdir / RULE_TABLE, table)

@@ -35,7 +35,7 @@ def test_parquet_cells_are_redacted_whatever_their_dtype(tmp_path):
 
 def test_json_lines_json_and_text_are_redacted(tmp_path):
     rows = [{"text": f"key {SECRET}", "n": 1}, {"text": "plain", "api_key": "abcdefgh12345"}]
-    assert files.write_jsonl_redacted(tmp_path / "r.jsonl", rows) == 2
+    assert files.write_jsonl(tmp_path / "r.jsonl", rows) == 2
     lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert lines == [{"text": f"key {MASK}", "n": 1}, {"text": "plain", "api_key": MASK}]
     files.write_json_redacted(tmp_path / "m.json", {"note": SECRET})
