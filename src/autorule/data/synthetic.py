@@ -514,7 +514,9 @@ def make_super_natural_instructions(seed: int, rows: int = 12) -> pd.DataFrame:
             {
                 "task_name": f"task{100 + i % 4}_topic_classification",
                 "id": f"task{100 + i % 4}-{i:04d}",
-                "definition": "In this task you are given a sentence. Name its topic in a few words.",
+                "definition": (
+                    "In this task you are given a sentence. Name its topic in a few words."
+                ),
                 "inputs": f"Sentence: I want to {rng.choice(STEPS)} before {topic}.",
                 "targets": topic,
             }

@@ -57,9 +57,9 @@ from autorule.core.artifacts import StageJob
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.stage import StageSpec
 from autorule.data import rubrics, sources
-from autorule.data.sources import Split
 from autorule.data.filters import FilterSettings, filter_rows, format_prompt, mt_question_split
 from autorule.data.models import load_tokenizer
+from autorule.data.sources import Split
 
 log = logging.getLogger(__name__)
 
