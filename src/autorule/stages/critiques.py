@@ -48,12 +48,22 @@ SIDES = ("chosen", "rejected")
 
 # The critique section decides the critiques, its LLM role included (backend, model, sampling,
 # token budget), except the role's transport keys and the failure allowance.
+PAIR_SOURCES = ("preprocess", "oracle")
+
+
+def from_oracle(cfg) -> bool:
+    return cfg.critique.pairs == "oracle"
+
+
 SPEC = StageSpec(
     name="critiques",
-    inputs=("preprocess",),
+    inputs=("preprocess", "oracle"),
     keys=("critique",),
     llm_roles=("critique.llm",),
+    # The oracle's pairs are always its train_prefs table: critique.split names a preprocess split.
     ignore=("critique.max_failed_calls",),
+    ignore_when=lambda cfg: ("critique.split",) if from_oracle(cfg) else (),
+    only_if={"preprocess": lambda cfg: not from_oracle(cfg), "oracle": from_oracle},
 )
 
 
@@ -62,8 +72,10 @@ def check(cfg: DictConfig) -> None:
     from autorule.llm import check_role
 
     check_paths(cfg)
-    check_choice(cfg.dataset.name, "dataset.name", ("uf",))  # UltraFeedback preference pairs
     section = cfg.critique
+    check_choice(section.pairs, "critique.pairs", PAIR_SOURCES)
+    if not from_oracle(cfg):
+        check_choice(cfg.dataset.name, "dataset.name", ("uf",))  # UltraFeedback preference pairs
     check_number(section.num_pairs, "critique.num_pairs", low=1, none_ok=True)
     check_number(section.max_failed_calls, "critique.max_failed_calls", low=0)
     check_role(cfg, "critique.llm")
@@ -77,7 +89,10 @@ def run(cfg: DictConfig) -> Path:
         section = cfg.critique
 
         # ---- load: the pairs
-        split = job.input("preprocess") / f"{section.split}.parquet"
+        if from_oracle(cfg):  # the oracle's labelled pairs of sampled answers (CLoud's data)
+            split = job.input("oracle") / "train_prefs.parquet"
+        else:
+            split = job.input("preprocess") / f"{section.split}.parquet"
         if not split.is_file():
             raise FileNotFoundError(f"critique.split={section.split}: no {split}")
         pairs = preference_rows(split, section.num_pairs)

@@ -131,6 +131,7 @@ def check(cfg: DictConfig) -> None:
         if missing:
             raise ConfigError(f"feedback.{key} lacks the placeholder(s) {missing}")
     check_choice(section.annotator, "feedback.annotator", ANNOTATORS)
+    check_choice(section.rating_line, "feedback.rating_line", fb.RATING_LINES)
     if annotator_kind(cfg) == "llm":
         check_role(cfg, "feedback.llm")
     else:
@@ -160,7 +161,12 @@ def annotator_kind(cfg: DictConfig) -> str:
 def unused_keys(cfg: DictConfig) -> tuple[str, ...]:
     """The settings of the annotator not used (:func:`annotator_kind`) decide nothing."""
     if annotator_kind(cfg) == "heuristic":
-        return ("feedback.llm", "feedback.rating_template", "feedback.ranking_template")
+        return (
+            "feedback.llm",
+            "feedback.rating_template",
+            "feedback.ranking_template",
+            "feedback.rating_line",
+        )
     return ("feedback.heuristic",)
 
 
@@ -182,6 +188,7 @@ def build_annotator(cfg: DictConfig) -> Annotator:
         llms.build(cfg, "feedback.llm"),
         str(section.rating_template),
         str(section.ranking_template),
+        str(section.rating_line),
     )
 
 
