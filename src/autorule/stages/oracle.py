@@ -5,7 +5,7 @@
 
 CLoud (Ankner et al. 2024, arXiv 2408.11791) built its reward-model data from prompts of
 UltraFeedback and UltraInteract: the policy answered each prompt, and a strong oracle model said
-which answer was better (and critiqued both: the ``critiques`` stage with ``critique.pairs=oracle``).
+which answer was better (and critiqued both: ``critiques`` with ``critique.pairs=oracle``).
 Here the prompts are the ``train`` split of the preprocess artifact of ``oracle.dataset``
 (``cloud_prompts``: both sources through :mod:`autorule.data.sources`); ``generate.model`` samples
 ``oracle.responses_per_prompt`` answers to each (a generate artifact of its own,
