@@ -70,3 +70,17 @@ def test_cloud_paper_dry_run_names_the_oracle_stage(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "stage oracle not run" in out and "experiment=cloud_paper" in out
     assert "mode=cloud: critique SFT -> self-critiques" in out
+
+
+def test_a_reward_model_hash_covers_its_own_protocol_settings_only(tmp_path):
+    from autorule.core.artifacts import config_hash
+
+    base = ["stage=feedback_rm", "experiment=feedback_paper", f"paths.root={tmp_path}"]
+
+    def digest(*overrides):
+        return config_hash(
+            compose([*base, "feedback_rm.protocol=ratings", *overrides]), "feedback_rm"
+        )
+
+    assert digest() == digest("feedback_rm.per_protocol.rankings.num_train_epochs=3")
+    assert digest() != digest("feedback_rm.per_protocol.ratings.num_train_epochs=3")

@@ -113,6 +113,8 @@ def ignored_for(cfg: DictConfig) -> tuple[str, ...]:
     """The settings that only other datasets read (their own keys are kept), and where each
     source of an instruction dataset is read (its fingerprint stands in)."""
     own = set(_OWN_KEYS.get(cfg.dataset.name, ()))
+    if is_instructions(cfg):  # formatted_prompt is written in the plain template
+        own.add("preprocess.plain_template")
     others = (key for name, keys in _OWN_KEYS.items() if name != cfg.dataset.name for key in keys)
     located = tuple(
         f"dataset.{group}.{name}.{key}"
