@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from autorule.core.artifacts import artifact_path
 from autorule.core.config import compose
 from autorule.data.synthetic import make_alpaca_eval, make_feedback_collection
 from autorule.pipeline import run_stage
@@ -19,6 +20,9 @@ def counts(folder):
 
 
 def test_cloud_paper_oracle_pairs_reach_the_critiques(tmp_path):
+    from autorule.core.artifacts import StageInputError
+    from autorule.stages import oracle
+
     cfg = compose(
         [
             "stage=pipeline",
@@ -29,7 +33,13 @@ def test_cloud_paper_oracle_pairs_reach_the_critiques(tmp_path):
             "pipeline.stages=[oracle,critiques]",
         ]
     )
+    # Alone, the stage names the command that samples its answers; the pipeline makes them.
+    with pytest.raises(StageInputError, match="stage=generate .*dataset=cloud_prompts"):
+        oracle.run(cfg)
     done = run_stage(cfg)
+    samples = oracle.samples_config(cfg)
+    assert counts(artifact_path(samples, "generate"))["prompts"] == 6
+    assert counts(artifact_path(samples, "preprocess"))["ultrainteract_rows"] == 24
     labelled = counts(done["oracle"])
     assert labelled["pairs"] == 6
     assert labelled["labelled"] + labelled["ties"] + labelled["unparsed"] == 6

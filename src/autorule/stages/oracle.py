@@ -9,7 +9,8 @@ which answer was better (and critiqued both: ``critiques`` with ``critique.pairs
 Here the prompts are the ``train`` split of the preprocess artifact of ``oracle.dataset``
 (``cloud_prompts``: both sources through :mod:`autorule.data.sources`); ``generate.model`` samples
 ``oracle.responses_per_prompt`` answers to each (a generate artifact of its own,
-:func:`samples_config`, unranked); every pair of one prompt's distinct answers is judged by the
+:func:`samples_config`, unranked, which the pipeline makes first when missing:
+``StageSpec.input_configs``); every pair of one prompt's distinct answers is judged by the
 LLM role ``oracle.llm`` with :func:`autorule.evaluation.pairwise.judge_pairs`, in both orders.
 
 A pair is labelled only when both orders agree. A tie (the verdict followed the position), an
@@ -97,8 +98,8 @@ def unused_keys(cfg: DictConfig) -> tuple[str, ...]:
 
 def check(cfg: DictConfig) -> None:
     """Refuses settings that cannot work before any call is paid for."""
+    from autorule.core.stage import load
     from autorule.llm import check_role
-    from autorule.stages import generate
 
     check_paths(cfg)
     section = cfg.oracle
@@ -122,7 +123,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"oracle.template lacks the placeholder(s) {missing}")
     if annotator_kind(cfg) == "llm":
         check_role(cfg, "oracle.llm")
-    generate.check(samples_config(cfg))  # the sampling, before any call is paid for
+    samples = samples_config(cfg)
+    load("generate", samples).check(samples)  # the sampling, before any call is paid for
 
 
 def build_annotator(cfg: DictConfig) -> Annotator:
@@ -138,21 +140,8 @@ def build_annotator(cfg: DictConfig) -> Annotator:
     return LLMAnnotator(llms.build(cfg, "oracle.llm"), "", str(cfg.oracle.template))
 
 
-def make_samples(cfg: DictConfig) -> None:
-    """Makes the preprocess and generate artifacts of :func:`samples_config` when missing."""
-    from autorule.core.artifacts import artifact_path, read_manifest
-    from autorule.stages import generate, preprocess
-
-    samples = samples_config(cfg)
-    if read_manifest(artifact_path(samples, "generate")) is None:
-        log.info("[oracle] sampling the answers to label first")
-        preprocess.run(samples)
-        generate.run(samples)
-
-
 def run(cfg: DictConfig) -> Path:
     check(cfg)
-    make_samples(cfg)
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
@@ -201,7 +190,7 @@ def load_groups(folder: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(
             f"the oracle reads {path}, which that generate artifact lacks; delete the folder "
-            "and re-run: the oracle stage samples it again"
+            "and re-run: the pipeline samples it again"
         )
     prompts = {row["id"]: str(row["turns"][0]) for row in read_jsonl(folder / RESPONSES)}
     return [
