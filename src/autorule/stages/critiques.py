@@ -5,12 +5,13 @@
         critique.llm.base_url=http://judge-node:8000/v1 critique.llm.model=<served name>
 
 The oracle critiques a CLoud reward model first learns to write (Ankner et al. 2024, arXiv
-2408.11791: Llama-3.1-405B-Instruct critiqued every training answer, greedily, up to 2,048
-tokens). For each of the first ``critique.num_pairs`` pairs of preprocess's ``critique.split``, the
-judge (LLM role ``critique.llm``, any backend) gets the system prompt ``critique.system_prompt``
-and the request ``critique.template`` once with the chosen and once with the rejected answer. The
-judge is not told which answer was preferred, so a critique says what it sees, not what it was
-told.
+2408.11791: Llama-3.1-405B-Instruct critiqued every training answer, greedily, up to 2,048 tokens).
+For each of the first ``critique.num_pairs`` pairs of preprocess's ``critique.split`` (with
+``critique.pairs=oracle``: of the oracle stage's labelled pairs of sampled answers, CLoud's own
+data), the judge (LLM role ``critique.llm``, any backend) gets the system prompt
+``critique.system_prompt`` and the request ``critique.template`` once with the chosen and once with
+the rejected answer. The judge is not told which answer was preferred, so a critique says what it
+sees, not what it was told.
 
 Calls go through the LLM layer (:mod:`autorule.llm`): concurrent for served judges, batched for
 local ones, and cached as they arrive, so an interrupted run re-run with the same command pays
