@@ -56,6 +56,18 @@ def rated(answers: Sequence[str | None], line: str = "last") -> list[Rated]:
     return [Rated(a, parse_rating(a, line) if a is not None else None) for a in answers]
 
 
+def resolve_kind(kind: str, model: object) -> str:
+    """``llm`` or ``heuristic`` for an annotator setting (``feedback.annotator``,
+    ``oracle.annotator``): ``auto`` means the heuristic stand-in when the role's model is the tiny
+    random model (it never writes a readable verdict, so nothing would be learnt), the LLM
+    otherwise."""
+    from autorule.data.models import TINY
+
+    if kind != "auto":
+        return kind
+    return "heuristic" if model == TINY else "llm"
+
+
 class Annotator:
     """Rates responses and ranks pairs of them; see the module docstring."""
 

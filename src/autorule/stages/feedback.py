@@ -57,7 +57,12 @@ from autorule.core.config import (
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import preference_rows
 from autorule.evaluation import feedback_protocols as fb
-from autorule.evaluation.annotators import Annotator, HeuristicAnnotator, LLMAnnotator
+from autorule.evaluation.annotators import (
+    Annotator,
+    HeuristicAnnotator,
+    LLMAnnotator,
+    resolve_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +155,7 @@ def annotator_kind(cfg: DictConfig) -> str:
     """``llm`` or ``heuristic``: ``feedback.annotator``, with ``auto`` meaning the heuristic
     stand-in when the role ``feedback.llm`` is the tiny random model (it never writes a readable
     rating or ranking, so the study would have no feedback) and the LLM otherwise."""
-    from autorule.data.models import TINY
-
-    kind = str(cfg.feedback.annotator)
-    if kind != "auto":
-        return kind
-    return "heuristic" if OmegaConf.select(cfg, "feedback.llm.model") == TINY else "llm"
+    return resolve_kind(str(cfg.feedback.annotator), OmegaConf.select(cfg, "feedback.llm.model"))
 
 
 def unused_keys(cfg: DictConfig) -> tuple[str, ...]:

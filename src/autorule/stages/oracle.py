@@ -39,7 +39,12 @@ from autorule import llm as llms
 from autorule.core.artifacts import StageJob
 from autorule.core.config import check_choice, check_number, check_paths, with_dataset, with_values
 from autorule.core.stage import StageSpec
-from autorule.evaluation.annotators import Annotator, HeuristicAnnotator, LLMAnnotator
+from autorule.evaluation.annotators import (
+    Annotator,
+    HeuristicAnnotator,
+    LLMAnnotator,
+    resolve_kind,
+)
 from autorule.evaluation.pairwise import PairJudgment
 
 log = logging.getLogger(__name__)
@@ -81,12 +86,7 @@ SPEC = StageSpec(
 def annotator_kind(cfg: DictConfig) -> str:
     """``llm`` or ``heuristic``: ``oracle.annotator``, ``auto`` meaning the stand-in when the
     role ``oracle.llm`` is the tiny random model."""
-    from autorule.data.models import TINY
-
-    kind = str(cfg.oracle.annotator)
-    if kind != "auto":
-        return kind
-    return "heuristic" if OmegaConf.select(cfg, "oracle.llm.model") == TINY else "llm"
+    return resolve_kind(str(cfg.oracle.annotator), OmegaConf.select(cfg, "oracle.llm.model"))
 
 
 def unused_keys(cfg: DictConfig) -> tuple[str, ...]:
