@@ -166,6 +166,12 @@ def check(cfg: DictConfig) -> None:
                 check_number(
                     section.get("max_rows"), f"dataset.{group}.{name}.max_rows", low=1, none_ok=True
                 )
+                if sources.location(cfg.dataset, adapter, section) is None:
+                    raise ConfigError(
+                        f"dataset.{group}.{name}.path=null and {adapter} is not on the hub: "
+                        f"download {sources.ADAPTERS[adapter].file} into a folder and set "
+                        f"dataset.{group}.{name}.path to it"
+                    )
         if not cfg.dataset.sources:
             raise ConfigError(f"dataset={cfg.dataset.name}: dataset.sources names no source")
         return

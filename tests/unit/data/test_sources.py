@@ -232,3 +232,21 @@ def test_duplicates_across_sources_are_kept_once():
     rows = pd.DataFrame({"prompt": ["A b.", "a  B.", "C."], "source": ["x", "y", "y"]})
     kept, dropped = sources.drop_duplicates(rows)
     assert kept["source"].tolist() == ["x", "y"] and dropped == 1
+
+
+def test_a_source_off_the_hub_without_a_copy_is_refused_before_any_read():
+    from autorule.core.config import ConfigError, compose
+    from autorule.stages import preprocess
+
+    cfg = compose(["stage=preprocess", "dataset=sparse_feedback", "profile=paper"])
+    with pytest.raises(ConfigError, match=r"dataset.sources.self_instruct.path"):
+        preprocess.check(cfg)
+    cfg = compose(
+        [
+            "stage=preprocess",
+            "dataset=sparse_feedback",
+            "profile=paper",
+            "dataset.sources.self_instruct.path=/data/self_instruct",
+        ]
+    )
+    preprocess.check(cfg)
