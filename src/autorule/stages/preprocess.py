@@ -488,7 +488,9 @@ def _instructions(cfg: DictConfig, out: Path) -> dict[str, int]:
             section.get("revision"),
             section.get("max_rows"),
         )
-        kept = sources.unseen(rows, train["prompt"].tolist(), list(section.drop_datasets))
+        kept = sources.unseen(
+            rows, train["prompt"].tolist(), list(section.get("drop_datasets") or [])
+        )
         kept.rows.to_parquet(out / f"{name}.parquet", index=False)
         counts.update(
             {
@@ -505,7 +507,7 @@ def _instructions(cfg: DictConfig, out: Path) -> dict[str, int]:
             len(kept.rows),
             len(rows),
             kept.dropped_dataset,
-            list(section.drop_datasets),
+            list(section.get("drop_datasets") or []),
             kept.dropped_instruction,
         )
     return counts
