@@ -37,7 +37,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
-from autorule.core.config import check_choice, check_number, check_paths, with_dataset, with_values
+from autorule.core.config import (
+    ConfigError,
+    check_choice,
+    check_number,
+    check_paths,
+    with_dataset,
+    with_values,
+)
 from autorule.core.stage import StageSpec
 from autorule.evaluation.annotators import (
     Annotator,
@@ -118,8 +125,6 @@ def check(cfg: DictConfig) -> None:
         if p not in str(section.template)
     ]
     if missing:
-        from autorule.core.config import ConfigError
-
         raise ConfigError(f"oracle.template lacks the placeholder(s) {missing}")
     if annotator_kind(cfg) == "llm":
         check_role(cfg, "oracle.llm")
