@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from autorule.evaluation.pairwise import PairVerdict, last_line_verdict
+from autorule.evaluation.pairwise import PairVerdict
 
 RATING_MIN, RATING_MAX = 1, 7  # the paper's 7-point scale
 # The three outcomes of a comparison of response X with response Y.
@@ -48,16 +48,30 @@ RATING_LINE = re.compile(
 )
 
 
-def parse_rating(answer: str | None) -> int | None:
-    """The 1-7 rating on the answer's last non-empty line, or None (no such line, a number out of
-    range, another rating line that disagrees, an empty or failed answer)."""
+# The rating alone on a line: "5" (the released study's prompts put it on the first line). Plain
+# ASCII digits, at most three, as in RATING_LINE.
+BARE_RATING = re.compile(rf"^{_DECORATION}([0-9]{{1,3}}){_DECORATION}$")
+RATING_LINES = ("last", "first")
+
+
+def parse_rating(answer: str | None, line: str = "last") -> int | None:
+    """The 1-7 rating on the answer's last non-empty line (``line="last"``: ``Rating: N``), or on
+    its first (``line="first"``: ``N`` alone or ``Rating: N``, the released study's layout);
+    None for no such line, a number out of range, another ``Rating:`` line that disagrees (the
+    judged response may have planted one), an empty or failed answer."""
+    if line not in RATING_LINES:
+        raise ValueError(f"feedback.rating_line={line!r}: one of {RATING_LINES}")
     if not answer or not answer.strip():
         return None
-    lines = [line for line in answer.strip().splitlines() if line.strip()]
-    found = last_line_verdict(lines, RATING_LINE)
-    if not found:
+    lines = [text.strip() for text in answer.strip().splitlines() if text.strip()]
+    chosen = lines[-1] if line == "last" else lines[0]
+    match = RATING_LINE.match(chosen) or (BARE_RATING.match(chosen) if line == "first" else None)
+    if not match:
         return None
-    value = int(found)
+    copies = {int(m.group(1)) for m in map(RATING_LINE.match, lines) if m}
+    value = int(match.group(1))
+    if copies - {value}:
+        return None
     return value if RATING_MIN <= value <= RATING_MAX else None
 
 
