@@ -14,10 +14,13 @@ to float rounding.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from autorule.data.models import load_generator
-from autorule.llm.base import Completion, LocalLLM, Messages, Verdict
+from autorule.llm.base import Completion, LocalLLM, Messages, Verdict, verdict_token_ids
+
+log = logging.getLogger(__name__)
 
 
 class HFLLM(LocalLLM):
@@ -43,6 +46,7 @@ class HFLLM(LocalLLM):
         self.device, self.dtype = device, dtype
         self.max_input_tokens, self.seed = max_input_tokens, int(seed)
         self._model = self._tokenizer = None
+        self._verdict_ids: dict[tuple[str, ...], list[list[int]]] = {}
 
     @property
     def verdict_batch_size(self) -> int:
@@ -56,9 +60,15 @@ class HFLLM(LocalLLM):
         return self._model, self._tokenizer
 
     def _prompt(self, tokenizer, messages: Messages) -> str:
+        """The request as the model reads it; a final assistant message is continued (the
+        opening of the reply put in by the caller), not closed."""
         if tokenizer.chat_template:
+            continuing = messages[-1]["role"] == "assistant"
             return tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
+                messages,
+                tokenize=False,
+                add_generation_prompt=not continuing,
+                continue_final_message=continuing,
             )
         return "\n\n".join(m["content"] for m in messages)
 
@@ -102,6 +112,16 @@ class HFLLM(LocalLLM):
         context = getattr(model.config, "max_position_embeddings", None) or 4096
         return self.max_input_tokens or max(1, context - self.max_tokens)
 
+    def input_limit(self) -> int:
+        """Prompt tokens the model takes (read from its config, without loading the weights):
+        callers that must keep a prompt's start or end cut it to this themselves."""
+        if self._model is not None:
+            return self._input_limit(self._model)
+        from transformers import AutoConfig
+
+        context = getattr(AutoConfig.from_pretrained(self.model), "max_position_embeddings", None)
+        return self.max_input_tokens or max(1, (context or 4096) - self.max_tokens)
+
     def verdict_batch(self, batch: list[Messages], verdict: Verdict) -> list[Completion]:
         choices, _ = verdict  # the whole distribution is read: no top-k cut-off
         model, tokenizer = self._load()
@@ -109,33 +129,24 @@ class HFLLM(LocalLLM):
         # Cut from the left, as generate_batch does (callers that must keep the start of their
         # prompt, like the rule judge, shorten it themselves first).
         encoded = tokenizer([self._prompt(tokenizer, m) for m in batch], add_special_tokens=False)
+        over = sum(len(ids) > limit for ids in encoded["input_ids"])
+        if over:
+            log.warning("hf: %d prompt(s) over %d tokens lost their start", over, limit)
         sequences = [ids[-limit:] for ids in encoded["input_ids"]]
-        token_ids = choice_token_ids(tokenizer, choices)
+        if choices not in self._verdict_ids:
+            self._verdict_ids[choices] = verdict_token_ids(tokenizer, choices)
+        token_ids = self._verdict_ids[choices]
         logprobs = last_token_logprobs(model, sequences, tokenizer.pad_token_id)
         return [
             Completion(
-                choice_logprobs={c: float(row[t]) for c, t in zip(choices, token_ids, strict=True)},
-                input_tokens=len(ids),
+                choice_logprobs={
+                    c: float(row[ids].logsumexp(0)) if ids else None
+                    for c, ids in zip(choices, token_ids, strict=True)
+                },
+                input_tokens=len(sequence),
             )
-            for row, ids in zip(logprobs.tolist(), sequences, strict=True)
+            for row, sequence in zip(logprobs, sequences, strict=True)
         ]
-
-
-def choice_token_ids(tokenizer, choices: Sequence[str]) -> list[int]:
-    """The first token of each choice as the reply would start with it (no leading space).
-
-    Raises ValueError when two choices start with the same token: their probabilities could not
-    be told apart.
-    """
-    ids = []
-    for choice in choices:
-        encoded = tokenizer(choice, add_special_tokens=False)["input_ids"]
-        if not encoded:
-            raise ValueError(f"verdict choice {choice!r} encodes to no token")
-        ids.append(encoded[0])
-    if len(set(ids)) < len(ids):
-        raise ValueError(f"verdict choices {list(choices)} share a first token: {ids}")
-    return ids
 
 
 def group_by_prefix(sequences: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:

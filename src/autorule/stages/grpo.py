@@ -341,13 +341,14 @@ def reward_context(cfg: DictConfig, inputs: dict[str, Path], tokenizer):
     """What the reward terms need: the rm artifact, the rule set, the policy's tokenizer and its
     answer budget."""
     from autorule.rewards.registry import RewardContext
-    from autorule.rules.ruleset import load_rules
+    from autorule.rules.ruleset import load_rules, rules_source
 
-    rules = load_rules(cfg, inputs) if SPEC.reads_rules(cfg) else []
+    reads = SPEC.reads_rules(cfg)
     return RewardContext(
         cfg=cfg,
         rm_folder=inputs.get("rm"),
-        rules=rules,
+        rules=load_rules(cfg, inputs) if reads else [],
+        rules_source=rules_source(cfg, inputs) if reads else "no rule set",
         tokenizer=tokenizer,
         max_completion_length=int(cfg.grpo.max_completion_length),
     )

@@ -111,7 +111,7 @@ def test_truncation_keeps_the_rule_and_the_question(make_cfg):
     marker = cfg.judge.prompts.cut_marker
     for k, request in enumerate(requests):
         text = request[0]["content"]
-        assert judge._chat_tokens(text) <= 700
+        assert judge._chat_tokens(request) <= 700
         assert question in text and text.endswith(f"Rule: {RULES[k % 3]}")
         assert "Capital of France?" in text or "Greet me." in text
     long_text, short_text = requests[0][0]["content"], requests[3][0]["content"]
@@ -131,6 +131,7 @@ def served_judge(make_cfg, server, mode: str, **kw) -> RuleJudge:
             "llm@judge.llm=openai",
             f"judge.llm.base_url={server.url}/v1",
             "judge.llm.model=judge",
+            "judge.tokenizer=tiny",  # the served model's tokenizer, for the verdict-token check
             "judge.llm.progress=false",
             "judge.llm.retry.max_attempts=1",
             f"judge.mode={mode}",
@@ -206,7 +207,7 @@ def test_verdicts_are_cached_apart_from_answers(make_cfg, monkeypatch):
 def test_logprob_mode_needs_a_backend_with_logprobs(make_cfg):
     with pytest.raises(ValueError, match="bedrock backend"):
         RuleJudge(make_cfg("llm@judge.llm=bedrock", "judge.mode=logprob"))
-    with pytest.raises(ValueError, match="judge.mode must be one of"):
+    with pytest.raises(ValueError, match="judge.mode='vote' is not allowed"):
         RuleJudge(make_cfg("judge.mode=vote"))
 
 
