@@ -14,8 +14,8 @@ What it measures (docs/evaluation.md):
    (:mod:`autorule.evaluation.pairwise`); disagreeing orders are a tie worth 0.5. It is asked as
    ``evaluate.protocol`` says: ``pairwise`` (a verdict line) or ``leaderboard`` (a ranking of the
    two outputs as a list, the AutoRule paper's prompt, :mod:`autorule.evaluation.leaderboard`).
-   The rate comes with a 95% Wilson interval and counts of unparsed answers and failed calls. Checkpoints sampled
-   by ``generate.checkpoints`` are judged against the same reference.
+   The rate comes with a 95% Wilson interval and counts of unparsed answers and failed calls.
+   Checkpoints sampled by ``generate.checkpoints`` are judged against the same reference.
 3. **Rule agreement** (``evaluate.rule_agreement``): the rule judge (the ``judge`` section, the one
    GRPO's rules reward uses) checks every rule on the chosen and the rejected answer of held-out
    preference pairs (:mod:`autorule.evaluation.agreement`); ``evaluate.prune_below`` writes the
