@@ -199,6 +199,10 @@ def check(cfg: DictConfig) -> None:
             f"{world_size(cfg)} processes"
         )
     trainer_args(section)  # reward weights against terms
+    if uses_term(cfg, "rules"):
+        from autorule.rewards.judge import check_settings
+
+        check_settings(cfg)
     check_rubric_data(cfg)
     if bool(section.eval_split) != bool(section.eval_steps):
         raise ConfigError(
@@ -255,12 +259,31 @@ def describe(cfg: DictConfig) -> list[str]:
             f"judge: mode={judge.mode} backend={judge.llm._target_.rsplit('.', 1)[-1]} "
             f"model={judge.llm.model}"
         )
+        lines.append(
+            f"judge prompts: {prompt_set_name(judge.prompts)} "
+            f"(conversation shown {judge.prompts.conversation_format}); "
+            f"truncation={judge.truncation} at max_input_tokens={judge.max_input_tokens}; "
+            f"parse={judge.parse}"
+        )
     if uses_term(cfg, "rubric"):
         grader = cfg.rubric.grader
         lines.append(
             f"rubric grader: backend={grader._target_.rsplit('.', 1)[-1]} model={grader.model}"
         )
     return lines + lora.describe(section)
+
+
+def prompt_set_name(prompts) -> str:
+    """Which set of conf/prompts/judge/ the judge's templates are, or "custom"."""
+    from omegaconf import OmegaConf
+
+    from autorule.core.config import CONF_DIR
+
+    mine = OmegaConf.to_container(prompts, resolve=True)
+    for path in sorted((CONF_DIR / "prompts" / "judge").glob("*.yaml")):
+        if OmegaConf.to_container(OmegaConf.load(path), resolve=True) == mine:
+            return path.stem
+    return "custom"
 
 
 def prompt_source(cfg: DictConfig) -> str:
@@ -474,6 +497,12 @@ def train(
         **reward_summary(history, names),
         "rewards": names,
     }
+    if SPEC.reads_rules(cfg):
+        # Steps whose rules reward counted failed judge calls as "not satisfied" (possible only
+        # with judge.max_failed_share > 0: otherwise such a step stops before its update).
+        metrics["steps_with_failed_verdicts"] = [
+            entry["step"] for entry in history if entry.get("judge/failed", 0) > 0
+        ]
     if trainer.is_world_process_zero():
         with open(workdir / LOG_HISTORY, "w") as f:
             for entry in history:
