@@ -83,9 +83,7 @@ class ScriptedJudge:
     in it (use distinctive texts). Requests with ``logprobs`` get "Yes" with probability
     ``p_yes`` (or ``1 - p_yes`` for a no) among their top alternatives; the others get a short
     reason ending in ``[[Yes]]``/``[[No]]``. ``replies`` overrides the answer for given pairs
-    (garbled verdicts, missing choices). ``needs``: text the prompt must still hold for the judge
-    to give a verdict (the question, which a prompt cut from the right loses); without it the
-    answer rambles on with no verdict, as a real judge continuing a cut prompt does.
+    (garbled verdicts, missing choices).
     """
 
     def __init__(
@@ -95,11 +93,9 @@ class ScriptedJudge:
         yes: Iterable[tuple[str, str]],
         p_yes: float = 0.9,
         replies: dict[tuple[str, str], FakeReply] | None = None,
-        needs: str | None = None,
     ):
         self.responses, self.rules = list(responses), list(rules)
         self.yes, self.p_yes, self.replies = set(yes), p_yes, dict(replies or {})
-        self.needs = needs
 
     def pair(self, prompt: str) -> tuple[str, str]:
         rule = max((r for r in self.rules if r in prompt), key=len)
@@ -107,8 +103,6 @@ class ScriptedJudge:
         return response, rule
 
     def __call__(self, request: FakeRequest) -> FakeReply:
-        if self.needs is not None and self.needs not in request.prompt:
-            return FakeReply(text="and so the answer goes on, with more of the same text")
         pair = self.pair(request.prompt)
         if pair in self.replies:
             return self.replies[pair]
