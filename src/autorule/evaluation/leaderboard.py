@@ -2,20 +2,18 @@
 UltraFeedback win-rate prompt: the judge ranks the two outputs, best first, and answers with the
 ranking as a list, ``[{"model": "A", "rank": 1}, {"model": "B", "rank": 2}]``.
 
-The list is model output, so it is read as data only: :func:`json.loads`, then
-:func:`ast.literal_eval` (which builds literals and rejects calls, names and attributes), on the
-last bracketed list of the answer. A list that is not exactly one rank 1 and one rank 2 for the
+The list is model output, so it is read as data only, JSON or else a Python literal, never run
+(:func:`autorule.evaluation.pairwise.read_data`): the last bracketed list of the answer that
+reads. A list that is not exactly one rank 1 and one rank 2 for the
 outputs A and B is unparsed (and counted). Everything else (both orders, a disagreement counting
 as a tie, the Wilson interval) is :mod:`autorule.evaluation.pairwise`'s: this module only parses.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 from typing import Any
 
-from autorule.evaluation.pairwise import LETTERS
+from autorule.evaluation.pairwise import LETTERS, read_data
 from autorule.rules.parsing import bracket_spans
 
 # Keys the entries of a ranking may name their output and rank under.
@@ -27,15 +25,10 @@ def parse_ranking(answer: str) -> tuple[str | None, str]:
     """``("A" | "B", method)``: the output ranked first in the judge's list, or ``(None, "")``
     when the answer holds no readable ranking of exactly the two outputs."""
     for span in reversed(bracket_spans(answer or "")):
-        for method, load in (("json", json.loads), ("literal", ast.literal_eval)):
-            try:
-                value = load(span)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                continue
-            best = _first(value)
-            if best is not None:
-                return best, method
-            break  # a list that reads but ranks wrongly: the answer is unparsed
+        read = read_data(span)
+        if read is not None:  # the last list that reads is the answer, ranked well or not
+            best = _first(read[0])
+            return (best, read[1]) if best is not None else (None, "")
     return None, ""
 
 

@@ -59,15 +59,23 @@ def parse_preference(answer: str) -> tuple[str | None, str]:
     if match:
         return match.group(1).upper(), "line"
     for candidate in (_FENCE.sub("", text).strip(), lines[-1].strip()):
-        for method, load in (("json", json.loads), ("literal", ast.literal_eval)):
-            try:
-                value = load(candidate)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                continue
-            letter = _choice(value)
-            if letter is not None:
-                return letter, method
+        read = read_data(candidate)
+        letter = _choice(read[0]) if read else None
+        if letter is not None:
+            return letter, read[1]
     return None, ""
+
+
+def read_data(candidate: str) -> tuple[Any, str] | None:
+    """``(value, "json" | "literal")``: ``candidate`` read as JSON, else as a Python literal
+    (``ast.literal_eval`` builds literals and rejects calls, names and attributes: nothing is
+    ever run); None when neither reads it."""
+    for method, load in (("json", json.loads), ("literal", ast.literal_eval)):
+        try:
+            return load(candidate), method
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return None
 
 
 def _choice(value: Any) -> str | None:
