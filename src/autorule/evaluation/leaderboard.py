@@ -4,9 +4,9 @@ ranking as a list, ``[{"model": "A", "rank": 1}, {"model": "B", "rank": 2}]``.
 
 The list is model output, so it is read as data only, JSON or else a Python literal, never run
 (:func:`autorule.evaluation.pairwise.read_data`): the last bracketed list of the answer that
-reads. A list that is not exactly one rank 1 and one rank 2 for the
-outputs A and B is unparsed (and counted). Everything else (both orders, a disagreement counting
-as a tie, the Wilson interval) is :mod:`autorule.evaluation.pairwise`'s: this module only parses.
+reads. A list that is not exactly one rank 1 and one rank 2 for the outputs A and B is unparsed
+(and counted). Everything else (both orders, a disagreement counting as a tie, the Wilson
+interval) is :mod:`autorule.evaluation.pairwise`'s: this module only parses.
 """
 
 from __future__ import annotations
