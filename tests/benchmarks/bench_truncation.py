@@ -114,7 +114,7 @@ def test_released_truncation_is_a_length_penalty(tmp_path, monkeypatch):
             "(`AUTORULE_BENCH_WRITE_DOCS=1` rewrites this table). A scripted judge says yes to "
             f"every rule it can read the question for; {len(RULES)} rules, {PER_BUCKET} responses "
             f"per bucket, the paper prompt set, `judge.max_input_tokens={BUDGET}` counted with "
-            "the tiny tokenizer (its prompt frame takes about 360 tokens, so the cut reaches the "
-            "question past about 660 response tokens). The figures are counts, the same on any "
+            "the tiny tokenizer (its prompt frame takes about 330 tokens, so the cut reaches the "
+            "question past about 690 response tokens). The figures are counts, the same on any "
             "machine. Share of rules satisfied:\n\n" + "\n".join(lines),
         )

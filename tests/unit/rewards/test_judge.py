@@ -295,7 +295,7 @@ def test_paper_prompt_puts_the_rule_first_asks_for_concision_and_ends_with_the_v
     assert rule < conversation  # the rule before the conversation
     # The conversation as the policy saw it: its prompt template, then the response.
     assert "<|user|>Capital of France?<|assistant|>Paris is the capital" in text
-    assert "concisely" in text[conversation:]  # compliance and concision
+    assert "is it concise" in text[conversation:]  # compliance and concision
     last = text.strip().splitlines()[-1]
     assert '"[[Yes]]"' in last and '"[[No]]"' in last and "nothing else" in last
 
@@ -317,7 +317,7 @@ def test_released_truncation_cuts_the_whole_prompt_from_the_right_at_the_budget(
     assert judge._chat_tokens(long) == 700  # counted with the judge's tokenizer and template
     text = long[0]["content"]
     assert text.index(RULES[0]) < text.index("The first sentence stays.")
-    assert "[[Yes]]" not in text and "[End of conversation]" not in text  # the question is gone
+    assert "[[Yes]]" not in text and "[Conversation ends]" not in text  # the question is gone
     assert text.endswith("on and on.") or "And then it goes on" in text[-80:]
     assert short[0]["content"] == judge.render(RULES[0], judge.show("Greet me.", RESPONSES[0]))
 
