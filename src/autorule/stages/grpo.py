@@ -462,6 +462,12 @@ def reward_summary(history: list[dict], names: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def steps_with_failed_verdicts(history: list[dict]) -> list[int]:
+    """The logged steps whose rules reward counted failed judge calls as not satisfied (possible
+    only with ``judge.max_failed_share`` > 0: otherwise such a step stops before its update)."""
+    return [int(entry["step"]) for entry in history if (entry.get("judge/failed") or 0) > 0]
+
+
 def rule_table(history: list[dict], rules: Sequence[str]) -> list[dict[str, Any]]:
     """One row per rule: its text and satisfaction rate at the first and last logging step."""
     rows = []
@@ -498,11 +504,7 @@ def train(
         "rewards": names,
     }
     if SPEC.reads_rules(cfg):
-        # Steps whose rules reward counted failed judge calls as "not satisfied" (possible only
-        # with judge.max_failed_share > 0: otherwise such a step stops before its update).
-        metrics["steps_with_failed_verdicts"] = [
-            entry["step"] for entry in history if entry.get("judge/failed", 0) > 0
-        ]
+        metrics["steps_with_failed_verdicts"] = steps_with_failed_verdicts(history)
     if trainer.is_world_process_zero():
         with open(workdir / LOG_HISTORY, "w") as f:
             for entry in history:

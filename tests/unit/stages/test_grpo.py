@@ -352,3 +352,14 @@ def test_judge_keys_are_checked_before_anything_loads(tmp_path, override, key):
     cfg = compose(["stage=grpo", "grpo.rewards=[rules]", override, f"paths.root={tmp_path}"])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         grpo.check(cfg)
+
+
+def test_the_steps_that_trained_with_failed_verdicts_are_listed():
+    history = [
+        {"step": 1, "judge/failed": 0.0, "rules/0": 0.5},
+        {"step": 2, "judge/failed": 0.25, "rules/0": 0.4},
+        {"step": 2, "train_runtime": 3.0},  # the final summary entry
+        {"step": 3, "judge/failed": 0.0},
+        {"step": 4, "judge/failed": 1 / 16},
+    ]
+    assert grpo.steps_with_failed_verdicts(history) == [2, 4]
