@@ -563,29 +563,46 @@ class StepGuard:
 
     def check(self, result: JudgeResult) -> None:
         self.steps += 1
-        judge, size = self.judge, result.size
-        if result.failed / size > judge.max_failed_share:
+        judge = self.judge
+        failed, unparsed, size = across_processes(result.failed, result.unparsed, result.size)
+        if failed / size > judge.max_failed_share:
             raise JudgeOutageError(
-                f"{result.failed} of {size} judge calls failed after their retries in this step "
+                f"{failed} of {size} judge calls failed after their retries in this step "
                 f"(more than judge.max_failed_share={judge.max_failed_share}); the step stopped "
                 f"before its optimizer update. Check the judge at {judge.where()}, then re-run "
                 "the same command: training resumes from the last checkpoint and redoes the step"
             )
-        if self.steps == 1 and result.unparsed == size:
+        if self.steps == 1 and unparsed == size:
             raise UnreadableJudgeError(
                 f"not one of the {size} verdicts of the first step could be read "
                 f"(judge.mode={judge.mode}, judge.parse={judge.parse}, "
                 f"judge.choices={list(judge.choices)}, the judge at {judge.where()}): the rules "
                 "reward would be a constant. Check judge.llm.model and judge.prompts"
             )
-        bad = (result.unparsed + result.failed) / size
+        bad = (unparsed + failed) / size
         if bad > judge.max_unparsed_share:
             log.warning(
                 "judge: %d unparsed and %d failed of %d verdicts in this step (%.0f%%, above "
                 "judge.max_unparsed_share=%s): they count as not satisfied",
-                result.unparsed,
-                result.failed,
+                unparsed,
+                failed,
                 size,
                 100 * bad,
                 judge.max_unparsed_share,
             )
+
+
+def across_processes(*counts: int) -> tuple[int, ...]:
+    """``counts`` summed over the processes of a distributed run (each judges its own share of
+    a step's completions), so that every process takes the same decision: one process stopping
+    alone would leave the others waiting in the step's next collective. Unchanged outside a
+    distributed run."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return counts
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor(counts, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return tuple(int(round(value)) for value in total.tolist())

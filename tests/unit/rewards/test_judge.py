@@ -419,3 +419,34 @@ def test_a_choice_that_merges_with_the_opening_is_refused_at_start(make_cfg):
         RuleJudge(
             make_cfg("judge.mode=logprob", "judge.prompts.opening=Ye", "judge.choices=[sure,nope]")
         )
+
+
+def test_every_process_of_a_distributed_run_takes_the_same_step_decision(tmp_path):
+    """Each process judges its own completions; the counts are summed over processes, so a
+    failure on one makes all of them stop together (none is left waiting in a collective)."""
+    import multiprocessing
+
+    def worker(rank: int, out) -> None:
+        import torch.distributed as dist
+
+        from autorule.rewards.judge import across_processes
+
+        store = f"file://{tmp_path / 'store'}"
+        dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
+        try:
+            out.put((rank, across_processes(rank * 3, 1, 8)))  # rank 1 saw 3 failures
+        finally:
+            dist.destroy_process_group()
+
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    processes = [context.Process(target=worker, args=(rank, out)) for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    results = dict(out.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+    assert results == {0: (3, 2, 16), 1: (3, 2, 16)}
+    from autorule.rewards.judge import across_processes
+
+    assert across_processes(3, 1, 8) == (3, 1, 8)  # not distributed: unchanged
