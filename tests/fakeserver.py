@@ -48,7 +48,7 @@ class FakeRequest:
 
     protocol: str  # "bedrock" or "openai"
     model: str
-    prompt: str  # the text of the last user message (a final assistant message is the reply's opening)
+    prompt: str  # the last user message's text (a final assistant message: the reply's opening)
     body: dict[str, Any]
     number: int  # 1-based count of requests received so far (this one included)
     headers: dict[str, str] = field(default_factory=dict)  # names lower-cased: "authorization"
