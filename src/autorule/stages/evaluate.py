@@ -250,10 +250,12 @@ def agreement_step(
     """3. Rule agreement on held-out preference pairs, and the pruned rule file."""
     if not agreement_on(cfg):
         return
-    from autorule.rules.ruleset import load_rules
+    from autorule.rules.ruleset import load_rules, rules_source
 
     section = cfg.evaluate
-    found = rule_agreement(cfg, inputs["preprocess"], load_rules(cfg, inputs))
+    found = rule_agreement(
+        cfg, inputs["preprocess"], load_rules(cfg, inputs), rules_source(cfg, inputs)
+    )
     (workdir / "rule_agreement.json").write_text(json.dumps(found, indent=2) + "\n")
     metrics["rule_agreement"] = {k: v for k, v in found.items() if k != "rules"}
     counts["agreement_pairs"] = found["overall"]["pairs"]
@@ -438,7 +440,9 @@ def build_rule_judge(cfg: DictConfig):
     return RuleJudge(cfg)
 
 
-def rule_agreement(cfg: DictConfig, preprocess: Path, rules: list[str]) -> dict[str, Any]:
+def rule_agreement(
+    cfg: DictConfig, preprocess: Path, rules: list[str], source: str = "the rule set"
+) -> dict[str, Any]:
     """Per-rule and overall agreement with the human preference on held-out pairs."""
     import pandas as pd
 
@@ -453,6 +457,9 @@ def rule_agreement(cfg: DictConfig, preprocess: Path, rules: list[str]) -> dict[
         df = df.head(int(section.agreement_pairs))
     prompts = df["prompt"].tolist()
     judge = build_rule_judge(cfg)
+    check_rules = getattr(judge, "check_rules", None)
+    if check_rules is not None:  # a rule too long for the judge's budget, named by its file
+        check_rules(rules, source)
     try:
         chosen = judge.judge(prompts=prompts, responses=df["chosen_content"].tolist(), rules=rules)
         rejected = judge.judge(
