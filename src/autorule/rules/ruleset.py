@@ -67,7 +67,7 @@ def read_rules_file(path: str | Path) -> list[str]:
             rule.encode("utf-8")
         except UnicodeEncodeError as err:
             raise ValueError(
-                f"rule file {path}: rule {index} holds {err.object[err.start:err.end]!r} at "
+                f"rule file {path}: rule {index} holds {err.object[err.start : err.end]!r} at "
                 f"character {err.start}, which is not encodable text ({err.reason})"
             ) from None
     rules = dedupe_rules(data)
