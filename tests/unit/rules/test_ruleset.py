@@ -145,3 +145,25 @@ def test_a_rule_file_that_cannot_be_read_is_named(tmp_path, name, content, probl
         read_rules_file(path)
     assert str(err.value).startswith(f"rule file {path} ")
     assert problem in str(err.value)
+
+
+def test_the_manifest_records_the_rule_file_as_it_was_read(tmp_path, rules_of):
+    from autorule.core.hashing import file_sha256
+
+    rules = tmp_path / "mine.json"
+    rules.write_text(json.dumps(["Be concise."]))
+    read = file_sha256(rules)
+    cfg = compose([f"paths.root={tmp_path / 'out'}", f"rules.path={rules}"])
+    with StageJob(cfg, "reader") as job:
+        rules.write_text(json.dumps(["Edited while the stage runs."]))  # mid-run
+        folder = job.commit()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["rules"]["sha256"] == read != file_sha256(rules)
+
+
+def test_a_rule_that_is_not_encodable_text_is_refused_naming_the_file(tmp_path):
+    rules = tmp_path / "surrogate.json"
+    rules.write_text('["Be concise.", "Lone \\ud800 surrogate."]')  # valid JSON escapes
+    with pytest.raises(ValueError) as raised:
+        read_rules_file(rules)
+    assert str(raised.value).startswith(f"rule file {rules}: rule 1 holds '\\ud800'")
