@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from grpo_timing import RewardTimer
 
 from autorule.core.artifacts import read_manifest
 from autorule.core.config import compose
@@ -132,3 +133,37 @@ def test_kept_checkpoints_are_models_for_the_reward_hacking_curve(trained):
         folder = path / "checkpoints" / name
         assert not list(folder.glob("optimizer*")) and not list(folder.glob("rng_state*"))
         AutoModelForCausalLM.from_pretrained(folder)
+
+
+def test_the_reward_terms_of_a_step_overlap(trained, tmp_path, monkeypatch):
+    """grpo.concurrent_rewards (the default): with a served judge that answers after 0.3 s and an
+    rm made slower by a scripted 0.6 s, the reward phase of a step takes clearly less than the
+    two terms' times added up (one after the other it would take their sum)."""
+    timer = RewardTimer(monkeypatch, delays={"rm": 0.6})
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps(["The response is polite.", "The response has digits."]))
+    root = trained["sft"].parents[1]
+    with FakeLLMServer(says_yes_to_digits, delay=0.3) as server:
+        cfg = compose(
+            [
+                "stage=grpo",
+                f"paths.root={root}",
+                f"rules.path={rules}",
+                "grpo.rewards=[rm,rules]",
+                "grpo.max_steps=1",
+                "grpo.save_steps=100",
+                "llm@judge.llm=openai",
+                f"judge.llm.base_url={server.url}/v1",
+                "judge.llm.model=scripted-judge",
+                "judge.llm.progress=false",
+                "judge.llm.cache=false",
+                "judge.llm.max_concurrency=64",
+                "judge.mode=logprob",
+            ]
+        )
+        assert cfg.grpo.concurrent_rewards
+        grpo.run(cfg, callbacks=[timer.callback])
+    phase = timer.phases[0]
+    terms = timer.terms["rm"][0] + timer.terms["rules"][0]
+    assert timer.terms["rules"][0] >= 0.3 and timer.terms["rm"][0] >= 0.6
+    assert phase < 0.8 * terms, (phase, dict(timer.terms))

@@ -94,6 +94,23 @@ def close_all(funcs: Sequence[RewardFunc]) -> None:
             close()
 
 
+def concurrent(func: RewardFunc) -> Callable:
+    """``func`` as an async reward function that runs in a worker thread.
+
+    TRL's GRPOTrainer calls the synchronous reward functions one after the other, then gathers
+    the async ones on its event loop. Made async, the terms of a step overlap: the rm scores on
+    its model (torch releases the GIL) while the judge's calls wait on the server. The
+    attributes the stage reads (``metrics``, ``close``, ``judge``...) carry over.
+    """
+    import asyncio
+
+    async def run(*args: Any, **kwargs: Any) -> list[float]:
+        return await asyncio.to_thread(func, *args, **kwargs)
+
+    run.__dict__.update(func.__dict__)
+    return named(run, func.__name__)
+
+
 def named(func: Callable, name: str) -> Callable:
     """``func`` renamed ``name`` (TRL names a reward after ``__name__``)."""
     func.__name__ = func.__qualname__ = name
