@@ -60,7 +60,7 @@ def batching_kwargs(section: DictConfig) -> dict[str, Any]:
     of padding each to the longest. Either way the collator gives each row position ids that
     restart at 0, and the attention kernel keeps rows apart: flash_attention_2/3 through the
     cumulative sequence lengths, sdpa and eager through a block-diagonal mask that transformers
-    builds from the position ids (docs/training.md).
+    builds from the position ids (docs/architecture.md, "sft and rm").
     """
     packing, padding_free = bool(section.packing), bool(section.padding_free)
     if padding_free and not packing and section.max_length is not None:
