@@ -1,11 +1,10 @@
 """Benchmark: rule verification by prompt layout, rule last (ours) or first (``make bench``).
 
-The released AutoRule judge prompt puts the rule before the conversation; ours puts it last, so
-that the 25 prompts about one response share everything up to the rule. Both layouts here carry
-the same texts, the configured ``judge.prompts`` templates (instructions and conversation, then
-the question with the rule): rule first joins them the other way round. (The paper's own prompt
-set for the judge is not in the repository yet, so its wording is not what is measured; the
-layout is.)
+The released AutoRule judge prompt puts the rule before the conversation (the paper prompt set,
+``prompts/judge@judge.prompts=paper``); ours puts it last (``detailed``), so that the 25 prompts
+about one response share everything up to the rule. The two sets also differ in wording (the
+paper's asks for conciseness too and opens the reply with ``[[``), so the figures compare the
+two prompt sets as shipped, of which the layout is the part that decides what can be shared.
 
 Two figures per layout:
 
@@ -38,14 +37,6 @@ pytestmark = pytest.mark.bench
 RESPONSES = 8  # x 25 rules = 200 pairs per layout and mode
 BLOCK = 16  # vLLM's default KV-cache block size: a prefix is reused in whole blocks
 NEW_TOKENS = 16
-
-
-class RuleFirstJudge(RuleJudge):
-    """The same prompt texts, the question and rule first, then instructions and conversation."""
-
-    @staticmethod
-    def join(conversation_part: str, rule_part: str) -> str:
-        return f"{rule_part}\n\n{conversation_part}"
 
 
 def common_prefix(a: bytes, b: bytes) -> int:
@@ -94,12 +85,17 @@ def test_judge_throughput_by_layout(tmp_path):
         f"judge.llm.max_tokens={NEW_TOKENS}",
         f"judge.max_input_tokens={2048 - NEW_TOKENS}",
     ]
-    layouts = {"rule last (ours)": RuleJudge, "rule first (released)": RuleFirstJudge}
+    layouts = {
+        "rule last (ours, `detailed`)": "prompts/judge@judge.prompts=detailed",
+        "rule first (paper, `paper`)": "prompts/judge@judge.prompts=paper",
+    }
     figures: dict[tuple[str, str], float] = {}
     reuse: dict[str, tuple[int, int]] = {}
     for mode in ("logprob", "generate"):
-        cfg = compose([*common, f"judge.mode={mode}"])
-        judges = {name: cls(cfg) for name, cls in layouts.items()}
+        judges = {
+            name: RuleJudge(compose([*common, f"judge.mode={mode}", prompts]))
+            for name, prompts in layouts.items()
+        }
         for judge in judges.values():  # load and warm up outside the timed part
             judge.judge(responses[:1], RULES[:2], prompts=prompts[:1])
         for _ in range(2):  # the layouts take turns, so drifting load hits both alike
@@ -137,18 +133,18 @@ def test_judge_throughput_by_layout(tmp_path):
         f"\n[bench] judge throughput by prompt layout ({RESPONSES} responses x {len(RULES)} rules)"
     )
     print(table)
-    last, first = reuse["rule last (ours)"], reuse["rule first (released)"]
+    last, first = (reuse[name] for name in layouts)
     assert last[0] / last[1] > first[0] / first[1]
     if os.environ.get("AUTORULE_BENCH_WRITE_DOCS") == "1":
         write_section(
             "judge-layout",
             "Rule verification by prompt layout",
             f"{RESPONSES} bundled UltraFeedback responses x {len(RULES)} rules = "
-            f"{RESPONSES * len(RULES)} pairs per layout and mode. Both layouts carry the "
-            "configured `judge.prompts` texts; rule first joins the question-and-rule part "
-            "before the instructions-and-conversation part, as the released judge prompt orders "
-            "them (the paper prompt set for the judge is not in the repository yet, so the "
-            "released wording itself is not measured). Throughput: the tiny hf judge on CPU "
+            f"{RESPONSES * len(RULES)} pairs per layout and mode: our judge prompt set "
+            "(`prompts/judge@judge.prompts=detailed`: instructions and conversation, then the "
+            "question with the rule) against the paper's (`paper`: the rule first, then the "
+            "conversation and the question, as the released judge orders them, in our words). "
+            "Throughput: the tiny hf judge on CPU "
             "(fp32, 1 torch thread), best of 2 alternating runs; its logprob mode computes a "
             "prefix shared by consecutive requests once. Reusable tokens: each request's prompt "
             "(chat template applied, tiny tokenizer) against every earlier request, in whole "
