@@ -84,6 +84,7 @@ def test_grpo_step_with_a_served_judge(tmp_path, monkeypatch):
                     "llm@judge.llm=openai",
                     f"judge.llm.base_url={url}/v1",
                     "judge.llm.model=served-judge",
+                    "judge.tokenizer=tiny",  # the served name is no hub id
                     "judge.llm.progress=false",
                     "judge.llm.cache=false",
                     f"judge.llm.max_concurrency={CONCURRENCY}",

@@ -150,11 +150,11 @@ def test_judge_throughput_by_layout(tmp_path):
             "(chat template applied, tiny tokenizer) against every earlier request, in whole "
             f"blocks of {BLOCK} tokens, as vLLM's automatic prefix caching would serve a served "
             f'judge.\n\n{table}\n\nThe bundled synthetic answers open alike ("Sure, happy to '
-            'help with ..."), so with the rule first a request still shares the instructions and '
-            "the start of the conversation with the same rule's request for an earlier response; "
-            "real answers, which differ from their first words, leave rule first only the "
-            "question, "
-            "rule and instructions to reuse, while rule last keeps reusing the whole conversation. "
+            'help with ..."), so with the rule first a request still shares the rule and the '
+            "start of the conversation with the same rule's request for an earlier response; real "
+            "answers, which differ from their first words, leave rule first only the opening "
+            "instructions and the rule to reuse, while rule last keeps reusing the whole "
+            "conversation. "
             "Machine: 2 CPU cores shared with other work, no GPU; 1-minute "
             f"load average {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end. "
             "Command:\n\n```\nAUTORULE_BENCH_WRITE_DOCS=1 .venv/bin/python -m pytest -q -m bench "

@@ -156,6 +156,7 @@ def test_the_reward_terms_of_a_step_overlap(trained, tmp_path, monkeypatch):
                 "llm@judge.llm=openai",
                 f"judge.llm.base_url={server.url}/v1",
                 "judge.llm.model=scripted-judge",
+                "judge.tokenizer=tiny",  # checks the verdict tokens at start
                 "judge.llm.progress=false",
                 "judge.llm.cache=false",
                 "judge.llm.max_concurrency=64",
