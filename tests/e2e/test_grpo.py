@@ -60,6 +60,18 @@ def says_yes_to_digits(request) -> FakeReply:
     return FakeReply(text=alternatives[0][0], top_logprobs=alternatives)
 
 
+def served_judge(server) -> list[str]:
+    """Overrides that make ``server`` the judge, in logprob mode."""
+    return [
+        "llm@judge.llm=openai",
+        f"judge.llm.base_url={server.url}/v1",
+        "judge.llm.model=scripted-judge",
+        "judge.tokenizer=tiny",  # checks the verdict tokens at start
+        "judge.llm.progress=false",
+        "judge.mode=logprob",
+    ]
+
+
 def test_the_rules_reward_rises_when_the_judge_rewards_something_learnable(trained, tmp_path):
     """Sign and wiring: with a judge that rewards digits, GRPO makes the policy write more."""
     rules = tmp_path / "rules.json"
@@ -78,12 +90,7 @@ def test_the_rules_reward_rises_when_the_judge_rewards_something_learnable(train
                 "grpo.num_generations=8",
                 "grpo.prompts_per_rollout=2",
                 "grpo.save_steps=100",
-                "llm@judge.llm=openai",
-                f"judge.llm.base_url={server.url}/v1",
-                "judge.llm.model=scripted-judge",
-                "judge.tokenizer=tiny",  # checks the verdict tokens at start
-                "judge.llm.progress=false",
-                "judge.mode=logprob",
+                *served_judge(server),
             ]
         )
         path = grpo.run(cfg)
@@ -153,14 +160,9 @@ def test_the_reward_terms_of_a_step_overlap(trained, tmp_path, monkeypatch):
                 "grpo.rewards=[rm,rules]",
                 "grpo.max_steps=1",
                 "grpo.save_steps=100",
-                "llm@judge.llm=openai",
-                f"judge.llm.base_url={server.url}/v1",
-                "judge.llm.model=scripted-judge",
-                "judge.tokenizer=tiny",  # checks the verdict tokens at start
-                "judge.llm.progress=false",
+                *served_judge(server),
                 "judge.llm.cache=false",
                 "judge.llm.max_concurrency=64",
-                "judge.mode=logprob",
             ]
         )
         assert cfg.grpo.concurrent_rewards
