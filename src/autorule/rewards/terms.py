@@ -129,7 +129,8 @@ def rules_term(context: RewardContext):
     """The judge's share of rules satisfied (settings: ``rewards.rules`` and ``judge``).
 
     Metrics per call: ``rules/<i>`` (the share of responses satisfying rule i, or its mean p(Yes)
-    with ``judge.soft``), ``judge/unparsed`` and ``judge/failed`` (shares of verdicts).
+    with ``judge.soft``), ``judge/unparsed`` and ``judge/failed`` (shares of verdicts). The
+    keyword ``per_rule``, a callable, gets the (responses x rules) satisfaction array.
     """
     rules = [str(r) for r in context.rules]
     if not rules:
@@ -146,6 +147,8 @@ def rules_term(context: RewardContext):
         metrics["judge/unparsed"] = result.unparsed / result.size
         metrics["judge/failed"] = result.failed / result.size
         log.add(metrics, len(completions), kwargs.get("log_metric"))
+        if kwargs.get("per_rule") is not None:  # each response's verdicts (the reward server)
+            kwargs["per_rule"](satisfied)
         return [rules_reward(share, offset, scale) for share in satisfied.mean(axis=1)]
 
     rules_fn.metrics, rules_fn.close = log.pop, judge.close
