@@ -54,6 +54,16 @@ REQUIRED = ("query", "prompts")
 ScoreFn = Callable[[list[str], list[str]], tuple[list[float], dict[str, list[float]]]]
 
 
+def advertised_url(section: Any) -> str:
+    """Where clients reach the server of config section ``reward_server``: its
+    ``advertise_host`` (else this machine's name), ``port`` and ``path``."""
+    import socket
+
+    host = section.advertise_host or socket.gethostname()
+    path = str(section.path) if str(section.path).startswith("/") else f"/{section.path}"
+    return f"http://{host}:{int(section.port)}{path}"
+
+
 class BadRequest(ValueError):
     """A request the server refuses, with the HTTP status to answer."""
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import socket
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -112,15 +111,6 @@ def check(cfg: DictConfig) -> None:
     )
 
 
-def url(cfg: DictConfig) -> str:
-    """Where OpenRLHF reaches the server: ``reward_server.advertise_host`` (else this machine's
-    name), the port and the path."""
-    section = cfg.reward_server
-    host = section.advertise_host or socket.gethostname()
-    path = str(section.path) if str(section.path).startswith("/") else f"/{section.path}"
-    return f"http://{host}:{int(section.port)}{path}"
-
-
 def build_server(cfg: DictConfig, inputs: dict[str, Path], port: int | None = None):
     """The :class:`~autorule.rewards.server.RewardServer` of this config (not started) and the
     reward functions it holds (close them with ``close_all`` after stopping it)."""
@@ -155,29 +145,48 @@ def build_server(cfg: DictConfig, inputs: dict[str, Path], port: int | None = No
         max_body_bytes=int(float(section.max_body_mb) * 2**20),
         info=info,
     )
-    return server, funcs, {**info, "rule_texts": rules}
+    return server, funcs, info
+
+
+def prepare(cfg: DictConfig) -> tuple[Path, dict[str, Path]]:
+    """Resolves the inputs and records them in the artifact (``server.json`` and the manifest);
+    returns the artifact's folder and the inputs."""
+    from autorule.core.artifacts import StageJob
+    from autorule.core.files import write_text_atomic
+    from autorule.rewards.server import advertised_url
+    from autorule.rules.ruleset import load_rules
+
+    with StageJob(cfg, SPEC.name) as job:
+        inputs = {name: job.input(name) for name in SPEC.inputs_for(cfg)}
+        if not job.done:
+            terms = list(cfg.grpo.rewards)
+            rules = load_rules(cfg, inputs) if SPEC.reads_rules(cfg) else []
+            record = {
+                "terms": terms,
+                "weights": [float(w) for w in (cfg.grpo.reward_weights or [1.0] * len(terms))],
+                "rules": rules,
+                "url": advertised_url(cfg.reward_server),
+                "inputs": {name: str(folder) for name, folder in inputs.items()},
+            }
+            write_text_atomic(job.workdir / SERVER_FILE, json.dumps(record, indent=2) + "\n")
+            job.commit({"terms": len(terms), "rules": len(rules)})
+    return job.path, inputs
 
 
 def run(cfg: DictConfig) -> Path:
-    """Resolves the inputs, records them, then serves until SIGINT / SIGTERM."""
-    from autorule.core.artifacts import StageJob
-    from autorule.core.files import write_text_atomic
+    """Records the inputs, then serves until SIGINT / SIGTERM."""
     from autorule.rewards.registry import close_all
+    from autorule.rewards.server import advertised_url
 
     check(cfg)
-    with StageJob(cfg, SPEC.name) as job:
-        inputs = {name: job.input(name) for name in SPEC.inputs_for(cfg)}
-        server, funcs, info = build_server(cfg, inputs)
-        if not job.done:
-            record = {**info, "url": url(cfg), "inputs": {k: str(v) for k, v in inputs.items()}}
-            write_text_atomic(job.workdir / SERVER_FILE, json.dumps(record, indent=2) + "\n")
-            job.commit({"terms": len(info["terms"]), "rules": info["rules"]})
+    path, inputs = prepare(cfg)
+    server, funcs, info = build_server(cfg, inputs)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _signals()}
     server.start()
     print(
         f"[autorule] reward server: {', '.join(info['terms'])} on {server.url()} "
-        f"(OpenRLHF: --remote_rm_url {url(cfg)}); Ctrl-C stops it",
+        f"(OpenRLHF: --remote_rm_url {advertised_url(cfg.reward_server)}); Ctrl-C stops it",
         flush=True,
     )
     try:
@@ -187,9 +196,8 @@ def run(cfg: DictConfig) -> Path:
         close_all(funcs)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        log.info("reward server stopped: %s", server.requests)
         print(f"[autorule] reward server stopped ({server.requests})", flush=True)
-    return job.path
+    return path
 
 
 def _signals() -> list[int]:
