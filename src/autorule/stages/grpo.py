@@ -74,11 +74,21 @@ def scores_here(cfg: Any, name: str) -> bool:
     return uses_term(cfg, name) and not on_openrlhf(cfg)
 
 
-def critic_from_rm(cfg: Any) -> bool:
-    """OpenRLHF's PPO critic starts from the rm artifact's model."""
-    from autorule.training.openrlhf import uses_critic
+def reads_rm_on_openrlhf(cfg: Any) -> bool:
+    """OpenRLHF reads the rm artifact's model: the PPO critic starts from it, or OpenRLHF's own
+    reward actor scores with it (``grpo.openrlhf.reward=rm``)."""
+    from autorule.training.openrlhf import served_reward, uses_critic
 
-    return on_openrlhf(cfg) and uses_critic(cfg.grpo) and cfg.grpo.openrlhf.critic_init == "rm"
+    if not on_openrlhf(cfg):
+        return False
+    critic = uses_critic(cfg.grpo) and cfg.grpo.openrlhf.critic_init == "rm"
+    return critic or not served_reward(cfg.grpo)
+
+
+def reward_server_used(cfg: Any) -> bool:
+    from autorule.training.openrlhf import served_reward
+
+    return on_openrlhf(cfg) and served_reward(cfg.grpo)
 
 
 # Sections that only one reward term reads, besides its own rewards.<term>.
@@ -157,12 +167,12 @@ SPEC = StageSpec(
     name="grpo",
     inputs=("preprocess", "sft", "rm", "cloud", "reward_server"),
     only_if={
-        "rm": lambda cfg: scores_here(cfg, "rm") or critic_from_rm(cfg),
+        "rm": lambda cfg: scores_here(cfg, "rm") or reads_rm_on_openrlhf(cfg),
         # The cloud term reads this config's cloud artifact unless rewards.cloud.model names one.
         "cloud": lambda cfg: scores_here(cfg, "cloud") and not cfg.rewards.cloud.model,
         "preprocess": lambda cfg: not cfg.grpo.get("rubric_file"),
         # On OpenRLHF the reward server scores, and its artifact records what it reads.
-        "reward_server": on_openrlhf,
+        "reward_server": reward_server_used,
     },
     # Rubric prompts come from the preprocess artifact of the rubric dataset.
     input_datasets={"preprocess": "grpo.rubric_dataset"},
@@ -247,6 +257,7 @@ def check_openrlhf(cfg: DictConfig) -> None:
     from autorule.training.openrlhf import (
         CRITIC_INITS,
         ESTIMATORS,
+        REWARDS,
         ZERO_STAGES,
         require_ray,
         uses_critic,
@@ -255,6 +266,12 @@ def check_openrlhf(cfg: DictConfig) -> None:
     section, engine = cfg.grpo, cfg.grpo.openrlhf
     check_choice(engine.advantage_estimator, "grpo.openrlhf.advantage_estimator", ESTIMATORS)
     check_choice(engine.critic_init, "grpo.openrlhf.critic_init", CRITIC_INITS)
+    check_choice(engine.reward, "grpo.openrlhf.reward", REWARDS)
+    if engine.reward == "rm" and list(section.rewards) != ["rm"]:
+        raise ConfigError(
+            f"grpo.openrlhf.reward=rm scores with the reward model alone, but grpo.rewards="
+            f"{list(section.rewards)}: serve the terms (grpo.openrlhf.reward=server)"
+        )
     check_choice(engine.kl_estimator, "grpo.openrlhf.kl_estimator", ("k1", "k2", "k3"))
     if section.deepspeed not in ZERO_STAGES:
         raise ConfigError(

@@ -36,6 +36,7 @@ INSTALL = "pip install 'autorule[openrlhf]'"
 ENTRY = "openrlhf.cli.train_ppo_ray"
 ESTIMATORS = ("group_norm", "gae", "rloo", "reinforce", "reinforce_baseline", "dr_grpo")
 CRITIC_INITS = ("rm", "sft")
+REWARDS = ("server", "rm")
 ZERO_STAGES = {None: 0, "zero2": 2, "zero3": 3}
 
 
@@ -51,6 +52,11 @@ def require_ray() -> None:
 def uses_critic(section: Mapping[str, Any]) -> bool:
     """Whether the run trains a critic (PPO's GAE)."""
     return str(section["openrlhf"]["advantage_estimator"]) == "gae"
+
+
+def served_reward(section: Mapping[str, Any]) -> bool:
+    """Whether the reward server scores (else OpenRLHF's reward model actor on the rm model)."""
+    return str(section["openrlhf"]["reward"]) == "server"
 
 
 def _flag(name: str, value: Any) -> list[str]:
@@ -77,6 +83,8 @@ def train_args(
         critic_model = inputs["rm"] if engine.critic_init == "rm" else inputs["sft"]
         critic_model = str(Path(critic_model) / MODEL)
     prompts = Path(inputs["preprocess"]) / f"{section.prompt_split}.parquet"
+    served = served_reward(section)
+    local_rm = None if served else str(Path(inputs["rm"]) / MODEL)
     pairs: list[tuple[str, Any]] = [
         # Placement: Ray actors per role (the paper: 1 GPU each for GRPO, 2 each for PPO).
         ("actor_num_nodes", engine.actor_num_nodes),
@@ -88,12 +96,15 @@ def train_args(
         ("vllm_num_engines", engine.vllm_num_engines),
         ("vllm_tensor_parallel_size", engine.vllm_tensor_parallel_size),
         ("vllm_sync_backend", engine.vllm_sync_backend),
+        ("reward_num_nodes", None if served else 1),
+        ("reward_num_gpus_per_node", None if served else engine.reward_num_gpus_per_node),
         ("colocate_actor_ref", bool(engine.colocate_actor_ref)),
         # Models: the policy from sft, the critic (PPO) from the rm or sft artifact, the
         # reward from the reward server.
         ("pretrain", str(Path(inputs["sft"]) / MODEL)),
         ("critic_pretrain", critic_model),
-        ("remote_rm_url", reward_url),
+        ("remote_rm_url", reward_url if served else None),
+        ("reward_pretrain", local_rm),
         ("save_path", str(workdir / MODEL)),
         ("ckpt_path", str(workdir / "checkpoints")),
         ("save_steps", section.save_steps),
@@ -180,12 +191,16 @@ def dry_run_report(cfg: DictConfig, cmd: list[str], inputs: Mapping[str, str], u
     """What ``stage=grpo grpo.engine=openrlhf`` would submit."""
     section = cfg.grpo
     kind = "PPO (GAE, critic)" if uses_critic(section) else "GRPO (group-normalised rewards)"
+    source = f"the reward server at {url}" if served_reward(section) else "OpenRLHF's reward actor"
     lines = [
         f"[autorule] dry run of stage grpo on OpenRLHF: {kind}, rewards "
-        f"{', '.join(section.rewards)} from the reward server at {url}",
+        f"{', '.join(section.rewards)} from {source}",
         show(cmd),
         *(f"  input {name} -> {state}" for name, state in inputs.items()),
-        "  the reward server must be up first: python -m autorule stage=reward_server "
-        "(same overrides); scripts/slurm/openrlhf.sh starts both",
     ]
+    if served_reward(section):
+        lines.append(
+            "  the reward server must be up first: python -m autorule stage=reward_server "
+            "(same overrides); scripts/slurm/openrlhf.sh starts both"
+        )
     return "\n".join(lines)

@@ -168,3 +168,16 @@ def test_the_cli_prints_the_ppo_job(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "-m openrlhf.cli.train_ppo_ray" in result.stdout
     assert "--advantage_estimator gae" in result.stdout and "--critic_pretrain " in result.stdout
+
+
+def test_the_released_ppo_reward_path_scores_with_openrlhfs_reward_actor(capsys, tmp_path):
+    overrides = ["experiment=ppo_baseline", "grpo.openrlhf.reward=rm"]
+    flags, out = dry_run(capsys, overrides, tmp_path)
+    cfg = compose(["stage=grpo", f"paths.root={tmp_path}", *overrides])
+    rm_model = str(input_path(cfg, "grpo", "rm") / "model")
+    assert flags["reward_pretrain"] == [rm_model] == flags["critic_pretrain"]
+    assert flags["reward_num_gpus_per_node"] == ["1"] and "remote_rm_url" not in flags
+    assert "input reward_server" not in out and "OpenRLHF's reward actor" in out
+    with pytest.raises(ConfigError, match="grpo.rewards"):
+        grpo.check(compose([*overrides[:1], "grpo.openrlhf.reward=rm", "grpo.rewards=[rm,rules]",
+                            "dry_run=true"]))  # fmt: skip
