@@ -189,3 +189,37 @@ def test_a_failing_term_answers_500_and_the_next_batch_is_served(served):
     finally:
         server.batcher.score = score
     assert requests.post(server.url(), json=good, timeout=60).status_code == 200
+
+
+def test_the_cli_says_where_it_listens_and_stops_cleanly_on_sigint(trained):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "autorule",
+        "stage=reward_server",
+        f"paths.root={trained['sft'].parents[1]}",
+        "grpo.rewards=[length_penalty]",
+        "rewards.length_penalty.coef=0.25",  # an artifact of its own
+        "reward_server.host=127.0.0.1",
+        "reward_server.port=0",  # any free port: the printed URL says which
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        while line and "reward server:" not in line:
+            line = server.stdout.readline()
+        listening = re.search(r" on (http://\S+) ", line)
+        assert listening, (line, server.stderr.read() if server.poll() is not None else "")
+        good = {"query": [PROMPTS[0] + RESPONSES[1]], "prompts": [PROMPTS[0]]}
+        answer = requests.post(listening.group(1), json=good, timeout=60).json()
+        assert set(answer["extra_logs"]) == {"length_penalty", "length/tokens"}
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err
+    assert "reward server stopped ({'ok': 1, 'refused': 0, 'failed': 0})" in out
