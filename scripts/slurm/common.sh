@@ -63,20 +63,26 @@ autorule_hostnames() {
   done
 }
 
+# autorule_hosts <nodelist>: the allocation's host names, one a line (scontrol, or in a dry run
+# off the cluster the expansion above).
+autorule_hosts() {
+  if command -v scontrol >/dev/null; then
+    scontrol show hostnames "$1"
+  elif [[ ${AUTORULE_DRY_RUN:-0} == 1 ]]; then
+    autorule_hostnames "$1"
+  else
+    echo "autorule: scontrol not found: run inside a SLURM allocation (or set AUTORULE_DRY_RUN=1)" >&2
+    return 1
+  fi
+}
+
 autorule_stage() {
   local stage=$1
   shift
   local nodelist=${SLURM_JOB_NODELIST:?run inside a SLURM allocation (sbatch), or fake SLURM_JOB_NODELIST}
   local dry_run=${AUTORULE_DRY_RUN:-0}
   local -a hosts
-  if command -v scontrol >/dev/null; then
-    mapfile -t hosts < <(scontrol show hostnames "$nodelist")
-  elif [[ $dry_run == 1 ]]; then
-    mapfile -t hosts < <(autorule_hostnames "$nodelist")
-  else
-    echo "autorule: scontrol not found: run inside a SLURM allocation (or set AUTORULE_DRY_RUN=1)" >&2
-    return 1
-  fi
+  mapfile -t hosts < <(autorule_hosts "$nodelist")
   if [[ ${#hosts[@]} -eq 0 ]]; then
     echo "autorule: no hosts in SLURM_JOB_NODELIST=$nodelist" >&2
     return 1
@@ -164,48 +170,24 @@ autorule_grpo() {
   local server=$!
   # shellcheck disable=SC2064  # the pid is fixed now
   trap "kill $server 2>/dev/null || true" EXIT
-  local waited=0 limit=${AUTORULE_JUDGE_TIMEOUT:-1800}
-  until curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null; do
-    if ! kill -0 "$server" 2>/dev/null; then
-      echo "autorule: the judge server (vllm serve $model) exited before answering" >&2
-      return 1
-    fi
-    if [[ $waited -ge $limit ]]; then
-      echo "autorule: the judge server did not answer within ${limit}s (AUTORULE_JUDGE_TIMEOUT)" >&2
-      return 1
-    fi
-    sleep 10
-    waited=$((waited + 10))
-  done
+  autorule_wait_for "http://127.0.0.1:$port/v1/models" "the judge server (vllm serve $model)" \
+    "$server" "${AUTORULE_JUDGE_TIMEOUT:-1800}" AUTORULE_JUDGE_TIMEOUT
   echo "autorule: judge $model served on $host:$port (GPUs $train_gpus-$((total - 1)))" >&2
   CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((train_gpus - 1))) SLURM_GPUS_ON_NODE=$train_gpus \
     autorule_stage grpo "$@" "${judge[@]}"
 }
 
-# autorule_hosts <nodelist>: the allocation's host names, one a line (scontrol, or in a dry run
-# off the cluster the expansion above).
-autorule_hosts() {
-  if command -v scontrol >/dev/null; then
-    scontrol show hostnames "$1"
-  elif [[ ${AUTORULE_DRY_RUN:-0} == 1 ]]; then
-    autorule_hostnames "$1"
-  else
-    echo "autorule: scontrol not found: run inside a SLURM allocation (or set AUTORULE_DRY_RUN=1)" >&2
-    return 1
-  fi
-}
-
-# autorule_wait_for <url> <what> <pid>: polls the URL until it answers; fails when the process
-# exits first or AUTORULE_SERVE_TIMEOUT seconds (default 1800) pass.
+# autorule_wait_for <url> <what> <pid> <seconds> <variable>: polls the URL until it answers;
+# fails when the process exits first or the seconds pass (<variable> names the setting).
 autorule_wait_for() {
-  local url=$1 what=$2 pid=$3 waited=0 limit=${AUTORULE_SERVE_TIMEOUT:-1800}
+  local url=$1 what=$2 pid=$3 limit=$4 setting=$5 waited=0
   until curl -sf "$url" >/dev/null; do
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "autorule: $what exited before answering" >&2
       return 1
     fi
     if [[ $waited -ge $limit ]]; then
-      echo "autorule: $what did not answer within ${limit}s (AUTORULE_SERVE_TIMEOUT)" >&2
+      echo "autorule: $what did not answer within ${limit}s ($setting)" >&2
       return 1
     fi
     sleep 10
@@ -303,11 +285,13 @@ autorule_openrlhf() {
   if [[ $judge_gpus -gt 0 ]]; then
     CUDA_VISIBLE_DEVICES=$judge_devices "${serve[@]}" &
     pids+=($!)
-    autorule_wait_for "http://127.0.0.1:$judge_port/v1/models" "the judge server (vllm serve)" "${pids[-1]}"
+    autorule_wait_for "http://127.0.0.1:$judge_port/v1/models" "the judge server (vllm serve)" \
+      "${pids[-1]}" "${AUTORULE_JUDGE_TIMEOUT:-1800}" AUTORULE_JUDGE_TIMEOUT
   fi
   CUDA_VISIBLE_DEVICES=$reward_devices "${server[@]}" &
   pids+=($!)
-  autorule_wait_for "http://127.0.0.1:$rm_port/health" "the reward server" "${pids[-1]}"
+  autorule_wait_for "http://127.0.0.1:$rm_port/health" "the reward server" "${pids[-1]}" \
+    "${AUTORULE_SERVE_TIMEOUT:-1800}" AUTORULE_SERVE_TIMEOUT
   echo "autorule: Ray head $head (+${#hosts[@]} node(s)), reward server http://$head:$rm_port" >&2
   "${submit[@]}"
 }
