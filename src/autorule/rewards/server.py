@@ -114,13 +114,23 @@ def parse_request(body: bytes, max_queries: int) -> tuple[list[str], list[str]]:
     return queries, prompts
 
 
-def split_response(query: str, prompt: str, special_tokens: Sequence[str], index: int = 0) -> str:
+def split_response(
+    query: str,
+    prompt: str,
+    special_tokens: Sequence[str],
+    index: int = 0,
+    variants: Sequence[str] = (),
+) -> str:
     """The response inside ``query``: the text after its prompt, without the special tokens
-    (eos, padding) that decoding kept around it."""
-    start = query.find(prompt)
-    if start < 0:
+    (eos, padding) that decoding kept around it. ``variants``: other spellings of the prompt
+    that decoding may have produced (a tokenizer's clean-up of spaces before punctuation)."""
+    for form in (prompt, *variants):
+        start = query.find(form)
+        if start >= 0:
+            break
+    else:
         raise BadRequest(f"query {index} does not hold its prompt (prompts[{index}])")
-    response = query[start + len(prompt) :]
+    response = query[start + len(form) :]
     tokens = [t for t in special_tokens if t]
     stripped = True
     while stripped:
@@ -255,7 +265,8 @@ class RewardServer:
     """The HTTP server: ``POST <path>`` scores, ``GET /health`` answers what it serves.
 
     ``special_tokens``: texts stripped from the end of each response (the policy tokenizer's
-    eos and pad tokens). Use as a context manager, or ``start()`` / ``stop()``.
+    eos and pad tokens); ``prompt_variants``: other spellings of a prompt that decoding may give
+    (:func:`split_response`). Use as a context manager, or ``start()`` / ``stop()``.
     """
 
     def __init__(
@@ -265,6 +276,7 @@ class RewardServer:
         port: int = 0,
         path: str = "/get_reward",
         special_tokens: Sequence[str] = (),
+        prompt_variants: Callable[[str], Sequence[str]] | None = None,
         wait_s: float = 0.05,
         max_batch: int = 4096,
         max_body_bytes: int = 64 * 2**20,
@@ -272,6 +284,7 @@ class RewardServer:
     ):
         self.path = path if path.startswith("/") else "/" + path
         self.special_tokens = tuple(special_tokens)
+        self.prompt_variants = prompt_variants or (lambda prompt: ())
         self.max_batch, self.max_body_bytes = int(max_batch), int(max_body_bytes)
         self.info = dict(info or {})
         self.batcher = Batcher(score, wait_s, max_batch)
@@ -310,7 +323,7 @@ class RewardServer:
         """The JSON answer to one request body (raises :class:`BadRequest`)."""
         queries, prompts = parse_request(body, self.max_batch)
         responses = [
-            split_response(q, p, self.special_tokens, i)
+            split_response(q, p, self.special_tokens, i, self.prompt_variants(p))
             for i, (q, p) in enumerate(zip(queries, prompts, strict=True))
         ]
         rewards, extra = self.batcher.submit(prompts, responses)

@@ -35,6 +35,10 @@ reward terms, per-rule rates, KL, lengths) and the manifest. Resuming and multi-
 work as for ``sft`` (:mod:`autorule.training.launch`).
 
 TRL differs from the released (OpenRLHF) setup in a few places; ``docs/rewards.md`` lists them.
+``grpo.engine=openrlhf`` trains with the released engine instead: the stage submits OpenRLHF's
+``train_ppo_ray`` as a Ray job (:mod:`autorule.training.openrlhf`), rewarded by the reward server
+(``stage=reward_server``), and commits the policy the job saved as ``model/``; with
+``grpo.openrlhf.advantage_estimator=gae`` that is PPO with a critic (``experiment=ppo_baseline``).
 """
 
 from __future__ import annotations

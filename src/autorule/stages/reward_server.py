@@ -140,6 +140,8 @@ def build_server(cfg: DictConfig, inputs: dict[str, Path], port: int | None = No
         port=int(section.port) if port is None else port,
         path=str(section.path),
         special_tokens=special,
+        # Decoding with clean_up_tokenization_spaces drops spaces before punctuation.
+        prompt_variants=lambda prompt: [tokenizer.clean_up_tokenization(prompt)],
         wait_s=float(section.batch_wait_s),
         max_batch=int(section.max_batch),
         max_body_bytes=int(float(section.max_body_mb) * 2**20),

@@ -51,6 +51,10 @@ def test_the_response_is_what_follows_the_prompt_without_trailing_special_tokens
     assert split_response(query, prompt, ["<eos>", "<pad>"]) == "Hello there"
     # A special token inside the response is the response's own.
     assert split_response(prompt + "a<eos>b", prompt, ["<eos>"]) == "a<eos>b"
+    # A prompt whose decoding lost the spaces before punctuation is found in that spelling.
+    cleaned = "<|user|>Hi , you.<|assistant|>".replace(" ,", ",")
+    query = cleaned + "Hey"
+    assert split_response(query, "<|user|>Hi , you.<|assistant|>", [], variants=[cleaned]) == "Hey"
     with pytest.raises(BadRequest, match="query 3 does not hold its prompt"):
         split_response("something else", prompt, [], index=3)
 
