@@ -58,6 +58,7 @@ def served(trained, tmp_path_factory):
                 "reward_server.batch_wait_s=1.0",  # the concurrent posts below share one batch
                 "reward_server.max_body_mb=0.01",  # 10 KiB: the oversized request below
                 "rewards.rm.dtype=float32",
+                "rewards.length_penalty.norm=4",  # every token counts: no special token may stay
             ]
         )
         inputs = {"sft": trained["sft"], "rm": trained["rm"]}
@@ -85,10 +86,11 @@ def expected(served):
 
 
 def queries(tokenizer, pad: int = 2) -> list[str]:
-    """What OpenRLHF posts: left padding, the prompt, the response and eos, decoded with the
-    special tokens kept."""
+    """What OpenRLHF posts: the prompt left-padded, the response, eos and right padding, decoded
+    with the special tokens kept."""
+    padding = tokenizer.pad_token * pad
     return [
-        tokenizer.pad_token * pad + PROMPTS[i % 2] + response + tokenizer.eos_token
+        padding + PROMPTS[i % 2] + response + tokenizer.eos_token + padding
         for i, response in enumerate(RESPONSES)
     ]
 
