@@ -175,7 +175,9 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(served, expected):
         )
         assert response.status_code == status, body[:60]
         assert message in response.json()["error"], response.json()
-        assert requests.post(url, json=good, timeout=60).status_code == 200
+        # A distinct body each time (answers are kept by body): each is scored.
+        retry = {**good, "labels": [f"after {status} {message}"]}
+        assert requests.post(url, json=retry, timeout=60).status_code == 200
     assert requests.get(url.rsplit("/", 1)[0] + "/nowhere", timeout=10).status_code == 404
     # Only the good requests reached the judge (each one response x two rules).
     assert len(llm.requests) == calls + len(bad) * len(RULES)
@@ -227,4 +229,4 @@ def test_the_cli_says_where_it_listens_and_stops_cleanly_on_sigint(trained):
         server.send_signal(signal.SIGINT)
         out, err = server.communicate(timeout=60)
     assert server.returncode == 0, err
-    assert "reward server stopped ({'ok': 1, 'refused': 0, 'failed': 0})" in out
+    assert "reward server stopped ({'ok': 1, 'refused': 0, 'failed': 0, 'reused': 0})" in out

@@ -25,7 +25,13 @@ Bad requests get a 4xx with a message and never reach the terms: a body over
 ``reward_server.max_body_mb`` (413, read no further), not JSON or not an object, unknown or
 missing fields, lists that are empty, not lists of strings or of different lengths, a query that
 does not hold its prompt (400). A term that fails answers 500 to that batch's requests, and the
-server goes on. Nothing is cached here.
+server goes on.
+
+OpenRLHF's client waits 180 s for an answer, then resends the same request (five tries); judging
+a large rollout can take longer. A well-formed request's answer is therefore kept by its body
+for ``reward_server.reuse_s`` seconds, and the same body sent again while it is being scored
+waits for that scoring instead of starting another: the retries extend the client's patience
+rather than multiply the judge's work. Refused and failed requests are never kept.
 
 The standard library's threading HTTP server is used: the reward path is one POST per
 micro-batch, and it needs no dependency beyond the package's own (FastAPI and uvicorn are not).
@@ -33,6 +39,7 @@ micro-batch, and it needs no dependency beyond the package's own (FastAPI and uv
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -166,6 +173,13 @@ def term_scorer(funcs: Sequence[Any], weights: Sequence[float]) -> ScoreFn:
 
 
 @dataclass
+class _Answer:
+    done: threading.Event = field(default_factory=threading.Event)
+    value: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
 class _Pending:
     prompts: list[str]
     responses: list[str]
@@ -264,6 +278,8 @@ class _Server(ThreadingHTTPServer):
 class RewardServer:
     """The HTTP server: ``POST <path>`` scores, ``GET /health`` answers what it serves.
 
+    ``reuse_s``: how long an answer is kept for the same request body sent again (OpenRLHF's
+    client gives up after 180 s and resends; a rollout's judging can take longer).
     ``special_tokens``: texts stripped from the end of each response (the policy tokenizer's
     eos and pad tokens); ``prompt_variants``: other spellings of a prompt that decoding may give
     (:func:`split_response`). Use as a context manager, or ``start()`` / ``stop()``.
@@ -280,6 +296,7 @@ class RewardServer:
         wait_s: float = 0.05,
         max_batch: int = 4096,
         max_body_bytes: int = 64 * 2**20,
+        reuse_s: float = 900.0,
         info: dict[str, Any] | None = None,
     ):
         self.path = path if path.startswith("/") else "/" + path
@@ -288,7 +305,12 @@ class RewardServer:
         self.max_batch, self.max_body_bytes = int(max_batch), int(max_body_bytes)
         self.info = dict(info or {})
         self.batcher = Batcher(score, wait_s, max_batch)
-        self.requests = {"ok": 0, "refused": 0, "failed": 0}
+        self.requests = {"ok": 0, "refused": 0, "failed": 0, "reused": 0}
+        # Answers by request body, kept reuse_s seconds for clients that resend a request they
+        # gave up waiting for (a retry joins the scoring still under way instead of repeating it).
+        self.reuse_s = float(reuse_s)
+        self._answers: dict[str, tuple[float, _Answer]] = {}
+        self._answers_lock = threading.Lock()
         self._httpd = _Server((host, port), self._handler())
         self._thread: threading.Thread | None = None
 
@@ -326,9 +348,35 @@ class RewardServer:
             split_response(q, p, self.special_tokens, i, self.prompt_variants(p))
             for i, (q, p) in enumerate(zip(queries, prompts, strict=True))
         ]
-        rewards, extra = self.batcher.submit(prompts, responses)
-        rewards = [r if math.isfinite(r) else 0.0 for r in rewards]
-        return {"rewards": rewards, "scores": rewards, "extra_logs": extra}
+        key = hashlib.sha256(body).hexdigest()
+        with self._answers_lock:
+            now = time.monotonic()
+            for old in [k for k, (at, _) in self._answers.items() if now - at > self.reuse_s]:
+                del self._answers[old]
+            entry = self._answers.get(key)
+            owner = entry is None
+            if owner:
+                entry = (now, _Answer())
+                self._answers[key] = entry
+        answer = entry[1]
+        if not owner:  # the same request again: a client that timed out and retried
+            self.requests["reused"] += 1
+            answer.done.wait()
+            if answer.value is None:
+                raise RuntimeError(answer.error or "scoring failed")
+            return answer.value
+        try:
+            rewards, extra = self.batcher.submit(prompts, responses)
+            rewards = [r if math.isfinite(r) else 0.0 for r in rewards]
+            answer.value = {"rewards": rewards, "scores": rewards, "extra_logs": extra}
+            return answer.value
+        except RuntimeError as err:
+            answer.error = str(err)
+            with self._answers_lock:  # a failure is not kept: the next try scores again
+                self._answers.pop(key, None)
+            raise
+        finally:
+            answer.done.set()
 
     def _handler(self):
         server = self

@@ -106,6 +106,7 @@ def check(cfg: DictConfig) -> None:
     check_number(section.port, "reward_server.port", low=0, high=65535)
     check_number(section.batch_wait_s, "reward_server.batch_wait_s", integer=False, low=0)
     check_number(section.max_batch, "reward_server.max_batch", low=1)
+    check_number(section.reuse_s, "reward_server.reuse_s", integer=False, low=0)
     check_number(
         section.max_body_mb, "reward_server.max_body_mb", integer=False, low=0, low_open=True
     )
@@ -145,6 +146,7 @@ def build_server(cfg: DictConfig, inputs: dict[str, Path], port: int | None = No
         wait_s=float(section.batch_wait_s),
         max_batch=int(section.max_batch),
         max_body_bytes=int(float(section.max_body_mb) * 2**20),
+        reuse_s=float(section.reuse_s),
         info=info,
     )
     return server, funcs, info

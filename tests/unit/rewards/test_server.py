@@ -120,3 +120,46 @@ def test_a_failed_batch_raises_in_each_of_its_requests():
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
         batcher.submit(["p"], ["r"])
     batcher.stop()
+
+
+def test_a_resent_request_joins_the_scoring_under_way_and_failures_are_not_kept():
+    import requests
+
+    from autorule.rewards.server import RewardServer
+
+    calls = []
+    started, release = threading.Event(), threading.Event()
+
+    def score(prompts, responses):
+        calls.append(list(responses))
+        started.set()
+        release.wait(10)
+        if responses == ["fail"]:
+            raise ValueError("no")
+        return [1.0] * len(responses), {}
+
+    with RewardServer(score, wait_s=0.0, reuse_s=60) as server:
+        good = {"query": ["p-answer"], "prompts": ["p-"]}
+        answers = []
+        first = threading.Thread(
+            target=lambda: answers.append(requests.post(server.url(), json=good, timeout=30))
+        )
+        first.start()
+        assert started.wait(10)
+        # The client timed out and resends the same body while it is being scored.
+        resent = threading.Thread(
+            target=lambda: answers.append(requests.post(server.url(), json=good, timeout=30))
+        )
+        resent.start()
+        while len(server._answers) != 1 or server.requests["ok"]:
+            threading.Event().wait(0.01)
+        release.set()
+        first.join(10), resent.join(10)
+        assert [a.json()["rewards"] for a in answers] == [[1.0], [1.0]]
+        assert calls == [["answer"]] and server.requests["reused"] == 1  # scored once
+        assert requests.post(server.url(), json=good, timeout=30).json()["rewards"] == [1.0]
+        assert calls == [["answer"]] and server.requests["reused"] == 2  # and kept
+        bad = {"query": ["p-fail"], "prompts": ["p-"]}
+        assert requests.post(server.url(), json=bad, timeout=30).status_code == 500
+        assert requests.post(server.url(), json=bad, timeout=30).status_code == 500
+        assert calls[1:] == [["fail"], ["fail"]]  # a failure is scored again
