@@ -31,11 +31,11 @@ from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_number, check_paths
 from autorule.core.stage import StageSpec
+from autorule.training.arguments import MODEL
 
 log = logging.getLogger(__name__)
 
 SERVER_FILE = "server.json"
-MODEL = "model"
 
 
 def uses_term(cfg: Any, name: str) -> bool:
