@@ -22,7 +22,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
-.PHONY: install test test-all demo lint format bench data clean
+.PHONY: install test test-all demo lint format bench gpu-check data clean
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ format: install
 
 bench: install
 	$(PY) -m pytest -q -m bench -s tests/benchmarks
+
+# One command for a GPU machine (bf16, ZeRO-2/3 through accelerate, vLLM, judge, MFU): a table and
+# gpu_check.json; without a GPU it says so and exits 0.
+gpu-check: install
+	PYTHON=$(PY) bash scripts/gpu_check.sh
 
 # Regenerates the bundled synthetic data under data/ (deterministic; the result is committed).
 data: install

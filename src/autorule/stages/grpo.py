@@ -196,6 +196,7 @@ SPEC = StageSpec(
         *_RUNTIME,
         "grpo.rubric_file",
         "rubric.debug_examples",
+        "grpo.concurrent_rewards",
         "grpo.openrlhf.ray_address",  # where the job is submitted, not what it trains
     ),
     ignore_when=unused_reward_settings,
@@ -545,7 +546,7 @@ def build_trainer(
     from trl import GRPOConfig, GRPOTrainer
 
     from autorule.data.models import load_tokenizer
-    from autorule.rewards.registry import build_reward_funcs
+    from autorule.rewards.registry import build_reward_funcs, concurrent
     from autorule.training.loop import config_kwargs
 
     section = cfg.grpo
@@ -567,6 +568,8 @@ def build_trainer(
         held_out = train_dataset(cfg, inputs, tokenizer, "eval_split")
     context = reward_context(cfg, inputs, tokenizer)
     funcs = build_reward_funcs(list(section.rewards), context)
+    if section.concurrent_rewards:
+        funcs = [concurrent(func) for func in funcs]
     args = GRPOConfig(**config_kwargs(cfg, SPEC.name, workdir))
     shown = debug_callback(funcs) if int(cfg.rubric.debug_examples) else None
     # Each term hands its own metrics (per-rule satisfaction, judge failures) to TRL's
