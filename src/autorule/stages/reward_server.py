@@ -19,7 +19,6 @@ open batch is finished, the port closed). With an up-to-date artifact it serves 
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -156,7 +155,7 @@ def prepare(cfg: DictConfig) -> tuple[Path, dict[str, Path]]:
     """Resolves the inputs and records them in the artifact (``server.json`` and the manifest);
     returns the artifact's folder and the inputs."""
     from autorule.core.artifacts import StageJob
-    from autorule.core.files import write_text_atomic
+    from autorule.core.files import write_json_redacted
     from autorule.rewards.server import advertised_url
     from autorule.rules.ruleset import load_rules
 
@@ -172,7 +171,7 @@ def prepare(cfg: DictConfig) -> tuple[Path, dict[str, Path]]:
                 "url": advertised_url(cfg.reward_server),
                 "inputs": {name: str(folder) for name, folder in inputs.items()},
             }
-            write_text_atomic(job.workdir / SERVER_FILE, json.dumps(record, indent=2) + "\n")
+            write_json_redacted(job.workdir / SERVER_FILE, record)
             job.commit({"terms": len(terms), "rules": len(rules)})
     return job.path, inputs
 
