@@ -93,7 +93,7 @@ def stage_config(cfg: DictConfig, stage: str) -> dict[str, Any]:
     """The config values that decide ``stage``'s output, as a nested plain dict."""
     spec = get_spec(stage, cfg)
     tree: dict[str, Any] = {}
-    for key in spec.keys:
+    for key in spec.hashed_keys(cfg):
         node = tree
         *parents, leaf = key.split(".")
         for p in parents:
@@ -130,7 +130,7 @@ def config_hash(cfg: DictConfig, stage: str) -> str:
             "version": spec.version,
             "config": stage_config(cfg, stage),
             "inputs": {
-                name: config_hash(spec.config_for_input(cfg, name), name)
+                name: config_hash(spec.config_for_input(cfg, name), spec.stage_of(name))
                 for name in spec.inputs_for(cfg)
             },
             **({"fingerprint": spec.fingerprint(cfg)} if spec.fingerprint else {}),
@@ -142,7 +142,8 @@ def config_hash(cfg: DictConfig, stage: str) -> str:
 
 def input_path(cfg: DictConfig, stage: str, name: str) -> Path:
     """Folder of input ``name`` of ``stage`` (under the config that input is found with)."""
-    return artifact_path(get_spec(stage, cfg).config_for_input(cfg, name), name)
+    spec = get_spec(stage, cfg)
+    return artifact_path(spec.config_for_input(cfg, name), spec.stage_of(name))
 
 
 def artifact_path(cfg: DictConfig, stage: str) -> Path:
@@ -443,7 +444,9 @@ class StageJob:
         """Folder of the complete upstream artifact ``name``; raises with the command to make it."""
         if name not in self.spec.inputs_for(self.cfg):
             raise KeyError(f"stage {self.stage!r} does not declare input {name!r}")
-        return self.input_as(name, name, self.spec.config_for_input(self.cfg, name))
+        return self.input_as(
+            name, self.spec.stage_of(name), self.spec.config_for_input(self.cfg, name)
+        )
 
     def input_as(self, name: str, stage: str, input_cfg: DictConfig) -> Path:
         """Folder of the complete artifact of ``stage`` under ``input_cfg`` (e.g. one value of a

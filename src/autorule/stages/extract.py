@@ -65,6 +65,7 @@ from omegaconf import DictConfig
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
 from autorule.core.config import check_choice, check_number, check_paths
+from autorule.core.files import write_jsonl
 from autorule.core.secrets import redact
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import Pair, mt_pairs, uf_pairs
@@ -372,13 +373,6 @@ def stop_on_failures(calls: list[dict], allowed: int, workdir: Path) -> None:
             f"same command to retry only the failed ones. Details: {workdir}/examples.jsonl, "
             f"{workdir}/calls.jsonl"
         )
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """One JSON line per row, secrets masked (:func:`autorule.core.secrets.redact`)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for row in redact(rows):
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def write_json(path: Path, obj) -> None:

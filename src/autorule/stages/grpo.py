@@ -50,6 +50,7 @@ from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.stage import StageSpec
+from autorule.rewards import registry as rewards
 from autorule.training import lora
 from autorule.training.arguments import MODEL, check_training, runtime_keys
 from autorule.training.launch import check_launcher, run_training, world_size
@@ -60,39 +61,34 @@ RULE_TABLE = "rule_satisfaction.json"
 LOG_HISTORY = "log_history.jsonl"
 
 
+def terms(cfg: Any) -> list[str]:
+    """The reward terms in use: ``grpo.rewards``."""
+    return [str(name) for name in cfg.grpo.rewards]
+
+
 def uses_term(cfg: Any, name: str) -> bool:
-    return name in list(cfg.grpo.rewards)
+    return name in terms(cfg)
 
 
-# Sections that only one reward term reads, besides its own rewards.<term>.
-TERM_SECTIONS = {"rules": "judge", "rubric": "rubric"}
+def unused_settings(cfg: Any) -> tuple[str, ...]:
+    """Keys that decide nothing under ``cfg``: a model-folder key of a term (its folder is
+    hashed by content instead), LoRA's alpha when no adapter is trained."""
+    return (*rewards.unhashed_keys(cfg, terms(cfg)), *lora.unused_keys(cfg, "grpo"))
 
 
-def unused_reward_settings(cfg: Any) -> tuple[str, ...]:
-    """Settings of reward terms this run does not use, and the judge or the rubric grader when no
-    term needs it: left out of the hash, so the baseline's artifact ignores the judge's model.
-    LoRA's alpha is left out too when no adapter is trained."""
-    used = set(cfg.grpo.rewards)
-    keys = [
-        f"rewards.{name}"
-        for name, value in (cfg.get("rewards") or {}).items()
-        if name not in used and isinstance(value, Mapping)
-    ]
-    keys += [section for term, section in TERM_SECTIONS.items() if term not in used]
-    return (*keys, *lora.unused_keys(cfg, "grpo"))
-
-
-def rubric_file_fingerprint(cfg: Any) -> dict[str, str] | None:
-    """The content hash of ``grpo.rubric_file`` (its path is not hashed: two clones share)."""
+def fingerprint(cfg: Any) -> dict[str, Any] | None:
+    """What grpo reads from outside paths.root, by content: ``grpo.rubric_file`` and the model
+    folders reward terms are pointed at (their paths are not hashed: two clones share)."""
+    found: dict[str, Any] = rewards.model_fingerprints(cfg, terms(cfg))
     path = cfg.grpo.get("rubric_file")
-    if not path:
-        return None
-    file = Path(str(path)).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"grpo.rubric_file={path} is not a file (a rubric JSONL file)")
-    from autorule.core.hashing import file_sha256
+    if path:
+        file = Path(str(path)).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"grpo.rubric_file={path} is not a file (a rubric JSONL file)")
+        from autorule.core.hashing import file_sha256
 
-    return {"rubric_file": file_sha256(file)}
+        found["rubric_file"] = file_sha256(file)
+    return found or None
 
 
 def trainer_args(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,32 +129,24 @@ def trainer_args(section: Mapping[str, Any]) -> dict[str, Any]:
 # Generation through vLLM or transformers samples the same distribution: speed, not output.
 _RUNTIME = runtime_keys("grpo") + ("grpo.use_vllm", "grpo.vllm_mode")
 
+# What the reward terms read (their artifacts, their settings, the rule set) comes from their
+# declarations in the reward registry, for the terms in use only: the baseline's artifact does
+# not move with the judge's settings, and a retrained reward model moves the artifact.
 SPEC = StageSpec(
     name="grpo",
-    inputs=("preprocess", "sft", "rm", "cloud"),
-    only_if={
-        "rm": lambda cfg: uses_term(cfg, "rm"),
-        # The cloud term reads this config's cloud artifact unless rewards.cloud.model names one.
-        "cloud": lambda cfg: uses_term(cfg, "cloud") and not cfg.rewards.cloud.model,
-        "preprocess": lambda cfg: not cfg.grpo.get("rubric_file"),
-    },
+    inputs=("preprocess", "sft"),
+    inputs_when=lambda cfg: rewards.artifact_inputs(cfg, terms(cfg)),
+    only_if={"preprocess": lambda cfg: not cfg.grpo.get("rubric_file")},
     # Rubric prompts come from the preprocess artifact of the rubric dataset.
     input_datasets={"preprocess": "grpo.rubric_dataset"},
-    uses_rules=lambda cfg: uses_term(cfg, "rules"),
-    keys=(
-        "grpo",
-        "rewards",
-        "judge",
-        "rubric",
-        "model.name_or_path",
-        "model.tiny",
-        "model.pad_token",
-    ),
+    uses_rules=lambda cfg: rewards.uses_rules(terms(cfg)),
+    keys=("grpo", "model.name_or_path", "model.tiny", "model.pad_token"),
+    keys_when=lambda cfg: rewards.hashed_sections(terms(cfg)),
     # The rubric file is identified by its content (the fingerprint), not its path; the debug
     # view only prints.
     ignore=(*_RUNTIME, "grpo.rubric_file", "rubric.debug_examples"),
-    ignore_when=unused_reward_settings,
-    fingerprint=rubric_file_fingerprint,
+    ignore_when=unused_settings,
+    fingerprint=fingerprint,
     llm_roles=("judge.llm", "rubric.grader"),
     trains=True,
     resumable=True,
@@ -347,6 +335,7 @@ def reward_context(cfg: DictConfig, inputs: dict[str, Path], tokenizer):
     return RewardContext(
         cfg=cfg,
         rm_folder=inputs.get("rm"),
+        inputs=dict(inputs),
         rules=rules,
         tokenizer=tokenizer,
         max_completion_length=int(cfg.grpo.max_completion_length),
