@@ -1,9 +1,17 @@
-"""Dispatch: run the selected stage, or every stage of ``pipeline.stages`` in order.
+"""Dispatch: run the selected stage, or every stage of ``pipeline.stages`` in order, after making
+the inputs a stage declares under a config of its own when they are missing.
+
+A stage's inputs under the run's own config are the user's to make (``stage=pipeline`` makes them
+in order; a stage started too early fails naming the command). An input under a config the stage
+derives (``StageSpec.input_configs``: feedback's samples to annotate, feedback_eval's per-protocol
+reward models and picks) is the stage's own business: :func:`missing_inputs` finds it, and
+everything it lacks in turn, and :func:`run_stage` makes them first, so stages never run each
+other.
 
 With ``dry_run=true`` nothing runs and nothing is written: training stages print their launch
 command and trainer arguments (:mod:`autorule.training.launch`); every other stage (whose work
 would be hub downloads or paid LLM calls) is skipped here, and its command and artifact folder are
-printed."""
+printed; so are the missing inputs that would be made first."""
 
 from __future__ import annotations
 
@@ -13,9 +21,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from autorule.core.artifacts import artifact_path, is_up_to_date, make_command
+from autorule.core.artifacts import (
+    artifact_path,
+    is_complete,
+    is_up_to_date,
+    make_command,
+    read_manifest,
+)
 from autorule.core.config import check_paths
-from autorule.core.stage import load
+from autorule.core.stage import get_spec, load
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +62,62 @@ def dry_run_note(cfg: DictConfig, name: str) -> str:
     )
 
 
+def derived_inputs(cfg: DictConfig, name: str) -> list[tuple[str, DictConfig]]:
+    """(stage, config) of each input ``name`` reads under a config of its own, and theirs in
+    turn (whether their artifacts exist or not)."""
+    spec = get_spec(name, cfg)
+    found = []
+    for input_name in spec.inputs_for(cfg):
+        if input_name in spec.input_configs:
+            stage, input_cfg = spec.stage_of(input_name), spec.config_for_input(cfg, input_name)
+            found += [(stage, input_cfg), *derived_inputs(input_cfg, stage)]
+    return found
+
+
 def check_stages(cfg: DictConfig, names: list[str]) -> None:
-    """Runs every selected stage's ``check(cfg)`` (when its module has one) before any stage
-    runs, so a bad number in the last stage of a pipeline is refused before the first one
-    spends anything. Raises :class:`~autorule.core.config.ConfigError`."""
+    """Runs every selected stage's ``check(cfg)`` (when its module has one), and that of the
+    inputs each one derives a config for, under that config, before any stage runs, so a bad
+    number in the last stage of a pipeline is refused before the first one spends anything.
+    Raises :class:`~autorule.core.config.ConfigError`."""
     check_paths(cfg)
     for name in names:
-        check = getattr(load(name, cfg), "check", None)
-        if check is not None:
-            check(cfg)
+        for stage, stage_cfg in [(name, cfg), *derived_inputs(cfg, name)]:
+            check = getattr(load(stage, stage_cfg), "check", None)
+            if check is not None:
+                check(stage_cfg)
+
+
+def missing_inputs(
+    cfg: DictConfig, name: str, derived: bool = False, seen: set[Path] | None = None
+) -> list[tuple[str, DictConfig]]:
+    """(stage, config) of each input to make before ``name`` runs under ``cfg``, in the order to
+    make them: the missing inputs it declares under a config of its own and, below those
+    (``derived``), every missing input at all. Inputs under the run's own config are left to
+    the user (the stage's error names the command that makes them)."""
+    seen = set() if seen is None else seen
+    spec = get_spec(name, cfg)
+    plan: list[tuple[str, DictConfig]] = []
+    for input_name in spec.inputs_for(cfg):
+        if not derived and input_name not in spec.input_configs:
+            continue
+        stage, input_cfg = spec.stage_of(input_name), spec.config_for_input(cfg, input_name)
+        folder = artifact_path(input_cfg, stage)
+        if folder in seen or is_complete(read_manifest(folder)):
+            continue
+        seen.add(folder)
+        plan += missing_inputs(input_cfg, stage, derived=True, seen=seen)
+        plan.append((stage, input_cfg))
+    return plan
+
+
+def run_one(cfg: DictConfig, name: str, dry_run: bool) -> Path:
+    """Runs stage ``name`` under ``cfg`` (a dry run prints what it would do)."""
+    module = load(name, cfg)
+    # Training stages honour dry_run themselves (autorule.training.launch.run_training).
+    if dry_run and not module.SPEC.trains:
+        print(dry_run_note(cfg, name), flush=True)
+        return artifact_path(cfg, name)
+    return module.run(cfg)
 
 
 def run_stage(cfg: DictConfig) -> dict[str, Path]:
@@ -64,18 +125,19 @@ def run_stage(cfg: DictConfig) -> dict[str, Path]:
     banner(cfg)
     names = list(cfg.pipeline.stages) if cfg.stage == "pipeline" else [cfg.stage]
     dry_run = bool(cfg.get("dry_run"))
-    modules = {name: load(name, cfg) for name in names}  # an unknown name fails before any work
+    for name in names:
+        load(name, cfg)  # an unknown name fails before any work
     check_stages(cfg, names)
     done: dict[str, Path] = {}
-    for name, module in modules.items():
+    for name in names:
         with open_dict(cfg):
             cfg.stage = name
-        # Training stages honour dry_run themselves (autorule.training.launch.run_training).
-        if dry_run and not module.SPEC.trains:
-            print(dry_run_note(cfg, name), flush=True)
-            done[name] = artifact_path(cfg, name)
-        else:
-            done[name] = module.run(cfg)
+        for stage, input_cfg in missing_inputs(cfg, name):
+            log.info("[autorule] %s needs the %s artifact: making it first", name, stage)
+            with open_dict(input_cfg):
+                input_cfg.stage = stage
+            run_one(input_cfg, stage, dry_run)
+        done[name] = run_one(cfg, name, dry_run)
     suffix = " (dry run, nothing written)" if dry_run else ""
     for name, path in done.items():
         print(f"[autorule] {name}: {path}{suffix}", flush=True)
