@@ -133,7 +133,7 @@ def run(cfg: DictConfig) -> Path:
         splits = split_labels(len(groups), int(section.heldout_instructions))
         annotator = build_annotator(cfg)
         ratings, rating_answers = rate(annotator, groups, splits)
-        rankings, judged = rank(annotator, groups, splits, rating_of(ratings))
+        rankings, judged, implied, labels = rank(annotator, groups, splits, rating_of(ratings))
         failed = sum(a.failed for a in rating_answers) + sum(j.verdict.failed for j in judged)
         if failed > int(section.max_failed_calls):
             raise RuntimeError(
@@ -141,7 +141,7 @@ def run(cfg: DictConfig) -> Path:
                 f"{section.max_failed_calls}); finished calls are cached: re-run the same "
                 "command to retry only the failed ones"
             )
-        result = fb.consistency(list(rankings["implied"]), list(rankings["label"]))
+        result = fb.consistency(implied, labels)
         summary: dict[str, Any] = {
             **result.as_dict(),
             "annotator": annotator.describe(),
@@ -224,9 +224,10 @@ def rank(
     groups: list[tuple[str, list[str]]],
     splits: list[str],
     ratings: dict[tuple[int, int], int | None],
-) -> tuple[pd.DataFrame, list]:
+) -> tuple[pd.DataFrame, list, list[str | None], list[str | None]]:
     """A ranking of each pair of one instruction's responses, asked in both orders, beside the
-    ranking the ratings imply: the table, and the annotator's judgments."""
+    ranking the ratings imply: the table, the annotator's judgments, the implied rankings and
+    the ranking labels (None where unread)."""
     pairs = [
         (g, i, j)
         for g, (_, responses) in enumerate(groups)
@@ -238,6 +239,8 @@ def rank(
         [groups[g][1][j] for g, _, j in pairs],
         desc="feedback: rankings",
     )
+    labels = [fb.ranking_label(j.verdict) for j in judged]
+    implied = [fb.implied_ranking(ratings[(g, i)], ratings[(g, j)]) for g, i, j in pairs]
     rankings = pd.DataFrame(
         {
             "instruction_id": [g for g, _, _ in pairs],
@@ -246,14 +249,14 @@ def rank(
             "instruction": [groups[g][0] for g, _, _ in pairs],
             "response_x": [groups[g][1][i] for g, i, _ in pairs],
             "response_y": [groups[g][1][j] for g, _, j in pairs],
-            "label": [fb.ranking_label(j.verdict) for j in judged],
-            "implied": [fb.implied_ranking(ratings[(g, i)], ratings[(g, j)]) for g, i, j in pairs],
+            "label": labels,
+            "implied": implied,
             "answer_x_as_a": [j.answer_x_as_a for j in judged],
             "answer_x_as_b": [j.answer_x_as_b for j in judged],
             "split": [splits[g] for g, _, _ in pairs],
         }
     )
-    return rankings, judged
+    return rankings, judged, implied, labels
 
 
 def write_artifact(
