@@ -1,6 +1,6 @@
 """Tiny GRPO rewarded by the reward models it reads, trained here: the grpo manifest names each
 reward model's artifact and hash, and retraining one with another setting moves the grpo artifact
-(tests/unit/rewards/test_term_inputs.py checks every term the same way on stand-in artifacts)."""
+(tests/unit/rewards/test_registry.py checks every term the same way on stand-in artifacts)."""
 
 import pytest
 

@@ -46,12 +46,12 @@ class RewardContext:
 
     cfg: DictConfig  # the composed config (terms read rewards.<name> and judge)
     rm_folder: Path | None = None  # the rm artifact: model/, metrics.json (reward_mean, _std)
-    # The artifacts the calling stage read, by stage (a term's TermReads.stage among them).
-    inputs: dict[str, Path] = field(default_factory=dict)
     rules: list[str] = field(default_factory=list)  # the rule set the rules term checks
     device: str | None = None  # where models run; None = cuda when available, else cpu
     tokenizer: Any = None  # the policy tokenizer (response lengths in policy tokens)
     max_completion_length: int | None = None  # the policy's token budget per answer (cut-offs)
+    # The artifacts the calling stage read, by stage (a term's TermReads.stage among them).
+    inputs: dict[str, Path] = field(default_factory=dict)
 
     def resolved_device(self) -> str:
         from autorule.data.models import resolve_device

@@ -194,3 +194,38 @@ def test_a_new_term_that_reads_an_artifact_needs_no_stage_edit(new_term, tmp_pat
     # the reward itself, built from the registry
     reward = registry.build_reward_funcs([new_term], registry.RewardContext(cfg))[0]
     assert reward(["p"], ["a", "b"]) == [2.0, 2.0]
+
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def term_problems(name: str, repo: Path = REPO) -> list[str]:
+    """What term ``name`` lacks of the files "Adding a reward term" in docs/architecture.md
+    lists (its module and registry entry, its config, its docs, its tests)."""
+    factory = REWARDS[name]
+    package, _, module = factory.__module__.rpartition(".")
+    problems = []
+    init = (repo / "src" / "autorule" / "rewards" / "__init__.py").read_text()
+    if package != "autorule.rewards" or f"    {module},\n" not in init:
+        problems.append(f"its module {factory.__module__} is not imported by autorule.rewards")
+    if OmegaConf.select(compose([]), f"rewards.{name}") is None:
+        problems.append(f"no config section rewards.{name}")
+    if f"`{name}`" not in (repo / "docs" / "rewards.md").read_text():
+        problems.append(f"docs/rewards.md does not name `{name}`")
+    tests = (repo / "tests" / "unit" / "rewards").glob("test_*.py")
+    if not any(f'"{name}"' in path.read_text() for path in tests):
+        problems.append(f'no test under tests/unit/rewards/ names "{name}"')
+    if name in ARTIFACT_TERMS and name not in RETRAIN:
+        problems.append("it reads an artifact but has no stale-input row (RETRAIN)")
+    return problems
+
+
+@pytest.mark.parametrize("name", sorted(REWARDS))
+def test_every_term_has_its_files(name):
+    assert term_problems(name) == []
+
+
+def test_a_term_lacking_its_files_is_named(new_term):
+    problems = term_problems(new_term)
+    # not in the package, no config, no docs (this file names it, so it counts as tested)
+    assert len(problems) == 3, problems
