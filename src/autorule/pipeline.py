@@ -4,8 +4,8 @@ the inputs a stage declares under a config of its own when they are missing.
 A stage's inputs under the run's own config are the user's to make (``stage=pipeline`` makes them
 in order; a stage started too early fails naming the command). An input under a config the stage
 derives (``StageSpec.input_configs``: feedback's samples to annotate, feedback_eval's per-protocol
-reward models and picks) is the stage's own business: :func:`missing_inputs` finds it, and
-everything it lacks in turn, and :func:`run_stage` makes them first, so stages never run each
+reward models and picks) is the stage's own business: :func:`missing_inputs` finds it (and the
+inputs it derives in turn), and :func:`run_stage` makes them first, so stages never run each
 other.
 
 With ``dry_run=true`` nothing runs and nothing is written: training stages print their launch
@@ -88,24 +88,25 @@ def check_stages(cfg: DictConfig, names: list[str]) -> None:
 
 
 def missing_inputs(
-    cfg: DictConfig, name: str, derived: bool = False, seen: set[Path] | None = None
+    cfg: DictConfig, name: str, seen: set[Path] | None = None
 ) -> list[tuple[str, DictConfig]]:
     """(stage, config) of each input to make before ``name`` runs under ``cfg``, in the order to
-    make them: the missing inputs it declares under a config of its own and, below those
-    (``derived``), every missing input at all. Inputs under the run's own config are left to
-    the user (the stage's error names the command that makes them)."""
+    make them: the missing inputs it declares under a config of its own, after those they
+    declare so in turn. Other inputs are left to the user (the stage's error names the command
+    that makes them, ``stage=pipeline`` makes them in order): a stage never trains a policy or
+    a reward model nobody asked for."""
     seen = set() if seen is None else seen
     spec = get_spec(name, cfg)
     plan: list[tuple[str, DictConfig]] = []
     for input_name in spec.inputs_for(cfg):
-        if not derived and input_name not in spec.input_configs:
+        if input_name not in spec.input_configs:
             continue
         stage, input_cfg = spec.stage_of(input_name), spec.config_for_input(cfg, input_name)
         folder = artifact_path(input_cfg, stage)
         if folder in seen or is_complete(read_manifest(folder)):
             continue
         seen.add(folder)
-        plan += missing_inputs(input_cfg, stage, derived=True, seen=seen)
+        plan += missing_inputs(input_cfg, stage, seen=seen)
         plan.append((stage, input_cfg))
     return plan
 
