@@ -99,15 +99,14 @@ class StageJob:
         """Folder of the complete upstream artifact ``name``; raises with the command to make it."""
         if name not in self.spec.inputs_for(self.cfg):
             raise KeyError(f"stage {self.stage!r} does not declare input {name!r}")
-        return self.input_as(
+        return self._input_at(
             name, self.spec.stage_of(name), self.spec.config_for_input(self.cfg, name)
         )
 
-    def input_as(self, name: str, stage: str, input_cfg: DictConfig) -> Path:
-        """Folder of the complete artifact of ``stage`` under ``input_cfg`` (e.g. one value of a
-        swept key), recorded in the manifest's inputs as ``name`` like any declared input, so its
-        recomputation makes this artifact out of date. The stage hashes ``input_cfg`` itself (its
-        spec's ``fingerprint``)."""
+    def _input_at(self, name: str, stage: str, input_cfg: DictConfig) -> Path:
+        """Folder of the complete artifact of ``stage`` under ``input_cfg`` (the config input
+        ``name`` is found with), recorded in the manifest's inputs as ``name``, so its
+        recomputation makes this artifact out of date."""
         folder = artifact_path(input_cfg, stage)
         manifest = read_manifest(folder)
         if not is_complete(manifest):

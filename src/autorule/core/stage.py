@@ -220,6 +220,12 @@ def builtin_stages() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.ispkg)
 
 
+def known_stages() -> list[str]:
+    """Every stage name known without config: the modules of autorule.stages and the specs
+    registered by hand."""
+    return sorted(set(builtin_stages()) | set(_REGISTERED))
+
+
 def get_spec(name: str, cfg: Any = None) -> StageSpec:
     """The spec of stage ``name`` (registered by hand, or its module's ``SPEC``)."""
     if name in _REGISTERED:

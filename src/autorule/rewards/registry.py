@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
+from autorule.core.stage import known_stages
+
 
 class RewardFunc(Protocol):
     """What a factory returns (``metrics`` and ``close`` are optional)."""
@@ -79,13 +81,6 @@ REWARDS: dict[str, Factory] = {}
 READS: dict[str, TermReads] = {}
 
 
-def known_stages() -> set[str]:
-    """The stage names a term may read: the modules of autorule.stages and registered specs."""
-    from autorule.core import stage
-
-    return set(stage.builtin_stages()) | set(stage._REGISTERED)
-
-
 def register(
     name: str,
     *,
@@ -99,7 +94,7 @@ def register(
     if stage is not None and stage not in known_stages():
         raise ValueError(
             f"reward term {name!r} reads the artifact of stage {stage!r}, which is no stage; "
-            f"stages: {sorted(known_stages())}"
+            f"stages: {known_stages()}"
         )
     reads = TermReads(stage, tuple(sections), rules, model_key)
 

@@ -23,7 +23,7 @@ from autorule.core.artifacts import (
     read_manifest,
 )
 from autorule.core.config import compose
-from autorule.core.stage import get_spec
+from autorule.core.stage import get_spec, known_stages
 from autorule.rewards import registry
 from autorule.rewards.registry import READS, REWARDS
 
@@ -63,7 +63,7 @@ def test_every_artifact_term_has_a_stale_test():
 def test_every_registered_term_declares_what_exists():
     """Each term's stage is a stage, its sections and model key are config keys."""
     cfg = compose([])
-    known = registry.known_stages()
+    known = known_stages()
     assert READS.keys() == REWARDS.keys()
     for name, reads in READS.items():
         assert reads.stage is None or reads.stage in known, name
