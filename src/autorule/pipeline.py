@@ -1,17 +1,17 @@
 """Dispatch: run the selected stage, or every stage of ``pipeline.stages`` in order, after making
-the inputs a stage declares under a config of its own when they are missing.
+the inputs a stage declares under a config of its own when they are missing or out of date.
 
 A stage's inputs under the run's own config are the user's to make (``stage=pipeline`` makes them
-in order; a stage started too early fails naming the command). An input under a config the stage
-derives (``StageSpec.input_configs``: feedback's samples to annotate, feedback_eval's per-protocol
-reward models and picks) is the stage's own business: :func:`missing_inputs` finds it (and the
-inputs it derives in turn), and :func:`run_stage` makes them first, so stages never run each
-other.
+in order; a stage started too early fails naming the command). An input a stage finds under a
+config of its own (``StageSpec.input_configs``: the feedback and oracle stages' samples,
+feedback_eval's reward model and picks of each protocol) cannot be made by running the
+pipeline's stages in order: :func:`missing_inputs` finds it, with whatever it needs in turn under
+that config, and :func:`run_stage` makes them first, so stages never run each other.
 
 With ``dry_run=true`` nothing runs and nothing is written: training stages print their launch
 command and trainer arguments (:mod:`autorule.training.launch`); every other stage (whose work
 would be hub downloads or paid LLM calls) is skipped here, and its command and artifact folder are
-printed; so are the missing inputs that would be made first."""
+printed; so are the inputs that would be made first."""
 
 from __future__ import annotations
 
@@ -23,10 +23,8 @@ from omegaconf import DictConfig, open_dict
 
 from autorule.core.artifacts import (
     artifact_path,
-    is_complete,
     is_up_to_date,
     make_command,
-    read_manifest,
 )
 from autorule.core.config import check_paths
 from autorule.core.stage import get_spec, load
@@ -87,28 +85,31 @@ def check_stages(cfg: DictConfig, names: list[str]) -> None:
                 check(stage_cfg)
 
 
-def missing_inputs(
-    cfg: DictConfig, name: str, seen: set[Path] | None = None
-) -> list[tuple[str, DictConfig]]:
-    """(stage, config) of each input to make before ``name`` runs under ``cfg``, in the order to
-    make them: the missing inputs it declares under a config of its own, after those they
-    declare so in turn. Other inputs are left to the user (the stage's error names the command
-    that makes them, ``stage=pipeline`` makes them in order): a stage never trains a policy or
-    a reward model nobody asked for."""
-    seen = set() if seen is None else seen
+def missing_inputs(cfg: DictConfig, name: str) -> list[tuple[str, DictConfig]]:
+    """(stage, config) of each artifact to make before ``name`` runs under ``cfg``, in the order
+    to make them: the inputs it declares under a config of their own that are not complete and
+    up to date, each after whatever of its own inputs is not (under that config)."""
     spec = get_spec(name, cfg)
     plan: list[tuple[str, DictConfig]] = []
+    seen: set[Path] = set()
     for input_name in spec.inputs_for(cfg):
-        if input_name not in spec.input_configs:
-            continue
-        stage, input_cfg = spec.stage_of(input_name), spec.config_for_input(cfg, input_name)
-        folder = artifact_path(input_cfg, stage)
-        if folder in seen or is_complete(read_manifest(folder)):
-            continue
-        seen.add(folder)
-        plan += missing_inputs(input_cfg, stage, seen=seen)
-        plan.append((stage, input_cfg))
+        if input_name in spec.input_configs:
+            stage = spec.stage_of(input_name)
+            plan += _needed(spec.config_for_input(cfg, input_name), stage, seen)
     return plan
+
+
+def _needed(cfg: DictConfig, stage: str, seen: set[Path]) -> list[tuple[str, DictConfig]]:
+    """``stage`` under ``cfg`` and what it needs first, unless it is up to date (or planned)."""
+    path = artifact_path(cfg, stage)
+    if path in seen or is_up_to_date(cfg, stage, path)[0]:
+        return []
+    seen.add(path)
+    spec = get_spec(stage, cfg)
+    plan: list[tuple[str, DictConfig]] = []
+    for input_name in spec.inputs_for(cfg):
+        plan += _needed(spec.config_for_input(cfg, input_name), spec.stage_of(input_name), seen)
+    return [*plan, (stage, cfg)]
 
 
 def run_one(cfg: DictConfig, name: str, dry_run: bool) -> Path:
@@ -134,7 +135,7 @@ def run_stage(cfg: DictConfig) -> dict[str, Path]:
         with open_dict(cfg):
             cfg.stage = name
         for stage, input_cfg in missing_inputs(cfg, name):
-            log.info("[autorule] %s needs the %s artifact: making it first", name, stage)
+            log.info("[pipeline] %s needs the %s artifact: making it first", name, stage)
             with open_dict(input_cfg):
                 input_cfg.stage = stage
             run_one(input_cfg, stage, dry_run)

@@ -32,7 +32,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorule.evaluation.feedback_protocols import RATING_MAX, RATING_MIN, parse_rating
+from autorule.evaluation.feedback_protocols import (
+    RATING_LINES,
+    RATING_MAX,
+    RATING_MIN,
+    parse_rating,
+)
 from autorule.evaluation.pairwise import PairJudgment, judge_pairs, verdicts_from_answers
 from autorule.rules.prompts import fill, user
 
@@ -57,9 +62,22 @@ class Rated:
         return self.answer is not None and self.rating is None
 
 
-def rated(answers: Sequence[str | None]) -> list[Rated]:
-    """Ratings read from annotator answers (None: a failed call)."""
-    return [Rated(a, parse_rating(a) if a is not None else None) for a in answers]
+def rated(answers: Sequence[str | None], line: str = "last") -> list[Rated]:
+    """Ratings read from annotator answers (None: a failed call), on their ``line``
+    (:func:`~autorule.evaluation.feedback_protocols.parse_rating`)."""
+    return [Rated(a, parse_rating(a, line) if a is not None else None) for a in answers]
+
+
+def resolve_kind(kind: str, model: object) -> str:
+    """``llm`` or ``heuristic`` for an annotator setting (``feedback.annotator``,
+    ``oracle.annotator``): ``auto`` means the heuristic stand-in when the role's model is the tiny
+    random model (it never writes a readable verdict, so nothing would be learnt), the LLM
+    otherwise."""
+    from autorule.data.models import TINY
+
+    if kind != "auto":
+        return kind
+    return "heuristic" if model == TINY else "llm"
 
 
 class Annotator:
@@ -92,9 +110,10 @@ class LLMAnnotator(Annotator):
 
     kind = "llm"
 
-    def __init__(self, llm, rating_template: str, ranking_template: str):
+    def __init__(self, llm, rating_template: str, ranking_template: str, rating_line: str = "last"):
         self.llm = llm
         self.rating_template, self.ranking_template = rating_template, ranking_template
+        self.rating_line = rating_line
 
     def rate(self, instructions, responses, desc="ratings"):
         requests = [
@@ -109,7 +128,7 @@ class LLMAnnotator(Annotator):
             for instruction, response in zip(instructions, responses, strict=True)
         ]
         completions = self.llm.complete_all(requests, desc=desc)
-        return rated([c.text if c.ok else None for c in completions])
+        return rated([c.text if c.ok else None for c in completions], self.rating_line)
 
     def rank(self, instructions, responses_x, responses_y, desc="rankings"):
         return judge_pairs(
@@ -206,18 +225,18 @@ def annotator_kind(cfg: DictConfig) -> str:
     """``llm`` or ``heuristic``: ``feedback.annotator``, with ``auto`` meaning the heuristic
     stand-in when the role ``feedback.llm`` is the tiny random model (it never writes a readable
     rating or ranking, so the study would have no feedback) and the LLM otherwise."""
-    from autorule.data.models import TINY
-
-    kind = str(cfg.feedback.annotator)
-    if kind != "auto":
-        return kind
-    return "heuristic" if OmegaConf.select(cfg, "feedback.llm.model") == TINY else "llm"
+    return resolve_kind(str(cfg.feedback.annotator), OmegaConf.select(cfg, "feedback.llm.model"))
 
 
 def unused_settings(cfg: DictConfig) -> tuple[str, ...]:
     """The settings of the annotator not used (:func:`annotator_kind`): they decide nothing."""
     if annotator_kind(cfg) == "heuristic":
-        return ("feedback.llm", "feedback.rating_template", "feedback.ranking_template")
+        return (
+            "feedback.llm",
+            "feedback.rating_template",
+            "feedback.ranking_template",
+            "feedback.rating_line",
+        )
     return ("feedback.heuristic",)
 
 
@@ -236,6 +255,7 @@ def check_annotator(cfg: DictConfig) -> None:
         if missing:
             raise ConfigError(f"feedback.{key} lacks the placeholder(s) {missing}")
     check_choice(section.annotator, "feedback.annotator", ANNOTATORS)
+    check_choice(section.rating_line, "feedback.rating_line", RATING_LINES)
     if annotator_kind(cfg) == "llm":
         check_role(cfg, "feedback.llm")
     else:
@@ -270,6 +290,7 @@ def build_annotator(cfg: DictConfig) -> Annotator:
         llms.build(cfg, "feedback.llm"),
         str(section.rating_template),
         str(section.ranking_template),
+        str(section.rating_line),
     )
 
 
