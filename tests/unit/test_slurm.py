@@ -179,13 +179,15 @@ def test_scripts_hold_no_hyperparameters():
 
 
 def test_feedback_rm_dry_run_shows_the_protocol_and_the_batch(tmp_path):
-    env = {"SLURM_JOB_NODELIST": "gpu-a01", "SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "8"}
+    # The released ratings model trained on one GPU (batch 3 x 4 accumulation = 12): the paper
+    # profile's global batch of 12 is made up on one process.
+    env = {"SLURM_JOB_NODELIST": "gpu-a01", "SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "1"}
     overrides = ("profile=paper", "experiment=feedback_study", "feedback_rm.protocol=ratings")
     result = run_script(tmp_path, "feedback_rm", env, *overrides)
     assert result.returncode == 0, result.stderr
     cmd, out = printed(result)
     assert cmd[:4] == [sys.executable, "-m", "autorule", "stage=feedback_rm"]
     assert cmd[-3:] == list(overrides)
-    assert " -m accelerate.commands.launch --num_processes 8 --num_machines 1 " in out
-    assert "\n  global_batch=64 (micro 2 x 8 processes x accumulation 4)\n" in out
+    assert " -m accelerate.commands.launch --num_processes 1 --num_machines 1 " in out
+    assert "\n  global_batch=12 (micro 1 x 1 processes x accumulation 12)\n" in out
     assert "/feedback_rm/.uf-" in out and "input feedback -> " in out

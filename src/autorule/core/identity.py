@@ -83,8 +83,12 @@ def rules_file_record(cfg: DictConfig, spec: StageSpec) -> dict[str, str] | None
 
 def config_hash(cfg: DictConfig, stage: str) -> str:
     """Hash of everything that decides ``stage``'s output, upstream stages included."""
+    return config_hash_with(cfg, stage, rules_file_record(cfg, get_spec(stage, cfg)))
+
+
+def config_hash_with(cfg: DictConfig, stage: str, rules_file: dict[str, str] | None) -> str:
+    """:func:`config_hash` with the stage's rule file already hashed (``rules_file``)."""
     spec = get_spec(stage, cfg)
-    rules_file = rules_file_record(cfg, spec)
     return digest(
         {
             "stage": stage,

@@ -21,7 +21,7 @@ from autorule.core.identity import (
     MANIFEST,
     StageInputError,
     artifact_path,
-    config_hash,
+    config_hash_with,
     content_hash,
     hash_files,
     rules_file_record,
@@ -60,7 +60,10 @@ class StageJob:
     def __init__(self, cfg: DictConfig, stage: str):
         self.cfg, self.stage = cfg, stage
         self.spec: StageSpec = get_spec(stage, cfg)
-        self.config_hash = config_hash(cfg, stage)
+        # The rule file is hashed once, here: the config hash and the manifest both record this
+        # hash, even when the file is edited while the stage runs.
+        self._rules_file = rules_file_record(cfg, self.spec)
+        self.config_hash = config_hash_with(cfg, stage, self._rules_file)
         self.path = artifact_path(cfg, stage)
         self.workdir = work_path(self.path)
         self._inputs: dict[str, dict[str, str]] = {}
@@ -137,9 +140,8 @@ class StageJob:
     def rules_origin(self) -> dict[str, str]:
         """Where this stage's rules come from: the rule file with its content hash, or the
         extract artifact it reads (path and content hash, as for any input)."""
-        record = rules_file_record(self.cfg, self.spec)
-        if record is not None:
-            return {"from": "file", **record}
+        if self._rules_file is not None:
+            return {"from": "file", **self._rules_file}
         folder = artifact_path(self.spec.config_for_input(self.cfg, RULES_STAGE), RULES_STAGE)
         manifest = read_manifest(folder) or {}
         return {"from": RULES_STAGE, "path": str(folder), "hash": manifest.get("artifact_hash")}

@@ -193,6 +193,10 @@ def check(cfg: DictConfig) -> None:
             f"generate.checkpoints=true samples the checkpoints a training stage kept; "
             f"generate.model={section.model} is not one of the stages {MODEL_STAGES}"
         )
+    if SPEC.reads_rules(cfg):  # best-of-N by the rules term: the rule judge's keys
+        from autorule.rewards.judge import check_settings
+
+        check_settings(cfg)
 
 
 def run(cfg: DictConfig) -> Path:
@@ -433,12 +437,13 @@ def score_with_term(
 ) -> list[float]:
     """Reward term ``term``'s scores of (formatted prompt, completion) pairs."""
     rules: list[str] = []
+    source = "no rule set"
     if SPEC.reads_rules(cfg):
-        from autorule.rules.ruleset import load_rules
+        from autorule.rules.ruleset import load_rules, rules_source
 
-        rules = load_rules(cfg, inputs)
+        rules, source = load_rules(cfg, inputs), rules_source(cfg, inputs)
     context = rewards.RewardContext(
-        cfg=cfg, rm_folder=inputs.get("rm"), rules=rules, inputs=dict(inputs)
+        cfg=cfg, rm_folder=inputs.get("rm"), rules=rules, rules_source=source, inputs=dict(inputs)
     )
     [reward] = rewards.build_reward_funcs([term], context)
     try:
