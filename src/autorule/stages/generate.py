@@ -482,4 +482,3 @@ def output_file(workdir: Path, label: str) -> Path:
 
 def label_key(label: str) -> str:
     return label.replace("-", "_")
-
