@@ -7,9 +7,12 @@ per stage, no training): the folder names and the manifests' inputs are what is 
 they come from the same StageJob a real run uses. tests/e2e/test_reward_inputs.py trains the
 tiny reward models and runs tiny GRPO for the same checks."""
 
+import asyncio
+import inspect
 import shutil
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -25,7 +28,7 @@ from autorule.core.artifacts import (
 from autorule.core.config import compose
 from autorule.core.stage import get_spec, known_stages
 from autorule.rewards import registry
-from autorule.rewards.registry import READS, REWARDS
+from autorule.rewards.registry import READS, REWARDS, concurrent, named
 
 # One setting of each artifact-reading term's reward model: changing it retrains that model.
 # A new term that reads an artifact adds its row (test_every_artifact_term_has_a_stale_test).
@@ -229,3 +232,25 @@ def test_a_term_lacking_its_files_is_named(new_term):
     problems = term_problems(new_term)
     # not in the package, no config, no docs (this file names it, so it counts as tested)
     assert len(problems) == 3, problems
+
+
+def test_a_concurrent_term_is_async_keeps_its_name_and_attributes_and_runs_off_the_loop():
+    threads = []
+
+    def length(prompts, completions, **kwargs):
+        threads.append(threading.get_ident())
+        return [float(len(c)) for c in completions]
+
+    term = named(length, "length")
+    term.metrics = lambda: {"length/mean": 1.0}
+    wrapped = concurrent(term)
+    assert inspect.iscoroutinefunction(wrapped)  # TRL gathers async reward functions
+    assert wrapped.__name__ == "length" and wrapped.metrics() == {"length/mean": 1.0}
+
+    async def both():
+        return await asyncio.gather(
+            wrapped(prompts=["p"], completions=["abc"]), wrapped(prompts=["p"], completions=["ab"])
+        )
+
+    assert asyncio.run(both()) == [[3.0], [2.0]]
+    assert threading.get_ident() not in threads  # worker threads, not the event loop's
