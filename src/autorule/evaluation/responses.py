@@ -51,16 +51,26 @@ def response_sets(generated: Path, max_pairs: int | None) -> dict[str, list[dict
     return sets
 
 
-def candidate_groups(generated: Path) -> list[tuple[str, list[str]]]:
-    """(first-turn prompt, every best-of-N candidate) per prompt of a generate artifact."""
+def candidates(generated: Path) -> list[dict]:
+    """``id``, ``prompt`` (the first turn) and ``answers`` (every best-of-N candidate) of each
+    prompt of a generate artifact."""
     path = generated / CANDIDATES
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: that generate artifact kept no best-of-N candidates "
-            "(generate.best_of_n > 1 keeps them)"
+            "(generate.best_of_n > 1 keeps them); delete the folder and re-run: the pipeline "
+            "samples it again"
         )
     prompts = {row["id"]: str(row["turns"][0]) for row in read_jsonl(generated / RESPONSES)}
-    return [(prompts[row["id"]], [str(c) for c in row["candidates"]]) for row in read_jsonl(path)]
+    return [
+        {"id": str(row["id"]), "prompt": prompts[row["id"]], "answers": list(row["candidates"])}
+        for row in read_jsonl(path)
+    ]
+
+
+def candidate_groups(generated: Path) -> list[tuple[str, list[str]]]:
+    """(first-turn prompt, every best-of-N candidate) per prompt of a generate artifact."""
+    return [(c["prompt"], [str(a) for a in c["answers"]]) for c in candidates(generated)]
 
 
 def pick_for_n(scores: Sequence[float], n: int) -> int:

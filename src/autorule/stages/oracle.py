@@ -53,6 +53,7 @@ from autorule.evaluation.annotators import (
     resolve_kind,
 )
 from autorule.evaluation.pairwise import PairJudgment
+from autorule.evaluation.responses import candidates
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def run(cfg: DictConfig) -> Path:
         section = cfg.oracle
 
         # ---- load: several answers per prompt, every pair of distinct answers
-        groups = load_groups(job.input("generate"))
+        groups = candidates(job.input("generate"))
         pairs, identical = answer_pairs(groups)
         log.info("[oracle] %d prompts, %d pairs to judge", len(groups), len(pairs))
 
@@ -184,24 +185,6 @@ def run(cfg: DictConfig) -> Path:
         counts.update(prompts=len(groups), identical_answers=identical)
         log.info("[oracle] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         return job.commit(counts, extra={"annotator": annotator.describe()})
-
-
-def load_groups(folder: Path) -> list[dict]:
-    """(prompt id, prompt, answers) of each prompt of a generate artifact's candidates."""
-    from autorule.core.files import read_jsonl
-    from autorule.evaluation.responses import CANDIDATES, RESPONSES
-
-    path = folder / CANDIDATES
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"the oracle reads {path}, which that generate artifact lacks; delete the folder "
-            "and re-run: the pipeline samples it again"
-        )
-    prompts = {row["id"]: str(row["turns"][0]) for row in read_jsonl(folder / RESPONSES)}
-    return [
-        {"id": str(row["id"]), "prompt": prompts[row["id"]], "answers": list(row["candidates"])}
-        for row in read_jsonl(path)
-    ]
 
 
 def answer_pairs(groups: list[dict]) -> tuple[list[dict], int]:
