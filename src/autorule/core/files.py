@@ -1,5 +1,5 @@
-"""Writing files so that a reader never sees half of one, and artifacts that hold no secret.
-Imports nothing from autorule but :mod:`autorule.core.secrets`.
+"""Writing files so that a reader never sees half of one, artifacts that hold no secret, and the
+one JSON-lines reader and writer. Imports only :mod:`autorule.core.secrets` from autorule.
 
 Every writer here writes a temporary file beside the target, then renames it into place
 (``os.replace`` is atomic on POSIX file systems): a crash or a concurrent reader sees the old file
@@ -74,6 +74,12 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return count
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    """The rows of a JSON-lines file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def rename_dir_atomic(tmp: Path, final: Path) -> bool:

@@ -312,7 +312,7 @@ def build_grader(context: RewardContext):
     return llms.build(context.cfg, "rubric.grader", overrides)
 
 
-@register("rubric")
+@register("rubric", sections=("rubric",))
 def rubric_term(context: RewardContext):
     """Rubric items graded by the LLM of role ``rubric.grader`` (settings: ``rubric`` and
     ``rewards.rubric``).
