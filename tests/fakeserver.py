@@ -74,6 +74,13 @@ class FakeReply:
     # OpenAI, requests with logprobs: (token, log-probability) alternatives for the first token,
     # most likely first; None sends no logprobs even when asked.
     top_logprobs: list[tuple[str, float]] | None = None
+    # Why generation stopped: OpenAI's finish_reason ("stop", "length"); Bedrock's stopReason is
+    # its counterpart ("end_turn", "max_tokens").
+    finish_reason: str = "stop"
+    # Output tokens the usage block reports; None = one per word of the answer. A greedy model
+    # that emits only special tokens sends "" with tokens generated (finish_reason "length").
+    output_tokens: int | None = None
+    usage: bool = True  # False: no usage block at all, as some OpenAI-compatible servers send
 
 
 class ScriptedJudge:
@@ -265,18 +272,32 @@ def _tokens(text: str) -> int:
     return len(text.split())
 
 
+def _counts(request: FakeRequest, reply: FakeReply) -> tuple[int, int]:
+    """Input and output tokens for the usage block: one per word, unless the reply says."""
+    n_out = reply.output_tokens
+    if n_out is None:
+        n_out = _tokens(reply.reasoning + " " + reply.text)
+    return _tokens(request.prompt), n_out
+
+
 def _bedrock_body(request: FakeRequest, reply: FakeReply) -> dict:
     content: list[dict] = []
     if reply.reasoning:
         content.append({"reasoningContent": {"reasoningText": {"text": reply.reasoning}}})
     content.append({"text": reply.text})
-    n_in, n_out = _tokens(request.prompt), _tokens(reply.reasoning + " " + reply.text)
-    return {
+    n_in, n_out = _counts(request, reply)
+    stop = {"stop": "end_turn", "length": "max_tokens"}.get(
+        reply.finish_reason, reply.finish_reason
+    )
+    body = {
         "output": {"message": {"role": "assistant", "content": content}},
-        "stopReason": "end_turn",
+        "stopReason": stop,
         "usage": {"inputTokens": n_in, "outputTokens": n_out, "totalTokens": n_in + n_out},
         "metrics": {"latencyMs": 1},
     }
+    if not reply.usage:
+        del body["usage"]
+    return body
 
 
 def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
@@ -288,8 +309,8 @@ def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
             message["reasoning_content" if reply.reasoning_as == "field" else "reasoning"] = (
                 reply.reasoning
             )
-    n_in, n_out = _tokens(request.prompt), _tokens(reply.reasoning + " " + reply.text)
-    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
+    n_in, n_out = _counts(request, reply)
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": reply.finish_reason}
     if request.body.get("logprobs") and reply.top_logprobs is not None:
         listed = reply.top_logprobs[: int(request.body.get("top_logprobs") or 0)]
         token, logprob = reply.top_logprobs[0] if reply.top_logprobs else (reply.text, 0.0)
@@ -305,7 +326,7 @@ def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
                 }
             ]
         }
-    return {
+    body = {
         "id": f"chatcmpl-{request.number}",
         "object": "chat.completion",
         "created": 0,
@@ -313,6 +334,9 @@ def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
         "choices": [choice],
         "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
     }
+    if not reply.usage:
+        del body["usage"]
+    return body
 
 
 def closed_port() -> int:

@@ -20,9 +20,18 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorule.llm.base import LLM, Completion, LLMCallError, Messages
+from autorule.llm.base import LLM, Completion, LLMCallError, Messages, usage_record
 
-__all__ = ["LLM", "Completion", "LLMCallError", "Messages", "build", "check_role", "role_section"]
+__all__ = [
+    "LLM",
+    "Completion",
+    "LLMCallError",
+    "Messages",
+    "build",
+    "check_role",
+    "role_section",
+    "usage_record",
+]
 
 
 def role_section(cfg: DictConfig, role: str) -> DictConfig:
@@ -61,4 +70,6 @@ def build(cfg: DictConfig, role: str, overrides: dict | None = None) -> LLM:
         )
     if settings.get("model") == TINY:
         settings["model"] = resolve(cfg, "policy")
-    return get_class(target)(**settings)
+    llm = get_class(target)(**settings)
+    llm.role = role  # messages name keys as the command line spells them: judge.llm.timeout
+    return llm

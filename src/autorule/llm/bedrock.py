@@ -96,12 +96,20 @@ class BedrockLLM(RemoteLLM):
             for b in blocks
             if isinstance(b.get("reasoningContent"), dict)
         )
-        usage = response.get("usage", {})
+        usage = response.get("usage")
+        counts = (
+            {
+                "input_tokens": int(usage.get("inputTokens") or 0),
+                "output_tokens": int(usage.get("outputTokens") or 0),
+            }
+            if isinstance(usage, dict) and "inputTokens" in usage
+            else {"tokens_from": "unknown"}
+        )
         return Completion(
             text=text,
             reasoning=reasoning,
-            input_tokens=int(usage.get("inputTokens", 0)),
-            output_tokens=int(usage.get("outputTokens", 0)),
+            finish_reason=response.get("stopReason") or None,
+            **counts,
         )
 
     def is_retryable(self, error: BaseException) -> bool:

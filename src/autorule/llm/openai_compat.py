@@ -81,12 +81,11 @@ class OpenAICompatLLM(RemoteLLM):
             raise UnusableAnswerError("the response has no choices[0].message")
         extra = message.model_extra or {}
         reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
-        usage = response.usage
         return Completion(
             text=message.content or "",
             reasoning=str(reasoning),
-            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            finish_reason=getattr(choices[0], "finish_reason", None) or None,
+            **usage_counts(response),
         )
 
     def verdict_once(self, messages: Messages, verdict: Verdict) -> Completion:
@@ -110,12 +109,11 @@ class OpenAICompatLLM(RemoteLLM):
         candidates.append((content[0].token, content[0].logprob))  # the token sampled
         # The sampled token is usually among the alternatives too: count each token once.
         unique = list(dict(candidates).items())
-        usage = response.usage
         return Completion(
             text=choice.message.content or "",
             choice_logprobs=choice_logprobs(unique, choices),
-            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            finish_reason=choice.finish_reason or None,
+            **usage_counts(response),
         )
 
     def is_retryable(self, error: BaseException) -> bool:
@@ -126,3 +124,15 @@ class OpenAICompatLLM(RemoteLLM):
         if isinstance(error, openai.APIStatusError):
             return error.status_code in (408, 409, 429) or error.status_code >= 500
         return False
+
+
+def usage_counts(response) -> dict:
+    """Token counts from the response's usage block; ``tokens_from="unknown"`` when the server
+    sent none (some OpenAI-compatible servers do not)."""
+    usage = getattr(response, "usage", None)
+    if usage is None or getattr(usage, "prompt_tokens", None) is None:
+        return {"tokens_from": "unknown"}
+    return {
+        "input_tokens": int(usage.prompt_tokens or 0),
+        "output_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
+    }

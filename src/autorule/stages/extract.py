@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -167,8 +168,11 @@ def run(cfg: DictConfig) -> Path:
             )
 
         # ---- 1. reason: why did the user prefer the winner?
-        reasoned = llm.complete_all(
-            [reason_request(section.prompts.reasoner, p) for p in pairs], desc="extract: reason"
+        reasoned = nothing_generated_fails(
+            llm.complete_all(
+                [reason_request(section.prompts.reasoner, p) for p in pairs],
+                desc="extract: reason",
+            )
         )
         record("reason", reasoned)
 
@@ -186,12 +190,14 @@ def run(cfg: DictConfig) -> Path:
                 len(todo),
                 section.rules_from,
             )
-        extracted = llm.complete_all(
-            [
-                extract_request(section.prompts.extractor, analyses[i], pairs[i].winner)
-                for i in todo
-            ],
-            desc="extract: rules",
+        extracted = nothing_generated_fails(
+            llm.complete_all(
+                [
+                    extract_request(section.prompts.extractor, analyses[i], pairs[i].winner)
+                    for i in todo
+                ],
+                desc="extract: rules",
+            )
         )
         record("extract", extracted)
         for i, completion in zip(todo, extracted, strict=True):
@@ -357,6 +363,19 @@ def apply_extraction(example: dict, completion: llms.Completion) -> None:
     )
 
 
+def nothing_generated_fails(completions: list[llms.Completion]) -> list[llms.Completion]:
+    """``completions`` with each empty answer that nothing was generated for (still empty after
+    its retry: a broken endpoint, most likely) turned into a failed call. Extraction has nothing
+    to read in it, and a failed call is asked again by a re-run, where an unparsed answer would
+    be committed."""
+    return [
+        replace(c, error=f"{ROLE}: UnusableAnswerError: the answer is empty, nothing generated")
+        if c.empty and not c.generated
+        else c
+        for c in completions
+    ]
+
+
 def stop_on_failures(calls: list[dict], allowed: int, workdir: Path) -> None:
     """Raises when more calls failed for good than ``extract.max_failed_calls`` allows.
 
@@ -401,7 +420,7 @@ def merge_room(llm: llms.LLM, template: str, context_tokens: int) -> tuple[int, 
         raise ValueError(
             f"extract.merge_context_tokens={context_tokens} leaves no room for the rules: the "
             f"merge prompt's own text takes about {template_tokens} tokens and the answer "
-            f"budget (the LLM's max_tokens) {llm.max_tokens}"
+            f"budget ({ROLE}.max_tokens) {llm.max_tokens}"
         )
     return room, template_tokens
 
@@ -452,12 +471,14 @@ def merge_rules(
                 llm.max_tokens,
                 len(parts),
             )
-        answers = llm.complete_all(
-            [
-                user(fill(template, "extract.prompts.merger", rules=render_rules(part)))
-                for part in parts
-            ],
-            desc=f"extract: merge round {info['rounds']}",
+        answers = nothing_generated_fails(
+            llm.complete_all(
+                [
+                    user(fill(template, "extract.prompts.merger", rules=render_rules(part)))
+                    for part in parts
+                ],
+                desc=f"extract: merge round {info['rounds']}",
+            )
         )
         info["calls"] += [
             {"step": f"merge{info['rounds']}", "index": i, **c.record()}
@@ -471,7 +492,7 @@ def merge_rules(
                 info["parse_failures"] += int(parsed is not None)
                 why = answer.error or (parsed.error if parsed else "") or "empty list"
                 if parsed is not None and parsed.truncated:
-                    why = "the merged list was cut off (token budget: llm.max_tokens)"
+                    why = f"the merged list was cut off (token budget: {ROLE}.max_tokens)"
                 log.warning(
                     "[extract] merge of %d rules failed (%s); keeping them unmerged", len(part), why
                 )
