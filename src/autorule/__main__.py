@@ -61,7 +61,8 @@ def refuse_credentials(argv: list[str]) -> None:
         print(
             "autorule takes no secrets on the command line, and these overrides look like "
             f"credentials: {', '.join(found)}. Put the secret in an environment variable and "
-            "name that variable in the config (<role>.api_key_env for API keys, e.g. judge.llm.api_key_env; AWS credentials "
+            "name that variable in the config (<role>.api_key_env for API keys, e.g. "
+            "judge.llm.api_key_env; AWS credentials "
             "come from the usual AWS variables, profile or role; a URL that carries a token can "
             "be read from a variable with '${oc.env:MY_URL}').",
             file=sys.stderr,

@@ -402,9 +402,8 @@ def test_usage_is_read_from_literal_usage_blocks(tmp_path, monkeypatch):
 
 
 def test_usage_without_a_usage_block_is_counted_or_marked_unknown(make_cfg, tmp_path, monkeypatch):
-    from fakeserver import FakeLLMServer, FakeReply
-
     from autorule.data.models import resolve
+    from fakeserver import FakeLLMServer, FakeReply
 
     with FakeLLMServer(lambda r: FakeReply(text="a short answer", usage=False)) as server:
         unknown = served(
