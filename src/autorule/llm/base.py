@@ -179,6 +179,8 @@ def check_settings(section: Mapping[str, Any], where: str) -> None:
     number("top_p", integer=False, low=0, high=1, low_open=True)
     number("max_concurrency", low=1)
     number("batch_size", low=1)
+    number("verdict_batch_size", low=1, none_ok=True)
+    number("seed")
     number("tensor_parallel_size", low=1)
     number("gpu_memory_utilization", integer=False, low=0, high=1, low_open=True)
     number("max_model_len", low=1, none_ok=True)
@@ -329,6 +331,7 @@ class LLM:
         cache_dir: str | Path | None = None,
         progress: bool = True,
         price: dict | None = None,
+        timeout: float | None = None,
     ):
         self.model = str(model)
         self.temperature = float(temperature)
@@ -338,6 +341,9 @@ class LLM:
         self.cache = ResponseCache(cache_dir) if cache and cache_dir is not None else None
         self.progress = bool(progress)
         self.price = dict(price or {})  # USD per million tokens: input, output (None: unknown)
+        # Seconds one remote call may wait for its answer (openai: the client's timeout, bedrock:
+        # caps read_timeout); a model run in-process has no call to time out.
+        self.timeout = None if timeout is None else float(timeout)
         self.usage = Usage()
         self._lock = threading.Lock()
 

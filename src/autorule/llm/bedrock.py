@@ -46,6 +46,8 @@ class BedrockLLM(RemoteLLM):
         import boto3
         from botocore.config import Config
 
+        if self.timeout is not None:  # a role's own limit (judge.llm.timeout) wins when lower
+            read_timeout = min(float(read_timeout), self.timeout)
         config = Config(
             read_timeout=read_timeout,
             connect_timeout=connect_timeout,

@@ -45,7 +45,7 @@ class OpenAICompatLLM(RemoteLLM):
         timeout: float = 3600,
         **common,
     ):
-        super().__init__(**common)
+        super().__init__(timeout=timeout, **common)
         import openai
 
         key = os.environ.get(api_key_env) if api_key_env else None

@@ -50,6 +50,7 @@ from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.stage import StageSpec
+from autorule.rewards.settings import check_scoring
 from autorule.training import lora
 from autorule.training.arguments import MODEL, check_training, runtime_keys
 from autorule.training.launch import check_launcher, run_training, world_size
@@ -58,6 +59,12 @@ log = logging.getLogger(__name__)
 
 RULE_TABLE = "rule_satisfaction.json"
 LOG_HISTORY = "log_history.jsonl"
+
+
+# TRL GRPOConfig's loss_type values (token-level aggregation of the loss).
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+# The splits a rubric dataset's preprocess artifact holds.
+RUBRIC_SPLITS = ("train", "test")
 
 
 def uses_term(cfg: Any, name: str) -> bool:
@@ -189,6 +196,32 @@ def check(cfg: DictConfig) -> None:
     check_number(section.kl_coef, "grpo.kl_coef", integer=False, low=0)
     check_number(section.clip_range, "grpo.clip_range", integer=False, low=0, low_open=True)
     check_choice(section.scale_rewards, "grpo.scale_rewards", ("group", "batch", "none"))
+    check_number(section.top_p, "grpo.top_p", integer=False, low=0, high=1, low_open=True)
+    check_number(
+        section.num_iterations,
+        "grpo.num_iterations",
+        low=1,
+        meaning=" (0 would commit the SFT model untrained)",
+    )
+    check_choice(section.loss_type, "grpo.loss_type", LOSS_TYPES)
+    check_choice(section.vllm_mode, "grpo.vllm_mode", ("colocate", "server"))
+    weights = section.reward_weights
+    if weights is not None:
+        if len(weights) != len(section.rewards):
+            raise ConfigError(
+                f"grpo.reward_weights={list(weights)} has {len(weights)} values for the "
+                f"{len(section.rewards)} terms of grpo.rewards={list(section.rewards)}"
+            )
+        for i, weight in enumerate(weights):
+            check_number(weight, f"grpo.reward_weights[{i}]", integer=False)
+    repeated = sorted({n for n in section.rewards if list(section.rewards).count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"grpo.rewards={list(section.rewards)} lists {repeated} twice: each term once "
+            "(give it a larger weight in grpo.reward_weights instead)"
+        )
+    check_prompt_split(cfg)
+    check_scoring(cfg)
     rollout = int(section.prompts_per_rollout) * int(section.num_generations)
     per_step = int(section.micro_batch_size) * world_size(cfg)
     if rollout % per_step:
@@ -208,6 +241,15 @@ def check(cfg: DictConfig) -> None:
     if section.eval_split and section.rubric_file:
         raise ConfigError("grpo.eval_split: a rubric file has no splits (set grpo.eval_split=null)")
     lora.check(section, "grpo")
+
+
+def check_prompt_split(cfg: DictConfig) -> None:
+    """``grpo.prompt_split``: a split the preprocess stage writes (rubric data: train or test)."""
+    section = cfg.grpo
+    if section.rubric_file:
+        return  # a rubric file has no splits
+    splits = RUBRIC_SPLITS if section.rubric_dataset else list(cfg.preprocess.splits)
+    check_choice(section.prompt_split, "grpo.prompt_split", splits)
 
 
 def check_rubric_data(cfg: DictConfig) -> None:

@@ -419,3 +419,43 @@ def test_usage_without_a_usage_block_is_counted_or_marked_unknown(make_cfg, tmp_
         [answer] = counted.complete_all([HI], desc=None)
     assert answer.tokens_from == "tokenizer" and answer.output_tokens > 0
     assert counted.usage.record()["unknown_token_calls"] == 0
+
+
+@pytest.mark.parametrize("backend", ["openai", "bedrock"])
+def test_roles_inside_the_training_loop_time_out_after_a_minute(backend, make_cfg, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefghijklmnopqrstuvwxyz")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKE1234")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-for-timeout-tests-000000")
+    cfg = make_cfg(
+        *(f"llm@{role}={backend}" for role in ("judge.llm", "rubric.grader", "extract.llm"))
+    )
+    for role in ("judge.llm", "rubric.grader"):
+        llm = llms.build(cfg, role)
+        if backend == "openai":
+            assert llm.client.timeout == 60
+        else:
+            assert llm.client.meta.config.read_timeout == 60
+    extract = llms.build(cfg, "extract.llm")  # outside the loop: the backend's own hour
+    timeout = (
+        extract.client.timeout if backend == "openai" else extract.client.meta.config.read_timeout
+    )
+    assert timeout == 3600
+
+
+def test_a_hung_judge_fails_within_its_timeout(make_cfg, monkeypatch):
+    from fakeserver import FakeLLMServer, FakeReply
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefghijklmnopqrstuvwxyz")
+    with FakeLLMServer(lambda r: FakeReply(text="late", delay=3.0)) as server:
+        cfg = make_cfg(
+            "llm@judge.llm=openai",
+            f"judge.llm.base_url={server.url}/v1",
+            "judge.llm.timeout=0.2",
+            "judge.llm.retry.max_attempts=2",
+            "judge.llm.retry.initial_wait=0.01",
+            "judge.llm.retry.jitter=0",
+            "judge.llm.progress=false",
+        )
+        [failed] = llms.build(cfg, "judge.llm").complete_all([HI], desc=None)
+    assert "APITimeoutError" in failed.error and "judge.llm.retry.max_attempts=2" in failed.error
+    assert failed.latency_s < 2.0
