@@ -163,6 +163,8 @@ class FakeLLMServer:
     ):
         self.reply, self.delay, self.log_path = reply, delay, log_path
         self.requests: list[FakeRequest] = []
+        self.probes = 0  # GET /v1/models requests answered (reachability probes)
+        self.models_status = 200  # the status GET /v1/models answers with
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
         scheme = "http"
@@ -211,6 +213,15 @@ class FakeLLMServer:
 
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                # OpenAI's model list: what a reachability probe asks for.
+                if unquote(self.path).rstrip("/").endswith("/models"):
+                    server.probes += 1
+                    if server.models_status != 200:
+                        return self._send(server.models_status, {"error": {"message": "down"}})
+                    return self._send(200, {"object": "list", "data": [{"id": "served"}]})
+                return self._send(404, {"message": f"no route {self.path}"})
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)

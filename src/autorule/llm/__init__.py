@@ -29,6 +29,7 @@ __all__ = [
     "Messages",
     "build",
     "check_role",
+    "probe_roles",
     "role_section",
     "usage_record",
 ]
@@ -73,3 +74,17 @@ def build(cfg: DictConfig, role: str, overrides: dict | None = None) -> LLM:
     llm = get_class(target)(**settings)
     llm.role = role  # messages name keys as the command line spells them: judge.llm.timeout
     return llm
+
+
+def probe_roles(cfg: DictConfig, roles: list[str]) -> None:
+    """One cheap reachability probe per served role of ``roles`` (local backends have nothing to
+    reach), before any work; raises :class:`~autorule.llm.base.UnreachableError` naming the role
+    and its URL."""
+    from hydra.utils import get_class
+
+    from autorule.llm.base import RemoteLLM
+
+    for role in roles:
+        target = role_section(cfg, role).get("_target_")
+        if target and issubclass(get_class(str(target)), RemoteLLM):
+            build(cfg, role).probe()

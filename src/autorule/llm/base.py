@@ -83,6 +83,10 @@ class LLMCallError(RuntimeError):
     """An LLM call failed for good (after its retries, or with an error not worth retrying)."""
 
 
+class UnreachableError(RuntimeError):
+    """A served role's endpoint did not answer the reachability probe (:meth:`RemoteLLM.probe`)."""
+
+
 class UnusableAnswerError(RuntimeError):
     """An attempt came back without an answer worth keeping (see the module docstring)."""
 
@@ -524,6 +528,28 @@ class RemoteLLM(LLM):
     def is_retryable(self, error: BaseException) -> bool:
         """True for throttling, server errors, timeouts and failed connections."""
         raise NotImplementedError
+
+    # Seconds the reachability probe waits: a live server answers it at once.
+    PROBE_TIMEOUT = 10.0
+
+    @property
+    def endpoint(self) -> str:
+        """The URL calls go to, for messages."""
+        raise NotImplementedError
+
+    def probe(self) -> None:
+        """One cheap request that needs no model time; raises :class:`UnreachableError` naming
+        the role and the URL when the endpoint is down, times out, fails with a 5xx or refuses
+        the credentials."""
+        raise NotImplementedError
+
+    def unreachable(self, why: str) -> UnreachableError:
+        return UnreachableError(
+            redact_text(
+                f"{self.role or self.backend}: the server at {self.endpoint} {why}. Start it, or "
+                f"point {self.role or 'the role'} at a live one (its base_url or endpoint_url)."
+            )
+        )
 
     def describe_error(self, error: BaseException) -> str:
         """One line naming what went wrong, for the call record (backends may reword SDK text)."""

@@ -114,6 +114,23 @@ class BedrockLLM(RemoteLLM):
             **counts,
         )
 
+    @property
+    def endpoint(self) -> str:
+        return self.client.meta.endpoint_url
+
+    def probe(self) -> None:
+        """A TCP connection to the endpoint: the Converse API has no free request, and a
+        connection that opens is what a dead host or a wrong port lacks."""
+        import socket
+        from urllib.parse import urlparse
+
+        url = urlparse(self.endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=self.PROBE_TIMEOUT).close()
+        except OSError as err:
+            raise self.unreachable(f"cannot be reached ({err})") from None
+
     def is_retryable(self, error: BaseException) -> bool:
         from botocore.exceptions import ClientError, HTTPClientError, SSLError
         from botocore.exceptions import ConnectionError as BotoConnectionError

@@ -116,6 +116,31 @@ class OpenAICompatLLM(RemoteLLM):
             **usage_counts(response),
         )
 
+    @property
+    def endpoint(self) -> str:
+        return self.base_url
+
+    def probe(self) -> None:
+        """``GET /models``: every OpenAI-compatible server (vLLM, SGLang, llama.cpp, OpenAI)
+        answers it without running the model; one that lacks the route (404) is still up."""
+        import openai
+
+        client = self.client.with_options(timeout=self.PROBE_TIMEOUT)
+        try:
+            client.models.list()
+        except openai.APITimeoutError:
+            raise self.unreachable(f"did not answer within {self.PROBE_TIMEOUT:g} s") from None
+        except openai.APIConnectionError as err:
+            raise self.unreachable(f"cannot be reached ({err.__cause__ or err})") from None
+        except openai.APIStatusError as err:
+            if err.status_code in (401, 403):
+                raise self.unreachable(
+                    f"refused the API key (HTTP {err.status_code}; it is read from the "
+                    f"variable {self.role or 'llm'}.api_key_env names)"
+                ) from None
+            if err.status_code >= 500:
+                raise self.unreachable(f"answered HTTP {err.status_code}") from None
+
     def is_retryable(self, error: BaseException) -> bool:
         import openai
 

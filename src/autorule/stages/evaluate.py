@@ -65,6 +65,11 @@ ALPACA_RUN = ("auto", "false")  # evaluate.alpaca_eval.run (YAML false arrives a
 ROLE = "evaluate.judge"  # the pairwise judge's LLM role
 
 
+def roles_in_use(cfg: DictConfig) -> list[str]:
+    """The pairwise judge for win rates, the rule judge for rule agreement."""
+    return [ROLE] * bool(cfg.evaluate.win_rate) + ["judge.llm"] * agreement_on(cfg)
+
+
 def agreement_on(cfg: DictConfig) -> bool:
     return bool(cfg.evaluate.rule_agreement)
 

@@ -145,6 +145,11 @@ def check(cfg: DictConfig) -> None:
         )
 
 
+def roles_in_use(cfg: DictConfig) -> list[str]:
+    """The annotator's role, unless the heuristic stand-in annotates."""
+    return ["feedback.llm"] if annotator_kind(cfg) == "llm" else []
+
+
 def annotator_kind(cfg: DictConfig) -> str:
     """``llm`` or ``heuristic``: ``feedback.annotator``, with ``auto`` meaning the heuristic
     stand-in when the role ``feedback.llm`` is the tiny random model (it never writes a readable

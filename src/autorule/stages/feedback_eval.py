@@ -92,6 +92,11 @@ SPEC = StageSpec(
 )
 
 
+def roles_in_use(cfg: DictConfig) -> list[str]:
+    """The annotator's role, as the feedback stage decides it."""
+    return feedback.roles_in_use(cfg)
+
+
 def check(cfg: DictConfig) -> None:
     """Refuses settings that cannot work before any call is paid for."""
     check_paths(cfg)

@@ -84,6 +84,11 @@ def samples_stage(cfg: DictConfig, stage: str) -> bool:
     return stage in model_values(cfg)
 
 
+def roles_in_use(cfg: DictConfig) -> list[str]:
+    """The rule judge, when the rules term ranks the best-of-N samples."""
+    return ["judge.llm"] if ranking_term(cfg) == "rules" else []
+
+
 def best_of(cfg: DictConfig) -> bool:
     return int(cfg.generate.best_of_n) > 1
 

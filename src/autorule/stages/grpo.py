@@ -61,6 +61,13 @@ RULE_TABLE = "rule_satisfaction.json"
 LOG_HISTORY = "log_history.jsonl"
 
 
+def roles_in_use(cfg: Any) -> list[str]:
+    """The LLM roles of the reward terms in use: the judge (rules), the grader (rubric)."""
+    return [role for term, role in SERVED_TERMS.items() if uses_term(cfg, term)]
+
+
+# Reward terms that call an LLM role.
+SERVED_TERMS = {"rules": "judge.llm", "rubric": "rubric.grader"}
 # TRL GRPOConfig's loss_type values (token-level aggregation of the loss).
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
 # The splits a rubric dataset's preprocess artifact holds.
