@@ -227,8 +227,6 @@ def check(cfg: DictConfig) -> None:
             f"grpo.rewards={list(section.rewards)} lists {repeated} twice: each term once "
             "(give it a larger weight in grpo.reward_weights instead)"
         )
-    check_prompt_split(cfg)
-    check_scoring(cfg)
     rollout = int(section.prompts_per_rollout) * int(section.num_generations)
     per_step = int(section.micro_batch_size) * world_size(cfg)
     if rollout % per_step:
@@ -248,6 +246,29 @@ def check(cfg: DictConfig) -> None:
     if section.eval_split and section.rubric_file:
         raise ConfigError("grpo.eval_split: a rubric file has no splits (set grpo.eval_split=null)")
     lora.check(section, "grpo")
+    check_prompt_split(cfg)
+    check_scoring(cfg)
+    check_files(cfg)
+
+
+def check_files(cfg: DictConfig) -> None:
+    """The rule file and the rubric file, read once up front: a format error names the file
+    and the key now, not after the models have loaded."""
+    from autorule.data.rubrics import read_jsonl
+    from autorule.rules.ruleset import read_rules_file
+
+    files = []
+    if uses_term(cfg, "rules") and cfg.get("rules") and cfg.rules.get("path"):
+        files.append(("rules.path", cfg.rules.path, read_rules_file))
+    if cfg.grpo.rubric_file:
+        files.append(("grpo.rubric_file", cfg.grpo.rubric_file, read_jsonl))
+    for key, path, read in files:
+        try:
+            read(Path(str(path)).expanduser())
+        except (OSError, ValueError) as err:  # format errors (yaml's too) name the file
+            raise ConfigError(f"{key}={path}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - a parser's own error (yaml) names the file
+            raise ConfigError(f"{key}={path}: {type(err).__name__}: {err}") from None
 
 
 def check_prompt_split(cfg: DictConfig) -> None:

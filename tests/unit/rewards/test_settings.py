@@ -145,3 +145,14 @@ BAD = [
 @pytest.mark.parametrize(("key", "value", "message"), BAD, ids=[f"{k}={v}" for k, v, _ in BAD])
 def test_bad_values_are_refused_naming_the_key(configs, key, value, message):
     assert message in refused(configs["openai"], key, value)
+
+
+def test_rule_and_rubric_files_are_read_up_front(configs, tmp_path):
+    rules = tmp_path / "rules.json"
+    rules.write_text('{"rules": "not a list"}')
+    message = refused(configs["openai"], "rules.path", str(rules))
+    assert message.startswith(f"rules.path={rules}: rule file {rules} must hold a list")
+    rubric = tmp_path / "rubric.jsonl"
+    rubric.write_text("{not json\n")
+    message = refused(configs["openai"], "grpo.rubric_file", str(rubric))
+    assert f"grpo.rubric_file={rubric}: file {rubric}, line 1: not valid JSON" in message
