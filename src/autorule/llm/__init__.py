@@ -20,7 +20,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorule.llm.base import LLM, Completion, LLMCallError, Messages, usage_record
+from autorule.llm.base import (
+    LLM,
+    Completion,
+    LLMCallError,
+    Messages,
+    record_usage,
+    usage_record,
+)
 
 __all__ = [
     "LLM",
@@ -30,6 +37,7 @@ __all__ = [
     "build",
     "check_role",
     "probe_roles",
+    "record_usage",
     "role_section",
     "usage_record",
 ]

@@ -282,10 +282,42 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 4)
 
 
-def usage_record(llms: Mapping[str, LLM]) -> dict[str, dict[str, Any]]:
-    """Role -> usage record (:meth:`Usage.record`) of the backends a stage called, for its
-    manifest and ``metrics.json`` (key ``llm_usage``)."""
-    return {role: llm.usage.record(llm.price) for role, llm in llms.items()}
+# The key of the per-role usage record in manifests and metrics.json.
+USAGE_KEY = "llm_usage"
+
+
+def usage_record(llms: Mapping[str, LLM | None]) -> dict[str, dict[str, Any]]:
+    """Role -> usage record (:meth:`Usage.record`) of the backends a stage built (None: a role
+    it did not call)."""
+    return {role: llm.usage.record(llm.price) for role, llm in llms.items() if llm is not None}
+
+
+def add_roles(used: dict[str, LLM], more: Mapping[str, LLM]) -> dict[str, LLM]:
+    """``used`` (role -> backend) with the backends of ``more`` added; a role already there
+    keeps its backend, which takes the newcomer's tally too."""
+    for role, llm in more.items():
+        if role in used and used[role] is not llm:
+            used[role].usage.merge(llm.usage)
+        else:
+            used.setdefault(role, llm)
+    return used
+
+
+def record_usage(workdir: Path, llms: Mapping[str, LLM | None]) -> dict[str, Any]:
+    """What a stage's LLM roles cost, recorded before it commits: written into
+    ``workdir/metrics.json`` under ``llm_usage`` (merged into the stage's own metrics, or a file
+    of its own), and returned as ``{"llm_usage": ...}`` for the manifest
+    (``job.commit(counts, extra={**extra, **record_usage(job.workdir, {...})})``)."""
+    import json
+
+    from autorule.core.files import write_json_atomic
+
+    record = usage_record(llms)
+    path = Path(workdir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics[USAGE_KEY] = record
+    write_json_atomic(path, metrics)
+    return {USAGE_KEY: record}
 
 
 @dataclass

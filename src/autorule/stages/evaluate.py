@@ -168,8 +168,9 @@ def run(cfg: DictConfig) -> Path:
 
         # ---- 2. win rates against the reference, in both orders
         points = []
+        used: dict[str, llms.LLM] = {}  # role -> backend, for the usage record
         if section.win_rate and "reference" in sets:
-            judge = llms.build(cfg, ROLE)
+            judge = used[ROLE] = llms.build(cfg, ROLE)
             template = str(section.pairwise.template)
             judged_rows = []
             rates = {}
@@ -200,7 +201,7 @@ def run(cfg: DictConfig) -> Path:
             from autorule.rules.ruleset import load_rules
 
             rules = load_rules(cfg, inputs)
-            found = rule_agreement(cfg, inputs["preprocess"], rules)
+            found = rule_agreement(cfg, inputs["preprocess"], rules, used)
             (job.workdir / "rule_agreement.json").write_text(json.dumps(found, indent=2) + "\n")
             metrics["rule_agreement"] = {k: v for k, v in found.items() if k != "rules"}
             counts["agreement_pairs"] = found["overall"]["pairs"]
@@ -221,8 +222,9 @@ def run(cfg: DictConfig) -> Path:
         )
 
         (job.workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        usage = llms.record_usage(job.workdir, used)
         log.info("[evaluate] win rate: %s", metrics.get("win_rate"))
-        return job.commit(counts, extra={"metrics": headline(metrics)})
+        return job.commit(counts, extra={"metrics": headline(metrics), **usage})
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,8 +374,11 @@ def build_rule_judge(cfg: DictConfig):
     return RuleJudge(cfg)
 
 
-def rule_agreement(cfg: DictConfig, preprocess: Path, rules: list[str]) -> dict[str, Any]:
-    """Per-rule and overall agreement with the human preference on held-out pairs."""
+def rule_agreement(
+    cfg: DictConfig, preprocess: Path, rules: list[str], used: dict | None = None
+) -> dict[str, Any]:
+    """Per-rule and overall agreement with the human preference on held-out pairs; the judge's
+    backend goes into ``used`` (role -> backend) for the usage record."""
     import pandas as pd
 
     section = cfg.evaluate
@@ -387,6 +392,8 @@ def rule_agreement(cfg: DictConfig, preprocess: Path, rules: list[str]) -> dict[
         df = df.head(int(section.agreement_pairs))
     prompts = df["prompt"].tolist()
     judge = build_rule_judge(cfg)
+    if used is not None and getattr(judge, "llm", None) is not None:
+        used["judge.llm"] = judge.llm
     try:
         chosen = judge.judge(prompts=prompts, responses=df["chosen_content"].tolist(), rules=rules)
         rejected = judge.judge(

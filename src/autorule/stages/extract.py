@@ -261,7 +261,8 @@ def run(cfg: DictConfig) -> Path:
         log.info("[extract] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         # Fallback rules stand in for extracted ones: the next run of the stage recomputes them.
         provisional = {"provisional": True} if counts["fallback_rules_used"] else {}
-        return job.commit(counts, extra={"extract": extra, **provisional})
+        usage = llms.record_usage(job.workdir, {ROLE: llm})
+        return job.commit(counts, extra={"extract": extra, **provisional, **usage})
 
 
 # --------------------------------------------------------------------------------------------

@@ -313,7 +313,8 @@ def run(cfg: DictConfig) -> Path:
             "failed_calls": failed,
             "consistency_pairs": result.pairs,
         }
-        return job.commit(counts, extra={"consistency": summary})
+        usage = llms.record_usage(job.workdir, {"feedback.llm": getattr(annotator, "llm", None)})
+        return job.commit(counts, extra={"consistency": summary, **usage})
 
 
 def annotator_line(described: dict[str, Any]) -> str:

@@ -39,6 +39,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from autorule import llm as llms
 from autorule.core.config import ConfigError, check_number, check_paths, with_values
 from autorule.core.stage import StageSpec
 from autorule.evaluation import feedback_protocols as fb
@@ -250,8 +251,10 @@ def run(cfg: DictConfig) -> Path:
         (job.workdir / WIN_RATES).write_text(json.dumps(result, indent=2) + "\n")
         plot(result, job.workdir / PLOT)
         (job.workdir / REPORT).write_text(report(result, consistency_md))
+        usage = llms.record_usage(job.workdir, {"feedback.llm": getattr(annotator, "llm", None)})
         return job.commit(
-            {"prompts": sum(result["prompts"].values()), "failed_calls": failed, "unread": unread}
+            {"prompts": sum(result["prompts"].values()), "failed_calls": failed, "unread": unread},
+            extra=usage,
         )
 
 

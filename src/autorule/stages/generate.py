@@ -55,6 +55,7 @@ from autorule.evaluation.generation import (
     best_index,
     later_turn_prompt,
 )
+from autorule.llm.base import record_usage
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,7 @@ def run(cfg: DictConfig) -> Path:
         counts = {"prompts": len(items), "models": len(models)}
         records: dict[str, dict] = {}
         backend = None
+        used: dict = {}  # LLM role -> backend, when the ranking term calls one (rules)
         for label, (path, tokenizer) in models.items():
             n = int(section.best_of_n) if label == "model" else 1
             generator = Generator(
@@ -261,7 +263,7 @@ def run(cfg: DictConfig) -> Path:
             finally:
                 generator.close()
             if n > 1:
-                chosen = pick_best(cfg, inputs, items, samples, format_prompt, job.workdir)
+                chosen = pick_best(cfg, inputs, items, samples, format_prompt, job.workdir, used)
             else:
                 chosen = [[turn[0] for turn in conversation] for conversation in samples]
             rows = [
@@ -287,7 +289,10 @@ def run(cfg: DictConfig) -> Path:
             "models": records,
         }
         (job.workdir / SAMPLING).write_text(json.dumps(info, indent=2) + "\n")
-        return job.commit(counts, extra={"generate": {"backend": backend, "models": records}})
+        usage = record_usage(job.workdir, used) if used else {}
+        return job.commit(
+            counts, extra={"generate": {"backend": backend, "models": records}, **usage}
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,10 +434,12 @@ def pick_best(
     samples: list[list[list[Sample]]],
     format_prompt: Callable,
     workdir: Path,
+    used: dict | None = None,
 ) -> list[list[Sample]]:
     """The highest-scoring of each prompt's N samples under ``generate.best_of_reward``; every
     candidate and its score go to ``candidates.jsonl``. With no ranking term the candidates are
-    kept unranked (scores null) and the first is each prompt's answer."""
+    kept unranked (scores null) and the first is each prompt's answer. The LLM roles the term
+    called go into ``used`` (role -> backend, their usage summed over calls)."""
     term = ranking_term(cfg)
     flat = [
         (format_prompt(item.turns, []), sample.text)
@@ -441,7 +448,7 @@ def pick_best(
     ]
     scores: list[float | None] = [None] * len(flat)
     if term is not None:
-        scores = [float(s) for s in score_with_term(cfg, inputs, term, flat)]
+        scores = [float(s) for s in score_with_term(cfg, inputs, term, flat, used)]
     chosen, rows, k = [], [], 0
     for item, conversation in zip(items, samples, strict=True):
         n = len(conversation[0])
@@ -462,9 +469,15 @@ def pick_best(
 
 
 def score_with_term(
-    cfg: DictConfig, inputs: dict[str, Path], term: str, flat: list[tuple[str, str]]
+    cfg: DictConfig,
+    inputs: dict[str, Path],
+    term: str,
+    flat: list[tuple[str, str]],
+    used: dict | None = None,
 ) -> list[float]:
-    """Reward term ``term``'s scores of (formatted prompt, completion) pairs."""
+    """Reward term ``term``'s scores of (formatted prompt, completion) pairs; the LLM roles it
+    called go into ``used`` (:func:`autorule.llm.base.add_roles`)."""
+    from autorule.llm.base import add_roles
     from autorule.rewards import registry
 
     rules: list[str] = []
@@ -476,6 +489,8 @@ def score_with_term(
     [reward] = registry.build_reward_funcs([term], context)
     try:
         scores = reward(prompts=[p for p, _ in flat], completions=[c for _, c in flat])
+        if used is not None:
+            add_roles(used, getattr(reward, "llms", {}))
     finally:
         close = getattr(registry, "close_all", None)
         if close is not None:

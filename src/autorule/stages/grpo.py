@@ -50,6 +50,7 @@ from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.stage import StageSpec
+from autorule.llm.base import USAGE_KEY
 from autorule.rewards.settings import check_scoring
 from autorule.training import lora
 from autorule.training.arguments import MODEL, check_training, runtime_keys
@@ -517,6 +518,26 @@ def rule_table(history: list[dict], rules: Sequence[str]) -> list[dict[str, Any]
     return rows
 
 
+def reward_usage(trainer) -> dict[str, dict[str, Any]]:
+    """What the reward terms' LLM roles (the judge, the grader) cost, summed over processes:
+    each process calls its own backend."""
+    from autorule.llm.base import Usage, add_roles
+
+    used = {}
+    for func in trainer.reward_funcs:
+        add_roles(used, getattr(func, "llms", {}))
+    tallies = {role: llm.usage for role, llm in used.items()}
+    if trainer.accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        merged: dict[str, Usage] = {}
+        for part in gather_object([tallies]):
+            for role, usage in part.items():
+                merged.setdefault(role, Usage()).merge(usage)
+        tallies = merged
+    return {role: tallies[role].record(used[role].price) for role in tallies}
+
+
 def train(
     cfg: DictConfig, workdir: Path, inputs: dict[str, Path], callbacks: Sequence[Any] = ()
 ) -> dict[str, Any]:
@@ -543,6 +564,9 @@ def train(
         **reward_summary(history, names),
         "rewards": names,
     }
+    usage = reward_usage(trainer)
+    if usage:
+        metrics[USAGE_KEY] = usage
     if trainer.is_world_process_zero():
         with open(workdir / LOG_HISTORY, "w") as f:
             for entry in history:

@@ -83,6 +83,7 @@ def render(cfg: DictConfig, evaluated: Path, workdir: Path) -> str:
 
     lines = [f"# {section.title}", ""]
     lines += run_section(metrics, evaluated)
+    lines += usage_section(usage_by_stage(evaluated))
 
     # ---- win rate
     lines += ["## Win rate over the reference", ""]
@@ -197,6 +198,61 @@ def run_section(metrics: dict, evaluated: Path) -> list[str]:
         f"| evaluate artifact | `{evaluated}` |",
         "",
     ]
+
+
+def usage_by_stage(evaluated: Path) -> list[tuple[str, str, dict]]:
+    """``(stage, role, usage record)`` of every artifact behind the evaluate artifact that
+    called an LLM role (the manifests' ``llm_usage``), following the recorded inputs."""
+    from autorule.core.artifacts import read_manifest
+
+    rows, seen, queue = [], set(), [Path(evaluated)]
+    while queue:
+        folder = queue.pop(0)
+        if folder in seen:
+            continue
+        seen.add(folder)
+        manifest = read_manifest(folder) or {}
+        for role, record in sorted((manifest.get("llm_usage") or {}).items()):
+            rows.append((str(manifest.get("stage", folder.parent.name)), role, record))
+        queue += [Path(v["path"]) for v in (manifest.get("inputs") or {}).values()]
+    order = ["extract", "critiques", "feedback", "grpo", "generate", "evaluate"]
+    return sorted(rows, key=lambda r: (order.index(r[0]) if r[0] in order else len(order), r))
+
+
+def usage_section(rows: list[tuple[str, str, dict]]) -> list[str]:
+    """The table of what each stage's LLM roles cost: calls, tokens, latency, an estimate."""
+    lines = ["## LLM calls and cost", ""]
+    if not rows:
+        return lines + ["No stage of this run called an LLM role.", ""]
+    lines += [
+        "| stage | role | calls | cache hits | failed | empty | input tokens | output tokens "
+        "| p50 s | p95 s | cost (USD) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for stage, role, r in rows:
+        unknown = r.get("unknown_token_calls") or 0
+
+        def tokens(key: str, r=r, unknown=unknown) -> str:
+            value = r.get(key)
+            if value is None:
+                return "unknown"
+            return f"{value}" + (f" (+{unknown} calls unknown)" if unknown else "")
+
+        cost = r.get("cost_usd")
+        lines.append(
+            f"| {stage} | `{role}` | {r.get('calls')} | {r.get('cache_hits')} | "
+            f"{r.get('failed_calls')} | {r.get('empty_answers', 0)} | {tokens('input_tokens')} | "
+            f"{tokens('output_tokens')} | {_num(r.get('latency_p50_s'))} | "
+            f"{_num(r.get('latency_p95_s'))} | {'n/a' if cost is None else f'{cost:.4f}'} |"
+        )
+    lines += [
+        "",
+        "Tokens are the server's counts where it reports them, else counted with the model's "
+        "tokenizer, else unknown; latencies cover the calls sent (cache hits cost nothing). "
+        "A cost needs the role's `price` (USD per million input and output tokens).",
+        "",
+    ]
+    return lines
 
 
 def win_rate_table(rates: list[tuple[str, dict]]) -> list[str]:
