@@ -14,6 +14,11 @@ per request, for a server run in another process). ``tls=self_signed_cert(folder
 which botocore requires before it sends a Bedrock API key (``AWS_BEARER_TOKEN_BEDROCK``); point
 the client at the certificate with ``AWS_CA_BUNDLE``.
 
+A reply sets its finish reason (``finish_reason="length"`` with ``output_tokens`` and empty text:
+a model that emitted only special tokens) and may leave out the usage block (``usage=False``).
+``GET /v1/models`` answers a reachability probe (``server.probes`` counts them; set
+``server.models_status`` to make it fail).
+
 OpenAI requests with ``logprobs: true`` get the reply's ``top_logprobs`` back in the API's format
 (``choices[0].logprobs.content[0].top_logprobs``, cut to the ``top_logprobs`` asked for).
 :class:`ScriptedJudge` is a rule judge for it: it says yes exactly for known (response, rule)
