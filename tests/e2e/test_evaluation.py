@@ -229,8 +229,8 @@ def test_what_the_judge_cost_is_recorded_and_reported(judged):
     # The pairwise judge's calls, from the server's usage blocks (one token per word).
     manifest = read_manifest(judged["paths"]["evaluate"])
     usage = manifest["llm_usage"]["evaluate.judge"]
-    metrics = json.loads((judged["paths"]["evaluate"] / "metrics.json").read_text())
-    assert metrics["llm_usage"] == manifest["llm_usage"]
+    recorded = json.loads((judged["paths"]["evaluate"] / "llm_usage.json").read_text())
+    assert recorded == manifest["llm_usage"]
     sent = len(judged["requests"])
     assert usage["calls"] - usage["cache_hits"] == sent and usage["failed_calls"] == 0
     words = sum(len(r.prompt.split()) for r in judged["requests"])

@@ -161,8 +161,9 @@ LAUNCH_DIR = "launch"  # the worker configs of a launched (multi-process) traini
 # cadence, the tracker's run name) rather than what it made: two runs that produced the same
 # content differ in them, so the content hash leaves them out. By file name, plus LAUNCH_DIR.
 # calls.jsonl (the extract stage's call log: latencies, retries, which answers were cached) is one
-# too, so re-running extraction from the cache leaves the rule set's content hash unchanged.
-RUN_RECORDS = (CONFIG_FILE, "training_args.bin", "calls.jsonl")
+# too, so re-running extraction from the cache leaves the rule set's content hash unchanged, and
+# so is llm_usage.json (what each LLM role's calls cost: latencies, cache hits).
+RUN_RECORDS = (CONFIG_FILE, "training_args.bin", "calls.jsonl", "llm_usage.json")
 
 
 def is_run_record(relpath: str) -> bool:

@@ -12,7 +12,7 @@ command line, e.g. ``llm@extract.llm=openai extract.llm.base_url=http://host:800
 
 ``build(cfg, role)`` returns the configured backend (its messages name keys as ``<role>.<key>``);
 ``probe_roles`` checks that served roles answer before a run starts; ``record_usage`` writes
-what a stage's roles cost into its ``metrics.json`` and manifest. Every backend answers
+what a stage's roles cost into its manifest and ``llm_usage.json``. Every backend answers
 ``complete_all(list_of_message_lists)`` with :class:`Completion` objects and shares the cache,
 retry, concurrency and record-keeping of :mod:`autorule.llm.base`; all but bedrock also read
 one-token verdicts (``verdict_all``).

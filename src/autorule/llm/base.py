@@ -45,7 +45,8 @@ Every backend keeps a tally of its calls (:class:`Usage`): calls, cache hits, fa
 answers, tokens in and out (the server's usage block, else counted with the model's tokenizer when
 one is at hand, else unknown) and latencies; :func:`usage_record` turns the tallies of a stage's
 roles into the per-role record (with a cost estimate when the role sets ``price``) that manifests,
-``metrics.json`` and the report show.
+``llm_usage.json`` (:func:`record_usage`) and the report show.
+
 Error messages are redacted as they are made (:mod:`autorule.core.secrets`): servers echo
 request headers into them.
 
@@ -282,8 +283,9 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 4)
 
 
-# The key of the per-role usage record in manifests and metrics.json.
+# The key of the per-role usage record in manifests (grpo: and metrics.json), and its file.
 USAGE_KEY = "llm_usage"
+USAGE_FILE = "llm_usage.json"
 
 
 def usage_record(llms: Mapping[str, LLM | None]) -> dict[str, dict[str, Any]]:
@@ -304,19 +306,17 @@ def add_roles(used: dict[str, LLM], more: Mapping[str, LLM]) -> dict[str, LLM]:
 
 
 def record_usage(workdir: Path, llms: Mapping[str, LLM | None]) -> dict[str, Any]:
-    """What a stage's LLM roles cost, recorded before it commits: written into
-    ``workdir/metrics.json`` under ``llm_usage`` (merged into the stage's own metrics, or a file
-    of its own), and returned as ``{"llm_usage": ...}`` for the manifest
-    (``job.commit(counts, extra={**extra, **record_usage(job.workdir, {...})})``)."""
-    import json
+    """What a stage's LLM roles cost, recorded before it commits: written to
+    ``workdir/llm_usage.json`` and returned as ``{"llm_usage": ...}`` for the manifest
+    (``job.commit(counts, extra={**extra, **record_usage(job.workdir, {...})})``).
 
+    A file of its own rather than a key of ``metrics.json``: latencies and cache hits differ
+    between two runs that made the same content, so it is a run record
+    (``core.artifacts.RUN_RECORDS``), left out of the content hash like ``calls.jsonl``."""
     from autorule.core.files import write_json_atomic
 
     record = usage_record(llms)
-    path = Path(workdir) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    metrics[USAGE_KEY] = record
-    write_json_atomic(path, metrics)
+    write_json_atomic(Path(workdir) / USAGE_FILE, record)
     return {USAGE_KEY: record}
 
 
