@@ -459,3 +459,25 @@ def test_a_hung_judge_fails_within_its_timeout(make_cfg, monkeypatch):
         [failed] = llms.build(cfg, "judge.llm").complete_all([HI], desc=None)
     assert "APITimeoutError" in failed.error and "judge.llm.retry.max_attempts=2" in failed.error
     assert failed.latency_s < 2.0
+
+
+def test_a_judge_that_emits_only_special_tokens_is_unparsed_not_retried(make_cfg, monkeypatch):
+    # The served judge's answer is "" with finish_reason "length": one call per verdict, each
+    # counted unparsed; nothing retried at temperature 0, nothing "failed", no crash.
+    from autorule.rewards.judge import RuleJudge
+    from fakeserver import FakeLLMServer, FakeReply
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefghijklmnopqrstuvwxyz")
+    silent = FakeReply(text="", finish_reason="length", output_tokens=1024)
+    with FakeLLMServer(lambda r: silent) as server:
+        cfg = make_cfg(
+            "llm@judge.llm=openai",
+            f"judge.llm.base_url={server.url}/v1",
+            "judge.llm.model=served-judge",
+            "judge.mode=generate",
+            "judge.llm.progress=false",
+            "judge.llm.retry.initial_wait=0.01",
+        )
+        result = RuleJudge(cfg).judge(["One answer.", "Another."], ["Rule A.", "Rule B."])
+        assert len(server.requests) == 4
+    assert result.unparsed == 4 and result.failed == 0
