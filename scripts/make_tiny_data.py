@@ -8,6 +8,7 @@ from pathlib import Path
 
 from autorule.data.synthetic import (
     write_feedback_collection,
+    write_instruction_sources,
     write_mt_bench,
     write_reward_bench,
     write_ultrafeedback,
@@ -22,3 +23,5 @@ if __name__ == "__main__":
     print(write_mt_bench(args.out / "mt_bench_human_judgments", seed=args.seed))
     print(write_reward_bench(args.out / "reward_bench", seed=args.seed))
     print(write_feedback_collection(args.out / "feedback_collection", seed=args.seed))
+    for folder in write_instruction_sources(args.out, seed=args.seed):
+        print(folder)

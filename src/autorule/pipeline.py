@@ -3,7 +3,12 @@
 With ``dry_run=true`` nothing runs and nothing is written: training stages print their launch
 command and trainer arguments (:mod:`autorule.training.launch`); every other stage (whose work
 would be hub downloads or paid LLM calls) is skipped here, and its command and artifact folder are
-printed."""
+printed.
+
+An input a stage finds under a config of its own (``StageSpec.input_configs``: the feedback
+stage's and the oracle stage's samples) cannot be made by running the pipeline's stages in
+order, so :func:`make_inputs` makes it first when it is missing or out of date, with whatever
+it needs in turn under that config."""
 
 from __future__ import annotations
 
@@ -88,6 +93,31 @@ def probe_stages(cfg: DictConfig, names: list[str]) -> None:
             probed.update(roles)
 
 
+def make_inputs(cfg: DictConfig, name: str) -> None:
+    """Makes the inputs of stage ``name`` found under a config of their own
+    (``StageSpec.input_configs``) when they are not complete and current, each with its own
+    missing inputs first (:func:`make`)."""
+    spec = load(name, cfg).SPEC
+    for upstream in spec.inputs_for(cfg):
+        if upstream in spec.input_configs:
+            make(spec.config_for_input(cfg, upstream), upstream)
+
+
+def make(cfg: DictConfig, name: str) -> Path:
+    """Stage ``name``'s artifact under ``cfg``: reused when complete and current, else made
+    after whatever of its own inputs is missing."""
+    path = artifact_path(cfg, name)
+    if is_up_to_date(cfg, name, path)[0]:
+        return path
+    module = load(name, cfg)
+    for upstream in module.SPEC.inputs_for(cfg):
+        make(module.SPEC.config_for_input(cfg, upstream), upstream)
+    log.info("[pipeline] making the input %s first: %s", name, make_command(cfg, name))
+    with open_dict(cfg):
+        cfg.stage = name
+    return module.run(cfg)
+
+
 def run_stage(cfg: DictConfig) -> dict[str, Path]:
     """Runs ``cfg.stage`` (a stage name or ``pipeline``); returns stage name -> artifact folder."""
     banner(cfg)
@@ -106,6 +136,7 @@ def run_stage(cfg: DictConfig) -> dict[str, Path]:
             print(dry_run_note(cfg, name), flush=True)
             done[name] = artifact_path(cfg, name)
         else:
+            make_inputs(cfg, name)
             done[name] = module.run(cfg)
     suffix = " (dry run, nothing written)" if dry_run else ""
     for name, path in done.items():

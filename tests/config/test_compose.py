@@ -50,7 +50,16 @@ def test_profile_by_dataset(make_cfg, profile, dataset):
     assert cfg.profile.name == profile
     if profile == "tiny":
         assert cfg.model.name_or_path == "tiny"
-    if cfg.dataset.hub_id is None:  # generated (the addition demo): nothing to read
+    if cfg.dataset.get("sources") is not None:  # instruction sources, each read on its own
+        from autorule.data.sources import entries, location
+
+        for name, adapter, section in entries(cfg.dataset):
+            where = location(cfg.dataset, adapter, section)
+            if profile == "tiny":
+                assert Path(where).is_dir(), f"the tiny profile reads the bundled copy of {name}"
+            else:
+                assert where == (section.hub_id or None), name
+    elif cfg.dataset.hub_id is None:  # generated (the addition demo): nothing to read
         assert cfg.dataset.path is None and cfg.dataset.local_copy is None
     elif profile == "tiny":
         assert Path(cfg.dataset.path).is_dir(), "the tiny profile reads the bundled copy"

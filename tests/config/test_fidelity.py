@@ -39,13 +39,22 @@ def cells(line: str) -> list[str]:
 
 
 def rows() -> list[list[str]]:
-    """The cells of each body row of the table in docs/fidelity.md."""
-    lines = [line for line in FIDELITY.read_text().splitlines() if line.startswith("|")]
-    header, rule, *body = lines
-    assert set("".join(cells(rule))) <= set("-: "), "the second line is the rule"
-    table = [cells(line) for line in body]
-    assert all(len(row) == len(cells(header)) == 6 for row in table), "six cells a row"
-    return table
+    """The cells of each body row of the tables in docs/fidelity.md (AutoRule's, then one per
+    seed experiment, all with the same six columns)."""
+    tables, block = [], []
+    for line in [*FIDELITY.read_text().splitlines(), ""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            tables.append(block)
+            block = []
+    found = []
+    for header, rule, *body in tables:
+        assert set("".join(cells(rule))) <= set("-: "), "the second line is the rule"
+        table = [cells(line) for line in body]
+        assert all(len(row) == len(cells(header)) == 6 for row in table), "six cells a row"
+        found += table
+    return found
 
 
 def test_every_fidelity_row_is_filled_in_and_names_tests_that_exist():

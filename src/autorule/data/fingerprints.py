@@ -60,6 +60,16 @@ def preprocess_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     tokenizer is trained on (the tokenizer decides the length filter)."""
     from autorule.data.models import TINY, tiny_corpus
 
+    if cfg.dataset.get("sources") is not None:  # instruction sources: each identified on its own
+        from autorule.data.sources import entries, location
+
+        found_sources = {}
+        for name, adapter, section in entries(cfg.dataset):
+            where = location(cfg.dataset, adapter, section)
+            found_sources[name] = (
+                None if where is None else dataset_source(where, section.get("revision"))
+            )
+        return {"sources": found_sources}
     path = cfg.dataset.get("path")
     # A generated dataset (the addition demo) reads nothing: its settings are in the config hash.
     source = None if path is None else dataset_source(str(path), cfg.dataset.get("revision"))

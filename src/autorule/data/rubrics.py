@@ -217,26 +217,50 @@ PROMETHEUS_FORMAT_INSTRUCTION = (
 )
 
 
-def prometheus_datapoint(row: Mapping[str, Any]) -> RubricDatapoint:
+# The recipe's calibration lines (tinker-cookbook recipes/rubric/data.py,
+# PrometheusDatapointListBuilder): "<score>i.0</score>: description" for i in 1..5, a request for a
+# score between 1 and 5, and the reference answer as one that scored 5. Our wording.
+RECIPE_FORMAT_INSTRUCTION = (
+    "Give your score, a number between 1 and 5, inside <score></score> tags."
+)
+PROMETHEUS_FORMATS = ("ours", "recipe")
+
+
+def prometheus_datapoint(row: Mapping[str, Any], layout: str = "ours") -> RubricDatapoint:
     """One Feedback-Collection row as a datapoint: the instruction is the single user turn; the
     one rubric item gives the criterion, a calibration line per score 1-5 and the reference
-    answer as an example of a 5."""
-    lines = [
-        f"Judge the reply on this criterion: {str(row['orig_criteria']).strip()}",
-        "",
-        "What each score means:",
-        *(f"Score {i}: {str(row[f'orig_score{i}_description']).strip()}" for i in range(1, 6)),
-        "",
-        "A reference answer that deserves a score of 5:",
-        str(row["orig_reference_answer"]).strip(),
-    ]
+    answer as an example of a 5. ``layout``: ``ours`` (``Score i: ...`` lines, a whole number
+    asked for) or ``recipe`` (the rubric recipe's ``<score>i.0</score>: ...`` lines, a number
+    between 1 and 5 asked for)."""
+    criterion = str(row["orig_criteria"]).strip()
+    descriptions = [str(row[f"orig_score{i}_description"]).strip() for i in range(1, 6)]
+    reference = str(row["orig_reference_answer"]).strip()
+    if layout == "recipe":
+        lines = [
+            f"Grade the reply on this: {criterion}. Give it a score between 1 and 5.",
+            "How each score is calibrated:",
+            *(f"<score>{i}.0</score>: {d}" for i, d in enumerate(descriptions, 1)),
+            "",
+            f"A reference reply that scored 5: {reference}",
+        ]
+        instruction = RECIPE_FORMAT_INSTRUCTION
+    elif layout == "ours":
+        lines = [
+            f"Judge the reply on this criterion: {criterion}",
+            "",
+            "What each score means:",
+            *(f"Score {i}: {d}" for i, d in enumerate(descriptions, 1)),
+            "",
+            "A reference answer that deserves a score of 5:",
+            reference,
+        ]
+        instruction = PROMETHEUS_FORMAT_INSTRUCTION
+    else:
+        raise ValueError(f"preprocess.rubric.format={layout!r}: one of {PROMETHEUS_FORMATS}")
     return RubricDatapoint(
         convo=({"role": "user", "content": str(row["orig_instruction"])},),
         rubric_items=(
-            RubricItem(
-                rubric_str="\n".join(lines),
-                grader_output_format_instruction=PROMETHEUS_FORMAT_INSTRUCTION,
-            ),
+            RubricItem(rubric_str="\n".join(lines), grader_output_format_instruction=instruction),
         ),
     )
 

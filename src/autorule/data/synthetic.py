@@ -17,6 +17,17 @@ Four datasets are produced, laid out like their hub repositories so the real loa
 * ``reward_bench/data/filtered-00000-of-00001.parquet`` with the columns of
   ``allenai/reward-bench`` (``prompt``, ``chosen``, ``chosen_model``, ``rejected``,
   ``rejected_model``, ``subset``, ``id``): a few pairs of every subset, for the CLoud evaluation.
+* The instruction sources of the seed experiments (:mod:`autorule.data.sources`), each in its
+  hub or release layout: ``ultrainteract/data/train-00000-of-00001.parquet``
+  (``openbmb/UltraInteract_sft``: ``task``, ``dataset``, ``instruction``, ``response``, ``id``,
+  ``parent_id``), ``dolly/databricks-dolly-15k.jsonl`` (``instruction``, ``context``,
+  ``response``, ``category``), ``self_instruct/user_oriented_instructions.jsonl`` (``id``,
+  ``motivation_app``, ``instruction``, ``instances``), ``super_natural_instructions/data/
+  train-00000-of-00001.parquet`` (``task_name``, ``id``, ``definition``, ``inputs``,
+  ``targets``) and ``alpaca_eval/alpaca_eval.json`` (``instruction``, ``output``,
+  ``generator``, ``dataset``: text-davinci-003's answers; its ``selfinstruct`` rows repeat the
+  Self-Instruct copy's instructions, as the real set repeats the user-oriented Self-Instruct set,
+  and one ``oasst`` row repeats a Dolly instruction, so both unseen rules have work to do).
 
 The preference signal is learnable on purpose: a chosen answer greets the user, restates the
 topic, gives numbered steps and a summary; a rejected answer is curt, off topic and dismissive. A
@@ -408,3 +419,182 @@ def write_reward_bench(out: Path, seed: int = 0, pairs_per_subset: int = 2) -> P
     df = make_reward_bench(seed, pairs_per_subset)
     df.to_parquet(out / "data" / "filtered-00000-of-00001.parquet", index=False)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Instruction sources of the seed experiments (autorule.data.sources reads them)
+
+UI_TASKS = ("Coding", "Math_CoT", "Math_PoT", "Logic")
+
+
+def make_ultrainteract(seed: int, rows: int = 24) -> pd.DataFrame:
+    """A small ``openbmb/UltraInteract_sft``: reasoning instructions with one answer each."""
+    rng = random.Random(f"{seed}-ultrainteract")
+    out = []
+    for i in range(rows):
+        a, b = rng.randint(2, 90), rng.randint(2, 90)
+        task = UI_TASKS[i % len(UI_TASKS)]
+        instruction = (
+            f"Write a function that returns {a} times the length of a list plus {b}."
+            if task == "Coding"
+            else f"Solve step by step: a box holds {a} apples and {b} more are added. How many?"
+        )
+        out.append(
+            {
+                "task": task,
+                "dataset": "synthetic",
+                "instruction": instruction,
+                "response": f"Step 1: add {a} and {b}. The answer is {a + b}.",
+                "id": f"ui-{i:04d}",
+                "parent_id": f"ui-parent-{i // 2:04d}",
+            }
+        )
+    return pd.DataFrame(out)
+
+
+DOLLY_CATEGORIES = ("open_qa", "brainstorming", "closed_qa", "summarization")
+
+
+def make_dolly(seed: int, rows: int = 24) -> pd.DataFrame:
+    """A small ``databricks/databricks-dolly-15k``; the closed_qa and summarization rows carry a
+    context, as there."""
+    rng = random.Random(f"{seed}-dolly")
+    out = []
+    for i in range(rows):
+        topic = rng.choice(TOPICS)
+        category = DOLLY_CATEGORIES[i % len(DOLLY_CATEGORIES)]
+        context = (
+            f"{topic.capitalize()} takes patience: {rng.choice(STEPS)}, then {rng.choice(STEPS)}."
+            if category in ("closed_qa", "summarization")
+            else ""
+        )
+        out.append(
+            {
+                "instruction": rng.choice(ASKS).format(t=topic),
+                "context": context,
+                "response": good_answer(rng, topic),
+                "category": category,
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def make_self_instruct(seed: int, rows: int = 12) -> list[dict]:
+    """A small copy of Self-Instruct's user-oriented instructions (``human_eval/
+    user_oriented_instructions.jsonl``): each with an app, an instruction and instances."""
+    rng = random.Random(f"{seed}-self-instruct")
+    out = []
+    for i in range(rows):
+        topic = rng.choice(TOPICS)
+        has_input = i % 2 == 0
+        out.append(
+            {
+                "id": f"user_oriented_task_{i}",
+                "motivation_app": rng.choice(["Notion", "Gmail", "Grammarly", "Google Search"]),
+                "instruction": f"Write a checklist for {topic} in the style of a sticky note.",
+                "instances": [
+                    {
+                        "input": f"Audience: a beginner at {topic}." if has_input else "",
+                        "output": good_answer(rng, topic),
+                    }
+                ],
+            }
+        )
+    return out
+
+
+def make_super_natural_instructions(seed: int, rows: int = 12) -> pd.DataFrame:
+    """A small Super-NaturalInstructions (``Muennighoff/natural-instructions``): a task
+    definition and one input per row."""
+    rng = random.Random(f"{seed}-sni")
+    out = []
+    for i in range(rows):
+        topic = rng.choice(TOPICS)
+        out.append(
+            {
+                "task_name": f"task{100 + i % 4}_topic_classification",
+                "id": f"task{100 + i % 4}-{i:04d}",
+                "definition": (
+                    "In this task you are given a sentence. Name its topic in a few words."
+                ),
+                "inputs": f"Sentence: I want to {rng.choice(STEPS)} before {topic}.",
+                "targets": topic,
+            }
+        )
+    return pd.DataFrame(out)
+
+
+ALPACA_EVAL_SETS = ("helpful_base", "koala", "oasst", "vicuna")
+
+
+def make_alpaca_eval(seed: int, rows: int = 16) -> list[dict]:
+    """A small ``tatsu-lab/alpaca_eval`` (``alpaca_eval.json``: text-davinci-003's outputs).
+
+    ``rows`` fresh instructions, then one ``selfinstruct`` row per Self-Instruct copy instruction
+    (the real set holds the 252 user-oriented Self-Instruct instructions), then one ``oasst`` row
+    that repeats the first Dolly instruction word for word.
+    """
+    rng = random.Random(f"{seed}-alpaca-eval")
+    out = []
+    for i in range(rows):
+        topic = rng.choice(TOPICS)
+        out.append(
+            {
+                "instruction": f"Explain to a friend why {topic} is worth a weekend.",
+                "output": good_answer(rng, topic),
+                "generator": "text_davinci_003",
+                "dataset": ALPACA_EVAL_SETS[i % len(ALPACA_EVAL_SETS)],
+            }
+        )
+    for row in make_self_instruct(seed):
+        instance = row["instances"][0]["input"]
+        instruction = row["instruction"] + (f"\n\n{instance}" if instance else "")
+        out.append(
+            {
+                "instruction": instruction,
+                "output": row["instances"][0]["output"],
+                "generator": "text_davinci_003",
+                "dataset": "selfinstruct",
+            }
+        )
+    out.append(
+        {
+            "instruction": str(make_dolly(seed)["instruction"][0]),
+            "output": "A davinci answer to an instruction that is also a Dolly instruction.",
+            "generator": "text_davinci_003",
+            "dataset": "oasst",
+        }
+    )
+    return out
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def write_instruction_sources(out: Path, seed: int = 0) -> list[Path]:
+    """Writes the seed experiments' instruction sources under ``out`` (one folder each, in its
+    hub or release layout); returns the folders."""
+    import json
+
+    folders = []
+    for name, df in (
+        ("ultrainteract", make_ultrainteract(seed)),
+        ("super_natural_instructions", make_super_natural_instructions(seed)),
+    ):
+        (out / name / "data").mkdir(parents=True, exist_ok=True)
+        df.to_parquet(out / name / "data" / "train-00000-of-00001.parquet", index=False)
+        folders.append(out / name)
+    dolly = make_dolly(seed).to_dict("records")
+    _write_jsonl(out / "dolly" / "databricks-dolly-15k.jsonl", dolly)
+    _write_jsonl(
+        out / "self_instruct" / "user_oriented_instructions.jsonl", make_self_instruct(seed)
+    )
+    (out / "alpaca_eval").mkdir(parents=True, exist_ok=True)
+    (out / "alpaca_eval" / "alpaca_eval.json").write_text(
+        json.dumps(make_alpaca_eval(seed), indent=1, ensure_ascii=False) + "\n"
+    )
+    return [*folders, out / "dolly", out / "self_instruct", out / "alpaca_eval"]

@@ -50,9 +50,22 @@ class Rated:
         return self.answer is not None and self.rating is None
 
 
-def rated(answers: Sequence[str | None]) -> list[Rated]:
-    """Ratings read from annotator answers (None: a failed call)."""
-    return [Rated(a, parse_rating(a) if a is not None else None) for a in answers]
+def rated(answers: Sequence[str | None], line: str = "last") -> list[Rated]:
+    """Ratings read from annotator answers (None: a failed call), on their ``line``
+    (:func:`~autorule.evaluation.feedback_protocols.parse_rating`)."""
+    return [Rated(a, parse_rating(a, line) if a is not None else None) for a in answers]
+
+
+def resolve_kind(kind: str, model: object) -> str:
+    """``llm`` or ``heuristic`` for an annotator setting (``feedback.annotator``,
+    ``oracle.annotator``): ``auto`` means the heuristic stand-in when the role's model is the tiny
+    random model (it never writes a readable verdict, so nothing would be learnt), the LLM
+    otherwise."""
+    from autorule.data.models import TINY
+
+    if kind != "auto":
+        return kind
+    return "heuristic" if model == TINY else "llm"
 
 
 class Annotator:
@@ -85,9 +98,10 @@ class LLMAnnotator(Annotator):
 
     kind = "llm"
 
-    def __init__(self, llm, rating_template: str, ranking_template: str):
+    def __init__(self, llm, rating_template: str, ranking_template: str, rating_line: str = "last"):
         self.llm = llm
         self.rating_template, self.ranking_template = rating_template, ranking_template
+        self.rating_line = rating_line
 
     def rate(self, instructions, responses, desc="ratings"):
         requests = [
@@ -102,7 +116,7 @@ class LLMAnnotator(Annotator):
             for instruction, response in zip(instructions, responses, strict=True)
         ]
         completions = self.llm.complete_all(requests, desc=desc)
-        return rated([c.text if c.ok else None for c in completions])
+        return rated([c.text if c.ok else None for c in completions], self.rating_line)
 
     def rank(self, instructions, responses_x, responses_y, desc="rankings"):
         return judge_pairs(

@@ -46,13 +46,22 @@ RATING_LINE = re.compile(
 )
 
 
-def parse_rating(answer: str | None) -> int | None:
-    """The 1-7 rating on the answer's last non-empty line, or None (no such line, a number out of
-    range, an empty or failed answer)."""
+# The rating alone on a line: "5" (the released study's prompts put it on the first line).
+BARE_RATING = re.compile(rf"^{_DECORATION}(\d+){_DECORATION}$")
+RATING_LINES = ("last", "first")
+
+
+def parse_rating(answer: str | None, line: str = "last") -> int | None:
+    """The 1-7 rating on the answer's last non-empty line (``line="last"``: ``Rating: N``), or on
+    its first (``line="first"``: ``N`` alone or ``Rating: N``, the released study's layout);
+    None for no such line, a number out of range, an empty or failed answer."""
+    if line not in RATING_LINES:
+        raise ValueError(f"feedback.rating_line={line!r}: one of {RATING_LINES}")
     if not answer or not answer.strip():
         return None
-    last = [line for line in answer.strip().splitlines() if line.strip()][-1].strip()
-    match = RATING_LINE.match(last)
+    lines = [text.strip() for text in answer.strip().splitlines() if text.strip()]
+    chosen = lines[-1] if line == "last" else lines[0]
+    match = RATING_LINE.match(chosen) or (BARE_RATING.match(chosen) if line == "first" else None)
     if not match:
         return None
     value = int(match.group(1))

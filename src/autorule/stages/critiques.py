@@ -5,12 +5,13 @@
         critique.llm.base_url=http://judge-node:8000/v1 critique.llm.model=<served name>
 
 The oracle critiques a CLoud reward model first learns to write (Ankner et al. 2024, arXiv
-2408.11791: Llama-3.1-405B-Instruct critiqued every training answer, greedily, up to 2,048
-tokens). For each of the first ``critique.num_pairs`` pairs of preprocess's ``critique.split``, the
-judge (LLM role ``critique.llm``, any backend) gets the system prompt ``critique.system_prompt``
-and the request ``critique.template`` once with the chosen and once with the rejected answer. The
-judge is not told which answer was preferred, so a critique says what it sees, not what it was
-told.
+2408.11791: Llama-3.1-405B-Instruct critiqued every training answer, greedily, up to 2,048 tokens).
+For each of the first ``critique.num_pairs`` pairs of preprocess's ``critique.split`` (with
+``critique.pairs=oracle``: of the oracle stage's labelled pairs of sampled answers, CLoud's own
+data), the judge (LLM role ``critique.llm``, any backend) gets the system prompt
+``critique.system_prompt`` and the request ``critique.template`` once with the chosen and once with
+the rejected answer. The judge is not told which answer was preferred, so a critique says what it
+sees, not what it was told.
 
 Calls go through the LLM layer (:mod:`autorule.llm`): concurrent for served judges, batched for
 local ones, and cached as they arrive, so an interrupted run re-run with the same command pays
@@ -48,12 +49,22 @@ SIDES = ("chosen", "rejected")
 
 # The critique section decides the critiques, its LLM role included (backend, model, sampling,
 # token budget), except the role's transport keys and the failure allowance.
+PAIR_SOURCES = ("preprocess", "oracle")
+
+
+def from_oracle(cfg) -> bool:
+    return cfg.critique.pairs == "oracle"
+
+
 SPEC = StageSpec(
     name="critiques",
-    inputs=("preprocess",),
+    inputs=("preprocess", "oracle"),
     keys=("critique",),
     llm_roles=("critique.llm",),
+    # The oracle's pairs are always its train_prefs table: critique.split names a preprocess split.
     ignore=("critique.max_failed_calls",),
+    ignore_when=lambda cfg: ("critique.split",) if from_oracle(cfg) else (),
+    only_if={"preprocess": lambda cfg: not from_oracle(cfg), "oracle": from_oracle},
 )
 
 
@@ -62,8 +73,10 @@ def check(cfg: DictConfig) -> None:
     from autorule.llm import check_role
 
     check_paths(cfg)
-    check_choice(cfg.dataset.name, "dataset.name", ("uf",))  # UltraFeedback preference pairs
     section = cfg.critique
+    check_choice(section.pairs, "critique.pairs", PAIR_SOURCES)
+    if not from_oracle(cfg):
+        check_choice(cfg.dataset.name, "dataset.name", ("uf",))  # UltraFeedback preference pairs
     check_number(section.num_pairs, "critique.num_pairs", low=1, none_ok=True)
     check_number(section.max_failed_calls, "critique.max_failed_calls", low=0)
     check_role(cfg, "critique.llm")
@@ -77,7 +90,10 @@ def run(cfg: DictConfig) -> Path:
         section = cfg.critique
 
         # ---- load: the pairs
-        split = job.input("preprocess") / f"{section.split}.parquet"
+        if from_oracle(cfg):  # the oracle's labelled pairs of sampled answers (CLoud's data)
+            split = job.input("oracle") / "train_prefs.parquet"
+        else:
+            split = job.input("preprocess") / f"{section.split}.parquet"
         if not split.is_file():
             raise FileNotFoundError(f"critique.split={section.split}: no {split}")
         pairs = preference_rows(split, section.num_pairs)

@@ -57,7 +57,12 @@ from autorule.core.config import (
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import preference_rows
 from autorule.evaluation import feedback_protocols as fb
-from autorule.evaluation.annotators import Annotator, HeuristicAnnotator, LLMAnnotator
+from autorule.evaluation.annotators import (
+    Annotator,
+    HeuristicAnnotator,
+    LLMAnnotator,
+    resolve_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +136,7 @@ def check(cfg: DictConfig) -> None:
         if missing:
             raise ConfigError(f"feedback.{key} lacks the placeholder(s) {missing}")
     check_choice(section.annotator, "feedback.annotator", ANNOTATORS)
+    check_choice(section.rating_line, "feedback.rating_line", fb.RATING_LINES)
     if annotator_kind(cfg) == "llm":
         check_role(cfg, "feedback.llm")
     else:
@@ -154,18 +160,18 @@ def annotator_kind(cfg: DictConfig) -> str:
     """``llm`` or ``heuristic``: ``feedback.annotator``, with ``auto`` meaning the heuristic
     stand-in when the role ``feedback.llm`` is the tiny random model (it never writes a readable
     rating or ranking, so the study would have no feedback) and the LLM otherwise."""
-    from autorule.data.models import TINY
-
-    kind = str(cfg.feedback.annotator)
-    if kind != "auto":
-        return kind
-    return "heuristic" if OmegaConf.select(cfg, "feedback.llm.model") == TINY else "llm"
+    return resolve_kind(str(cfg.feedback.annotator), OmegaConf.select(cfg, "feedback.llm.model"))
 
 
 def unused_keys(cfg: DictConfig) -> tuple[str, ...]:
     """The settings of the annotator not used (:func:`annotator_kind`) decide nothing."""
     if annotator_kind(cfg) == "heuristic":
-        return ("feedback.llm", "feedback.rating_template", "feedback.ranking_template")
+        return (
+            "feedback.llm",
+            "feedback.rating_template",
+            "feedback.ranking_template",
+            "feedback.rating_line",
+        )
     return ("feedback.heuristic",)
 
 
@@ -187,6 +193,7 @@ def build_annotator(cfg: DictConfig) -> Annotator:
         llms.build(cfg, "feedback.llm"),
         str(section.rating_template),
         str(section.ranking_template),
+        str(section.rating_line),
     )
 
 

@@ -10,8 +10,12 @@ that protocol), so one command runs the whole study. For each N of ``feedback_ev
 pick is the best-scoring of the first N candidates of ``candidates.jsonl`` (the candidates are
 independent samples, so the first N are a best-of-N draw of their own).
 
-Each pick is compared with a reference answer to the same prompt: the file
-``feedback_eval.reference`` names (instruction + output rows, matched by instruction), else the
+Each pick is compared with a reference answer to the same prompt: with
+``feedback_eval.reference=alpaca_eval_davinci003``, text-davinci-003's answer from AlpacaEval
+(``feedback_eval.alpaca_eval``: the hub dataset or a local copy), matched by instruction (the
+study's evaluation: sample ``generate.prompts=alpaca_eval_unseen``, the instructions of
+``dataset=sparse_feedback`` unseen in training); else the file ``feedback_eval.reference``
+names (instruction + output rows, matched by instruction), else the
 generate artifact's ``reference.jsonl`` when it has one (``generate.reference`` set), else the
 prompt's first candidate, an unselected sample of the same policy (best-of-1 against it then
 scores about 0.5).
@@ -49,6 +53,33 @@ from autorule.stages import feedback
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("ratings", "rankings")
+# feedback_eval.reference naming AlpacaEval's reference answers (text-davinci-003's).
+ALPACA_DAVINCI = "alpaca_eval_davinci003"
+
+
+def alpaca_location(cfg: DictConfig) -> tuple[str, str | None]:
+    """Where AlpacaEval is read (a hub id or a local folder holding alpaca_eval.json), and the
+    hub revision."""
+    section = cfg.feedback_eval.alpaca_eval
+    return str(section.path or section.hub_id), section.get("revision")
+
+
+def reference_answers(cfg: DictConfig) -> tuple[str, dict[str, str]] | None:
+    """(where, answers by instruction) of ``feedback_eval.reference``; None when it is null."""
+    reference = cfg.feedback_eval.reference
+    if reference is None:
+        return None
+    if str(reference) == ALPACA_DAVINCI:
+        from autorule.data.sources import read_source
+
+        where, revision = alpaca_location(cfg)
+        rows = read_source("alpaca_eval", where, revision)
+        return ALPACA_DAVINCI, dict(zip(rows["prompt"], rows["reference"], strict=True))
+    from autorule.evaluation.prompt_sets import reference_answers as from_file
+
+    return str(reference), from_file(str(reference), "feedback_eval.reference")
+
+
 WIN_RATES, REPORT, PLOT = "win_rates.json", "report.md", "win_rate_vs_n.png"
 
 
@@ -67,7 +98,11 @@ def fingerprint(cfg: DictConfig) -> dict[str, str | None]:
         p: config_hash(with_protocol(cfg, p), "generate") for p in PROTOCOLS
     }
     reference = cfg.feedback_eval.reference
-    if reference is not None:
+    if reference is not None and str(reference) == ALPACA_DAVINCI:
+        from autorule.data.fingerprints import dataset_source
+
+        found["reference"] = dataset_source(*alpaca_location(cfg))
+    elif reference is not None:
         from autorule.core.hashing import file_sha256
 
         path = Path(str(reference)).expanduser()
@@ -85,9 +120,11 @@ SPEC = StageSpec(
         "feedback.llm",
         "feedback.rating_template",
         "feedback.ranking_template",
+        "feedback.rating_line",
     ),
     llm_roles=("feedback.llm",),
-    ignore=("feedback_eval.max_failed_calls",),
+    # Where AlpacaEval is read: the fingerprint (content or hub id and revision) stands in.
+    ignore=("feedback_eval.max_failed_calls", "feedback_eval.alpaca_eval"),
     ignore_when=lambda cfg: feedback.unused_keys(cfg),
     fingerprint=fingerprint,
 )
@@ -108,10 +145,15 @@ def check(cfg: DictConfig) -> None:
     for n in values:
         check_number(n, "feedback_eval.n_values[]", low=1)
     check_number(section.max_failed_calls, "feedback_eval.max_failed_calls", low=0)
-    if section.reference is not None and not Path(str(section.reference)).expanduser().is_file():
+    reference = section.reference
+    if (
+        reference is not None
+        and str(reference) != ALPACA_DAVINCI
+        and not Path(str(reference)).expanduser().is_file()
+    ):
         raise ConfigError(
-            f"feedback_eval.reference={section.reference} is not a file: name a JSON, JSONL or "
-            "parquet file of instructions and reference answers, or null"
+            f"feedback_eval.reference={reference} is not a file: name a JSON, JSONL or "
+            f"parquet file of instructions and reference answers, {ALPACA_DAVINCI}, or null"
         )
     feedback.check(cfg)  # the annotator's settings, as the feedback stage checks them
 
@@ -164,7 +206,11 @@ def picks_and_references(
                 "the same prompts (generate.prompts) the reference file answers"
             )
         references = [by_instruction[q] for q in instructions]
-        source = Path(file).name
+        source = (
+            f"{file} ({len(instructions)} instructions matched)"
+            if file == ALPACA_DAVINCI
+            else Path(file).name
+        )
     elif (folder / REFERENCE).is_file():
         reference = {r["id"]: str(r["responses"][0]) for r in read_jsonl(folder / REFERENCE)}
         references = [reference[r["id"]] for r in rows]
@@ -213,12 +259,7 @@ def run(cfg: DictConfig) -> Path:
         if job.done:
             return job.path
         consistency_md = (job.input("feedback") / "consistency.md").read_text()
-        reference_file = None
-        if section.reference is not None:  # read once, for both protocols' picks
-            from autorule.evaluation.prompt_sets import reference_answers
-
-            file = str(section.reference)
-            reference_file = (file, reference_answers(file, "feedback_eval.reference"))
+        reference_file = reference_answers(cfg)  # read once, for both protocols' picks
         data, accuracies, pair_counts = {}, {}, {}
         for protocol, pcfg in configs.items():
             folder = job.input_as(f"generate_{protocol}", "generate", pcfg)

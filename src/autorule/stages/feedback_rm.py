@@ -67,7 +67,9 @@ SPEC = StageSpec(
         "model.tiny",
         "model.pad_token",
     ),
-    ignore=runtime_keys("feedback_rm"),
+    # per_protocol only feeds the protocol's own num_train_epochs and global_batch_size
+    # (profile=paper), which are hashed: the other protocol's values decide nothing here.
+    ignore=runtime_keys("feedback_rm") + ("feedback_rm.per_protocol",),
     ignore_when=lambda cfg: lora.unused_keys(cfg, "feedback_rm"),
     trains=True,
     resumable=True,

@@ -24,7 +24,17 @@ rubric datapoints, every field written out: ``dataset=prometheus`` converts Feed
 (split ``dataset.split``; each instruction comes five times there, once per graded response, so
 exact duplicates are dropped and counted), ``dataset=addition`` generates the addition demo
 (``preprocess.addition``; nothing is read). The grpo stage trains on them with
-``grpo.rubric_dataset``.
+``grpo.rubric_dataset``. ``preprocess.rubric.dedupe=false`` keeps every Feedback-Collection row
+(the rubric recipe's data: each instruction five times).
+
+Instruction datasets (a ``dataset.sources`` section: ``dataset=ultrainteract``, ``dolly``,
+``self_instruct``, ``super_natural_instructions``, and the mixes ``cloud_prompts`` and
+``sparse_feedback``) are read for their instructions only, each source through its adapter of
+:mod:`autorule.data.sources`, and written as ``train.parquet`` (``prompt``, ``prompt_id``,
+``source``, ``formatted_prompt``; the first ``max_rows`` of each source, an instruction repeated
+across sources kept once). Each entry of ``dataset.heldout`` becomes ``<name>.parquet``: its
+instructions unseen in training (:func:`autorule.data.sources.unseen`), with the reference
+answer the source holds, and the count of each rule's drops in the manifest.
 
 Counts in the manifest: rows in and out per split and rows dropped per filter reason.
 
@@ -46,9 +56,10 @@ from omegaconf import DictConfig
 from autorule.core.artifacts import StageJob
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.stage import StageSpec
-from autorule.data import rubrics
+from autorule.data import rubrics, sources
 from autorule.data.filters import FilterSettings, filter_rows, format_prompt, mt_question_split
 from autorule.data.models import load_tokenizer
+from autorule.data.sources import Split
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +95,34 @@ _OWN_KEYS = {
     "uf": _UF_ONLY,
     "mt": _MT_ONLY,
     "addition": ("preprocess.addition",),
-    "prometheus": ("dataset.split",),
+    "prometheus": ("dataset.split", "preprocess.rubric"),
 }
+# Where a source of an instruction dataset is read: its fingerprint (content or hub id and
+# revision) identifies the data instead.
+_SOURCE_LOCATION = ("path", "hub_id", "revision")
 # Rubric datasets become JSONL, which the grpo stage reads with grpo.rubric_dataset.
 DATASETS = ("uf", "mt", *rubrics.RUBRIC_DATASETS)
 
 
+def is_instructions(cfg: DictConfig) -> bool:
+    """Whether the dataset is read for its instructions only (it has ``dataset.sources``)."""
+    return cfg.dataset.get("sources") is not None
+
+
 def ignored_for(cfg: DictConfig) -> tuple[str, ...]:
-    """The settings that only other datasets read (their own keys are kept)."""
+    """The settings that only other datasets read (their own keys are kept), and where each
+    source of an instruction dataset is read (its fingerprint stands in)."""
     own = set(_OWN_KEYS.get(cfg.dataset.name, ()))
+    if is_instructions(cfg):  # formatted_prompt is written in the plain template
+        own.add("preprocess.plain_template")
     others = (key for name, keys in _OWN_KEYS.items() if name != cfg.dataset.name for key in keys)
-    return tuple(dict.fromkeys(key for key in others if key not in own))
+    located = tuple(
+        f"dataset.{group}.{name}.{key}"
+        for group in ("sources", "heldout")
+        for name in (cfg.dataset.get(group) or {})
+        for key in _SOURCE_LOCATION
+    )
+    return tuple(dict.fromkeys(key for key in others if key not in own)) + located
 
 
 def _fingerprint(cfg: DictConfig):
@@ -129,12 +157,31 @@ def check(cfg: DictConfig) -> None:
     """Refuses settings that cannot work before any data is read."""
     check_paths(cfg)
     p = cfg.preprocess
+    if is_instructions(cfg):
+        known = sorted(sources.ADAPTERS)
+        for group in ("sources", "heldout"):
+            for name, section in (cfg.dataset.get(group) or {}).items():
+                adapter = section.get("adapter") or name
+                check_choice(adapter, f"dataset.{group}.{name}.adapter", known)
+                check_number(
+                    section.get("max_rows"), f"dataset.{group}.{name}.max_rows", low=1, none_ok=True
+                )
+                if sources.location(cfg.dataset, adapter, section) is None:
+                    raise ConfigError(
+                        f"dataset.{group}.{name}.path=null and {adapter} is not on the hub: "
+                        f"download {sources.ADAPTERS[adapter].file} into a folder and set "
+                        f"dataset.{group}.{name}.path to it"
+                    )
+        if not cfg.dataset.sources:
+            raise ConfigError(f"dataset={cfg.dataset.name}: dataset.sources names no source")
+        return
     check_choice(cfg.dataset.name, "dataset.name", DATASETS)
     if cfg.dataset.name == "addition":
         for key in ("num_train", "num_test", "max_operand"):
             check_number(p.addition[key], f"preprocess.addition.{key}", low=1)
     elif cfg.dataset.name == "prometheus":
-        pass  # the split is checked when it is read (datasets names the ones there are)
+        # the split is checked when it is read (datasets names the ones there are)
+        check_choice(p.rubric.format, "preprocess.rubric.format", rubrics.PROMETHEUS_FORMATS)
     elif cfg.dataset.name == "uf":
         check_number(p.filter.max_tokens, "preprocess.filter.max_tokens", low=1)
         check_number(p.test_subset_size, "preprocess.test_subset_size", low=1)
@@ -167,7 +214,8 @@ def run(cfg: DictConfig) -> Path:
             "addition": _addition,
             "prometheus": _prometheus,
         }
-        counts = builders[cfg.dataset.name](cfg, job.workdir)
+        build = _instructions if is_instructions(cfg) else builders[cfg.dataset.name]
+        counts = build(cfg, job.workdir)
         return job.commit(counts)
 
 
@@ -175,69 +223,11 @@ def run(cfg: DictConfig) -> Path:
 # Loading
 
 
-class Split:
-    """One split as read: its rows, and the files they came from (local folders only)."""
-
-    def __init__(self, name: str, source: str, df: pd.DataFrame, files: list[str]):
-        self.name, self.source, self.df, self.files = name, source, df, files
-
-    def __str__(self) -> str:
-        files = f" (file {', '.join(self.files)})" if self.files else ""
-        return f"split {self.name} of {self.source}{files}"
-
-    def row(self, index: int) -> str:
-        """Where row ``index`` of the split lives: its file and its row within that file."""
-        import pyarrow.parquet as pq
-
-        start = 0
-        for file in self.files:
-            try:
-                rows = pq.ParquetFile(file).metadata.num_rows
-            except Exception:  # noqa: BLE001 - not parquet: name the split's row only
-                break
-            if index < start + rows:
-                return f"row {index - start} of file {file} (row {index} of split {self.name})"
-            start += rows
-        return f"row {index} of {self}"
-
-
 def _load_split(cfg: DictConfig, split: str) -> Split:
-    """One split of ``dataset.path``, with a clear error when it is not there.
-
-    A local folder's split is read from its own files only: given the whole folder, ``datasets``
-    casts every split to the first one's columns and fails inside its builder
-    (``DatasetGenerationError``) when one split's columns differ.
-    """
-    import datasets
-
-    path = str(cfg.dataset.path)
-    files: list[str] = []
-    try:
-        if Path(path).expanduser().is_dir():
-            builder = datasets.load_dataset_builder(path)
-            found = builder.config.data_files or {}
-            if split not in found:
-                raise ValueError(f"available splits: {sorted(found)}")
-            files = [str(f) for f in found[split]]
-            ds = datasets.load_dataset(path, data_files={split: files}, split=split)
-        else:
-            ds = datasets.load_dataset(path, split=split, revision=cfg.dataset.revision)
-    except ValueError as err:  # datasets names the available splits in its message
-        raise ValueError(
-            f"dataset.path={path} has no split {split!r} "
-            f"(key preprocess.splits / dataset.split): {err}"
-        ) from err
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f"dataset.path={path} could not be loaded: {err}. Give a hub id or a local folder "
-            "laid out like the hub repository (data/<split>-00000-of-00001.parquet)"
-        ) from err
-    except datasets.exceptions.DatasetGenerationError as err:
-        raise ValueError(
-            f"split {split} of dataset.path={path} (files {files or 'from the hub'}) could not "
-            f"be read: {err.__cause__ or err}"
-        ) from err
-    return Split(split, path, ds.to_pandas(), files)
+    """One split of ``dataset.path`` (:func:`autorule.data.sources.load_split`)."""
+    return sources.load_split(
+        str(cfg.dataset.path), split, cfg.dataset.revision, "preprocess.splits / dataset.split"
+    )
 
 
 def _require_columns(split: Split, columns) -> None:
@@ -439,12 +429,17 @@ def _addition(cfg: DictConfig, out: Path) -> dict[str, int]:
 
 
 def _prometheus(cfg: DictConfig, out: Path) -> dict[str, int]:
-    """Feedback-Collection's rows as rubric datapoints, exact duplicates dropped."""
+    """Feedback-Collection's rows as rubric datapoints, exact duplicates dropped unless
+    ``preprocess.rubric.dedupe=false`` (the recipe keeps every row)."""
     split = str(cfg.dataset.split)
+    settings = cfg.preprocess.rubric
     data = _load_split(cfg, split)
     _require_columns(data, rubrics.PROMETHEUS_COLUMNS)
-    converted = [rubrics.prometheus_datapoint(row) for row in data.df.to_dict("records")]
-    kept = rubrics.dedupe(converted)
+    converted = [
+        rubrics.prometheus_datapoint(row, str(settings.format))
+        for row in data.df.to_dict("records")
+    ]
+    kept = rubrics.dedupe(converted) if settings.dedupe else converted
     log.info(
         "[preprocess] prometheus %s: %d datapoints from %d rows (%d duplicates dropped)",
         split,
@@ -457,3 +452,62 @@ def _prometheus(cfg: DictConfig, out: Path) -> dict[str, int]:
         f"{split}_dropped_duplicate": len(converted) - len(kept),
         f"{split}_rows": rubrics.write_jsonl(out / f"{split}.jsonl", kept),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Instruction datasets
+
+
+def _instructions(cfg: DictConfig, out: Path) -> dict[str, int]:
+    """The training instructions of every source of ``dataset.sources`` in ``train.parquet``;
+    each ``dataset.heldout`` entry's instructions unseen in them in ``<name>.parquet``."""
+    dataset = cfg.dataset
+    counts: dict[str, int] = {}
+    parts = []
+    for name, section in dataset.sources.items():
+        rows = sources.read_source(
+            name,
+            sources.location(dataset, name, section),
+            section.get("revision"),
+            section.get("max_rows"),
+        )
+        counts[f"{name}_rows"] = len(rows)
+        parts.append(rows)
+    train, duplicates = sources.drop_duplicates(pd.concat(parts, ignore_index=True))
+    train["formatted_prompt"] = [
+        format_prompt(p, str(cfg.preprocess.plain_template)) for p in train["prompt"]
+    ]
+    train.to_parquet(out / "train.parquet", index=False)
+    counts.update(train_rows=len(train), train_dropped_duplicate=duplicates)
+    log.info("[preprocess] %s: %d instructions (%s)", dataset.name, len(train), counts)
+    for name, section in (dataset.get("heldout") or {}).items():
+        adapter = str(section.get("adapter") or name)
+        rows = sources.read_source(
+            adapter,
+            sources.location(dataset, adapter, section),
+            section.get("revision"),
+            section.get("max_rows"),
+        )
+        kept = sources.unseen(
+            rows, train["prompt"].tolist(), list(section.get("drop_datasets") or [])
+        )
+        kept.rows.to_parquet(out / f"{name}.parquet", index=False)
+        counts.update(
+            {
+                f"{name}_rows_in": len(rows),
+                f"{name}_dropped_training_dataset": kept.dropped_dataset,
+                f"{name}_dropped_training_instruction": kept.dropped_instruction,
+                f"{name}_rows": len(kept.rows),
+            }
+        )
+        log.info(
+            "[preprocess] %s: %d of %d instructions unseen in training (%d dropped as a training "
+            "subset %s, %d as a training instruction)",
+            name,
+            len(kept.rows),
+            len(rows),
+            kept.dropped_dataset,
+            list(section.get("drop_datasets") or []),
+            kept.dropped_instruction,
+        )
+    return counts

@@ -215,7 +215,7 @@ def usage_by_stage(evaluated: Path) -> list[tuple[str, str, dict]]:
         for role, record in sorted((manifest.get("llm_usage") or {}).items()):
             rows.append((str(manifest.get("stage", folder.parent.name)), role, record))
         queue += [Path(v["path"]) for v in (manifest.get("inputs") or {}).values()]
-    order = ["extract", "critiques", "feedback", "grpo", "generate", "evaluate"]
+    order = ["extract", "oracle", "critiques", "feedback", "grpo", "generate", "evaluate"]
     return sorted(rows, key=lambda r: (order.index(r[0]) if r[0] in order else len(order), r))
 
 

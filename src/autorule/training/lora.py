@@ -45,14 +45,22 @@ def check(section: Mapping[str, Any], stage: str) -> None:
 def unused_keys(cfg: Any, stage: str) -> tuple[str, ...]:
     """The LoRA keys that do not decide the output under ``cfg`` (alpha, when no adapter trains):
     left out of the stage's hash."""
-    return (f"{stage}.lora_alpha",) if cfg[stage].get("lora_rank") is None else ()
+    if cfg[stage].get("lora_rank") is None:
+        return tuple(
+            f"{stage}.{key}"
+            for key in ("lora_alpha", "lora_target_modules", "lora_dropout")
+            if key in cfg[stage]
+        )
+    return ()
 
 
 def describe(section: Mapping[str, Any]) -> list[str]:
     """The dry run's line on LoRA (none for full fine-tuning)."""
     if section["lora_rank"] is None:
         return []
-    return [f"LoRA: rank {section['lora_rank']}, alpha {section['lora_alpha']}, all linear layers"]
+    targets = section.get("lora_target_modules") or "all-linear"
+    where = "all linear layers" if targets == "all-linear" else ", ".join(targets)
+    return [f"LoRA: rank {section['lora_rank']}, alpha {section['lora_alpha']}, {where}"]
 
 
 def lora_config(section: Mapping[str, Any], task_type: str):
@@ -63,13 +71,17 @@ def lora_config(section: Mapping[str, Any], task_type: str):
         return None
     from peft import LoraConfig
 
-    # Every linear layer, attention and MLP alike, as the rubric recipe's LoRA (Thinking
-    # Machines' "LoRA Without Regret" finds MLP adapters matter most). peft leaves the output
-    # layer out: the LM head of CAUSAL_LM, the score head of SEQ_CLS (trained whole instead).
+    # By default every linear layer, attention and MLP alike, as the rubric recipe's LoRA
+    # (Thinking Machines' "LoRA Without Regret" finds MLP adapters matter most); a section may
+    # name its own modules (lora_target_modules: the released ratings-vs-rankings reward models
+    # adapt q_proj and v_proj only). peft leaves the output layer out: the LM head of CAUSAL_LM,
+    # the score head of SEQ_CLS (trained whole instead).
+    targets = section.get("lora_target_modules") or "all-linear"
     return LoraConfig(
         r=int(section["lora_rank"]),
         lora_alpha=float(section["lora_alpha"]),
-        target_modules="all-linear",
+        lora_dropout=float(section.get("lora_dropout") or 0.0),
+        target_modules=targets if isinstance(targets, str) else [str(t) for t in targets],
         task_type=task_type,
     )
 

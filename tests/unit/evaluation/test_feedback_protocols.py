@@ -131,3 +131,24 @@ def test_two_by_two_win_rates_from_literal_scores():
     assert result["rankings"]["ratings"]["1"]["rate"] == 0.0
     assert result["rankings"]["ratings"]["1"]["low"] == result["rankings"]["ratings"]["1"]["high"]
     assert result["rankings"]["rankings"]["1"]["rate"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(
+    ("answer", "rating"),
+    [
+        ("6\nAccurate and clear, nothing unsafe.", 6),  # the released study's layout
+        ("**5**\nClear enough.", 5),
+        ("Rating: 4\nSome slips.", 4),
+        ("Accurate and clear.\n6", None),  # the rating must be the first line
+        ("9\nOff the scale.", None),
+        ("six\nWritten out.", None),
+        ("", None),
+    ],
+)
+def test_rating_parser_on_the_first_line(answer, rating):
+    assert fb.parse_rating(answer, "first") == rating
+
+
+def test_rating_parser_refuses_an_unknown_line():
+    with pytest.raises(ValueError, match="feedback.rating_line"):
+        fb.parse_rating("5", "middle")

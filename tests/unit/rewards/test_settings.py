@@ -20,7 +20,7 @@ BACKENDS = ("hf", "openai", "bedrock", "vllm")
 DEFAULT = BACKENDS[0]  # the tiny profile's
 # Use every role, so each one's check runs (the feedback annotator is the heuristic stand-in
 # on the tiny profile otherwise).
-USE_ROLES = ("feedback.annotator=llm", "evaluate.win_rate=true")
+USE_ROLES = ("feedback.annotator=llm", "oracle.annotator=llm", "evaluate.win_rate=true")
 # Numeric keys whose default is null, which the walk over values cannot see.
 NULL_BY_DEFAULT = (
     "grpo.max_prompts",

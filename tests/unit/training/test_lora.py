@@ -97,7 +97,17 @@ def test_feedback_rm_dry_run_names_the_adapter(tmp_path, capsys):
     cfg = compose(["stage=feedback_rm", f"paths.root={tmp_path}", "dry_run=true", "profile=paper"])
     feedback_rm.run(cfg)
     out = capsys.readouterr().out
-    # The paper profile: LoRA at Bansal et al.'s lr 1e-4 (rank and alpha ours).
-    assert "\n  LoRA: rank 8, alpha 16, all linear layers\n" in out
+    # The paper profile: the released reward models' LoRA (rank 32, alpha 16, q and v) at 1e-4.
+    assert "\n  LoRA: rank 32, alpha 16, q_proj, v_proj\n" in out
     assert "learning_rate=0.0001" in out
     assert not any(tmp_path.iterdir()), "a dry run must not write anything"
+
+
+def test_named_target_modules_and_dropout_reach_peft():
+    config = lora.lora_config(
+        {**section(32, 16), "lora_target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.05},
+        "SEQ_CLS",
+    )
+    assert set(config.target_modules) == {"q_proj", "v_proj"} and config.lora_dropout == 0.05
+    described = lora.describe({**section(32, 16), "lora_target_modules": ["q_proj", "v_proj"]})
+    assert described == ["LoRA: rank 32, alpha 16, q_proj, v_proj"]
