@@ -83,7 +83,7 @@ def render(cfg: DictConfig, evaluated: Path, workdir: Path) -> str:
 
     lines = [f"# {section.title}", ""]
     lines += run_section(metrics, evaluated)
-    lines += usage_section(usage_by_stage(evaluated))
+    lines += usage_section(usage_by_stage(evaluated), cfg)
 
     # ---- win rate
     lines += ["## Win rate over the reference", ""]
@@ -219,8 +219,12 @@ def usage_by_stage(evaluated: Path) -> list[tuple[str, str, dict]]:
     return sorted(rows, key=lambda r: (order.index(r[0]) if r[0] in order else len(order), r))
 
 
-def usage_section(rows: list[tuple[str, str, dict]]) -> list[str]:
-    """The table of what each stage's LLM roles cost: calls, tokens, latency, an estimate."""
+def usage_section(rows: list[tuple[str, str, dict]], cfg: DictConfig | None = None) -> list[str]:
+    """The table of what each stage's LLM roles cost: calls, tokens, latency, an estimate. A
+    record made without a price is priced with the role's ``price`` in ``cfg`` (a price is
+    bookkeeping, so setting it later moves no artifact)."""
+    from omegaconf import OmegaConf
+
     lines = ["## LLM calls and cost", ""]
     if not rows:
         return lines + ["No stage of this run called an LLM role.", ""]
@@ -239,6 +243,13 @@ def usage_section(rows: list[tuple[str, str, dict]]) -> list[str]:
             return f"{value}" + (f" (+{unknown} calls unknown)" if unknown else "")
 
         cost = r.get("cost_usd")
+        price = OmegaConf.select(cfg, f"{role}.price") if cfg is not None else None
+        if cost is None and price and not unknown and r.get("input_tokens") is not None:
+            if price.get("input") is not None and price.get("output") is not None:
+                cost = (
+                    r["input_tokens"] * float(price["input"])
+                    + r["output_tokens"] * float(price["output"])
+                ) / 1e6
         lines.append(
             f"| {stage} | `{role}` | {r.get('calls')} | {r.get('cache_hits')} | "
             f"{r.get('failed_calls')} | {r.get('empty_answers', 0)} | {tokens('input_tokens')} | "
