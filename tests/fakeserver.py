@@ -53,7 +53,7 @@ class FakeRequest:
 
     protocol: str  # "bedrock" or "openai"
     model: str
-    prompt: str  # the text of the last user message
+    prompt: str  # the last user message's text (a final assistant message: the reply's opening)
     body: dict[str, Any]
     number: int  # 1-based count of requests received so far (this one included)
     headers: dict[str, str] = field(default_factory=dict)  # names lower-cased: "authorization"
@@ -91,11 +91,11 @@ class FakeReply:
 class ScriptedJudge:
     """A rule judge that says yes exactly for the (response, rule) pairs in ``yes``.
 
-    It finds the pair in the prompt: the rule is the end of the prompt (the judge puts it last)
-    and the response is the one of ``responses`` found in it (use distinctive texts). Requests
-    with ``logprobs`` get "Yes" with probability ``p_yes`` (or ``1 - p_yes`` for a no) among
-    their top alternatives; the others get a short reason ending in ``[[Yes]]``/``[[No]]``.
-    ``replies`` overrides the answer for given pairs (garbled verdicts, missing choices).
+    It finds the pair in the prompt: the longest of ``rules`` and the one of ``responses`` found
+    in it (use distinctive texts). Requests with ``logprobs`` get "Yes" with probability
+    ``p_yes`` (or ``1 - p_yes`` for a no) among their top alternatives; the others get a short
+    reason ending in ``[[Yes]]``/``[[No]]``. ``replies`` overrides the answer for given pairs
+    (garbled verdicts, missing choices).
     """
 
     def __init__(
@@ -110,8 +110,8 @@ class ScriptedJudge:
         self.yes, self.p_yes, self.replies = set(yes), p_yes, dict(replies or {})
 
     def pair(self, prompt: str) -> tuple[str, str]:
-        rule = next(r for r in self.rules if prompt.rstrip().endswith(r))
-        response = next(r for r in self.responses if r in prompt)
+        rule = max((r for r in self.rules if r in prompt), key=len)
+        response = max((r for r in self.responses if r in prompt), key=len)
         return response, rule
 
     def __call__(self, request: FakeRequest) -> FakeReply:
@@ -194,7 +194,8 @@ class FakeLLMServer:
         self, protocol: str, model: str, body: dict, headers: dict[str, str]
     ) -> FakeRequest:
         messages = body.get("messages", [])
-        last = messages[-1] if messages else {}
+        users = [m for m in messages if m.get("role") == "user"]
+        last = users[-1] if users else (messages[-1] if messages else {})
         content = last.get("content", "")
         if isinstance(content, list):  # Bedrock: a list of content blocks
             content = "".join(block.get("text", "") for block in content)

@@ -68,3 +68,14 @@ def test_every_fidelity_row_is_filled_in_and_names_tests_that_exist():
             source = REPO_ROOT / path
             assert source.is_file(), f"{point}: {path} does not exist"
             assert re.search(rf"^def {name}\(", source.read_text(), re.M), f"{point}: {name}"
+
+
+def test_paper_profile_runs_the_released_judge(make_cfg):
+    cfg = make_cfg("experiment=autorule_uf")
+    judge = cfg.judge
+    assert judge.prompts == OmegaConf.load(CONF_DIR / "prompts" / "judge" / "paper.yaml")
+    assert (judge.truncation, judge.max_input_tokens, judge.parse) == ("released", 1024, "contains")
+    assert judge.mode == "generate" and judge.llm.temperature == 0.0
+    assert judge.llm.max_tokens == 1024 and judge.llm.model.endswith("Meta-Llama-3-8B-Instruct")
+    assert (cfg.rewards.rules.offset, cfg.rewards.rules.scale) == (0.75, 10.0)
+    assert cfg.evaluate.protocol == "leaderboard"

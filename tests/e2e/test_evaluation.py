@@ -144,6 +144,44 @@ def test_win_rate_from_the_test_server(judged):
     assert judgments[0]["answer_model_as_a"] == UNREADABLE and judgments[0]["score"] is None
 
 
+def rank_longer(request):
+    """The leaderboard judge: ranks the longer output first, as a list; answers the first
+    prompt with a malformed list."""
+    text = request.prompt
+    a = text.split("[Output of assistant A]\n", 1)[1].split("\n\n[Output of assistant B]", 1)[0]
+    b = text.split("[Output of assistant B]\n", 1)[1].split("\n\nReply with", 1)[0]
+    if "What are good tips for reducing stress?" in text:
+        return FakeReply(text='[{"model": "A", "rank": 1}, {"model": "A", "rank": 2}]')
+    first, second = ("A", "B") if len(a) >= len(b) else ("B", "A")
+    return FakeReply(
+        text=f"[{{'model': '{first}', 'rank': 1}}, {{'model': '{second}', 'rank': 2}}]"
+    )
+
+
+def test_leaderboard_protocol_ranks_both_orders(judged):
+    with FakeLLMServer(reply=rank_longer) as server:
+        cfg = compose(
+            [
+                "stage=evaluate",
+                *judged["overrides"],
+                "evaluate.protocol=leaderboard",
+                "evaluate.rm_score=false",
+                "evaluate.rule_agreement=false",
+                "llm@evaluate.judge=openai",
+                f"evaluate.judge.base_url={server.url}/v1",
+                "evaluate.judge.model=fake-judge",
+                "evaluate.judge.progress=false",
+            ]
+        )
+        folder = evaluate.run(cfg)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["win_rate_protocol"] == "leaderboard"
+    baseline = json.loads((judged["paths"]["evaluate"] / "metrics.json").read_text())
+    rate, same = metrics["win_rate"], baseline["win_rate"]  # both judges prefer the longer one
+    assert rate["unparsed_answers"] == 2 and rate["unparsed_pairs"] == 1 and rate["scored"] == 4
+    assert rate["rate"] == pytest.approx(same["rate"]) and rate["ties"] == same["ties"]
+
+
 def test_rule_agreement_and_pruned_rules(judged):
     folder = judged["paths"]["evaluate"]
     found = json.loads((folder / "rule_agreement.json").read_text())

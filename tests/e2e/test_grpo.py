@@ -80,6 +80,7 @@ def test_the_rules_reward_rises_when_the_judge_rewards_something_learnable(train
                 "llm@judge.llm=openai",
                 f"judge.llm.base_url={server.url}/v1",
                 "judge.llm.model=scripted-judge",
+                "judge.tokenizer=tiny",  # checks the verdict tokens at start
                 "judge.llm.progress=false",
                 "judge.mode=logprob",
             ]

@@ -122,8 +122,12 @@ def rules_file_record(cfg: DictConfig, spec: StageSpec) -> dict[str, str] | None
 
 def config_hash(cfg: DictConfig, stage: str) -> str:
     """Hash of everything that decides ``stage``'s output, upstream stages included."""
+    return _config_hash(cfg, stage, rules_file_record(cfg, get_spec(stage, cfg)))
+
+
+def _config_hash(cfg: DictConfig, stage: str, rules_file: dict[str, str] | None) -> str:
+    """:func:`config_hash` with the stage's rule file already hashed (``rules_file``)."""
     spec = get_spec(stage, cfg)
-    rules_file = rules_file_record(cfg, spec)
     return digest(
         {
             "stage": stage,
@@ -405,7 +409,10 @@ class StageJob:
     def __init__(self, cfg: DictConfig, stage: str):
         self.cfg, self.stage = cfg, stage
         self.spec: StageSpec = get_spec(stage, cfg)
-        self.config_hash = config_hash(cfg, stage)
+        # The rule file is hashed once, here: the config hash and the manifest both record this
+        # hash, even when the file is edited while the stage runs.
+        self._rules_file = rules_file_record(cfg, self.spec)
+        self.config_hash = _config_hash(cfg, stage, self._rules_file)
         self.path = artifact_path(cfg, stage)
         self.workdir = work_path(self.path)
         self._inputs: dict[str, dict[str, str]] = {}
@@ -481,9 +488,8 @@ class StageJob:
     def rules_origin(self) -> dict[str, str]:
         """Where this stage's rules come from: the rule file with its content hash, or the
         extract artifact it reads (path and content hash, as for any input)."""
-        record = rules_file_record(self.cfg, self.spec)
-        if record is not None:
-            return {"from": "file", **record}
+        if self._rules_file is not None:
+            return {"from": "file", **self._rules_file}
         folder = artifact_path(self.spec.config_for_input(self.cfg, RULES_STAGE), RULES_STAGE)
         manifest = read_manifest(folder) or {}
         return {"from": RULES_STAGE, "path": str(folder), "hash": manifest.get("artifact_hash")}

@@ -123,6 +123,9 @@ RENAMED_OVERRIDES = {
     "llm": "each stage has its own LLM role now: llm@extract.llm=<backend> picks the extract "
     "stage's backend and extract.llm.<key>=... sets its keys (e.g. extract.llm.base_url=...)",
     "extract.source": "extract.source is now extract.rules_from (reasoning|explanation)",
+    # conf/prompts/ holds the extract stage's sets; the judge's are a group of their own.
+    "prompts@judge.prompts": "the rule judge's prompt sets are the group prompts/judge: "
+    "prompts/judge@judge.prompts=detailed|paper",
 }
 
 

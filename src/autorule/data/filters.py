@@ -105,8 +105,8 @@ def mt_question_split(
 
     Questions ``first..last`` form category blocks of ``block``; the first ``train_per_block`` of
     each block train and the rest test (81-85 train, 86-90 test, ...). ``first_question_only``
-    reproduces the range bug of AutoRule's released code, where only the first question of each
-    block reached the training set; the test questions are the same either way.
+    reproduces the range bug of AutoRule's released code, whose question ranges keep only their
+    first question: 8 training questions (81, 91, ... 151) and 8 test questions (86, 96, ... 156).
     """
     if not 0 < train_per_block < block:
         raise ValueError(
@@ -116,7 +116,7 @@ def mt_question_split(
     for start in range(first, last + 1, block):
         ids = list(range(start, min(start + block, last + 1)))
         train += ids[:1] if first_question_only else ids[:train_per_block]
-        test += ids[train_per_block:]
+        test += ids[train_per_block:][:1] if first_question_only else ids[train_per_block:]
     return train, test
 
 

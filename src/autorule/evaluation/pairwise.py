@@ -23,7 +23,7 @@ import ast
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
@@ -59,15 +59,23 @@ def parse_preference(answer: str) -> tuple[str | None, str]:
     if match:
         return match.group(1).upper(), "line"
     for candidate in (_FENCE.sub("", text).strip(), lines[-1].strip()):
-        for method, load in (("json", json.loads), ("literal", ast.literal_eval)):
-            try:
-                value = load(candidate)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                continue
-            letter = _choice(value)
-            if letter is not None:
-                return letter, method
+        read = read_data(candidate)
+        letter = _choice(read[0]) if read else None
+        if letter is not None:
+            return letter, read[1]
     return None, ""
+
+
+def read_data(candidate: str) -> tuple[Any, str] | None:
+    """``(value, "json" | "literal")``: ``candidate`` read as JSON, else as a Python literal
+    (``ast.literal_eval`` builds literals and rejects calls, names and attributes: nothing is
+    ever run); None when neither reads it."""
+    for method, load in (("json", json.loads), ("literal", ast.literal_eval)):
+        try:
+            return load(candidate), method
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return None
 
 
 def _choice(value: Any) -> str | None:
@@ -105,17 +113,24 @@ class PairVerdict:
         return missing - self.failed
 
 
+# Reads the preferred letter out of an answer: ``(letter or None, method)``.
+Parser = Callable[[str], tuple[str | None, str]]
+
+
 def verdicts_from_answers(
-    answers_x_as_a: Sequence[str | None], answers_x_as_b: Sequence[str | None]
+    answers_x_as_a: Sequence[str | None],
+    answers_x_as_b: Sequence[str | None],
+    parse: Parser = parse_preference,
 ) -> list[PairVerdict]:
-    """Pairs' verdicts from the judge's two answers on each (None = the call failed)."""
+    """Pairs' verdicts from the judge's two answers on each (None = the call failed), read with
+    ``parse`` (the protocol's parser)."""
     out = []
     for first, second in zip(answers_x_as_a, answers_x_as_b, strict=True):
         failed = (first is None) + (second is None)
         out.append(
             PairVerdict(
-                parse_preference(first)[0] if first is not None else None,
-                parse_preference(second)[0] if second is not None else None,
+                parse(first)[0] if first is not None else None,
+                parse(second)[0] if second is not None else None,
                 failed,
             )
         )
@@ -190,13 +205,17 @@ def win_rate(verdicts: Sequence[PairVerdict]) -> WinRate:
 
 
 def pairwise_request(
-    template: str, instruction: str, response_a: str, response_b: str
+    template: str,
+    instruction: str,
+    response_a: str,
+    response_b: str,
+    where: str = "evaluate.pairwise.template",
 ) -> list[dict[str, str]]:
-    """The judge's request for one order (``template``: ``evaluate.pairwise.template``)."""
+    """The judge's request for one order (``template``: the protocol's, named by ``where``)."""
     return user(
         fill(
             template,
-            "evaluate.pairwise.template",
+            where,
             instruction=instruction,
             response_a=response_a,
             response_b=response_b,
@@ -220,12 +239,15 @@ def judge_pairs(
     responses_x: Sequence[str],
     responses_y: Sequence[str],
     desc: str = "judge: pairs",
+    parse: Parser = parse_preference,
+    where: str = "evaluate.pairwise.template",
 ) -> list[PairJudgment]:
     """Asks ``llm`` (an :class:`autorule.llm.LLM`) to compare ``responses_x[i]`` with
     ``responses_y[i]`` for each instruction, in both orders; the verdicts are X's.
 
-    All 2n requests go to the LLM layer at once (concurrent for served judges, batched for local
-    ones, cached either way).
+    ``parse`` and ``template`` (named by ``where``) are the protocol's: this module's verdict
+    line, or :mod:`autorule.evaluation.leaderboard`'s ranking. All 2n requests go to the LLM
+    layer at once (concurrent for served judges, batched for local ones, cached either way).
     """
     n = len(instructions)
     if not n == len(responses_x) == len(responses_y):
@@ -233,13 +255,13 @@ def judge_pairs(
             f"{n} instructions, {len(responses_x)} and {len(responses_y)} responses: one each"
         )
     requests = [
-        pairwise_request(template, q, x, y)
+        pairwise_request(template, q, x, y, where)
         for q, x, y in zip(instructions, responses_x, responses_y, strict=True)
     ] + [
-        pairwise_request(template, q, y, x)
+        pairwise_request(template, q, y, x, where)
         for q, x, y in zip(instructions, responses_x, responses_y, strict=True)
     ]
     completions = llm.complete_all(requests, desc=desc)
     answers = [c.text if c.ok else None for c in completions]
-    verdicts = verdicts_from_answers(answers[:n], answers[n:])
+    verdicts = verdicts_from_answers(answers[:n], answers[n:], parse)
     return [PairJudgment(answers[i], answers[n + i], verdicts[i]) for i in range(n)]

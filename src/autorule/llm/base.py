@@ -747,20 +747,65 @@ class LocalLLM(LLM):
                 report(i, completion)
 
 
+def counts_for(token: str, choice: str) -> bool:
+    """The verdict-token rule, the same for served and local judges: a token read as the reply's
+    next token counts for a choice when its text, white space stripped, is a non-empty beginning
+    of the choice (``"Yes"``, ``" Yes"`` and ``"Y"`` all count for ``"Yes"``). A tokenizer that
+    spells "Yes" as one token and one that spells it "Y" + "es" are thus read alike."""
+    text = token.strip()
+    return bool(text) and choice.startswith(text)
+
+
+def check_choices(choices: Sequence[str]) -> None:
+    """Refuses choices that a token could count for together (:func:`counts_for`): two choices
+    must not begin with the same character."""
+    if len(choices) != 2 or any(not str(c).strip() for c in choices):
+        raise ValueError("the verdict needs two non-empty choices, satisfied first")
+    first = [str(c).strip()[0] for c in choices]
+    if first[0] == first[1]:
+        raise ValueError(
+            f"both choices begin with {first[0]!r}, so a token of the reply could count for both"
+        )
+
+
+def check_verdict_tokens(tokenizer, choices: Sequence[str], opening: str = "") -> None:
+    """Refuses choices a tokenizer cannot show as the next token after ``opening``: the token
+    that begins each choice there must count for it (:func:`counts_for`), not merge with the
+    opening (``"[[Yes"`` as one token would leave nothing to read after ``"[["``)."""
+    check_choices(choices)
+    start = tokenizer(opening, add_special_tokens=False)["input_ids"] if opening else []
+    for choice in choices:
+        ids = tokenizer(opening + choice, add_special_tokens=False)["input_ids"]
+        if ids[: len(start)] != start or len(ids) == len(start):
+            raise ValueError(f"{choice!r} merges with the opening {opening!r} into one token")
+        token = tokenizer.decode([ids[len(start)]])
+        if not counts_for(token, choice):
+            raise ValueError(
+                f"after {opening!r}, {choice!r} begins with the token {token!r}, which does not "
+                "count for it"
+            )
+
+
+def verdict_token_ids(tokenizer, choices: Sequence[str]) -> list[list[int]]:
+    """For each choice, the ids of every vocabulary token that counts for it (:func:`counts_for`):
+    a local judge adds up their probabilities as a served one adds up its listed tokens'."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return [[i for i, text in enumerate(texts) if counts_for(text, c)] for c in choices]
+
+
 def choice_logprobs(
     candidates: Sequence[tuple[str, float]], choices: Sequence[str]
 ) -> dict[str, float | None]:
     """Each choice's log-probability among a served model's top alternatives for one token.
 
-    ``candidates`` are ``(token text, log-probability)`` pairs. A token counts for a choice when it
-    equals the choice once surrounding white space is stripped (``"Yes"``, ``" Yes"``); several
-    such tokens add up. A choice with no such token gets None: its probability is below the
-    least likely alternative listed, and counts as 0.
+    ``candidates`` are ``(token text, log-probability)`` pairs. A token counts for a choice as
+    :func:`counts_for` says; several such tokens add up. A choice with no such token gets None:
+    its probability is below the least likely alternative listed, and counts as 0.
     """
     import math
 
     found: dict[str, float | None] = {}
     for choice in choices:
-        probs = [math.exp(lp) for token, lp in candidates if token.strip() == choice]
+        probs = [math.exp(lp) for token, lp in candidates if counts_for(token, choice)]
         found[choice] = math.log(sum(probs)) if probs and sum(probs) > 0 else None
     return found

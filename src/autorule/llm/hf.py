@@ -14,10 +14,13 @@ to float rounding.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from autorule.data.models import load_generator
-from autorule.llm.base import Completion, LocalLLM, Messages, Verdict
+from autorule.llm.base import Completion, LocalLLM, Messages, Verdict, verdict_token_ids
+
+log = logging.getLogger(__name__)
 
 
 class HFLLM(LocalLLM):
@@ -43,6 +46,7 @@ class HFLLM(LocalLLM):
         self.device, self.dtype = device, dtype
         self.max_input_tokens, self.seed = max_input_tokens, int(seed)
         self._model = self._tokenizer = None
+        self._verdict_ids: dict[tuple[str, ...], list[list[int]]] = {}
 
     @property
     def verdict_batch_size(self) -> int:
@@ -56,9 +60,15 @@ class HFLLM(LocalLLM):
         return self._model, self._tokenizer
 
     def _prompt(self, tokenizer, messages: Messages) -> str:
+        """The request as the model reads it; a final assistant message is continued (the
+        opening of the reply put in by the caller), not closed."""
         if tokenizer.chat_template:
+            continuing = messages[-1]["role"] == "assistant"
             return tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
+                messages,
+                tokenize=False,
+                add_generation_prompt=not continuing,
+                continue_final_message=continuing,
             )
         return "\n\n".join(m["content"] for m in messages)
 
@@ -108,6 +118,16 @@ class HFLLM(LocalLLM):
         context = getattr(model.config, "max_position_embeddings", None) or 4096
         return self.max_input_tokens or max(1, context - self.max_tokens)
 
+    def input_limit(self) -> int:
+        """Prompt tokens the model takes (read from its config, without loading the weights):
+        callers that must keep a prompt's start or end cut it to this themselves."""
+        if self._model is not None:
+            return self._input_limit(self._model)
+        from transformers import AutoConfig
+
+        context = getattr(AutoConfig.from_pretrained(self.model), "max_position_embeddings", None)
+        return self.max_input_tokens or max(1, (context or 4096) - self.max_tokens)
+
     def verdict_batch(self, batch: list[Messages], verdict: Verdict) -> list[Completion]:
         choices, _ = verdict  # the whole distribution is read: no top-k cut-off
         model, tokenizer = self._load()
@@ -115,33 +135,24 @@ class HFLLM(LocalLLM):
         # Cut from the left, as generate_batch does (callers that must keep the start of their
         # prompt, like the rule judge, shorten it themselves first).
         encoded = tokenizer([self._prompt(tokenizer, m) for m in batch], add_special_tokens=False)
+        over = sum(len(ids) > limit for ids in encoded["input_ids"])
+        if over:
+            log.warning("hf: %d prompt(s) over %d tokens lost their start", over, limit)
         sequences = [ids[-limit:] for ids in encoded["input_ids"]]
-        token_ids = choice_token_ids(tokenizer, choices)
+        if choices not in self._verdict_ids:
+            self._verdict_ids[choices] = verdict_token_ids(tokenizer, choices)
+        token_ids = self._verdict_ids[choices]
         logprobs = last_token_logprobs(model, sequences, tokenizer.pad_token_id)
         return [
             Completion(
-                choice_logprobs={c: float(row[t]) for c, t in zip(choices, token_ids, strict=True)},
-                input_tokens=len(ids),
+                choice_logprobs={
+                    c: float(row[ids].logsumexp(0)) if ids else None
+                    for c, ids in zip(choices, token_ids, strict=True)
+                },
+                input_tokens=len(sequence),
             )
-            for row, ids in zip(logprobs.tolist(), sequences, strict=True)
+            for row, sequence in zip(logprobs, sequences, strict=True)
         ]
-
-
-def choice_token_ids(tokenizer, choices: Sequence[str]) -> list[int]:
-    """The first token of each choice as the reply would start with it (no leading space).
-
-    Raises ValueError when two choices start with the same token: their probabilities could not
-    be told apart.
-    """
-    ids = []
-    for choice in choices:
-        encoded = tokenizer(choice, add_special_tokens=False)["input_ids"]
-        if not encoded:
-            raise ValueError(f"verdict choice {choice!r} encodes to no token")
-        ids.append(encoded[0])
-    if len(set(ids)) < len(ids):
-        raise ValueError(f"verdict choices {list(choices)} share a first token: {ids}")
-    return ids
 
 
 def group_by_prefix(sequences: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
@@ -177,99 +188,129 @@ def last_token_logprobs(
 
     With ``share_prefix``, consecutive sequences that share a prefix are grouped
     (:func:`group_by_prefix`) and each group's prefix runs once, into a KV cache (transformers'
-    ``DynamicCache``, one row per group). A second forward pass then runs every member's suffix
-    on top of it, the suffixes of a group packed side by side in the group's row: an attention
-    mask lets each suffix token see the prefix and the earlier tokens of its own suffix only, and
-    each suffix's positions continue from the end of the prefix. The prefix's keys and values are
-    thus neither recomputed nor copied per member. Without ``share_prefix``, every sequence runs
-    whole (left-padded, explicit positions). Either way only the logits that are read are
-    computed (``logits_to_keep``), and the result is what one unpadded forward pass per sequence
-    gives, up to float rounding.
+    ``DynamicCache``, one row per group): :func:`_prefix_cache`. A second forward pass then runs
+    every member's suffix on top of it, the suffixes of a group packed side by side in the
+    group's row (:func:`_packed_suffixes`): an attention mask lets each suffix token see the
+    prefix and the earlier tokens of its own suffix only, and each suffix's positions continue
+    from the end of the prefix. The prefix's keys and values are thus neither recomputed nor
+    copied per member. Without ``share_prefix``, every sequence runs whole (left-padded, explicit
+    positions): :func:`_whole_sequences`. Either way only the logits that are read are computed
+    (``logits_to_keep``), and the result is what one unpadded forward pass per sequence gives, up
+    to float rounding.
     """
-    import inspect
-
     import torch
-    from transformers import DynamicCache
 
-    parameters = inspect.signature(model.forward).parameters
-    # transformers renamed the forward argument past_key_values to cache (5.2x); the cache object
-    # is filled in place either way.
-    kwarg = "cache" if "cache" in parameters else "past_key_values"
-    can_keep = "logits_to_keep" in parameters
     if any(len(seq) == 0 for seq in sequences):
         raise ValueError("cannot score an empty sequence")
-    device = model.device
-    log_softmax = lambda logits: torch.log_softmax(logits.float(), dim=-1).cpu()  # noqa: E731
-
+    forward = _Forward(model)
     with torch.no_grad():
         # A one-token sequence has no prefix to share.
         if not share_prefix or min(len(s) for s in sequences) < 2:
-            width = max(len(s) for s in sequences)
-            ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, seq in enumerate(sequences):
-                ids[j, width - len(seq) :] = torch.tensor(list(seq))
-                mask[j, width - len(seq) :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                **({"logits_to_keep": 1} if can_keep else {}),
-            )
-            return log_softmax(out.logits[:, -1])
+            logits = _whole_sequences(forward, sequences, pad_id)
+        else:
+            groups = group_by_prefix(sequences)  # every prefix holds at least one token
+            cache, width = _prefix_cache(forward, sequences, groups, pad_id)
+            logits = _packed_suffixes(forward, sequences, groups, cache, width, pad_id)
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
 
-        # 1. The groups' prefixes, padded on the right (positions 0..p-1), into the cache.
-        groups = group_by_prefix(sequences)  # every prefix holds at least one token
-        width = max(prefix for prefix, _ in groups)
-        prefix_ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
-        prefix_mask = torch.zeros_like(prefix_ids)
-        for g, (prefix, members) in enumerate(groups):
-            prefix_ids[g, :prefix] = torch.tensor(list(sequences[members[0]][:prefix]))
-            prefix_mask[g, :prefix] = 1
-        cache = DynamicCache(config=model.config)
-        model(
-            input_ids=prefix_ids.to(device),
-            attention_mask=prefix_mask.to(device),
-            use_cache=True,
-            **{kwarg: cache},
-            **({"logits_to_keep": 1} if can_keep else {}),
-        )
 
-        # 2. Each group's suffixes side by side in one row, on top of its prefix.
-        length = max(sum(len(sequences[i]) - prefix for i in members) for prefix, members in groups)
-        ids = torch.full((len(groups), length), pad_id, dtype=torch.long)
-        positions = torch.zeros_like(ids)
-        allowed = torch.zeros((len(groups), 1, length, width + length), dtype=torch.bool)
-        last: dict[int, tuple[int, int]] = {}  # sequence -> (row, column of its last token)
-        for g, (prefix, members) in enumerate(groups):
-            allowed[g, 0, :, :prefix] = True  # every token sees the prefix (padding: only it)
-            start = 0
-            for i in members:
-                suffix = sequences[i][prefix:]
-                end = start + len(suffix)
-                ids[g, start:end] = torch.tensor(list(suffix))
-                positions[g, start:end] = prefix + torch.arange(len(suffix))
-                causal = torch.ones((len(suffix), len(suffix)), dtype=torch.bool).tril()
-                allowed[g, 0, start:end, width + start : width + end] = causal
-                last[i] = (g, end - 1)
-                start = end
-        columns = sorted({column for _, column in last.values()})
-        keep = {"logits_to_keep": torch.tensor(columns, device=device)} if can_keep else {}
-        # An additive mask (0 = attend): the form eager and sdpa attention both take as is.
-        dtype = next(model.parameters()).dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-        out = model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            use_cache=True,
-            **{kwarg: cache},
-            **keep,
-        )
-        index = {column: k for k, column in enumerate(columns)} if can_keep else None
-        rows = [last[i] for i in range(len(sequences))]
-        picked = torch.stack(
-            [out.logits[g, index[column] if index else column] for g, column in rows]
-        )
-        return log_softmax(picked)
+class _Forward:
+    """One model's forward call with the keyword names its transformers version takes."""
+
+    def __init__(self, model):
+        import inspect
+
+        parameters = inspect.signature(model.forward).parameters
+        self.model, self.device = model, model.device
+        # transformers renamed the forward argument past_key_values to cache (5.2x); the cache
+        # object is filled in place either way.
+        self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
+        self.can_keep = "logits_to_keep" in parameters
+
+    def __call__(self, keep=None, cache=None, **inputs):
+        extra = {}
+        if cache is not None:
+            extra = {"use_cache": True, self.cache_kwarg: cache}
+        if keep is not None and self.can_keep:
+            extra["logits_to_keep"] = keep
+        tensors = {name: value.to(self.device) for name, value in inputs.items()}
+        return self.model(**tensors, **extra)
+
+
+def _whole_sequences(forward: _Forward, sequences: Sequence[Sequence[int]], pad_id: int):
+    """The last logits of each sequence run whole, left-padded with explicit positions."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, seq in enumerate(sequences):
+        ids[j, width - len(seq) :] = torch.tensor(list(seq))
+        mask[j, width - len(seq) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = forward(keep=1, input_ids=ids, attention_mask=mask, position_ids=positions)
+    return out.logits[:, -1]
+
+
+def _prefix_cache(
+    forward: _Forward,
+    sequences: Sequence[Sequence[int]],
+    groups: list[tuple[int, list[int]]],
+    pad_id: int,
+):
+    """Step 1: the groups' prefixes, padded on the right (positions 0..p-1), run into a
+    ``DynamicCache`` with one row per group; returns it and its width."""
+    import torch
+    from transformers import DynamicCache
+
+    width = max(prefix for prefix, _ in groups)
+    ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for g, (prefix, members) in enumerate(groups):
+        ids[g, :prefix] = torch.tensor(list(sequences[members[0]][:prefix]))
+        mask[g, :prefix] = 1
+    cache = DynamicCache(config=forward.model.config)
+    forward(keep=1, cache=cache, input_ids=ids, attention_mask=mask)
+    return cache, width
+
+
+def _packed_suffixes(
+    forward: _Forward,
+    sequences: Sequence[Sequence[int]],
+    groups: list[tuple[int, list[int]]],
+    cache,
+    width: int,
+    pad_id: int,
+):
+    """Step 2: each group's suffixes side by side in one row, on top of its prefix; the logits
+    at every sequence's last token, in the order of ``sequences``."""
+    import torch
+
+    length = max(sum(len(sequences[i]) - prefix for i in members) for prefix, members in groups)
+    ids = torch.full((len(groups), length), pad_id, dtype=torch.long)
+    positions = torch.zeros_like(ids)
+    allowed = torch.zeros((len(groups), 1, length, width + length), dtype=torch.bool)
+    last: dict[int, tuple[int, int]] = {}  # sequence -> (row, column of its last token)
+    for g, (prefix, members) in enumerate(groups):
+        allowed[g, 0, :, :prefix] = True  # every token sees the prefix (padding: only it)
+        start = 0
+        for i in members:
+            suffix = sequences[i][prefix:]
+            end = start + len(suffix)
+            ids[g, start:end] = torch.tensor(list(suffix))
+            positions[g, start:end] = prefix + torch.arange(len(suffix))
+            causal = torch.ones((len(suffix), len(suffix)), dtype=torch.bool).tril()
+            allowed[g, 0, start:end, width + start : width + end] = causal
+            last[i] = (g, end - 1)
+            start = end
+    columns = sorted({column for _, column in last.values()})
+    # An additive mask (0 = attend): the form eager and sdpa attention both take as is.
+    dtype = next(forward.model.parameters()).dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    keep = torch.tensor(columns, device=forward.device)
+    out = forward(
+        keep=keep, cache=cache, input_ids=ids, attention_mask=mask, position_ids=positions
+    )
+    index = {column: k for k, column in enumerate(columns)} if forward.can_keep else None
+    rows = [last[i] for i in range(len(sequences))]
+    return torch.stack([out.logits[g, index[column] if index else column] for g, column in rows])

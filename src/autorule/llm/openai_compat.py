@@ -7,7 +7,12 @@ server sends one, and otherwise split from inline ``<think>...</think>`` tags.
 
 Verdicts (:meth:`LLM.verdict_all`) are one-token chat completions with ``logprobs`` and
 ``top_logprobs``, which vLLM's and SGLang's servers and OpenAI's API answer; the choices are read
-from the alternatives listed for that token.
+from the alternatives listed for that token (:func:`autorule.llm.base.counts_for`).
+
+A request that ends with an assistant message (the opening of the reply, e.g. the rule judge's
+``[[``) asks the server to continue that message rather than start a new one: vLLM's and
+SGLang's chat servers take ``continue_final_message: true`` with ``add_generation_prompt:
+false`` for it. OpenAI's own API has no such switch and answers in a new message.
 
 The SDK's own retries are off (``max_retries=0``); :mod:`autorule.llm.base` retries instead.
 """
@@ -70,6 +75,7 @@ class OpenAICompatLLM(RemoteLLM):
                 messages=messages,
                 temperature=self.temperature,
                 max_tokens=self.max_tokens,
+                **continuation(messages),
             )
         except json.JSONDecodeError as err:  # a 200 whose body is not JSON (a broken gateway)
             raise UnusableAnswerError(f"the response body is not JSON ({err})") from None
@@ -97,6 +103,7 @@ class OpenAICompatLLM(RemoteLLM):
             max_tokens=1,  # the verdict is the first token; nothing is generated past it
             logprobs=True,
             top_logprobs=top_logprobs,
+            **continuation(messages),
         )
         choice = response.choices[0]
         content = choice.logprobs.content if choice.logprobs is not None else None
@@ -161,3 +168,11 @@ def usage_counts(response) -> dict:
         "input_tokens": int(usage.prompt_tokens or 0),
         "output_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
     }
+
+
+def continuation(messages: Messages) -> dict:
+    """The request options that make the server continue a final assistant message (vLLM's and
+    SGLang's chat servers); none for a request that ends with the user's turn."""
+    if not messages or messages[-1].get("role") != "assistant":
+        return {}
+    return {"extra_body": {"continue_final_message": True, "add_generation_prompt": False}}

@@ -72,7 +72,7 @@ class VLLMOfflineLLM(LocalLLM):
         sampling = import_vllm().SamplingParams(
             temperature=self.temperature, max_tokens=1, logprobs=top_logprobs, seed=self.seed
         )
-        outputs = self._engine_or_start().chat(batch, sampling, use_tqdm=False)
+        outputs = self._engine_or_start().chat(batch, sampling, use_tqdm=False, **continuing(batch))
         completions = []
         for o in outputs:
             first = (o.outputs[0].logprobs or [{}])[0]  # token id -> Logprob, for the first token
@@ -87,7 +87,9 @@ class VLLMOfflineLLM(LocalLLM):
         return completions
 
     def generate_batch(self, batch: list[Messages]) -> list[Completion]:
-        outputs = self._engine_or_start().chat(batch, self.sampling, use_tqdm=False)
+        outputs = self._engine_or_start().chat(
+            batch, self.sampling, use_tqdm=False, **continuing(batch)
+        )
         return [
             Completion(
                 text=o.outputs[0].text,
@@ -97,3 +99,11 @@ class VLLMOfflineLLM(LocalLLM):
             )
             for o in outputs
         ]
+
+
+def continuing(batch: list[Messages]) -> dict:
+    """``LLM.chat``'s options for a batch whose requests end with the opening of the reply (a
+    final assistant message, continued rather than closed); none otherwise."""
+    if batch and batch[0][-1].get("role") == "assistant":
+        return {"continue_final_message": True, "add_generation_prompt": False}
+    return {}

@@ -43,6 +43,7 @@ class RewardContext:
     cfg: DictConfig  # the composed config (terms read rewards.<name> and judge)
     rm_folder: Path | None = None  # the rm artifact: model/, metrics.json (reward_mean, _std)
     rules: list[str] = field(default_factory=list)  # the rule set the rules term checks
+    rules_source: str = "the rule set"  # where the rules were read (named in errors about them)
     device: str | None = None  # where models run; None = cuda when available, else cpu
     tokenizer: Any = None  # the policy tokenizer (response lengths in policy tokens)
     max_completion_length: int | None = None  # the policy's token budget per answer (cut-offs)

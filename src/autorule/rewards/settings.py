@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_choice, check_number
 
 # What transformers' from_pretrained takes as a dtype name (auto = as saved).
 MODEL_DTYPES = ("auto", "float32", "float16", "bfloat16")
-JUDGE_MODES = ("generate", "logprob")
 
 
 def check_rewards(cfg: DictConfig) -> None:
@@ -52,22 +51,12 @@ def check_rewards(cfg: DictConfig) -> None:
 
 
 def check_judge(cfg: DictConfig) -> None:
-    """The rule judge's settings, its prompts' placeholders and its LLM role ``judge.llm``."""
+    """The rule judge's settings and prompts (:func:`autorule.rewards.judge.check_settings`) and
+    its LLM role ``judge.llm``."""
     from autorule import llm as llms
+    from autorule.rewards.judge import check_settings
 
-    section = cfg.judge
-    check_choice(str(section.mode), "judge.mode", JUDGE_MODES)
-    check_number(section.threshold, "judge.threshold", integer=False, low=0, high=1, low_open=True)
-    choices = list(section.choices)
-    if len(choices) != 2 or choices[0] == choices[1] or not all(str(c).strip() for c in choices):
-        raise ConfigError(f"judge.choices={choices} must be two different words, satisfied first")
-    least = 5 if section.mode == "logprob" else 1  # both verdicts must show among the listed
-    check_number(section.top_logprobs, "judge.top_logprobs", low=least)
-    check_number(section.max_input_tokens, "judge.max_input_tokens", low=1, none_ok=True)
-    prompts = OmegaConf.to_container(section.prompts, resolve=True)
-    template(prompts["conversation"], "judge.prompts.conversation", ("conversation",))
-    for mode in JUDGE_MODES:
-        template(prompts[mode], f"judge.prompts.{mode}", ("rule",))
+    check_settings(cfg)
     llms.check_role(cfg, "judge.llm")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autorule.rewards.judge import RuleJudge, _as_text
+from autorule.rewards.judge import RuleJudge, StepGuard, _as_text
 from autorule.rewards.registry import MetricLog, RewardContext, named, register
 
 # --------------------------------------------------------------------------------------------
@@ -129,7 +129,11 @@ def rules_term(context: RewardContext):
     """The judge's share of rules satisfied (settings: ``rewards.rules`` and ``judge``).
 
     Metrics per call: ``rules/<i>`` (the share of responses satisfying rule i, or its mean p(Yes)
-    with ``judge.soft``), ``judge/unparsed`` and ``judge/failed`` (shares of verdicts).
+    with ``judge.soft``), ``judge/unparsed``, ``judge/failed`` and ``judge/cut`` (shares of
+    verdicts, and of prompts cut to the judge's budget). Each call is one training step's
+    verdicts, watched by :class:`~autorule.rewards.judge.StepGuard` (failed calls stop the step
+    before its update). A rule too long for the judge's budget is refused here, when the rule set
+    is read.
     """
     rules = [str(r) for r in context.rules]
     if not rules:
@@ -137,14 +141,18 @@ def rules_term(context: RewardContext):
     section = context.cfg.rewards.rules
     offset, scale = float(section.offset), float(section.scale)
     judge = RuleJudge(context.cfg, device=context.device)
+    judge.check_rules(rules, context.rules_source)
+    guard = StepGuard(judge)
     log = MetricLog()
 
     def rules_fn(prompts, completions, **kwargs) -> list[float]:
         result = judge.judge(completions, rules, prompts=prompts)
+        guard.check(result)
         satisfied = result.satisfied(judge.soft)
         metrics = {f"rules/{i}": float(rate) for i, rate in enumerate(satisfied.mean(axis=0))}
         metrics["judge/unparsed"] = result.unparsed / result.size
         metrics["judge/failed"] = result.failed / result.size
+        metrics["judge/cut"] = result.cut / result.size
         log.add(metrics, len(completions), kwargs.get("log_metric"))
         return [rules_reward(share, offset, scale) for share in satisfied.mean(axis=1)]
 

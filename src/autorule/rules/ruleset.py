@@ -39,7 +39,9 @@ def dedupe_rules(rules: Iterable[str]) -> list[str]:
 
 
 def read_rules_file(path: str | Path) -> list[str]:
-    """Reads a JSON or YAML rule file; raises ValueError naming the file when it is malformed."""
+    """Reads a JSON or YAML rule file; raises ValueError naming the file when it is malformed,
+    or when a rule is not text that can be encoded (a lone surrogate, which JSON's ``\ud800``
+    escapes can spell: no tokenizer or API can send it)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"rule file {path} does not exist")
@@ -60,10 +62,28 @@ def read_rules_file(path: str | Path) -> list[str]:
             f"rule file {path} must hold a list of strings, or a mapping whose "
             "'rules' key holds one"
         )
+    for index, rule in enumerate(data):
+        try:
+            rule.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"rule file {path}: rule {index} holds {err.object[err.start : err.end]!r} at "
+                f"character {err.start}, which is not encodable text ({err.reason})"
+            ) from None
     rules = dedupe_rules(data)
     if not rules:
         raise ValueError(f"rule file {path} holds no rules")
     return rules
+
+
+def rules_source(cfg, inputs: Mapping[str, Path]) -> str:
+    """Where :func:`load_rules` reads the rule set: the rule file, or the extract artifact's."""
+    from autorule.core.stage import RULES_STAGE
+
+    rules_path = (cfg.get("rules") or {}).get("path")
+    if rules_path:
+        return f"rule file {rules_path} (rules.path)"
+    return f"rule file {Path(inputs[RULES_STAGE]) / 'rules.json'} (the extract artifact)"
 
 
 def load_rules(cfg, inputs: Mapping[str, Path]) -> list[str]:

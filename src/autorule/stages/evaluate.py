@@ -11,9 +11,11 @@ What it measures (docs/evaluation.md):
 1. **RM scores** (``evaluate.rm_score``): the rm artifact's reward model scores every response set.
 2. **Win rate** (``evaluate.win_rate``): the judge of LLM role ``evaluate.judge`` compares the
    model's and the reference's response to each prompt, in both orders
-   (:mod:`autorule.evaluation.pairwise`); disagreeing orders are a tie worth 0.5. The rate comes
-   with a 95% Wilson interval and counts of unparsed answers and failed calls. Checkpoints sampled
-   by ``generate.checkpoints`` are judged against the same reference.
+   (:mod:`autorule.evaluation.pairwise`); disagreeing orders are a tie worth 0.5. It is asked as
+   ``evaluate.protocol`` says: ``pairwise`` (a verdict line) or ``leaderboard`` (a ranking of the
+   two outputs as a list, the AutoRule paper's prompt, :mod:`autorule.evaluation.leaderboard`).
+   The rate comes with a 95% Wilson interval and counts of unparsed answers and failed calls.
+   Checkpoints sampled by ``generate.checkpoints`` are judged against the same reference.
 3. **Rule agreement** (``evaluate.rule_agreement``): the rule judge (the ``judge`` section, the one
    GRPO's rules reward uses) checks every rule on the chosen and the rejected answer of held-out
    preference pairs (:mod:`autorule.evaluation.agreement`); ``evaluate.prune_below`` writes the
@@ -46,7 +48,7 @@ from autorule import llm as llms
 from autorule.core.artifacts import StageJob, read_manifest
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.stage import StageSpec
-from autorule.evaluation import agreement, alpaca, hacking, mt_bench, pairwise
+from autorule.evaluation import agreement, alpaca, hacking, leaderboard, mt_bench, pairwise
 from autorule.stages.generate import (
     CHECKPOINTS_DIR,
     MODEL_STAGES,
@@ -63,6 +65,11 @@ LOG_HISTORY = "log_history.jsonl"  # a training artifact's log: one JSON object 
 RULE_SATISFACTION = "rule_satisfaction.json"  # a grpo artifact's rule satisfaction, start and end
 ALPACA_RUN = ("auto", "false")  # evaluate.alpaca_eval.run (YAML false arrives as False)
 ROLE = "evaluate.judge"  # the pairwise judge's LLM role
+# evaluate.protocol -> how its answers are read (its template is evaluate.<protocol>.template)
+PROTOCOLS: dict[str, pairwise.Parser] = {
+    "pairwise": pairwise.parse_preference,
+    "leaderboard": leaderboard.parse_ranking,
+}
 
 
 def roles_in_use(cfg: DictConfig) -> list[str]:
@@ -83,7 +90,9 @@ def ignored_keys(cfg: DictConfig) -> tuple[str, ...]:
     section = cfg.evaluate
     keys: tuple[str, ...] = ()
     if not section.win_rate:
-        keys += ("evaluate.judge", "evaluate.pairwise")
+        keys += ("evaluate.judge", "evaluate.protocol", *(f"evaluate.{p}" for p in PROTOCOLS))
+    else:  # only the protocol asked with has its template hashed
+        keys += tuple(f"evaluate.{p}" for p in PROTOCOLS if p != section.protocol)
     if not agreement_on(cfg):
         keys += ("judge", "evaluate.agreement_split", "evaluate.agreement_pairs")
         keys += ("evaluate.prune_below",)
@@ -127,13 +136,24 @@ def check(cfg: DictConfig) -> None:
     check_number(section.hacking.min_drop, "evaluate.hacking.min_drop", integer=False, low=0)
     check_choice(str(section.alpaca_eval.run).lower(), "evaluate.alpaca_eval.run", ALPACA_RUN)
     if section.win_rate:
-        template = str(section.pairwise.template)
-        fill(template, "evaluate.pairwise.template", instruction="", response_a="", response_b="")
+        check_choice(section.protocol, "evaluate.protocol", list(PROTOCOLS))
+        where = f"evaluate.{section.protocol}.template"
+        try:
+            fill(str(cfg.evaluate[section.protocol].template), where, **_PAIR_PLACEHOLDERS)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         llms.check_role(cfg, ROLE)
+    if agreement_on(cfg):
+        from autorule.rewards.judge import check_settings
+
+        check_settings(cfg)
     if section.prune_below is not None and not agreement_on(cfg):
         raise ConfigError(
             "evaluate.prune_below prunes by rule agreement: set evaluate.rule_agreement=true"
         )
+
+
+_PAIR_PLACEHOLDERS = {"instruction": "", "response_a": "", "response_b": ""}
 
 
 def run(cfg: DictConfig) -> Path:
@@ -141,90 +161,153 @@ def run(cfg: DictConfig) -> Path:
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
-        section = cfg.evaluate
         inputs = {name: job.input(name) for name in SPEC.inputs_for(cfg)}
-
-        # ---- load: the response sets of the generate artifact
         generated = inputs["generate"]
         info = json.loads((generated / SAMPLING).read_text())
-        sets = response_sets(generated, section.max_pairs)
-        model_name, reference_name = names(info)
-        metrics: dict[str, Any] = {
-            "model": info["model"],
-            "reference": info["reference"],
-            "prompts": info["prompts"],
-            "sampling": info["sampling"],
-            "best_of_n": info.get("best_of_n", 1),
-            "lengths": {label: length_summary(rows) for label, rows in sets.items()},
-        }
-        counts: dict[str, int] = {"prompts": len(sets["model"])}
-
-        # ---- 1. reward-model scores
-        scores: dict[str, list[float]] = {}
-        if section.rm_score:
-            scores = rm_score_sets(cfg, inputs["rm"], sets)
-            (job.workdir / "rm_scores.json").write_text(json.dumps(scores) + "\n")
-            metrics["rm_score"] = {label: summary(values) for label, values in scores.items()}
-
-        # ---- 2. win rates against the reference, in both orders
-        points = []
+        sets = response_sets(generated, cfg.evaluate.max_pairs)
+        metrics, counts = describe_sets(info, sets)
         used: dict[str, llms.LLM] = {}  # role -> backend, for the usage record
-        if section.win_rate and "reference" in sets:
-            judge = used[ROLE] = llms.build(cfg, ROLE)
-            template = str(section.pairwise.template)
-            judged_rows = []
-            rates = {}
-            for label in [k for k in sets if k != "reference"]:
-                judged = pairwise.judge_pairs(
-                    judge,
-                    template,
-                    [row["turns"][0] for row in sets[label]],
-                    [row["responses"][0] for row in sets[label]],
-                    [row["responses"][0] for row in sets["reference"]],
-                    desc=f"evaluate: {label} vs reference",
-                )
-                rates[label] = pairwise.win_rate([j.verdict for j in judged]).as_dict()
-                judged_rows += judgment_rows(label, sets[label], judged)
-            write_jsonl(job.workdir / "judgments.jsonl", judged_rows)
-            metrics["win_rate"] = rates["model"]
-            metrics["win_rate_checkpoints"] = {k: v for k, v in rates.items() if k != "model"}
-            counts["judge_calls"] = 2 * sum(r["pairs"] for r in rates.values())
-            counts["unparsed_judge_answers"] = sum(r["unparsed_answers"] for r in rates.values())
-            counts["failed_judge_calls"] = sum(r["failed_calls"] for r in rates.values())
-            points = checkpoint_points(cfg, inputs, rates, scores)
-        elif section.win_rate:
-            metrics["win_rate"] = None
-            log.warning("[evaluate] no reference responses (generate.reference=null): no win rate")
-
-        # ---- 3. rule agreement on held-out preference pairs
-        if agreement_on(cfg):
-            from autorule.rules.ruleset import load_rules
-
-            rules = load_rules(cfg, inputs)
-            found = rule_agreement(cfg, inputs["preprocess"], rules, used)
-            (job.workdir / "rule_agreement.json").write_text(json.dumps(found, indent=2) + "\n")
-            metrics["rule_agreement"] = {k: v for k, v in found.items() if k != "rules"}
-            counts["agreement_pairs"] = found["overall"]["pairs"]
-            if section.prune_below is not None:
-                metrics["pruned_rules"] = write_pruned(job.workdir, found, section.prune_below)
-                counts["pruned_rules_kept"] = len(metrics["pruned_rules"]["kept"])
-
-        # ---- 4. reward hacking: the training log and the checkpoints
-        found = reward_hacking(cfg, inputs, points)
-        (job.workdir / "hacking.json").write_text(json.dumps(found, indent=2) + "\n")
-        metrics["hacking_flags"] = found["flags"]
-        counts["hacking_flags"] = len(found["flags"])
-
-        # ---- 5. hand-offs: AlpacaEval and MT-Bench
-        metrics["alpaca_eval"] = alpaca_hand_off(cfg, job.workdir, sets, info, model_name)
-        metrics["mt_bench"] = mt_bench_hand_off(
-            job.workdir, sets, generated, model_name, reference_name
-        )
-
+        scores = score_step(cfg, job.workdir, inputs, sets, metrics)
+        points = win_rate_step(cfg, job.workdir, inputs, sets, scores, metrics, counts, used)
+        agreement_step(cfg, job.workdir, inputs, metrics, counts, used)
+        hacking_step(cfg, job.workdir, inputs, points, metrics, counts)
+        hand_off_step(cfg, job.workdir, generated, sets, info, metrics)
         (job.workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         usage = llms.record_usage(job.workdir, used)
         log.info("[evaluate] win rate: %s", metrics.get("win_rate"))
         return job.commit(counts, extra={"metrics": headline(metrics), **usage})
+
+
+# --------------------------------------------------------------------------------------------
+# The steps of run(), in order; each adds its results to metrics and counts
+
+
+def describe_sets(info: dict[str, Any], sets: dict[str, list[dict]]) -> tuple[dict, dict]:
+    """The metrics and counts that say what was evaluated: models, prompts, sampling, lengths."""
+    metrics: dict[str, Any] = {
+        "model": info["model"],
+        "reference": info["reference"],
+        "prompts": info["prompts"],
+        "sampling": info["sampling"],
+        "best_of_n": info.get("best_of_n", 1),
+        "lengths": {label: length_summary(rows) for label, rows in sets.items()},
+    }
+    return metrics, {"prompts": len(sets["model"])}
+
+
+def score_step(
+    cfg: DictConfig, workdir: Path, inputs: dict[str, Path], sets: dict, metrics: dict
+) -> dict[str, list[float]]:
+    """1. The rm artifact's reward model scores every response set (``evaluate.rm_score``)."""
+    if not cfg.evaluate.rm_score:
+        return {}
+    scores = rm_score_sets(cfg, inputs["rm"], sets)
+    (workdir / "rm_scores.json").write_text(json.dumps(scores) + "\n")
+    metrics["rm_score"] = {label: summary(values) for label, values in scores.items()}
+    return scores
+
+
+def win_rate_step(
+    cfg: DictConfig,
+    workdir: Path,
+    inputs: dict[str, Path],
+    sets: dict[str, list[dict]],
+    scores: dict[str, list[float]],
+    metrics: dict,
+    counts: dict,
+    used: dict | None = None,
+) -> list[dict[str, Any]]:
+    """2. Win rates of each response set against the reference, in both orders, asked as
+    ``evaluate.protocol`` says; returns the checkpoints' points for the hacking curves. The
+    judge's backend goes into ``used`` (role -> backend)."""
+    section = cfg.evaluate
+    if not section.win_rate:
+        return []
+    if "reference" not in sets:
+        metrics["win_rate"] = None
+        log.warning("[evaluate] no reference responses (generate.reference=null): no win rate")
+        return []
+    judge = llms.build(cfg, ROLE)
+    if used is not None:
+        used[ROLE] = judge
+    protocol = str(section.protocol)
+    judged_rows, rates = [], {}
+    for label in [k for k in sets if k != "reference"]:
+        judged = pairwise.judge_pairs(
+            judge,
+            str(section[protocol].template),
+            [row["turns"][0] for row in sets[label]],
+            [row["responses"][0] for row in sets[label]],
+            [row["responses"][0] for row in sets["reference"]],
+            desc=f"evaluate: {label} vs reference",
+            parse=PROTOCOLS[protocol],
+            where=f"evaluate.{protocol}.template",
+        )
+        rates[label] = pairwise.win_rate([j.verdict for j in judged]).as_dict()
+        judged_rows += judgment_rows(label, sets[label], judged)
+    write_jsonl(workdir / "judgments.jsonl", judged_rows)
+    metrics["win_rate"] = rates["model"]
+    metrics["win_rate_protocol"] = protocol
+    metrics["win_rate_checkpoints"] = {k: v for k, v in rates.items() if k != "model"}
+    counts["judge_calls"] = 2 * sum(r["pairs"] for r in rates.values())
+    counts["unparsed_judge_answers"] = sum(r["unparsed_answers"] for r in rates.values())
+    counts["failed_judge_calls"] = sum(r["failed_calls"] for r in rates.values())
+    return checkpoint_points(cfg, inputs, rates, scores)
+
+
+def agreement_step(
+    cfg: DictConfig,
+    workdir: Path,
+    inputs: dict[str, Path],
+    metrics: dict,
+    counts: dict,
+    used: dict | None = None,
+) -> None:
+    """3. Rule agreement on held-out preference pairs, and the pruned rule file; the judge's
+    backend goes into ``used`` (role -> backend)."""
+    if not agreement_on(cfg):
+        return
+    from autorule.rules.ruleset import load_rules, rules_source
+
+    section = cfg.evaluate
+    found = rule_agreement(
+        cfg, inputs["preprocess"], load_rules(cfg, inputs), rules_source(cfg, inputs), used
+    )
+    (workdir / "rule_agreement.json").write_text(json.dumps(found, indent=2) + "\n")
+    metrics["rule_agreement"] = {k: v for k, v in found.items() if k != "rules"}
+    counts["agreement_pairs"] = found["overall"]["pairs"]
+    if section.prune_below is not None:
+        metrics["pruned_rules"] = write_pruned(workdir, found, section.prune_below)
+        counts["pruned_rules_kept"] = len(metrics["pruned_rules"]["kept"])
+
+
+def hacking_step(
+    cfg: DictConfig,
+    workdir: Path,
+    inputs: dict[str, Path],
+    points: list[dict[str, Any]],
+    metrics: dict,
+    counts: dict,
+) -> None:
+    """4. Reward hacking: the training log's curves and the checkpoints' points, with flags."""
+    found = reward_hacking(cfg, inputs, points)
+    (workdir / "hacking.json").write_text(json.dumps(found, indent=2) + "\n")
+    metrics["hacking_flags"] = found["flags"]
+    counts["hacking_flags"] = len(found["flags"])
+
+
+def hand_off_step(
+    cfg: DictConfig,
+    workdir: Path,
+    generated: Path,
+    sets: dict[str, list[dict]],
+    info: dict[str, Any],
+    metrics: dict,
+) -> None:
+    """5. The AlpacaEval and MT-Bench hand-offs."""
+    model_name, reference_name = names(info)
+    metrics["alpaca_eval"] = alpaca_hand_off(cfg, workdir, sets, info, model_name)
+    metrics["mt_bench"] = mt_bench_hand_off(workdir, sets, generated, model_name, reference_name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,7 +458,11 @@ def build_rule_judge(cfg: DictConfig):
 
 
 def rule_agreement(
-    cfg: DictConfig, preprocess: Path, rules: list[str], used: dict | None = None
+    cfg: DictConfig,
+    preprocess: Path,
+    rules: list[str],
+    source: str = "the rule set",
+    used: dict | None = None,
 ) -> dict[str, Any]:
     """Per-rule and overall agreement with the human preference on held-out pairs; the judge's
     backend goes into ``used`` (role -> backend) for the usage record."""
@@ -394,6 +481,9 @@ def rule_agreement(
     judge = build_rule_judge(cfg)
     if used is not None and getattr(judge, "llm", None) is not None:
         used["judge.llm"] = judge.llm
+    check_rules = getattr(judge, "check_rules", None)
+    if check_rules is not None:  # a rule too long for the judge's budget, named by its file
+        check_rules(rules, source)
     try:
         chosen = judge.judge(prompts=prompts, responses=df["chosen_content"].tolist(), rules=rules)
         rejected = judge.judge(

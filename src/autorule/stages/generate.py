@@ -208,6 +208,10 @@ def check(cfg: DictConfig) -> None:
             f"generate.checkpoints=true samples the checkpoints a training stage kept; "
             f"generate.model={section.model} is not one of the stages {MODEL_STAGES}"
         )
+    if SPEC.reads_rules(cfg):  # best-of-N by the rules term: the rule judge's keys
+        from autorule.rewards.judge import check_settings
+
+        check_settings(cfg)
 
 
 def run(cfg: DictConfig) -> Path:
@@ -481,11 +485,14 @@ def score_with_term(
     from autorule.rewards import registry
 
     rules: list[str] = []
+    source = "no rule set"
     if SPEC.reads_rules(cfg):
-        from autorule.rules.ruleset import load_rules
+        from autorule.rules.ruleset import load_rules, rules_source
 
-        rules = load_rules(cfg, inputs)
-    context = registry.RewardContext(cfg=cfg, rm_folder=inputs.get("rm"), rules=rules)
+        rules, source = load_rules(cfg, inputs), rules_source(cfg, inputs)
+    context = registry.RewardContext(
+        cfg=cfg, rm_folder=inputs.get("rm"), rules=rules, rules_source=source
+    )
     [reward] = registry.build_reward_funcs([term], context)
     try:
         scores = reward(prompts=[p for p, _ in flat], completions=[c for _, c in flat])

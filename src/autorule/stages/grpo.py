@@ -326,12 +326,31 @@ def describe(cfg: DictConfig) -> list[str]:
             f"judge: mode={judge.mode} backend={judge.llm._target_.rsplit('.', 1)[-1]} "
             f"model={judge.llm.model}"
         )
+        lines.append(
+            f"judge prompts: {prompt_set_name(judge.prompts)} "
+            f"(conversation shown {judge.prompts.conversation_format}); "
+            f"truncation={judge.truncation} at max_input_tokens={judge.max_input_tokens}; "
+            f"parse={judge.parse}"
+        )
     if uses_term(cfg, "rubric"):
         grader = cfg.rubric.grader
         lines.append(
             f"rubric grader: backend={grader._target_.rsplit('.', 1)[-1]} model={grader.model}"
         )
     return lines + lora.describe(section)
+
+
+def prompt_set_name(prompts) -> str:
+    """Which set of conf/prompts/judge/ the judge's templates are, or "custom"."""
+    from omegaconf import OmegaConf
+
+    from autorule.core.config import CONF_DIR
+
+    mine = OmegaConf.to_container(prompts, resolve=True)
+    for path in sorted((CONF_DIR / "prompts" / "judge").glob("*.yaml")):
+        if OmegaConf.to_container(OmegaConf.load(path), resolve=True) == mine:
+            return path.stem
+    return "custom"
 
 
 def prompt_source(cfg: DictConfig) -> str:
@@ -412,13 +431,14 @@ def reward_context(cfg: DictConfig, inputs: dict[str, Path], tokenizer):
     """What the reward terms need: the rm artifact, the rule set, the policy's tokenizer and its
     answer budget."""
     from autorule.rewards.registry import RewardContext
-    from autorule.rules.ruleset import load_rules
+    from autorule.rules.ruleset import load_rules, rules_source
 
-    rules = load_rules(cfg, inputs) if SPEC.reads_rules(cfg) else []
+    reads = SPEC.reads_rules(cfg)
     return RewardContext(
         cfg=cfg,
         rm_folder=inputs.get("rm"),
-        rules=rules,
+        rules=load_rules(cfg, inputs) if reads else [],
+        rules_source=rules_source(cfg, inputs) if reads else "no rule set",
         tokenizer=tokenizer,
         max_completion_length=int(cfg.grpo.max_completion_length),
     )
@@ -509,6 +529,12 @@ def reward_summary(history: list[dict], names: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def steps_with_failed_verdicts(history: list[dict]) -> list[int]:
+    """The logged steps whose rules reward counted failed judge calls as not satisfied (possible
+    only with ``judge.max_failed_share`` > 0: otherwise such a step stops before its update)."""
+    return [int(entry["step"]) for entry in history if (entry.get("judge/failed") or 0) > 0]
+
+
 def rule_table(history: list[dict], rules: Sequence[str]) -> list[dict[str, Any]]:
     """One row per rule: its text and satisfaction rate at the first and last logging step."""
     rows = []
@@ -567,6 +593,8 @@ def train(
     usage = reward_usage(trainer)
     if usage:
         metrics[USAGE_KEY] = usage
+    if SPEC.reads_rules(cfg):
+        metrics["steps_with_failed_verdicts"] = steps_with_failed_verdicts(history)
     if trainer.is_world_process_zero():
         with open(workdir / LOG_HISTORY, "w") as f:
             for entry in history:

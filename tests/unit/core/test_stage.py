@@ -145,10 +145,12 @@ def test_llm_settings_that_change_answers_are_one_list():
 def test_old_spellings_name_the_new_ones():
     found = renamed_overrides(
         ["llm=openai", "llm.base_url=x", "extract.source=explanation", "a=1", "llm@judge.llm=hf"]
+        + ["prompts@judge.prompts=paper", "prompts/judge@judge.prompts=paper"]
     )
-    assert len(found) == 3
+    assert len(found) == 4
     assert "llm@extract.llm=<backend>" in found[0] and "extract.llm.<key>" in found[1]
     assert "extract.rules_from" in found[2]
+    assert "prompts/judge@judge.prompts=detailed|paper" in found[3]
 
 
 # --------------------------------------------------------------------------------------------

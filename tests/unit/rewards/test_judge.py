@@ -111,7 +111,7 @@ def test_truncation_keeps_the_rule_and_the_question(make_cfg):
     marker = cfg.judge.prompts.cut_marker
     for k, request in enumerate(requests):
         text = request[0]["content"]
-        assert judge._chat_tokens(text) <= 700
+        assert judge._chat_tokens(request) <= 700
         assert question in text and text.endswith(f"Rule: {RULES[k % 3]}")
         assert "Capital of France?" in text or "Greet me." in text
     long_text, short_text = requests[0][0]["content"], requests[3][0]["content"]
@@ -131,6 +131,7 @@ def served_judge(make_cfg, server, mode: str, **kw) -> RuleJudge:
             "llm@judge.llm=openai",
             f"judge.llm.base_url={server.url}/v1",
             "judge.llm.model=judge",
+            "judge.tokenizer=tiny",  # the served model's tokenizer, for the verdict-token check
             "judge.llm.progress=false",
             "judge.llm.retry.max_attempts=1",
             f"judge.mode={mode}",
@@ -206,7 +207,7 @@ def test_verdicts_are_cached_apart_from_answers(make_cfg, monkeypatch):
 def test_logprob_mode_needs_a_backend_with_logprobs(make_cfg):
     with pytest.raises(ValueError, match="bedrock backend"):
         RuleJudge(make_cfg("llm@judge.llm=bedrock", "judge.mode=logprob"))
-    with pytest.raises(ValueError, match="judge.mode must be one of"):
+    with pytest.raises(ValueError, match="judge.mode='vote' is not allowed"):
         RuleJudge(make_cfg("judge.mode=vote"))
 
 
@@ -277,3 +278,175 @@ def test_hf_generate_mode_counts_noise_as_unparsed(make_cfg):
     result = judge.judge(RESPONSES[:1], RULES[:2], prompts=PROMPTS[:1])
     assert result.unparsed == 2 and not result.decisions.any()
     assert resolve(make_cfg(), "policy") == judge.llm.model  # `tiny` is the tiny policy model
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's judge: prompt, truncation, parsing, logprob mode on [[Yes]]/[[No]]
+
+PAPER = "prompts/judge@judge.prompts=paper"
+
+
+def test_paper_prompt_puts_the_rule_first_asks_for_concision_and_ends_with_the_verdict(make_cfg):
+    judge = RuleJudge(make_cfg(PAPER, "judge.mode=generate"))
+    [request] = judge.requests(RESPONSES[:1], RULES[:1], prompts=PROMPTS[:1])
+    [message] = request  # generate mode: the user's turn only
+    text = message["content"]
+    rule, conversation = text.index(RULES[0]), text.index(RESPONSES[0])
+    assert rule < conversation  # the rule before the conversation
+    # The conversation as the policy saw it: its prompt template, then the response.
+    assert "<|user|>Capital of France?<|assistant|>Paris is the capital" in text
+    assert "is it concise" in text[conversation:]  # compliance and concision
+    last = text.strip().splitlines()[-1]
+    assert '"[[Yes]]"' in last and '"[[No]]"' in last and "nothing else" in last
+
+
+def test_paper_settings_under_the_paper_profile(make_cfg):
+    cfg = make_cfg("profile=paper")
+    assert cfg.judge.prompts.opening == "[[" and cfg.judge.prompts.conversation_format == "policy"
+    assert cfg.judge.truncation == "released" and cfg.judge.max_input_tokens == 1024
+    assert cfg.judge.parse == "contains" and cfg.evaluate.protocol == "leaderboard"
+    plain = make_cfg()
+    assert plain.judge.truncation == "inside_response" and plain.judge.parse == "strict"
+
+
+def test_released_truncation_cuts_the_whole_prompt_from_the_right_at_the_budget(make_cfg):
+    judge = RuleJudge(make_cfg(PAPER, "judge.max_input_tokens=700", "judge.truncation=released"))
+    long_response = "The first sentence stays. " + "And then it goes on and on. " * 200
+    requests = judge.requests([long_response, RESPONSES[0]], RULES[:1], prompts=PROMPTS[:2])
+    long, short = requests
+    assert judge._chat_tokens(long) == 700  # counted with the judge's tokenizer and template
+    text = long[0]["content"]
+    assert text.index(RULES[0]) < text.index("The first sentence stays.")
+    assert "[[Yes]]" not in text and "[Conversation ends]" not in text  # the question is gone
+    assert text.endswith("on and on.") or "And then it goes on" in text[-80:]
+    assert short[0]["content"] == judge.render(RULES[0], judge.show("Greet me.", RESPONSES[0]))
+
+
+def test_inside_response_truncation_keeps_the_rule_and_the_question(make_cfg):
+    judge = RuleJudge(make_cfg(PAPER, "judge.max_input_tokens=700"))
+    long_response = "The first sentence stays. " + "And then it goes on and on. " * 200
+    [request] = judge.requests([long_response], RULES[:1], prompts=PROMPTS[:1])
+    text = request[0]["content"]
+    assert judge._chat_tokens(request) <= 700
+    assert RULES[0] in text and text.rstrip().endswith('"[[Yes]]" or "[[No]]" and nothing else.')
+    assert judge.prompts["cut_marker"] in text and "The first sentence stays." in text
+
+
+@pytest.mark.parametrize(
+    ("answer", "contains", "strict"),
+    [
+        ("[[Yes]] It follows the rule, as shown above.", True, None),  # verdict first
+        ("It is [[No]] at first sight, but on reflection [[Yes]]", True, None),  # both markers
+        ("Verdict: [[No]]", False, False),
+        ("Verdict: [[Yes]]", True, True),
+        ("no marker at all", None, None),
+    ],
+)
+def test_contains_reads_yes_anywhere_and_strict_only_one_at_the_end(answer, contains, strict):
+    assert parse_verdict(answer, rule="contains") is contains
+    assert parse_verdict(answer, rule="strict") is strict
+
+
+def test_paper_logprob_mode_opens_the_reply_with_brackets(make_cfg, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0000000000000000")
+    with FakeLLMServer(ScriptedJudge(RESPONSES, RULES, YES, p_yes=0.8)) as server:
+        judge = served_judge(
+            make_cfg, server, "logprob", **{"prompts/judge@judge.prompts": "paper"}
+        )
+        result = judge.judge(RESPONSES, RULES, prompts=PROMPTS)
+    assert (result.decisions == KNOWN).all() and result.unparsed == 0
+    for request in server.requests:
+        messages = request.body["messages"]
+        assert messages[-1] == {"role": "assistant", "content": "[["}  # the opening
+        assert request.body["continue_final_message"] is True  # vLLM continues that message
+        assert request.body["add_generation_prompt"] is False
+        assert messages[0]["content"].index(RULES[0][:10]) < messages[0]["content"].index("[Conv")
+
+
+def test_local_logprob_judge_continues_the_opening(make_cfg):
+    judge = RuleJudge(make_cfg(PAPER, "judge.mode=logprob"))
+    request = judge.requests(RESPONSES[:1], RULES[:1], prompts=PROMPTS[:1])[0]
+    model, tokenizer = judge.llm._load()
+    prompt = judge.llm._prompt(tokenizer, request)
+    assert prompt.endswith("<|assistant|>[[")  # the verdict's token comes next, not <|end|>
+    result = judge.judge(RESPONSES, RULES, prompts=PROMPTS)
+    assert result.unparsed == 0 and ((result.probs > 0) & (result.probs < 1)).all()
+
+
+# --------------------------------------------------------------------------------------------
+# One verdict-token rule for served and local judges, checked at start
+
+
+def test_served_and_local_judges_count_the_same_tokens_for_a_choice():
+    from transformers import AutoTokenizer
+
+    from autorule.llm.base import choice_logprobs, counts_for, verdict_token_ids
+
+    assert counts_for("Yes", "Yes") and counts_for(" Y", "Yes") and counts_for("Ye", "Yes")
+    assert not counts_for("Yesterday", "Yes") and not counts_for(" ", "Yes")
+    served = choice_logprobs([("Y", math.log(0.3)), (" Yes", math.log(0.2))], ("Yes", "No"))
+    assert served["Yes"] == pytest.approx(math.log(0.5)) and served["No"] is None
+    tokenizer = AutoTokenizer.from_pretrained(resolve_tiny())
+    yes_ids, no_ids = verdict_token_ids(tokenizer, ("Yes", "No"))
+    first_yes = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
+    assert first_yes in yes_ids and all(counts_for(tokenizer.decode([i]), "Yes") for i in yes_ids)
+    assert not set(yes_ids) & set(no_ids)
+
+
+def resolve_tiny() -> str:
+    from autorule.core.config import compose
+
+    return resolve(compose([]))
+
+
+@pytest.mark.parametrize(
+    ("choices", "message"),
+    [
+        ('["Yes","Yeah"]', "both choices begin with 'Y'"),
+        ('["Yes",""]', "two non-empty choices"),
+    ],
+)
+def test_choices_that_cannot_be_told_apart_are_refused_at_start(make_cfg, choices, message):
+    from autorule.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        RuleJudge(make_cfg("judge.mode=logprob", f"judge.choices={choices}"))
+
+
+def test_a_choice_that_merges_with_the_opening_is_refused_at_start(make_cfg):
+    # "s" after an opening of "Ye" is read by the tiny tokenizer as part of the word.
+    with pytest.raises(ValueError, match="cannot be read in logprob mode"):
+        RuleJudge(
+            make_cfg("judge.mode=logprob", "judge.prompts.opening=Ye", "judge.choices=[sure,nope]")
+        )
+
+
+def test_every_process_of_a_distributed_run_takes_the_same_step_decision(tmp_path):
+    """Each process judges its own completions; the counts are summed over processes, so a
+    failure on one makes all of them stop together (none is left waiting in a collective)."""
+    import multiprocessing
+
+    def worker(rank: int, out) -> None:
+        import torch.distributed as dist
+
+        from autorule.rewards.judge import across_processes
+
+        store = f"file://{tmp_path / 'store'}"
+        dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
+        try:
+            out.put((rank, across_processes(rank * 3, 1, 8)))  # rank 1 saw 3 failures
+        finally:
+            dist.destroy_process_group()
+
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    processes = [context.Process(target=worker, args=(rank, out)) for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    results = dict(out.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+    assert results == {0: (3, 2, 16), 1: (3, 2, 16)}
+    from autorule.rewards.judge import across_processes
+
+    assert across_processes(3, 1, 8) == (3, 1, 8)  # not distributed: unchanged

@@ -8,8 +8,9 @@ import pytest
 
 from autorule.data.models import load_tokenizer, resolve
 from autorule.rewards import REWARDS, RewardContext, build_reward_funcs, close_all, register
+from autorule.rewards.judge import JudgeOutageError, UnreadableJudgeError
 from autorule.rewards.terms import length_penalty, normalise, rm_statistics, rules_reward
-from fakeserver import FakeLLMServer, ScriptedJudge
+from fakeserver import FakeLLMServer, FakeReply, ScriptedJudge
 
 # --------------------------------------------------------------------------------------------
 # Formulas
@@ -130,6 +131,71 @@ def test_rules_term_soft_uses_probabilities(make_cfg, monkeypatch):
         [func] = build_reward_funcs(["rules"], RewardContext(cfg, rules=RULES))
         rewards = func(["a", "b"], RESPONSES)
     assert rewards == [pytest.approx((0.9 - 0.75) * 10), pytest.approx((1.1 / 3 - 0.75) * 10)]
+
+
+def served_rules_term(make_cfg, server, *overrides):
+    cfg = make_cfg(
+        "llm@judge.llm=openai",
+        f"judge.llm.base_url={server.url}/v1",
+        "judge.llm.progress=false",
+        "judge.llm.retry.max_attempts=1",
+        "judge.mode=generate",
+        *overrides,
+    )
+    [func] = build_reward_funcs(["rules"], RewardContext(cfg, rules=RULES))
+    return func
+
+
+def test_a_step_with_failed_judge_calls_stops_before_its_update(make_cfg, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0000000000000000")
+    down = {(RESPONSES[0], RULES[1]): FakeReply(status=500, message="judge restarting")}
+    with FakeLLMServer(ScriptedJudge(RESPONSES, RULES, YES, replies=down)) as server:
+        func = served_rules_term(make_cfg, server)
+        with pytest.raises(JudgeOutageError, match=f"judge.llm.base_url={server.url}/v1"):
+            func(["a", "b"], RESPONSES)
+        # Above a tolerated share the step trains, and its metrics say so.
+        tolerant = served_rules_term(make_cfg, server, "judge.max_failed_share=0.5")
+        tolerant(["a", "b"], RESPONSES)
+        assert tolerant.metrics()["judge/failed"] == pytest.approx(1 / 6)
+
+
+def test_a_first_step_without_one_readable_verdict_stops(make_cfg, monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0000000000000000")
+    rambles = {(r, rule): FakeReply(text="Hmm, let me think.") for r in RESPONSES for rule in RULES}
+    with FakeLLMServer(ScriptedJudge(RESPONSES, RULES, YES, replies=rambles)) as server:
+        func = served_rules_term(make_cfg, server)
+        with pytest.raises(UnreadableJudgeError, match="not one of the 6 verdicts"):
+            func(["a", "b"], RESPONSES)
+    # Later steps (or a first step with some verdicts) warn past judge.max_unparsed_share.
+    half = {(RESPONSES[1], rule): FakeReply(text="Hmm.") for rule in RULES}
+    half[(RESPONSES[0], RULES[0])] = FakeReply(text="Hmm.")
+    with FakeLLMServer(ScriptedJudge(RESPONSES, RULES, YES, replies=half)) as server:
+        func = served_rules_term(make_cfg, server)
+        with caplog.at_level("WARNING", logger="autorule.rewards.judge"):
+            func(["a", "b"], RESPONSES)
+    assert "above judge.max_unparsed_share=0.5" in caplog.text
+
+
+def test_a_local_judge_cuts_long_prompts_itself_and_refuses_long_rules(make_cfg, caplog):
+    cfg = make_cfg("judge.mode=logprob")
+    [func] = build_reward_funcs(["rules"], RewardContext(cfg, rules=RULES[:1]))
+    judge = func.judge
+    budget = judge.budget()  # no judge.max_input_tokens: the model's context window
+    assert budget == judge.llm.input_limit() and budget < 4096
+    long_response = "It starts here. " + "And it goes on. " * 2000
+    with caplog.at_level("INFO", logger="autorule.rewards.judge"):
+        [request] = judge.requests([long_response], RULES[:1], prompts=["Tell me."])
+    assert judge._chat_tokens(request) <= budget and "It starts here." in request[0]["content"]
+    assert request[0]["content"].endswith(f"Rule: {RULES[0]}")  # the rule and question stay
+    assert "1 of 1 prompts cut" in caplog.text
+    close_all([func])
+    with pytest.raises(ValueError, match="rule file mine.json: rule 1 "):
+        build_reward_funcs(
+            ["rules"],
+            RewardContext(
+                cfg, rules=[RULES[0], "Be brief. " * 3000], rules_source="rule file mine.json"
+            ),
+        )
 
 
 def test_rules_term_needs_rules(make_cfg):

@@ -122,3 +122,25 @@ def test_rules_from_the_extract_artifact_are_a_recorded_input(tmp_path, rules_of
         "hash": 'content-of-["Be concise."]',
     }
     assert manifest["inputs"]["extract"]["path"] == extract
+
+
+def test_the_manifest_records_the_rule_file_as_it_was_read(tmp_path, rules_of):
+    from autorule.core.hashing import file_sha256
+
+    rules = tmp_path / "mine.json"
+    rules.write_text(json.dumps(["Be concise."]))
+    read = file_sha256(rules)
+    cfg = compose([f"paths.root={tmp_path / 'out'}", f"rules.path={rules}"])
+    with StageJob(cfg, "reader") as job:
+        rules.write_text(json.dumps(["Edited while the stage runs."]))  # mid-run
+        folder = job.commit()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["rules"]["sha256"] == read != file_sha256(rules)
+
+
+def test_a_rule_that_is_not_encodable_text_is_refused_naming_the_file(tmp_path):
+    rules = tmp_path / "surrogate.json"
+    rules.write_text('["Be concise.", "Lone \\ud800 surrogate."]')  # valid JSON escapes
+    with pytest.raises(ValueError) as raised:
+        read_rules_file(rules)
+    assert str(raised.value).startswith(f"rule file {rules}: rule 1 holds '\\ud800'")

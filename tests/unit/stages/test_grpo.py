@@ -320,3 +320,46 @@ def test_sweeps_go_to_slurm_through_submitit(tmp_path):
     )
     for line in ("partition: gpu", "gpus_per_node: 8", "timeout_min: 2880"):
         assert line in result.stdout
+
+
+def test_paper_dry_run_shows_the_paper_judge(tmp_path, capsys):
+    out = dry_run(tmp_path, capsys, "experiment=autorule_uf", "profile=paper")
+    assert "\n  judge: mode=generate backend=OpenAICompatLLM " in out
+    assert (
+        "\n  judge prompts: paper (conversation shown policy); truncation=released at "
+        "max_input_tokens=1024; parse=contains\n"
+    ) in out
+    plain = dry_run(tmp_path, capsys, "grpo.rewards=[rules]")
+    assert (
+        "judge prompts: detailed (conversation shown labelled); truncation=inside_response" in plain
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("judge.truncation=left", "judge.truncation"),
+        ("judge.parse=regex", "judge.parse"),
+        ("judge.max_unparsed_share=1.5", "judge.max_unparsed_share"),
+        ("judge.max_failed_share=-0.1", "judge.max_failed_share"),
+        ("judge.max_input_tokens=-5", "judge.max_input_tokens"),
+        ("judge.prompts.conversation_format=xml", "judge.prompts.conversation_format"),
+        ("judge.prompts.generate=no placeholders", "judge.prompts.generate"),
+        ("judge.choices=[Yes,Yep]", "judge.choices"),
+    ],
+)
+def test_judge_keys_are_checked_before_anything_loads(tmp_path, override, key):
+    cfg = compose(["stage=grpo", "grpo.rewards=[rules]", override, f"paths.root={tmp_path}"])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        grpo.check(cfg)
+
+
+def test_the_steps_that_trained_with_failed_verdicts_are_listed():
+    history = [
+        {"step": 1, "judge/failed": 0.0, "rules/0": 0.5},
+        {"step": 2, "judge/failed": 0.25, "rules/0": 0.4},
+        {"step": 2, "train_runtime": 3.0},  # the final summary entry
+        {"step": 3, "judge/failed": 0.0},
+        {"step": 4, "judge/failed": 1 / 16},
+    ]
+    assert grpo.steps_with_failed_verdicts(history) == [2, 4]
