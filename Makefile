@@ -7,6 +7,10 @@ TORCH_SPEC ?= torch==2.13.0
 # PyPI bundle CUDA (gigabytes); for the CPU build there, use
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
+# OpenRLHF release whose remote reward client the tests call (the AutoRule scripts' era), installed
+# without its dependencies (they pin CUDA builds and older transformers); the Ray job of
+# grpo.engine=openrlhf installs its own.
+OPENRLHF_SPEC ?= openrlhf==0.6.4
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROOT ?= outputs
@@ -18,7 +22,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
-.PHONY: install test test-all demo lint format bench data clean
+.PHONY: install test test-all demo lint format bench gpu-check data clean
 
 install: $(STAMP)
 
@@ -28,6 +32,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "$(OPENRLHF_SPEC)" || echo "note: $(OPENRLHF_SPEC) has wheels \
+	for Python 3.10 and 3.11 only; the test against OpenRLHF's own reward client will skip"
 	touch $(STAMP)
 
 test: install
@@ -51,6 +57,11 @@ format: install
 
 bench: install
 	$(PY) -m pytest -q -m bench -s tests/benchmarks
+
+# One command for a GPU machine (bf16, ZeRO-2/3 through accelerate, vLLM, judge, MFU): a table and
+# gpu_check.json; without a GPU it says so and exits 0.
+gpu-check: install
+	PYTHON=$(PY) bash scripts/gpu_check.sh
 
 # Regenerates the bundled synthetic data under data/ (deterministic; the result is committed).
 data: install

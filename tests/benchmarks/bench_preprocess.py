@@ -9,6 +9,7 @@ memoised token counts are reused). Target, asserted: under a minute on 2 cores. 
 docs/benchmarks.md by hand, with the machine they were taken on.
 """
 
+import os
 import shutil
 import time
 
@@ -39,14 +40,17 @@ def test_preprocess_uf_full_size(make_cfg, tmp_path, monkeypatch, layout):
         test_sft.to_parquet(data / "test_sft-00000-of-00001.parquet", index=False)
     cfg = make_cfg(f"dataset.path={copy}")
     load_tokenizer(cfg)  # build the tiny tokenizer outside the timed region
-    t0 = time.perf_counter()
+    load = os.getloadavg()[0]
+    t0, cpu0 = time.perf_counter(), time.process_time()
     out = preprocess.run(cfg)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     counts = read_manifest(out)["counts"]
     rows = sum(counts[f"{s}_rows_in"] for s in HUB_SIZES)
     print(
         f"\n[bench] preprocess uf ({layout} texts): {rows} rows in {elapsed:.1f} s "
-        f"({rows / elapsed:,.0f} rows/s); kept train_prefs={counts['train_prefs_rows']}"
+        f"({rows / elapsed:,.0f} rows/s), CPU time {cpu:.1f} s (all threads); kept "
+        f"train_prefs={counts['train_prefs_rows']}; 1-minute load average {load:.2f} at the "
+        f"start, {os.getloadavg()[0]:.2f} at the end"
     )
     assert counts["train_prefs_rows_in"] == HUB_SIZES["train_prefs"]
     assert elapsed < 60, f"target: under a minute on 2 cores, took {elapsed:.1f} s"

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from grpo_timing import RewardTimer
 
 from autorule.core.artifacts import read_manifest
 from autorule.core.config import compose
@@ -59,6 +60,18 @@ def says_yes_to_digits(request) -> FakeReply:
     return FakeReply(text=alternatives[0][0], top_logprobs=alternatives)
 
 
+def served_judge(server) -> list[str]:
+    """Overrides that make ``server`` the judge, in logprob mode."""
+    return [
+        "llm@judge.llm=openai",
+        f"judge.llm.base_url={server.url}/v1",
+        "judge.llm.model=scripted-judge",
+        "judge.tokenizer=tiny",  # checks the verdict tokens at start
+        "judge.llm.progress=false",
+        "judge.mode=logprob",
+    ]
+
+
 def test_the_rules_reward_rises_when_the_judge_rewards_something_learnable(trained, tmp_path):
     """Sign and wiring: with a judge that rewards digits, GRPO makes the policy write more."""
     rules = tmp_path / "rules.json"
@@ -77,12 +90,7 @@ def test_the_rules_reward_rises_when_the_judge_rewards_something_learnable(train
                 "grpo.num_generations=8",
                 "grpo.prompts_per_rollout=2",
                 "grpo.save_steps=100",
-                "llm@judge.llm=openai",
-                f"judge.llm.base_url={server.url}/v1",
-                "judge.llm.model=scripted-judge",
-                "judge.tokenizer=tiny",  # checks the verdict tokens at start
-                "judge.llm.progress=false",
-                "judge.mode=logprob",
+                *served_judge(server),
             ]
         )
         path = grpo.run(cfg)
@@ -133,3 +141,33 @@ def test_kept_checkpoints_are_models_for_the_reward_hacking_curve(trained):
         folder = path / "checkpoints" / name
         assert not list(folder.glob("optimizer*")) and not list(folder.glob("rng_state*"))
         AutoModelForCausalLM.from_pretrained(folder)
+
+
+def test_the_reward_terms_of_a_step_overlap(trained, tmp_path, monkeypatch):
+    """grpo.concurrent_rewards (the default): with a served judge that answers after 0.3 s and an
+    rm made slower by a scripted 0.6 s, the reward phase of a step takes clearly less than the
+    two terms' times added up (one after the other it would take their sum)."""
+    timer = RewardTimer(monkeypatch, delays={"rm": 0.6})
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps(["The response is polite.", "The response has digits."]))
+    root = trained["sft"].parents[1]
+    with FakeLLMServer(says_yes_to_digits, delay=0.3) as server:
+        cfg = compose(
+            [
+                "stage=grpo",
+                f"paths.root={root}",
+                f"rules.path={rules}",
+                "grpo.rewards=[rm,rules]",
+                "grpo.max_steps=1",
+                "grpo.save_steps=100",
+                *served_judge(server),
+                "judge.llm.cache=false",
+                "judge.llm.max_concurrency=64",
+            ]
+        )
+        assert cfg.grpo.concurrent_rewards
+        grpo.run(cfg, callbacks=[timer.callback])
+    phase = timer.phases[0]
+    terms = timer.terms["rm"][0] + timer.terms["rules"][0]
+    assert timer.terms["rules"][0] >= 0.3 and timer.terms["rm"][0] >= 0.6
+    assert phase < 0.8 * terms, (phase, dict(timer.terms))

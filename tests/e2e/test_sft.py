@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from autorule.core.artifacts import artifact_path, read_manifest, work_path
@@ -157,3 +158,58 @@ def test_a_pipeline_refuses_a_bad_number_of_a_later_stage_before_running_any(mak
     ):
         run_stage(cfg)
     assert not artifact_path(cfg, "preprocess").exists()
+
+
+def _per_token_losses(model, batch) -> torch.Tensor:
+    """Cross-entropy of every learned token (label != -100), in order, as the trainer's loss
+    sees them (logits shifted by one)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}  # as the trainer passes them
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    learned = labels != -100
+    losses = torch.nn.functional.cross_entropy(logits[learned], labels[learned], reduction="none")
+    return losses
+
+
+def test_packed_batches_keep_the_per_token_loss_and_restart_positions(trained, tmp_path):
+    """sft.packing=true: a packed row (several rows end to end, no padding) gives every response
+    token the loss it has in a padded batch of the same rows, so rows do not attend across each
+    other; the collator's position ids restart at 0 at each row."""
+    root = trained["sft"].parents[1]
+    data = {"preprocess": trained["preprocess"]}
+    packed = sft.build_trainer(
+        compose(["stage=sft", f"paths.root={root}", "sft.packing=true"]), tmp_path / "p", data
+    )
+    padded = sft.build_trainer(compose(["stage=sft", f"paths.root={root}"]), tmp_path / "u", data)
+    assert packed.padding_free and not padded.padding_free
+    row = next(r for r in packed.train_dataset if len(set(r["seq_lengths"])) > 1)
+    lengths = list(row["seq_lengths"])
+    assert len(lengths) > 1 and sum(lengths) == len(row["input_ids"])
+
+    batch = packed.data_collator([row])
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1
+    positions = batch["position_ids"][0].tolist()
+    assert positions == [p for n in lengths for p in range(n)]
+
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    rows = [
+        {key: row[key][a : a + n] for key in ("input_ids", "labels")}
+        for a, n in zip(starts, lengths, strict=True)
+    ]
+    padded_batch = padded.data_collator(rows)
+    assert (padded_batch["attention_mask"] == 0).any()  # the rows differ in length
+    model = padded.model.eval()
+    packed_losses = _per_token_losses(model, batch)
+    padded_losses = _per_token_losses(model, padded_batch)
+    assert packed_losses.shape == padded_losses.shape and len(packed_losses) > 100
+    torch.testing.assert_close(packed_losses, padded_losses, rtol=1e-4, atol=1e-4)
+    # Without the restarts the rows would attend to each other and the losses would move.
+    crossed = {"input_ids": batch["input_ids"], "labels": batch["labels"]}
+    assert not torch.allclose(_per_token_losses(model, crossed), padded_losses, atol=1e-3)
+
+
+def test_padding_free_alone_needs_max_length_null(make_cfg):
+    with pytest.raises(ConfigError, match=r"sft.padding_free=true without sft.packing"):
+        sft.check(make_cfg("stage=sft", "sft.padding_free=true"))
+    sft.check(make_cfg("stage=sft", "sft.padding_free=true", "sft.max_length=null"))

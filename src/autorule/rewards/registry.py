@@ -95,6 +95,45 @@ def close_all(funcs: Sequence[RewardFunc]) -> None:
             close()
 
 
+def concurrent(func: RewardFunc) -> Callable:
+    """``func`` as an async reward function that runs in a worker thread.
+
+    TRL's GRPOTrainer calls the synchronous reward functions one after the other, then gathers
+    the async ones on its event loop. Made async, the terms of a step overlap: the rm scores on
+    its model (torch releases the GIL) while the judge's calls wait on the server. The
+    attributes the stage reads (``metrics``, ``close``, ``judge``...) carry over.
+    """
+    import asyncio
+
+    # CUDA's current device is per thread and a new thread starts on device 0: the worker takes
+    # the one this process trains on (its local rank under accelerate), where the terms' models
+    # were placed.
+    device = _cuda_device()
+
+    def call(*args: Any, **kwargs: Any) -> list[float]:
+        if device is not None:
+            import torch
+
+            torch.cuda.set_device(device)
+        return func(*args, **kwargs)
+
+    async def run(*args: Any, **kwargs: Any) -> list[float]:
+        return await asyncio.to_thread(call, *args, **kwargs)
+
+    run.__dict__.update(func.__dict__)
+    return named(run, func.__name__)
+
+
+def _cuda_device() -> int | None:
+    """This thread's CUDA device, or None without CUDA (torch not loaded counts as none)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda.current_device()
+
+
 def named(func: Callable, name: str) -> Callable:
     """``func`` renamed ``name`` (TRL names a reward after ``__name__``)."""
     func.__name__ = func.__qualname__ = name

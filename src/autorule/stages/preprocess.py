@@ -233,24 +233,30 @@ def _load_split(cfg: DictConfig, split: str) -> Split:
 def _require_columns(split: Split, columns) -> None:
     """Every column present and filled (a null would otherwise pass as a row the filter
     silently drops)."""
-    df = split.df
-    missing = [c for c in columns if c not in df.columns]
+    import pyarrow.compute as pc
+
+    table = split.table
+    missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise ValueError(f"{split} lacks the columns {missing}; it has {list(df.columns)}")
+        raise ValueError(f"{split} lacks the columns {missing}; it has {table.column_names}")
     for column in columns:
-        nulls = df.index[df[column].isna()].tolist()
-        if nulls:
+        values = table.column(column)
+        if values.null_count:
+            first = pc.index(pc.is_null(values), True).as_py()
             raise ValueError(
-                f"{split} has missing values in column {column!r} ({len(nulls)} rows), first at "
-                f"{split.row(nulls[0])}"
+                f"{split} has missing values in column {column!r} ({values.null_count} rows), "
+                f"first at {split.row(first)}"
             )
 
 
 def final_messages(split: Split, column: str) -> list[str]:
     """The content of the last message of each row's ``column`` (a list of messages); a row
     whose list is empty or malformed is reported by split, file, row and column."""
-    out = []
-    for index, conversation in enumerate(split.df[column]):
+    fast = _final_contents(split.table.column(column))
+    if fast is not None:
+        return fast
+    out = []  # some row is malformed: find the first one, and say where it is
+    for index, conversation in enumerate(split.table.column(column).to_pylist()):
         last = conversation[-1] if conversation is not None and len(conversation) else None
         content = last.get("content") if isinstance(last, dict) else None
         if not isinstance(content, str):
@@ -263,11 +269,40 @@ def final_messages(split: Split, column: str) -> list[str]:
     return out
 
 
+def _final_contents(conversations) -> list[str] | None:
+    """The content of the last message of every row, read from the Arrow column without
+    building the message lists in Python; None when a row is null, empty or has no string
+    content there (:func:`final_messages` then names it)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    conversations = conversations.combine_chunks()
+    if not pa.types.is_list(conversations.type) and not pa.types.is_large_list(conversations.type):
+        return None
+    lengths = pc.list_value_length(conversations)
+    if conversations.null_count or pc.min(lengths).as_py() in (0, None):
+        return None
+    messages = pc.list_flatten(conversations)
+    if not pa.types.is_struct(messages.type) or messages.type.get_field_index("content") < 0:
+        return None
+    last = np.cumsum(lengths.to_numpy()) - 1
+    contents = pc.struct_field(messages.take(pa.array(last)), "content")
+    if not pa.types.is_string(contents.type) and not pa.types.is_large_string(contents.type):
+        return None
+    if contents.null_count:
+        return None
+    return contents.to_pylist()
+
+
 # --------------------------------------------------------------------------------------------
 # UltraFeedback
 
 
 def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     p = cfg.preprocess
     settings = FilterSettings(**p.filter)
     tokenizer = load_tokenizer(cfg)
@@ -297,44 +332,54 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
     for split in p.splits:
         data = _load_split(cfg, split)
         _require_columns(data, UF_COLUMNS)
-        df = data.df
+        table = data.table
         if split in p.unfiltered_splits:  # the whole split, as loaded (extract.pool=unfiltered)
-            df.to_parquet(out / f"{split}_unfiltered.parquet", index=False)
+            pq.write_table(table, out / f"{split}_unfiltered.parquet")
         chosen = final_messages(data, "chosen")
         rejected = final_messages(data, "rejected")
+        prompts = table.column("prompt").to_pylist()
         keep, dropped = filter_rows(
-            df["prompt"].tolist(),
+            prompts,
             chosen,
             rejected,
-            df["score_chosen"].tolist(),
-            df["score_rejected"].tolist(),
+            table.column("score_chosen").to_pylist(),
+            table.column("score_rejected").to_pylist(),
             count_tokens,
             settings,
         )
         if not keep:
             raise ValueError(
-                f"preprocess: the filter dropped all {len(df)} rows of split {split} of "
+                f"preprocess: the filter dropped all {len(table)} rows of split {split} of "
                 f"{cfg.dataset.path} ({dropped}); check the data or preprocess.filter.*"
             )
-        clean = df.iloc[keep].reset_index(drop=True)
-        clean["chosen_content"] = [chosen[i] for i in keep]
-        clean["rejected_content"] = [rejected[i] for i in keep]
-        clean["response"] = clean["chosen_content"]
-        clean["formatted_prompt"] = _format_prompts(clean["prompt"].tolist(), p, tokenizer)
-        clean.to_parquet(out / f"{split}.parquet", index=False)
-        counts[f"{split}_rows_in"] = len(df)
+        chosen_kept = pa.array([chosen[i] for i in keep], pa.string())
+        added = {
+            "chosen_content": chosen_kept,
+            "rejected_content": pa.array([rejected[i] for i in keep], pa.string()),
+            "response": chosen_kept,
+            "formatted_prompt": pa.array(
+                _format_prompts([prompts[i] for i in keep], p, tokenizer), pa.string()
+            ),
+        }
+        clean = table.take(pa.array(keep, pa.int64()))
+        for name, column in added.items():
+            if name in clean.column_names:  # a column of that name in the input is replaced
+                clean = clean.drop_columns([name])
+            clean = clean.append_column(name, column)
+        pq.write_table(clean, out / f"{split}.parquet")
+        counts[f"{split}_rows_in"] = len(table)
         counts[f"{split}_rows"] = len(clean)
         counts.update({f"{split}_dropped_{reason}": n for reason, n in dropped.items()})
         log.info(
             "[preprocess] %s: kept %d of %d rows (%s)",
             split,
             len(clean),
-            len(df),
+            len(table),
             ", ".join(f"{k}={v}" for k, v in dropped.items() if v),
         )
         if split == "test_prefs":
-            subset = clean.head(int(p.test_subset_size))
-            subset.to_parquet(out / "test_subset.parquet", index=False)
+            subset = clean.slice(0, int(p.test_subset_size))
+            pq.write_table(subset, out / "test_subset.parquet")
             counts["test_subset_rows"] = len(subset)
     return counts
 

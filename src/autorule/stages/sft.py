@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from autorule.core.config import check_paths
+from autorule.core.config import ConfigError, check_paths
 from autorule.core.stage import StageSpec
 from autorule.data.models import load_tokenizer, resolve
 from autorule.training.arguments import check_training, runtime_keys, sequence_kwargs
@@ -48,6 +48,32 @@ def check(cfg: DictConfig) -> None:
     check_paths(cfg)
     check_launcher(cfg)
     check_training(cfg.sft, "sft", world_size(cfg))
+    batching_kwargs(cfg.sft)
+
+
+def batching_kwargs(section: DictConfig) -> dict[str, Any]:
+    """TRL's packing and padding-free settings from ``sft.packing`` / ``sft.padding_free``.
+
+    ``packing`` packs whole rows into sequences of ``sft.max_length`` tokens (best-fit
+    decreasing, TRL's ``bfd``: no row is split); its batches are padding-free. ``padding_free``
+    alone keeps ``micro_batch_size`` rows per batch but lays them end to end in one row instead
+    of padding each to the longest. Either way the collator gives each row position ids that
+    restart at 0, and the attention kernel keeps rows apart: flash_attention_2/3 through the
+    cumulative sequence lengths, sdpa and eager through a block-diagonal mask that transformers
+    builds from the position ids (docs/architecture.md, "sft and rm").
+    """
+    packing, padding_free = bool(section.packing), bool(section.padding_free)
+    if padding_free and not packing and section.max_length is not None:
+        raise ConfigError(
+            f"sft.padding_free=true without sft.packing truncates nothing (TRL), so "
+            f"sft.max_length={section.max_length} would not hold: set sft.packing=true, or "
+            "sft.max_length=null (preprocess already keeps prompts and answers under "
+            "preprocess.filter.max_tokens each)"
+        )
+    kwargs: dict[str, Any] = {"packing": packing, "padding_free": padding_free}
+    if packing:
+        kwargs["packing_strategy"] = "bfd"
+    return kwargs
 
 
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
@@ -83,7 +109,9 @@ def build_trainer(
     train_ds = prompt_completion(data / f"{section.train_split}.parquet", tokenizer.eos_token)
     eval_ds = prompt_completion(data / f"{section.eval_split}.parquet", tokenizer.eos_token)
     # completion_only_loss: the labels of the prompt tokens are -100, so only the answer is learned.
-    args = SFTConfig(**config_kwargs(cfg, "sft", workdir), completion_only_loss=True, packing=False)
+    args = SFTConfig(
+        **config_kwargs(cfg, "sft", workdir), completion_only_loss=True, **batching_kwargs(section)
+    )
     return SFTTrainer(
         model=resolve(cfg, "policy"),
         args=args,

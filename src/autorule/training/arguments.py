@@ -99,8 +99,8 @@ def check_training(section: Mapping[str, Any], stage: str, world_size: int) -> N
     number("weight_decay", integer=False, low=0)
     number("warmup_ratio", integer=False, low=0, high=1, high_open=True)
     number("max_grad_norm", integer=False, low=0, low_open=True)
-    if "max_length" in section:  # the trainers that read sequences (sft, rm)
-        number("max_length", low=1)
+    if "max_length" in section:  # the trainers that read sequences (sft, rm); null: no limit
+        number("max_length", low=1, none_ok=True)
     for key in ("global_batch_size", "micro_batch_size", "eval_batch_size"):
         number(key, low=1)
     number("save_steps", low=1)
@@ -163,8 +163,9 @@ def shared_kwargs(section: Mapping[str, Any], world_size: int) -> dict[str, Any]
 
 
 def sequence_kwargs(section: Mapping[str, Any]) -> dict[str, Any]:
-    """What SFTConfig and RewardConfig add: the longest tokenized sequence."""
-    return {"max_length": int(section["max_length"])}
+    """What SFTConfig and RewardConfig add: the longest tokenized sequence (None: no limit)."""
+    max_length = section["max_length"]
+    return {"max_length": None if max_length is None else int(max_length)}
 
 
 def trainer_kwargs(
