@@ -293,6 +293,10 @@ def check(cfg: DictConfig) -> None:
     if section.eval_split and section.rubric_file:
         raise ConfigError("grpo.eval_split: a rubric file has no splits (set grpo.eval_split=null)")
     lora.check(section, "grpo")
+    if section.get("openrlhf") is not None:
+        from autorule.training.openrlhf import check_numbers
+
+        check_numbers(section.openrlhf)
     check_prompt_split(cfg)
     check_scoring(cfg)
     check_files(cfg)
