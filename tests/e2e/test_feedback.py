@@ -225,7 +225,10 @@ def test_feedback_eval_two_by_two(root):
 
 def test_feedback_eval_makes_the_picks_it_lacks(root):
     """One command runs the study: picks not made yet (here: of 2 prompts) are sampled first,
-    under each protocol, with the reward models already trained."""
+    under each protocol, with the reward models already trained (the pipeline makes the inputs
+    the stage declares under a config of its own)."""
+    from autorule.pipeline import run_stage
+
     cfg = config(
         root,
         "stage=feedback_eval",
@@ -244,7 +247,7 @@ def test_feedback_eval_makes_the_picks_it_lacks(root):
     assert not any(folder.exists() for folder in generated.values())
     with FakeLLMServer(EvalAnnotator(set(), "", "")) as server:
         cfg.feedback.llm.base_url = f"{server.url}/v1"
-        path = feedback_eval.run(cfg)
+        path = run_stage(cfg)["feedback_eval"]
     result = json.loads((path / "win_rates.json").read_text())
     assert result["prompts"] == {"ratings": 2, "rankings": 2}
     for protocol, folder in generated.items():

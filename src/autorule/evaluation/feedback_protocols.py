@@ -36,6 +36,8 @@ RATING_MIN, RATING_MAX = 1, 7  # the paper's 7-point scale
 # The three outcomes of a comparison of response X with response Y.
 X, Y, EQUAL = "x", "y", "equal"
 LABELS = (X, Y, EQUAL)
+# The feedback artifact's tables (written by the feedback stage, read by feedback_rm).
+RATINGS, RANKINGS = "ratings.parquet", "rankings.parquet"
 
 _DECORATION = r"[\s*_`#>\[\]()\"'.]*"
 # "Rating: 5", tolerating markdown emphasis, brackets and "5/7" or "5 out of 7".

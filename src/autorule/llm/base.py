@@ -312,7 +312,7 @@ def record_usage(workdir: Path, llms: Mapping[str, LLM | None]) -> dict[str, Any
 
     A file of its own rather than a key of ``metrics.json``: latencies and cache hits differ
     between two runs that made the same content, so it is a run record
-    (``core.artifacts.RUN_RECORDS``), left out of the content hash like ``calls.jsonl``."""
+    (``core.identity.RUN_RECORDS``), left out of the content hash like ``calls.jsonl``."""
     from autorule.core.files import write_json_atomic
 
     record = usage_record(llms)

@@ -175,7 +175,7 @@ def _convo(value: Any, prompt: Any) -> list[dict[str, str]]:
     return [{"role": "user", "content": _as_text(prompt)}]
 
 
-@register("rubric")
+@register("rubric", sections=("rubric",))
 def rubric_term(context: RewardContext):
     """Rubric items graded by the LLM of role ``rubric.grader`` (settings: ``rubric`` and
     ``rewards.rubric``).

@@ -180,7 +180,7 @@ def train(
     metrics: dict[str, Any] = {"mode": str(section.mode)}
 
     if is_cloud(cfg):
-        from autorule.stages.critiques import read_critiques
+        from autorule.data.pairs import read_critiques
 
         pairs = read_critiques(inputs["critiques"])
         # ---- 1. critique SFT on the oracle critiques

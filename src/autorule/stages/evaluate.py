@@ -47,16 +47,15 @@ from omegaconf import DictConfig
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob, read_manifest
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
+from autorule.core.files import write_jsonl
 from autorule.core.stage import StageSpec
 from autorule.evaluation import agreement, alpaca, hacking, leaderboard, mt_bench, pairwise
-from autorule.stages.generate import (
-    CHECKPOINTS_DIR,
+from autorule.evaluation.responses import (
     MODEL_STAGES,
-    REFERENCE,
-    RESPONSES,
     SAMPLING,
-    read_jsonl,
-    write_jsonl,
+    prompt_formatter,
+    response_sets,
+    step_of,
 )
 
 log = logging.getLogger(__name__)
@@ -310,32 +309,6 @@ def hand_off_step(
     metrics["mt_bench"] = mt_bench_hand_off(workdir, sets, generated, model_name, reference_name)
 
 
-# --------------------------------------------------------------------------------------------
-# Response sets
-
-
-def response_sets(generated: Path, max_pairs: int | None) -> dict[str, list[dict]]:
-    """label -> rows: ``model``, ``reference`` (when sampled) and ``step-<N>`` checkpoints, each
-    cut to the first ``max_pairs`` prompts."""
-    sets = {"model": read_jsonl(generated / RESPONSES)}
-    if (generated / REFERENCE).is_file():
-        sets["reference"] = read_jsonl(generated / REFERENCE)
-    for path in sorted((generated / CHECKPOINTS_DIR).glob("step-*.jsonl"), key=step_of):
-        sets[path.stem] = read_jsonl(path)
-    if max_pairs is not None:
-        sets = {label: rows[: int(max_pairs)] for label, rows in sets.items()}
-    ids = [row["id"] for row in sets["model"]]
-    for label, rows in sets.items():
-        if [row["id"] for row in rows] != ids:
-            raise ValueError(f"{generated}: the {label} responses are not for the same prompts")
-    return sets
-
-
-def step_of(path: Path | str) -> int:
-    match = re.search(r"step-(\d+)", str(path))
-    return int(match.group(1)) if match else -1
-
-
 def names(info: dict[str, Any]) -> tuple[str, str | None]:
     """Names for the outputs handed to AlpacaEval and FastChat: ``autorule-<model>``."""
 
@@ -367,7 +340,6 @@ def summary(values: list[float]) -> dict[str, float | int | None]:
 
 def rm_score_sets(cfg: DictConfig, rm_folder: Path, sets: dict[str, list[dict]]) -> dict:
     from autorule.evaluation.scoring import rm_scores
-    from autorule.stages.generate import prompt_formatter
 
     format_prompt = prompt_formatter(cfg, str(rm_folder / "model"))
     out = {}

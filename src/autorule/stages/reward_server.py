@@ -23,7 +23,6 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_number, check_paths
 from autorule.core.stage import StageSpec
+from autorule.rewards import registry as rewards
 from autorule.training.arguments import MODEL
 
 log = logging.getLogger(__name__)
@@ -38,43 +38,30 @@ log = logging.getLogger(__name__)
 SERVER_FILE = "server.json"
 
 
-def uses_term(cfg: Any, name: str) -> bool:
-    return name in list(cfg.grpo.rewards)
+def terms(cfg: Any) -> list[str]:
+    """The terms served: ``grpo.rewards``."""
+    return [str(name) for name in cfg.grpo.rewards]
 
 
-def unused_reward_settings(cfg: Any) -> tuple[str, ...]:
-    """Settings of terms not served, and of the judge or rubric grader when no term needs them."""
-    used = set(cfg.grpo.rewards)
-    keys = [
-        f"rewards.{name}"
-        for name, value in (cfg.get("rewards") or {}).items()
-        if name not in used and isinstance(value, Mapping)
-    ]
-    sections = {"rules": "judge", "rubric": "rubric"}
-    return (*keys, *(section for term, section in sections.items() if term not in used))
-
-
+# What the served terms read (their artifacts, settings, the rule set, model folders by
+# content) comes from their declarations in the reward registry.
 SPEC = StageSpec(
     name="reward_server",
-    inputs=("sft", "rm", "cloud"),
-    only_if={
-        "rm": lambda cfg: uses_term(cfg, "rm"),
-        "cloud": lambda cfg: uses_term(cfg, "cloud") and not cfg.rewards.cloud.model,
-    },
-    uses_rules=lambda cfg: uses_term(cfg, "rules"),
+    inputs=("sft",),
+    inputs_when=lambda cfg: rewards.artifact_inputs(cfg, terms(cfg)),
+    uses_rules=lambda cfg: rewards.uses_rules(terms(cfg)),
     keys=(
         "grpo.rewards",
         "grpo.reward_weights",
         "grpo.max_completion_length",
-        "rewards",
-        "judge",
-        "rubric",
         "model.name_or_path",
         "model.tiny",
         "model.pad_token",
     ),
+    keys_when=lambda cfg: rewards.hashed_sections(terms(cfg)),
     ignore=("rubric.debug_examples",),
-    ignore_when=unused_reward_settings,
+    ignore_when=lambda cfg: rewards.unhashed_keys(cfg, terms(cfg)),
+    fingerprint=lambda cfg: rewards.model_fingerprints(cfg, terms(cfg)) or None,
     llm_roles=("judge.llm", "rubric.grader"),
 )
 
@@ -117,7 +104,7 @@ def check(cfg: DictConfig) -> None:
 
 def roles_in_use(cfg: DictConfig) -> list[str]:
     """The judge's role, when the rules term is served (probed before the server starts)."""
-    return ["judge.llm"] if uses_term(cfg, "rules") else []
+    return ["judge.llm"] if "rules" in terms(cfg) else []
 
 
 def build_server(cfg: DictConfig, inputs: dict[str, Path], port: int | None = None):
@@ -134,6 +121,7 @@ def build_server(cfg: DictConfig, inputs: dict[str, Path], port: int | None = No
     context = RewardContext(
         cfg=cfg,
         rm_folder=inputs.get("rm"),
+        inputs=dict(inputs),
         rules=rules,
         device=section.device,
         tokenizer=tokenizer,
