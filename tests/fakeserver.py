@@ -18,6 +18,11 @@ Helpers for answers that misbehave: :func:`echoing_authorization` quotes the req
 ``Authorization`` header in every answer (with :func:`files_holding` to look for the key in an
 artifact), :func:`quoting_grader` quotes the graded reply after its score.
 
+A reply sets its finish reason (``finish_reason="length"`` with ``output_tokens`` and empty text:
+a model that emitted only special tokens) and may leave out the usage block (``usage=False``).
+``GET /v1/models`` answers a reachability probe (``server.probes`` counts them; set
+``server.models_status`` to make it fail).
+
 OpenAI requests with ``logprobs: true`` get the reply's ``top_logprobs`` back in the API's format
 (``choices[0].logprobs.content[0].top_logprobs``, cut to the ``top_logprobs`` asked for).
 :class:`ScriptedJudge` is a rule judge for it: it says yes exactly for known (response, rule)
@@ -79,6 +84,13 @@ class FakeReply:
     # OpenAI, requests with logprobs: (token, log-probability) alternatives for the first token,
     # most likely first; None sends no logprobs even when asked.
     top_logprobs: list[tuple[str, float]] | None = None
+    # Why generation stopped: OpenAI's finish_reason ("stop", "length"); Bedrock's stopReason is
+    # its counterpart ("end_turn", "max_tokens").
+    finish_reason: str = "stop"
+    # Output tokens the usage block reports; None = one per word of the answer. A greedy model
+    # that emits only special tokens sends "" with tokens generated (finish_reason "length").
+    output_tokens: int | None = None
+    usage: bool = True  # False: no usage block at all, as some OpenAI-compatible servers send
 
 
 class ScriptedJudge:
@@ -203,6 +215,8 @@ class FakeLLMServer:
     ):
         self.reply, self.delay, self.log_path = reply, delay, log_path
         self.requests: list[FakeRequest] = []
+        self.probes = 0  # GET /v1/models requests answered (reachability probes)
+        self.models_status = 200  # the status GET /v1/models answers with
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
         scheme = "http"
@@ -252,6 +266,15 @@ class FakeLLMServer:
 
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                # OpenAI's model list: what a reachability probe asks for.
+                if unquote(self.path).rstrip("/").endswith("/models"):
+                    server.probes += 1
+                    if server.models_status != 200:
+                        return self._send(server.models_status, {"error": {"message": "down"}})
+                    return self._send(200, {"object": "list", "data": [{"id": "served"}]})
+                return self._send(404, {"message": f"no route {self.path}"})
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
@@ -313,18 +336,32 @@ def _tokens(text: str) -> int:
     return len(text.split())
 
 
+def _counts(request: FakeRequest, reply: FakeReply) -> tuple[int, int]:
+    """Input and output tokens for the usage block: one per word, unless the reply says."""
+    n_out = reply.output_tokens
+    if n_out is None:
+        n_out = _tokens(reply.reasoning + " " + reply.text)
+    return _tokens(request.prompt), n_out
+
+
 def _bedrock_body(request: FakeRequest, reply: FakeReply) -> dict:
     content: list[dict] = []
     if reply.reasoning:
         content.append({"reasoningContent": {"reasoningText": {"text": reply.reasoning}}})
     content.append({"text": reply.text})
-    n_in, n_out = _tokens(request.prompt), _tokens(reply.reasoning + " " + reply.text)
-    return {
+    n_in, n_out = _counts(request, reply)
+    stop = {"stop": "end_turn", "length": "max_tokens"}.get(
+        reply.finish_reason, reply.finish_reason
+    )
+    body = {
         "output": {"message": {"role": "assistant", "content": content}},
-        "stopReason": "end_turn",
+        "stopReason": stop,
         "usage": {"inputTokens": n_in, "outputTokens": n_out, "totalTokens": n_in + n_out},
         "metrics": {"latencyMs": 1},
     }
+    if not reply.usage:
+        del body["usage"]
+    return body
 
 
 def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
@@ -336,8 +373,8 @@ def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
             message["reasoning_content" if reply.reasoning_as == "field" else "reasoning"] = (
                 reply.reasoning
             )
-    n_in, n_out = _tokens(request.prompt), _tokens(reply.reasoning + " " + reply.text)
-    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
+    n_in, n_out = _counts(request, reply)
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": reply.finish_reason}
     if request.body.get("logprobs") and reply.top_logprobs is not None:
         listed = reply.top_logprobs[: int(request.body.get("top_logprobs") or 0)]
         token, logprob = reply.top_logprobs[0] if reply.top_logprobs else (reply.text, 0.0)
@@ -353,7 +390,7 @@ def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
                 }
             ]
         }
-    return {
+    body = {
         "id": f"chatcmpl-{request.number}",
         "object": "chat.completion",
         "created": 0,
@@ -361,6 +398,9 @@ def _openai_body(request: FakeRequest, reply: FakeReply) -> dict:
         "choices": [choice],
         "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
     }
+    if not reply.usage:
+        del body["usage"]
+    return body
 
 
 def closed_port() -> int:

@@ -7,8 +7,10 @@ Secrets never travel on the command line: Hydra echoes overrides in sweep files 
 messages before autorule could mask them, so an override that carries a credential is refused
 before Hydra starts, and a failing stage prints its error through the same redaction as the logs.
 
-Errors that are the user's next step rather than a bug (a missing upstream artifact, a config
-value out of range) print as one line without a traceback.
+A failing run ends with one ``[autorule] error: ...`` paragraph on stderr. Errors that are the
+user's next step rather than a bug (a missing upstream artifact, a config value out of range, an
+LLM server that cannot be reached) say only that; any other names the log file, which alone holds
+the traceback.
 """
 
 import os
@@ -26,6 +28,7 @@ from autorule.core.config import CONF_DIR, ConfigError, check_root, finalize
 def main(cfg: DictConfig) -> None:
     from autorule.core.artifacts import StageInputError
     from autorule.core.secrets import install_log_redaction, redact_text
+    from autorule.llm.base import UnreachableError
     from autorule.pipeline import run_stage
 
     install_log_redaction()
@@ -33,13 +36,35 @@ def main(cfg: DictConfig) -> None:
     finalize(cfg, hc.runtime.choices["stage"], hc.overrides.task)
     try:
         run_stage(cfg)
-    except (StageInputError, ConfigError) as err:  # a user's next step, not a bug: no traceback
+    except (StageInputError, ConfigError, UnreachableError) as err:  # the user's next step
         print(f"[autorule] error: {redact_text(str(err))}", file=sys.stderr, flush=True)
         sys.exit(1)
-    except Exception:
-        # Hydra would print the raw overrides above the traceback; print it masked instead.
-        print(redact_text(traceback.format_exc()), file=sys.stderr, flush=True)
+    except Exception as err:
+        report_failure(err)
         sys.exit(1)
+
+
+def report_failure(err: BaseException) -> None:
+    """One ``[autorule] error:`` paragraph on stderr naming the log file; the traceback goes to
+    that file only (Hydra's job log). Without a log file the traceback is printed instead, so
+    it is never lost. Both pass the redaction: Hydra would print raw overrides above it."""
+    import logging
+
+    from autorule.core.secrets import redact_text
+
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    trace = redact_text(traceback.format_exc())
+    record = logging.LogRecord("autorule", logging.ERROR, __file__, 0, "%s", (trace,), None)
+    for handler in files:
+        handler.handle(record)
+        handler.flush()
+    message = redact_text(f"{type(err).__name__}: {err}".strip())
+    where = (
+        f"The traceback is in {files[0].baseFilename}."
+        if files
+        else "Traceback:\n" + trace.rstrip()
+    )
+    print(f"[autorule] error: {message}\n{where}", file=sys.stderr, flush=True)
 
 
 def refuse_old_spellings(argv: list[str]) -> None:
@@ -61,7 +86,8 @@ def refuse_credentials(argv: list[str]) -> None:
         print(
             "autorule takes no secrets on the command line, and these overrides look like "
             f"credentials: {', '.join(found)}. Put the secret in an environment variable and "
-            "name that variable in the config (llm.api_key_env for API keys; AWS credentials "
+            "name that variable in the config (<role>.api_key_env for API keys, e.g. "
+            "judge.llm.api_key_env; AWS credentials "
             "come from the usual AWS variables, profile or role; a URL that carries a token can "
             "be read from a variable with '${oc.env:MY_URL}').",
             file=sys.stderr,

@@ -85,6 +85,35 @@ def check_stages(cfg: DictConfig, names: list[str]) -> None:
                 check(stage_cfg)
 
 
+def roles_in_use(cfg: DictConfig, name: str) -> list[str]:
+    """The LLM roles stage ``name`` will call under ``cfg``: its module's ``roles_in_use(cfg)``
+    when it has one (a role used only by some settings), else every role its spec declares."""
+    module = load(name, cfg)
+    pick = getattr(module, "roles_in_use", None)
+    return list(pick(cfg)) if pick is not None else list(module.SPEC.llm_roles)
+
+
+def probe_stages(cfg: DictConfig, names: list[str]) -> None:
+    """One cheap reachability probe per served LLM role the selected stages will call (stages
+    whose artifact is already up to date call none), before any stage runs: a dead judge is
+    named with its URL now, not after the models have loaded. Raises
+    :class:`~autorule.llm.base.UnreachableError`."""
+    from autorule import llm as llms
+
+    probed: set[str] = set()
+    for name in names:
+        roles = [r for r in roles_in_use(cfg, name) if r not in probed]
+        if not roles:
+            continue
+        try:
+            current = is_up_to_date(cfg, name)[0] and not cfg.get("force")
+        except Exception:  # noqa: BLE001 - inputs not made yet: the stage will run
+            current = False
+        if not current:
+            llms.probe_roles(cfg, roles)
+            probed.update(roles)
+
+
 def missing_inputs(cfg: DictConfig, name: str) -> list[tuple[str, DictConfig]]:
     """(stage, config) of each artifact to make before ``name`` runs under ``cfg``, in the order
     to make them: the inputs it declares under a config of their own that are not complete and
@@ -130,6 +159,8 @@ def run_stage(cfg: DictConfig) -> dict[str, Path]:
     for name in names:
         load(name, cfg)  # an unknown name fails before any work
     check_stages(cfg, names)
+    if not dry_run:
+        probe_stages(cfg, names)
     done: dict[str, Path] = {}
     for name in names:
         with open_dict(cfg):

@@ -261,6 +261,22 @@ def test_report_renders_with_real_plots(judged):
     assert "| model |" in text and "95% CI" in text
 
 
+def test_what_the_judge_cost_is_recorded_and_reported(judged):
+    # The pairwise judge's calls, from the server's usage blocks (one token per word).
+    manifest = read_manifest(judged["paths"]["evaluate"])
+    usage = manifest["llm_usage"]["evaluate.judge"]
+    recorded = json.loads((judged["paths"]["evaluate"] / "llm_usage.json").read_text())
+    assert recorded == manifest["llm_usage"]
+    sent = len(judged["requests"])
+    assert usage["calls"] - usage["cache_hits"] == sent and usage["failed_calls"] == 0
+    words = sum(len(r.prompt.split()) for r in judged["requests"])
+    assert usage["input_tokens"] == words and usage["output_tokens"] > 0
+    assert 0 < usage["latency_p50_s"] <= usage["latency_p95_s"]
+    text = (judged["paths"]["report"] / "report.md").read_text()
+    assert "## LLM calls and cost" in text
+    assert f"| evaluate | `evaluate.judge` | {usage['calls']} | {usage['cache_hits']} | 0 |" in text
+
+
 def test_rm_scores_match_the_rm_stage(trained):
     """The evaluate stage reads reward-model scores exactly as the rm stage's own evaluation."""
     metrics = json.loads((trained["rm"] / "metrics.json").read_text())

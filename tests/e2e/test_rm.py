@@ -114,15 +114,22 @@ def test_rm_score_is_the_head_at_the_eos_hidden_state(make_cfg, tmp_path):
     assert not torch.allclose(scores, before_eos)
 
 
-def test_padding_with_eos_reads_the_score_before_eos(make_cfg, tmp_path, caplog):
-    """What a Llama-3 tokenizer without model.pad_token does: pad = eos, and transformers pools
-    at the last token that is not padding, one before eos. The stage warns."""
+def test_a_tokenizer_padding_with_eos_gets_a_pad_token_of_its_own(make_cfg, tmp_path, caplog):
+    """What a Llama-3 tokenizer without model.pad_token would do: pad = eos, and transformers
+    would pool at the last token that is not padding, one before eos. The stage picks another
+    pad token instead (the tiny vocabulary has no reserved one: a new token, its embedding
+    added), says so, and the score is read at eos."""
     import torch
+
+    from autorule.data.models import ADDED_PAD_TOKEN
 
     with caplog.at_level(logging.WARNING):
         scores, at_eos, before_eos = scores_and_hidden_at_eos(
             make_cfg, tmp_path, "model.pad_token='<|end|>'"
         )
-    torch.testing.assert_close(scores, before_eos)
-    assert not torch.allclose(scores, at_eos)
-    assert "the pad token is eos" in caplog.text and "model.pad_token" in caplog.text
+    torch.testing.assert_close(scores, at_eos)
+    assert not torch.allclose(scores, before_eos)
+    assert (
+        f"padding with {ADDED_PAD_TOKEN} instead" in caplog.text
+        and "model.pad_token" in caplog.text
+    )

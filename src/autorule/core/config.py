@@ -9,6 +9,7 @@ masked) so stages never need Hydra's globals.
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -58,10 +59,11 @@ def check_number(
     meaning: str = "",
 ) -> None:
     """Raises :class:`ConfigError` naming ``key`` and the allowed range unless ``value`` is a
-    number (an integer when ``integer``) in that range; ``meaning`` adds what the key is for."""
+    finite number (an integer when ``integer``) in that range; ``meaning`` adds what the key is
+    for."""
     if value is None and none_ok:
         return
-    kind = "an integer" if integer else "a number"
+    kind = "an integer" if integer else "a finite number"
     if low is not None and high is not None:
         left, right = "(" if low_open else "[", ")" if high_open else "]"
         allowed = f"{kind} in {left}{low:g}, {high:g}{right}"
@@ -73,6 +75,8 @@ def check_number(
         allowed = kind
     allowed += " or null" if none_ok else ""
     is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    # NaN compares false with every bound and would pass an unbounded check; inf is no setting.
+    is_number = is_number and math.isfinite(value)
     ok = is_number and (isinstance(value, numbers.Integral) or not integer)
     if ok and low is not None:
         ok = value > low if low_open else value >= low

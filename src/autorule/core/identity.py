@@ -128,7 +128,8 @@ LAUNCH_DIR = "launch"  # the worker configs of a launched (multi-process) traini
 # content differ in them, so the content hash leaves them out. By file name, plus LAUNCH_DIR.
 # calls.jsonl (the extract stage's call log: latencies, retries, which answers were cached) is one
 # too, so re-running extraction from the cache leaves the rule set's content hash unchanged.
-RUN_RECORDS = (CONFIG_FILE, "training_args.bin", "calls.jsonl")
+# llm_usage.json (what each LLM role's calls cost: latencies, cache hits) is one too.
+RUN_RECORDS = (CONFIG_FILE, "training_args.bin", "calls.jsonl", "llm_usage.json")
 
 
 def is_run_record(relpath: str) -> bool:

@@ -45,6 +45,7 @@ LLM_TRANSPORT_KEYS = (
     "device",
     "gpu_memory_utilization",
     "tensor_parallel_size",
+    "price",  # a cost estimate's price per token: bookkeeping, not output
 )
 
 

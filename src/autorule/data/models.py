@@ -6,9 +6,12 @@ builds (once) and uses the tiny local models of :mod:`autorule.data.tiny`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
 
 TINY = "tiny"
 
@@ -42,7 +45,7 @@ def ensure_pad_token(tokenizer, pad_token: str | None = None):
     has reserved special tokens for this), so no embedding is added. Without it a tokenizer that
     has none (Llama-3) pads with eos. That is harmless for generation and SFT, whose masks ignore
     padding, but a sequence-classification model then pools at the last token that is not eos,
-    i.e. before the final eos: set ``model.pad_token`` where the score must be read at eos.
+    i.e. before the final eos: reward models pick another (:func:`ensure_score_pad_token`).
     """
     if pad_token:
         if tokenizer.convert_tokens_to_ids(pad_token) in (None, tokenizer.unk_token_id):
@@ -54,6 +57,49 @@ def ensure_pad_token(tokenizer, pad_token: str | None = None):
     elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# Added as the pad token when a reward model's vocabulary has no unused special token to spare.
+ADDED_PAD_TOKEN = "<|autorule_pad|>"
+
+
+def ensure_score_pad_token(tokenizer, model=None, where: str = "reward model") -> str | None:
+    """Makes the pad token of a reward model's ``tokenizer`` differ from eos, in place; returns
+    the token it picked, or None when the pad token already differed.
+
+    A sequence-classification model reads its score at the last token that is not padding, so
+    padding with eos would read it before the final eos. The pick: an unused reserved special
+    token of the vocabulary when it has one (Llama-3's ``<|reserved_special_token_N|>``: no new
+    embedding), else a new token ``<|autorule_pad|>``. ``model``, when given, gets embeddings
+    for every token of the tokenizer and its ``pad_token_id``. The pick is logged as a warning
+    (``where`` names the stage); ``model.pad_token`` chooses one instead.
+    """
+    picked = None
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        in_use = {tokenizer.eos_token, tokenizer.bos_token, tokenizer.unk_token}
+        reserved = sorted(
+            (t for t in tokenizer.get_vocab() if "reserved" in t and t not in in_use),
+            key=tokenizer.convert_tokens_to_ids,
+        )
+        if reserved:
+            tokenizer.pad_token = reserved[0]
+        else:
+            tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
+        picked = tokenizer.pad_token
+        log.warning(
+            "[%s] %s pads with eos (%s), which would read the score before eos; padding with "
+            "%s instead (%s). Set model.pad_token to choose another.",
+            where,
+            tokenizer.name_or_path,
+            tokenizer.eos_token,
+            picked,
+            "an unused reserved token" if reserved else "a new token, embeddings resized",
+        )
+    if model is not None:
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return picked
 
 
 def resolve_device(device: str | None) -> str:

@@ -10,7 +10,9 @@ command line, e.g. ``llm@extract.llm=openai extract.llm.base_url=http://host:800
     hf        a local transformers model (the tiny profile)
     vllm      vLLM's offline engine (optional extra)
 
-``build(cfg, role)`` returns the configured backend; every backend answers
+``build(cfg, role)`` returns the configured backend (its messages name keys as ``<role>.<key>``);
+``probe_roles`` checks that served roles answer before a run starts; ``record_usage`` writes
+what a stage's roles cost into its manifest and ``llm_usage.json``. Every backend answers
 ``complete_all(list_of_message_lists)`` with :class:`Completion` objects and shares the cache,
 retry, concurrency and record-keeping of :mod:`autorule.llm.base`; all but bedrock also read
 one-token verdicts (``verdict_all``).
@@ -20,9 +22,27 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorule.llm.base import LLM, Completion, LLMCallError, Messages
+from autorule.llm.base import (
+    LLM,
+    Completion,
+    LLMCallError,
+    Messages,
+    record_usage,
+    usage_record,
+)
 
-__all__ = ["LLM", "Completion", "LLMCallError", "Messages", "build", "check_role", "role_section"]
+__all__ = [
+    "LLM",
+    "Completion",
+    "LLMCallError",
+    "Messages",
+    "build",
+    "check_role",
+    "probe_roles",
+    "record_usage",
+    "role_section",
+    "usage_record",
+]
 
 
 def role_section(cfg: DictConfig, role: str) -> DictConfig:
@@ -61,4 +81,20 @@ def build(cfg: DictConfig, role: str, overrides: dict | None = None) -> LLM:
         )
     if settings.get("model") == TINY:
         settings["model"] = resolve(cfg, "policy")
-    return get_class(target)(**settings)
+    llm = get_class(target)(**settings)
+    llm.role = role  # messages name keys as the command line spells them: judge.llm.timeout
+    return llm
+
+
+def probe_roles(cfg: DictConfig, roles: list[str]) -> None:
+    """One cheap reachability probe per served role of ``roles`` (local backends have nothing to
+    reach), before any work; raises :class:`~autorule.llm.base.UnreachableError` naming the role
+    and its URL."""
+    from hydra.utils import get_class
+
+    from autorule.llm.base import RemoteLLM
+
+    for role in roles:
+        target = role_section(cfg, role).get("_target_")
+        if target and issubclass(get_class(str(target)), RemoteLLM):
+            build(cfg, role).probe()

@@ -28,12 +28,25 @@ messages never share an entry.
 A call that still fails after its retries does not raise from :meth:`LLM.complete_all`: its
 Completion carries the error, and the caller decides how many failures it tolerates.
 
-An answer with nothing usable in it (no text and no reasoning, no content block, a body that is
-not the API's JSON, text that is not valid Unicode) is a failed attempt, not an answer
-(:class:`UnusableAnswerError`): remote calls retry it like a 5xx, and it is never cached, so a
-re-run against a healthy endpoint asks again instead of replaying the empty answer. An answer
-with reasoning but no final text (a reasoning model cut off by ``max_tokens``) is kept: it was
-paid for, the extract stage reads the reasoning, and a retry would likely be cut off again.
+A broken answer (no content block, a body that is not the API's JSON, text that is not valid
+Unicode) is a failed attempt, not an answer (:class:`UnusableAnswerError`): remote calls retry it
+like a 5xx, and it is never cached, so a re-run against a healthy endpoint asks again.
+
+An *empty* answer (no text and no reasoning) in a normal response is the model's own when the
+model generated something (output tokens and a finish reason: a greedy model that emitted only
+special tokens, or ran out of ``max_tokens`` inside them): it comes back as it is, not retried
+(at temperature 0 a retry gives the same), and callers count it unparsed. An empty answer with
+nothing generated may be a glitch: it is asked once more, and if still empty comes back the same
+way. Local backends (hf, vllm) return empty answers as they are. Empty answers are never cached,
+so a re-run asks again. An answer with reasoning but no final text (a reasoning model cut off by
+``max_tokens``) is kept: it was paid for, and the extract stage reads the reasoning.
+
+Every backend keeps a tally of its calls (:class:`Usage`): calls, cache hits, failures, empty
+answers, tokens in and out (the server's usage block, else counted with the model's tokenizer when
+one is at hand, else unknown) and latencies; :func:`usage_record` turns the tallies of a stage's
+roles into the per-role record (with a cost estimate when the role sets ``price``) that manifests,
+``llm_usage.json`` (:func:`record_usage`) and the report show.
+
 Error messages are redacted as they are made (:mod:`autorule.core.secrets`): servers echo
 request headers into them.
 
@@ -49,7 +62,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +84,16 @@ class LLMCallError(RuntimeError):
     """An LLM call failed for good (after its retries, or with an error not worth retrying)."""
 
 
+class UnreachableError(RuntimeError):
+    """A served role's endpoint did not answer the reachability probe (:meth:`RemoteLLM.probe`)."""
+
+
 class UnusableAnswerError(RuntimeError):
     """An attempt came back without an answer worth keeping (see the module docstring)."""
+
+
+class EmptyAnswerError(UnusableAnswerError):
+    """An empty answer with nothing generated, on the first attempt: asked once more."""
 
 
 @dataclass
@@ -90,10 +111,30 @@ class Completion:
     # Verdict requests only: choice -> log-probability as the reply's first token (None when a
     # served model did not list it among its top alternatives).
     choice_logprobs: dict[str, float | None] | None = None
+    # Why generation stopped ("stop", "length", "end_turn", "max_tokens" ...), when it is known.
+    finish_reason: str | None = None
+    # Where input_tokens and output_tokens come from: "response" (the server's usage block, or a
+    # local engine's token ids), "tokenizer" (counted here) or "unknown" (both then 0).
+    tokens_from: str = "response"
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def empty(self) -> bool:
+        """An answer (not a verdict, not a failure) with neither text nor reasoning."""
+        return (
+            self.ok
+            and self.choice_logprobs is None
+            and not self.text.strip()
+            and not self.reasoning.strip()
+        )
+
+    @property
+    def generated(self) -> bool:
+        """The model generated tokens and said why it stopped: an empty answer is its own."""
+        return bool(self.finish_reason) and self.output_tokens > 0
 
     def record(self) -> dict[str, Any]:
         """The call's record without the texts (for call logs)."""
@@ -105,8 +146,8 @@ class Completion:
 def check_usable(completion: Completion, allow_empty: bool = False) -> Completion:
     """``completion`` itself when it holds an answer; raises :class:`UnusableAnswerError`.
 
-    ``allow_empty``: an empty answer is the model's own (a local model that ends at once), not a
-    broken endpoint's; it is kept, as a parser will count it unparsed."""
+    ``allow_empty``: an empty answer is kept (the module docstring says when it is the model's
+    own); a parser will count it unparsed."""
     for name in ("text", "reasoning"):
         value = getattr(completion, name)
         if not isinstance(value, str):
@@ -143,18 +184,140 @@ def check_settings(section: Mapping[str, Any], where: str) -> None:
     number("top_p", integer=False, low=0, high=1, low_open=True)
     number("max_concurrency", low=1)
     number("batch_size", low=1)
+    number("verdict_batch_size", low=1, none_ok=True)
+    number("seed")
     number("tensor_parallel_size", low=1)
     number("gpu_memory_utilization", integer=False, low=0, high=1, low_open=True)
     number("max_model_len", low=1, none_ok=True)
     number("max_input_tokens", low=1, none_ok=True)
     for key in ("timeout", "read_timeout", "connect_timeout"):
         number(key, integer=False, low=0, low_open=True, none_ok=True)
+    for key in ("input", "output"):
+        if key in (section.get("price") or {}):
+            check_number(
+                section["price"][key], f"{where}.price.{key}", integer=False, low=0, none_ok=True
+            )
     retry = section.get("retry") or {}
     if "max_attempts" in retry:
         check_number(retry["max_attempts"], f"{where}.retry.max_attempts", low=1)
     for key in ("initial_wait", "max_wait", "jitter"):
         if key in retry:
             check_number(retry[key], f"{where}.retry.{key}", integer=False, low=0)
+
+
+@dataclass
+class Usage:
+    """What one backend's calls cost so far: calls, cache hits, failures, tokens, latencies.
+
+    Tokens and latencies cover the calls sent (cache hits cost nothing); a call whose token counts
+    are unknown (no usage block, no local tokenizer) is counted in ``unknown_token_calls``."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    failed_calls: int = 0
+    empty_answers: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    unknown_token_calls: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def add(self, completions: Sequence[Completion]) -> None:
+        for c in completions:
+            self.calls += 1
+            if c.cached:
+                self.cache_hits += 1
+                continue
+            self.latencies.append(float(c.latency_s))
+            if not c.ok:
+                self.failed_calls += 1
+                continue
+            self.empty_answers += c.empty
+            if c.tokens_from == "unknown":
+                self.unknown_token_calls += 1
+            else:
+                self.input_tokens += int(c.input_tokens)
+                self.output_tokens += int(c.output_tokens)
+
+    def merge(self, other: Usage) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def record(self, price: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The per-role record: counts, tokens (None when every paid call's are unknown),
+        p50/p95 latency in seconds, and ``cost_usd`` when ``price`` gives USD per million input
+        and output tokens (None without a price, or with unknown tokens)."""
+        sent = self.calls - self.cache_hits
+        known = sent - self.failed_calls - self.unknown_token_calls
+        all_unknown = self.unknown_token_calls > 0 and known == 0
+        record: dict[str, Any] = {
+            "calls": self.calls,
+            "cache_hits": self.cache_hits,
+            "failed_calls": self.failed_calls,
+            "empty_answers": self.empty_answers,
+            "input_tokens": None if all_unknown else self.input_tokens,
+            "output_tokens": None if all_unknown else self.output_tokens,
+            "unknown_token_calls": self.unknown_token_calls,
+            "latency_p50_s": _percentile(self.latencies, 50),
+            "latency_p95_s": _percentile(self.latencies, 95),
+            "cost_usd": None,
+        }
+        price = dict(price or {})
+        if (
+            price.get("input") is not None
+            and price.get("output") is not None
+            and not self.unknown_token_calls
+        ):
+            cost = (
+                self.input_tokens * float(price["input"])
+                + self.output_tokens * float(price["output"])
+            ) / 1e6
+            record["cost_usd"] = round(cost, 6)
+        return record
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    import numpy as np
+
+    return round(float(np.percentile(values, q)), 4)
+
+
+# The key of the per-role usage record in manifests (grpo: and metrics.json), and its file.
+USAGE_KEY = "llm_usage"
+USAGE_FILE = "llm_usage.json"
+
+
+def usage_record(llms: Mapping[str, LLM | None]) -> dict[str, dict[str, Any]]:
+    """Role -> usage record (:meth:`Usage.record`) of the backends a stage built (None: a role
+    it did not call)."""
+    return {role: llm.usage.record(llm.price) for role, llm in llms.items() if llm is not None}
+
+
+def add_roles(used: dict[str, LLM], more: Mapping[str, LLM]) -> dict[str, LLM]:
+    """``used`` (role -> backend) with the backends of ``more`` added; a role already there
+    keeps its backend, which takes the newcomer's tally too."""
+    for role, llm in more.items():
+        if role in used and used[role] is not llm:
+            used[role].usage.merge(llm.usage)
+        else:
+            used.setdefault(role, llm)
+    return used
+
+
+def record_usage(workdir: Path, llms: Mapping[str, LLM | None]) -> dict[str, Any]:
+    """What a stage's LLM roles cost, recorded before it commits: written to
+    ``workdir/llm_usage.json`` and returned as ``{"llm_usage": ...}`` for the manifest
+    (``job.commit(counts, extra={**extra, **record_usage(job.workdir, {...})})``).
+
+    A file of its own rather than a key of ``metrics.json``: latencies and cache hits differ
+    between two runs that made the same content, so it is a run record
+    (``core.identity.RUN_RECORDS``), left out of the content hash like ``calls.jsonl``."""
+    from autorule.core.files import write_json_atomic
+
+    record = usage_record(llms)
+    write_json_atomic(Path(workdir) / USAGE_FILE, record)
+    return {USAGE_KEY: record}
 
 
 @dataclass
@@ -171,6 +334,15 @@ class LLM:
     """Base of all backends. Subclasses set ``backend`` and implement :meth:`_run`."""
 
     backend = "base"
+    # The config section that built it (``judge.llm``; set by autorule.llm.build): messages name
+    # keys as ``<role>.<key>``, as the command line spells them.
+    role: str | None = None
+
+    @property
+    def who(self) -> str:
+        """How messages name this backend: ``judge.llm (openai)``, or the backend alone."""
+        return f"{self.role} ({self.backend})" if self.role else self.backend
+
     # Whether the backend reads verdicts (implements verdict_once or verdict_batch).
     supports_verdicts = False
     # What identifies a backend's answers besides model and messages: every constructor argument
@@ -194,6 +366,8 @@ class LLM:
         cache: bool = True,
         cache_dir: str | Path | None = None,
         progress: bool = True,
+        price: dict | None = None,
+        timeout: float | None = None,
     ):
         self.model = str(model)
         self.temperature = float(temperature)
@@ -202,6 +376,11 @@ class LLM:
         self.retry = RetrySettings(**(retry or {}))
         self.cache = ResponseCache(cache_dir) if cache and cache_dir is not None else None
         self.progress = bool(progress)
+        self.price = dict(price or {})  # USD per million tokens: input, output (None: unknown)
+        # Seconds one remote call may wait for its answer (openai: the client's timeout, bedrock:
+        # caps read_timeout); a model run in-process has no call to time out.
+        self.timeout = None if timeout is None else float(timeout)
+        self.usage = Usage()
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------
@@ -320,9 +499,9 @@ class LLM:
         bar.set_postfix(stats, refresh=False)
 
         def report(i: int, completion: Completion) -> None:
-            # Stored before anything else so a call that finished is never paid for twice. Only
-            # usable answers get here as ok (check_usable), so nothing empty is ever cached.
-            if completion.ok and self.cache is not None:
+            # Stored before anything else so a call that finished is never paid for twice. An
+            # empty answer is not stored: a re-run asks again.
+            if completion.ok and not completion.empty and self.cache is not None:
                 request = self.request(list(requests[i]), verdict)
                 self.cache.put(keys[i], {**request, **asdict(completion)})
             with self._lock:
@@ -340,6 +519,8 @@ class LLM:
         for i in repeats:
             sent = results[first[keys[i]]]
             results[i] = replace(sent, cached=sent.ok)
+        with self._lock:
+            self.usage.add(results)  # type: ignore[arg-type]
         if stats["failed"]:
             log.warning(
                 "%s: %d of %d calls failed", desc or self.backend, stats["failed"], len(requests)
@@ -380,12 +561,37 @@ class RemoteLLM(LLM):
         """True for throttling, server errors, timeouts and failed connections."""
         raise NotImplementedError
 
+    # Seconds the reachability probe waits: a live server answers it at once.
+    PROBE_TIMEOUT = 10.0
+
+    @property
+    def endpoint(self) -> str:
+        """The URL calls go to, for messages."""
+        raise NotImplementedError
+
+    def probe(self) -> None:
+        """One cheap request that needs no model time; raises :class:`UnreachableError` naming
+        the role and the URL when the endpoint is down, times out, fails with a 5xx or refuses
+        the credentials."""
+        raise NotImplementedError
+
+    def unreachable(self, why: str) -> UnreachableError:
+        return UnreachableError(
+            redact_text(
+                f"{self.role or self.backend}: the server at {self.endpoint} {why}. Start it, or "
+                f"point {self.role or 'the role'} at a live one (its base_url or endpoint_url)."
+            )
+        )
+
     def describe_error(self, error: BaseException) -> str:
         """One line naming what went wrong, for the call record (backends may reword SDK text)."""
         return f"{type(error).__name__}: {error}"
 
     def call_with_retries(self, messages: Messages, verdict: Verdict | None = None) -> Completion:
-        """One call with backoff on transient errors; a final failure is returned, not raised."""
+        """One call with backoff on transient errors; a final failure is returned, not raised.
+
+        An empty answer is returned as it is when the model generated it; one with nothing
+        generated is asked once more first (see the module docstring)."""
         from tenacity import (
             Retrying,
             retry_if_exception,
@@ -396,8 +602,14 @@ class RemoteLLM(LLM):
         def retryable(error: BaseException) -> bool:
             return isinstance(error, UnusableAnswerError) or self.is_retryable(error)
 
+        first_empty: list[Completion] = []
+
         def attempt(messages: Messages) -> Completion:
-            return check_usable(self.finish(self.call_once(messages)))
+            completion = check_usable(self.finish(self.call_once(messages)), allow_empty=True)
+            if completion.empty and not completion.generated and not first_empty:
+                first_empty.append(completion)
+                raise EmptyAnswerError("the answer is empty and nothing was generated")
+            return completion
 
         r = self.retry
         retrying = Retrying(
@@ -406,7 +618,7 @@ class RemoteLLM(LLM):
             retry=retry_if_exception(retryable),
             before_sleep=lambda state: log.info(
                 "%s: attempt %d failed (%s); retrying",
-                self.backend,
+                self.who,
                 state.attempt_number,
                 redact_text(str(state.outcome.exception())) if state.outcome else "?",
             ),
@@ -420,26 +632,58 @@ class RemoteLLM(LLM):
                 completion = retrying(
                     lambda m: check_usable(self.verdict_once(m, verdict)), messages
                 )
+        except EmptyAnswerError:  # retry.max_attempts=1: no second try, the empty answer stands
+            completion = first_empty[0]
         except Exception as err:  # noqa: BLE001 - any failure becomes a recorded failed call
             attempts = retrying.statistics.get("attempt_number", 1)
             # Our attempt count only: the SDKs' retries are off, so it is the whole story.
             if retryable(err):
                 why = (
-                    f"gave up after {attempts} attempt(s), llm.retry.max_attempts={r.max_attempts}"
+                    f"gave up after {attempts} attempt(s), "
+                    f"{self.role or 'llm'}.retry.max_attempts={r.max_attempts}"
                 )
             else:
                 why = f"not retryable, stopped after {attempts} attempt(s)"
             return Completion(
                 error=redact_text(
-                    f"{self.backend} call to {self.model} failed ({why}): "
-                    f"{self.describe_error(err)}"
+                    f"{self.who} call to {self.model} failed ({why}): {self.describe_error(err)}"
                 ),
                 latency_s=time.perf_counter() - start,
                 retries=attempts - 1,
             )
         completion.retries = retrying.statistics.get("attempt_number", 1) - 1
         completion.latency_s = time.perf_counter() - start
+        return self.count_tokens(messages, completion)
+
+    def count_tokens(self, messages: Messages, completion: Completion) -> Completion:
+        """Fills in token counts the server did not report (``tokens_from="response"`` when it
+        did): counted with the model's tokenizer when one loads without the network, else
+        marked unknown."""
+        if completion.tokens_from != "unknown":
+            return completion
+        tokenizer = self._local_tokenizer()
+        if tokenizer is not None:
+            prompt = "\n\n".join(m["content"] for m in messages)
+            answer = completion.reasoning + completion.text
+            completion.input_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            completion.output_tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+            completion.tokens_from = "tokenizer"
         return completion
+
+    def _local_tokenizer(self):
+        """The model's tokenizer when it is on this machine (a folder or the hub's cache); None
+        otherwise. Loaded once; a served model's name rarely names a local tokenizer."""
+        with self._lock:
+            if not hasattr(self, "_tokenizer"):
+                try:
+                    from transformers import AutoTokenizer
+
+                    self._tokenizer = AutoTokenizer.from_pretrained(
+                        self.model, local_files_only=True
+                    )
+                except Exception:  # noqa: BLE001 - any failure: the counts stay unknown
+                    self._tokenizer = None
+            return self._tokenizer
 
     def _run(self, items, report, verdict=None) -> None:
         if not items:
@@ -497,7 +741,7 @@ class LocalLLM(LLM):
                     completion = check_usable(self.finish(completion), allow_empty=True)
                 except UnusableAnswerError as err:  # a local model's answer: no retry
                     completion = Completion(
-                        error=f"{self.backend} call to {self.model} failed: {err}",
+                        error=f"{self.who} call to {self.model} failed: {err}",
                         latency_s=per_item,
                     )
                 report(i, completion)

@@ -46,6 +46,8 @@ class BedrockLLM(RemoteLLM):
         import boto3
         from botocore.config import Config
 
+        if self.timeout is not None:  # a role's own limit (judge.llm.timeout) wins when lower
+            read_timeout = min(float(read_timeout), self.timeout)
         config = Config(
             read_timeout=read_timeout,
             connect_timeout=connect_timeout,
@@ -96,13 +98,38 @@ class BedrockLLM(RemoteLLM):
             for b in blocks
             if isinstance(b.get("reasoningContent"), dict)
         )
-        usage = response.get("usage", {})
+        usage = response.get("usage")
+        counts = (
+            {
+                "input_tokens": int(usage.get("inputTokens") or 0),
+                "output_tokens": int(usage.get("outputTokens") or 0),
+            }
+            if isinstance(usage, dict) and "inputTokens" in usage
+            else {"tokens_from": "unknown"}
+        )
         return Completion(
             text=text,
             reasoning=reasoning,
-            input_tokens=int(usage.get("inputTokens", 0)),
-            output_tokens=int(usage.get("outputTokens", 0)),
+            finish_reason=response.get("stopReason") or None,
+            **counts,
         )
+
+    @property
+    def endpoint(self) -> str:
+        return self.client.meta.endpoint_url
+
+    def probe(self) -> None:
+        """A TCP connection to the endpoint: the Converse API has no free request, and a
+        connection that opens is what a dead host or a wrong port lacks."""
+        import socket
+        from urllib.parse import urlparse
+
+        url = urlparse(self.endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=self.PROBE_TIMEOUT).close()
+        except OSError as err:
+            raise self.unreachable(f"cannot be reached ({err})") from None
 
     def is_retryable(self, error: BaseException) -> bool:
         from botocore.exceptions import ClientError, HTTPClientError, SSLError

@@ -102,9 +102,15 @@ class HFLLM(LocalLLM):
         new = out[:, enc["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         n_in = enc["attention_mask"].sum(dim=1).tolist()
-        n_out = (new != tokenizer.pad_token_id).sum(dim=1).tolist()
+        # The stop token is generated too, but not counted when it doubles as the pad token.
+        n_out = [max(1, n) for n in (new != tokenizer.pad_token_id).sum(dim=1).tolist()]
         return [
-            Completion(text=t, input_tokens=int(i), output_tokens=int(o))
+            Completion(
+                text=t,
+                input_tokens=int(i),
+                output_tokens=int(o),
+                finish_reason="length" if o >= self.max_tokens else "stop",
+            )
             for t, i, o in zip(texts, n_in, n_out, strict=True)
         ]
 

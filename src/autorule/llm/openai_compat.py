@@ -50,7 +50,7 @@ class OpenAICompatLLM(RemoteLLM):
         timeout: float = 3600,
         **common,
     ):
-        super().__init__(**common)
+        super().__init__(timeout=timeout, **common)
         import openai
 
         key = os.environ.get(api_key_env) if api_key_env else None
@@ -87,12 +87,11 @@ class OpenAICompatLLM(RemoteLLM):
             raise UnusableAnswerError("the response has no choices[0].message")
         extra = message.model_extra or {}
         reasoning = extra.get("reasoning_content") or extra.get("reasoning") or ""
-        usage = response.usage
         return Completion(
             text=message.content or "",
             reasoning=str(reasoning),
-            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            finish_reason=getattr(choices[0], "finish_reason", None) or None,
+            **usage_counts(response),
         )
 
     def verdict_once(self, messages: Messages, verdict: Verdict) -> Completion:
@@ -117,13 +116,37 @@ class OpenAICompatLLM(RemoteLLM):
         candidates.append((content[0].token, content[0].logprob))  # the token sampled
         # The sampled token is usually among the alternatives too: count each token once.
         unique = list(dict(candidates).items())
-        usage = response.usage
         return Completion(
             text=choice.message.content or "",
             choice_logprobs=choice_logprobs(unique, choices),
-            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            finish_reason=choice.finish_reason or None,
+            **usage_counts(response),
         )
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url
+
+    def probe(self) -> None:
+        """``GET /models``: every OpenAI-compatible server (vLLM, SGLang, llama.cpp, OpenAI)
+        answers it without running the model; one that lacks the route (404) is still up."""
+        import openai
+
+        client = self.client.with_options(timeout=self.PROBE_TIMEOUT)
+        try:
+            client.models.list()
+        except openai.APITimeoutError:
+            raise self.unreachable(f"did not answer within {self.PROBE_TIMEOUT:g} s") from None
+        except openai.APIConnectionError as err:
+            raise self.unreachable(f"cannot be reached ({err.__cause__ or err})") from None
+        except openai.APIStatusError as err:
+            if err.status_code in (401, 403):
+                raise self.unreachable(
+                    f"refused the API key (HTTP {err.status_code}; it is read from the "
+                    f"variable {self.role or 'llm'}.api_key_env names)"
+                ) from None
+            if err.status_code >= 500:
+                raise self.unreachable(f"answered HTTP {err.status_code}") from None
 
     def is_retryable(self, error: BaseException) -> bool:
         import openai
@@ -133,6 +156,18 @@ class OpenAICompatLLM(RemoteLLM):
         if isinstance(error, openai.APIStatusError):
             return error.status_code in (408, 409, 429) or error.status_code >= 500
         return False
+
+
+def usage_counts(response) -> dict:
+    """Token counts from the response's usage block; ``tokens_from="unknown"`` when the server
+    sent none (some OpenAI-compatible servers do not)."""
+    usage = getattr(response, "usage", None)
+    if usage is None or getattr(usage, "prompt_tokens", None) is None:
+        return {"tokens_from": "unknown"}
+    return {
+        "input_tokens": int(usage.prompt_tokens or 0),
+        "output_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
+    }
 
 
 def continuation(messages: Messages) -> dict:

@@ -95,6 +95,7 @@ class VLLMOfflineLLM(LocalLLM):
                 text=o.outputs[0].text,
                 input_tokens=len(o.prompt_token_ids or ()),
                 output_tokens=len(o.outputs[0].token_ids or ()),
+                finish_reason=getattr(o.outputs[0], "finish_reason", None),
             )
             for o in outputs
         ]

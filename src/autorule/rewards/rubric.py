@@ -381,5 +381,6 @@ def rubric_term(context: RewardContext):
                 setattr(grader, attribute, None)
 
     rubric.metrics, rubric.close, rubric.show_examples = metrics.pop, close, show_examples
+    rubric.llms = {"rubric.grader": grader}  # role -> backend, for the usage record
     rubric.grader, rubric.examples = grader, kept
     return named(rubric, "rubric")

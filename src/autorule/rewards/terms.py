@@ -162,6 +162,7 @@ def rules_term(context: RewardContext):
 
     rules_fn.metrics, rules_fn.close = log.pop, judge.close
     rules_fn.judge, rules_fn.rules = judge, rules  # for per-rule tables and evaluation
+    rules_fn.llms = {"judge.llm": judge.llm}  # role -> backend, for the usage record
     return named(rules_fn, "rules")
 
 

@@ -143,7 +143,7 @@ def run(cfg: DictConfig) -> Path:
             ),
         }
         log.info("[critiques] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
-        return job.commit(counts)
+        return job.commit(counts, extra=llms.record_usage(job.workdir, {"critique.llm": judge}))
 
 
 def critique_request(section: DictConfig, prompt: str, answer: str) -> list[dict[str, str]]:

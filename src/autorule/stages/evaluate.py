@@ -74,6 +74,11 @@ PROTOCOLS: dict[str, pairwise.Parser] = {
 }
 
 
+def roles_in_use(cfg: DictConfig) -> list[str]:
+    """The pairwise judge for win rates, the rule judge for rule agreement."""
+    return [ROLE] * bool(cfg.evaluate.win_rate) + ["judge.llm"] * agreement_on(cfg)
+
+
 def agreement_on(cfg: DictConfig) -> bool:
     return bool(cfg.evaluate.rule_agreement)
 
@@ -163,14 +168,16 @@ def run(cfg: DictConfig) -> Path:
         info = json.loads((generated / SAMPLING).read_text())
         sets = response_sets(generated, cfg.evaluate.max_pairs)
         metrics, counts = describe_sets(info, sets)
+        used: dict[str, llms.LLM] = {}  # role -> backend, for the usage record
         scores = score_step(cfg, job.workdir, inputs, sets, metrics)
-        points = win_rate_step(cfg, job.workdir, inputs, sets, scores, metrics, counts)
-        agreement_step(cfg, job.workdir, inputs, metrics, counts)
+        points = win_rate_step(cfg, job.workdir, inputs, sets, scores, metrics, counts, used)
+        agreement_step(cfg, job.workdir, inputs, metrics, counts, used)
         hacking_step(cfg, job.workdir, inputs, points, metrics, counts)
         hand_off_step(cfg, job.workdir, generated, sets, info, metrics)
         write_json_redacted(job.workdir / "metrics.json", metrics)
+        usage = llms.record_usage(job.workdir, used)
         log.info("[evaluate] win rate: %s", metrics.get("win_rate"))
-        return job.commit(counts, extra={"metrics": headline(metrics)})
+        return job.commit(counts, extra={"metrics": headline(metrics), **usage})
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,9 +217,11 @@ def win_rate_step(
     scores: dict[str, list[float]],
     metrics: dict,
     counts: dict,
+    used: dict | None = None,
 ) -> list[dict[str, Any]]:
     """2. Win rates of each response set against the reference, in both orders, asked as
-    ``evaluate.protocol`` says; returns the checkpoints' points for the hacking curves."""
+    ``evaluate.protocol`` says; returns the checkpoints' points for the hacking curves. The
+    judge's backend goes into ``used`` (role -> backend)."""
     section = cfg.evaluate
     if not section.win_rate:
         return []
@@ -221,6 +230,8 @@ def win_rate_step(
         log.warning("[evaluate] no reference responses (generate.reference=null): no win rate")
         return []
     judge = llms.build(cfg, ROLE)
+    if used is not None:
+        used[ROLE] = judge
     protocol = str(section.protocol)
     judged_rows, rates = [], {}
     for label in [k for k in sets if k != "reference"]:
@@ -249,16 +260,22 @@ def win_rate_step(
 
 
 def agreement_step(
-    cfg: DictConfig, workdir: Path, inputs: dict[str, Path], metrics: dict, counts: dict
+    cfg: DictConfig,
+    workdir: Path,
+    inputs: dict[str, Path],
+    metrics: dict,
+    counts: dict,
+    used: dict | None = None,
 ) -> None:
-    """3. Rule agreement on held-out preference pairs, and the pruned rule file."""
+    """3. Rule agreement on held-out preference pairs, and the pruned rule file; the judge's
+    backend goes into ``used`` (role -> backend)."""
     if not agreement_on(cfg):
         return
     from autorule.rules.ruleset import load_rules, rules_source
 
     section = cfg.evaluate
     found = rule_agreement(
-        cfg, inputs["preprocess"], load_rules(cfg, inputs), rules_source(cfg, inputs)
+        cfg, inputs["preprocess"], load_rules(cfg, inputs), rules_source(cfg, inputs), used
     )
     write_json_redacted(workdir / "rule_agreement.json", found)
     metrics["rule_agreement"] = {k: v for k, v in found.items() if k != "rules"}
@@ -419,9 +436,14 @@ def build_rule_judge(cfg: DictConfig):
 
 
 def rule_agreement(
-    cfg: DictConfig, preprocess: Path, rules: list[str], source: str = "the rule set"
+    cfg: DictConfig,
+    preprocess: Path,
+    rules: list[str],
+    source: str = "the rule set",
+    used: dict | None = None,
 ) -> dict[str, Any]:
-    """Per-rule and overall agreement with the human preference on held-out pairs."""
+    """Per-rule and overall agreement with the human preference on held-out pairs; the judge's
+    backend goes into ``used`` (role -> backend) for the usage record."""
     import pandas as pd
 
     section = cfg.evaluate
@@ -435,6 +457,8 @@ def rule_agreement(
         df = df.head(int(section.agreement_pairs))
     prompts = df["prompt"].tolist()
     judge = build_rule_judge(cfg)
+    if used is not None and getattr(judge, "llm", None) is not None:
+        used["judge.llm"] = judge.llm
     check_rules = getattr(judge, "check_rules", None)
     if check_rules is not None:  # a rule too long for the judge's budget, named by its file
         check_rules(rules, source)

@@ -57,6 +57,7 @@ messages can carry what a server echoed back (an ``Authorization`` header, a tok
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -184,7 +185,8 @@ def run(cfg: DictConfig) -> Path:
         log.info("[extract] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         # Fallback rules stand in for extracted ones: the next run of the stage recomputes them.
         provisional = {"provisional": True} if counts["fallback_rules_used"] else {}
-        return job.commit(counts, extra={"extract": extra, **provisional})
+        usage = llms.record_usage(job.workdir, {ROLE: llm})
+        return job.commit(counts, extra={"extract": extra, **provisional, **usage})
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,8 +214,10 @@ def reason(
     llm: llms.LLM, section: DictConfig, pairs: list[Pair], calls: list[dict]
 ) -> list[llms.Completion]:
     """Step 1: why did the user prefer the winner? One answer per pair."""
-    reasoned = llm.complete_all(
-        [reason_request(section.prompts.reasoner, p) for p in pairs], desc="extract: reason"
+    reasoned = nothing_generated_fails(
+        llm.complete_all(
+            [reason_request(section.prompts.reasoner, p) for p in pairs], desc="extract: reason"
+        )
     )
     record(calls, "reason", reasoned)
     return reasoned
@@ -240,9 +244,14 @@ def extract_rules(
             len(todo),
             section.rules_from,
         )
-    extracted = llm.complete_all(
-        [extract_request(section.prompts.extractor, analyses[i], pairs[i].winner) for i in todo],
-        desc="extract: rules",
+    extracted = nothing_generated_fails(
+        llm.complete_all(
+            [
+                extract_request(section.prompts.extractor, analyses[i], pairs[i].winner)
+                for i in todo
+            ],
+            desc="extract: rules",
+        )
     )
     record(calls, "extract", extracted)
     for i, completion in zip(todo, extracted, strict=True):
@@ -388,6 +397,19 @@ def apply_extraction(example: dict, completion: llms.Completion) -> None:
     )
 
 
+def nothing_generated_fails(completions: list[llms.Completion]) -> list[llms.Completion]:
+    """``completions`` with each empty answer that nothing was generated for (still empty after
+    its retry: a broken endpoint, most likely) turned into a failed call. Extraction has nothing
+    to read in it, and a failed call is asked again by a re-run, where an unparsed answer would
+    be committed."""
+    return [
+        replace(c, error=f"{ROLE}: UnusableAnswerError: the answer is empty, nothing generated")
+        if c.empty and not c.generated
+        else c
+        for c in completions
+    ]
+
+
 def stop_on_failures(calls: list[dict], allowed: int, workdir: Path) -> None:
     """Raises when more calls failed for good than ``extract.max_failed_calls`` allows.
 
@@ -420,7 +442,7 @@ def merge_room(llm: llms.LLM, template: str, context_tokens: int) -> tuple[int, 
         raise ValueError(
             f"extract.merge_context_tokens={context_tokens} leaves no room for the rules: the "
             f"merge prompt's own text takes about {template_tokens} tokens and the answer "
-            f"budget (the LLM's max_tokens) {llm.max_tokens}"
+            f"budget ({ROLE}.max_tokens) {llm.max_tokens}"
         )
     return room, template_tokens
 
@@ -494,12 +516,14 @@ def warn_split(
 def merge_round(llm: llms.LLM, template: str, parts: list[list[str]], info: dict) -> list[str]:
     """One merge call per part; the merged rules of all parts (a part whose answer fails, cannot
     be parsed or was cut off keeps its rules unmerged). Records the calls in ``info``."""
-    answers = llm.complete_all(
-        [
-            user(fill(template, "extract.prompts.merger", rules=render_rules(part)))
-            for part in parts
-        ],
-        desc=f"extract: merge round {info['rounds']}",
+    answers = nothing_generated_fails(
+        llm.complete_all(
+            [
+                user(fill(template, "extract.prompts.merger", rules=render_rules(part)))
+                for part in parts
+            ],
+            desc=f"extract: merge round {info['rounds']}",
+        )
     )
     record(info["calls"], f"merge{info['rounds']}", answers)
     info["calls_made"] += len(answers)
@@ -510,7 +534,7 @@ def merge_round(llm: llms.LLM, template: str, parts: list[list[str]], info: dict
             info["parse_failures"] += int(parsed is not None)
             why = answer.error or (parsed.error if parsed else "") or "empty list"
             if parsed is not None and parsed.truncated:
-                why = "the merged list was cut off (token budget: llm.max_tokens)"
+                why = f"the merged list was cut off (token budget: {ROLE}.max_tokens)"
             log.warning(
                 "[extract] merge of %d rules failed (%s); keeping them unmerged", len(part), why
             )

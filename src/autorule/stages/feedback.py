@@ -45,6 +45,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from autorule import llm as llms
 from autorule.core.artifacts import StageJob
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths, with_values
 from autorule.core.files import write_json_redacted, write_parquet_redacted, write_text_redacted
@@ -53,6 +54,7 @@ from autorule.data.pairs import preference_rows
 from autorule.evaluation import feedback_protocols as fb
 from autorule.evaluation.annotators import (
     Annotator,
+    annotator_kind,
     build_annotator,
     check_annotator,
     unused_settings,
@@ -124,6 +126,11 @@ def check(cfg: DictConfig) -> None:
     check_annotator(cfg)
 
 
+def roles_in_use(cfg: DictConfig) -> list[str]:
+    """The annotator's role, unless the heuristic stand-in annotates."""
+    return ["feedback.llm"] if annotator_kind(cfg) == "llm" else []
+
+
 def run(cfg: DictConfig) -> Path:
     check(cfg)
     with StageJob(cfg, SPEC.name) as job:
@@ -168,7 +175,8 @@ def run(cfg: DictConfig) -> Path:
             "failed_calls": failed,
             "consistency_pairs": result.pairs,
         }
-        return job.commit(counts, extra={"consistency": summary})
+        usage = llms.record_usage(job.workdir, {"feedback.llm": getattr(annotator, "llm", None)})
+        return job.commit(counts, extra={"consistency": summary, **usage})
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from autorule import llm as llms
 from autorule.core.config import ConfigError, check_number, check_paths, with_values
 from autorule.core.files import read_jsonl, write_json_redacted, write_text_redacted
 from autorule.core.stage import StageSpec
@@ -150,6 +151,13 @@ SPEC = StageSpec(
     ignore_when=unused_settings,
     fingerprint=fingerprint,
 )
+
+
+def roles_in_use(cfg: DictConfig) -> list[str]:
+    """The annotator's role, unless the heuristic stand-in annotates."""
+    from autorule.evaluation.annotators import annotator_kind
+
+    return ["feedback.llm"] if annotator_kind(cfg) == "llm" else []
 
 
 def check(cfg: DictConfig) -> None:
@@ -292,8 +300,10 @@ def run(cfg: DictConfig) -> Path:
         write_json_redacted(job.workdir / WIN_RATES, result)
         plot(result, job.workdir / PLOT)
         write_text_redacted(job.workdir / REPORT, report(result, consistency_md))
+        usage = llms.record_usage(job.workdir, {"feedback.llm": getattr(annotator, "llm", None)})
         return job.commit(
-            {"prompts": sum(result["prompts"].values()), "failed_calls": failed, "unread": unread}
+            {"prompts": sum(result["prompts"].values()), "failed_calls": failed, "unread": unread},
+            extra=usage,
         )
 
 

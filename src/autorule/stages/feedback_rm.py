@@ -223,11 +223,13 @@ def trainer_class():
 
 def starting_model(init: str, tokenizer):
     """The model training starts from: ``init`` with a one-output score head (new, unless
-    ``init`` has one), padding with ``tokenizer``'s pad token."""
+    ``init`` has one), padding with ``tokenizer``'s pad token (one distinct from eos)."""
     from transformers import AutoModelForSequenceClassification
 
+    from autorule.data.models import ensure_score_pad_token
+
     model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
+    ensure_score_pad_token(tokenizer, model, where="feedback_rm")  # the score is read at eos
     return model
 
 

@@ -65,6 +65,7 @@ from autorule.evaluation.responses import (
     SAMPLING,
     prompt_formatter,
 )
+from autorule.llm.base import record_usage
 from autorule.rewards import registry as rewards
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,11 @@ def model_values(cfg: DictConfig) -> list[str]:
 
 def samples_stage(cfg: DictConfig, stage: str) -> bool:
     return stage in model_values(cfg)
+
+
+def roles_in_use(cfg: DictConfig) -> list[str]:
+    """The rule judge, when the rules term ranks the best-of-N samples."""
+    return ["judge.llm"] if ranking_term(cfg) == "rules" else []
 
 
 def best_of(cfg: DictConfig) -> bool:
@@ -233,6 +239,7 @@ def run(cfg: DictConfig) -> Path:
         counts = {"prompts": len(items), "models": len(models)}
         records: dict[str, dict] = {}
         backend = None
+        used: dict = {}  # LLM role -> backend, when the ranking term calls one (rules)
         for label, (path, tokenizer) in models.items():
             n = int(section.best_of_n) if label == "model" else 1
             generator = Generator(
@@ -253,7 +260,7 @@ def run(cfg: DictConfig) -> Path:
             finally:
                 generator.close()
             if n > 1:
-                chosen = pick_best(cfg, inputs, items, samples, format_prompt, job.workdir)
+                chosen = pick_best(cfg, inputs, items, samples, format_prompt, job.workdir, used)
             else:
                 chosen = [[turn[0] for turn in conversation] for conversation in samples]
             rows = [
@@ -279,7 +286,10 @@ def run(cfg: DictConfig) -> Path:
             "models": records,
         }
         write_json_redacted(job.workdir / SAMPLING, info)
-        return job.commit(counts, extra={"generate": {"backend": backend, "models": records}})
+        usage = record_usage(job.workdir, used) if used else {}
+        return job.commit(
+            counts, extra={"generate": {"backend": backend, "models": records}, **usage}
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,10 +424,12 @@ def pick_best(
     samples: list[list[list[Sample]]],
     format_prompt: Callable,
     workdir: Path,
+    used: dict | None = None,
 ) -> list[list[Sample]]:
     """The highest-scoring of each prompt's N samples under ``generate.best_of_reward``; every
     candidate and its score go to ``candidates.jsonl``. With no ranking term the candidates are
-    kept unranked (scores null) and the first is each prompt's answer."""
+    kept unranked (scores null) and the first is each prompt's answer. The LLM roles the term
+    called go into ``used`` (role -> backend, their usage summed over calls)."""
     term = ranking_term(cfg)
     flat = [
         (format_prompt(item.turns, []), sample.text)
@@ -426,7 +438,7 @@ def pick_best(
     ]
     scores: list[float | None] = [None] * len(flat)
     if term is not None:
-        scores = [float(s) for s in score_with_term(cfg, inputs, term, flat)]
+        scores = [float(s) for s in score_with_term(cfg, inputs, term, flat, used)]
     chosen, rows, k = [], [], 0
     for item, conversation in zip(items, samples, strict=True):
         n = len(conversation[0])
@@ -447,9 +459,16 @@ def pick_best(
 
 
 def score_with_term(
-    cfg: DictConfig, inputs: dict[str, Path], term: str, flat: list[tuple[str, str]]
+    cfg: DictConfig,
+    inputs: dict[str, Path],
+    term: str,
+    flat: list[tuple[str, str]],
+    used: dict | None = None,
 ) -> list[float]:
-    """Reward term ``term``'s scores of (formatted prompt, completion) pairs."""
+    """Reward term ``term``'s scores of (formatted prompt, completion) pairs; the LLM roles it
+    called go into ``used`` (:func:`autorule.llm.base.add_roles`)."""
+    from autorule.llm.base import add_roles
+
     rules: list[str] = []
     source = "no rule set"
     if SPEC.reads_rules(cfg):
@@ -462,6 +481,8 @@ def score_with_term(
     [reward] = rewards.build_reward_funcs([term], context)
     try:
         scores = reward(prompts=[p for p, _ in flat], completions=[c for _, c in flat])
+        if used is not None:
+            add_roles(used, getattr(reward, "llms", {}))
     finally:
         rewards.close_all([reward])
     if len(scores) != len(flat):

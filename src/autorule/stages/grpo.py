@@ -55,7 +55,9 @@ from omegaconf import DictConfig
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
 from autorule.core.files import write_json_redacted, write_jsonl
 from autorule.core.stage import StageSpec
+from autorule.llm.base import USAGE_KEY
 from autorule.rewards import registry as rewards
+from autorule.rewards.settings import check_scoring
 from autorule.training import lora
 from autorule.training.arguments import MODEL, check_training, runtime_keys
 from autorule.training.launch import check_launcher, run_training, world_size
@@ -64,6 +66,19 @@ log = logging.getLogger(__name__)
 
 RULE_TABLE = "rule_satisfaction.json"
 LOG_HISTORY = "log_history.jsonl"
+
+
+def roles_in_use(cfg: Any) -> list[str]:
+    """The LLM roles of the reward terms in use: the judge (rules), the grader (rubric)."""
+    return [role for term, role in SERVED_TERMS.items() if uses_term(cfg, term)]
+
+
+# Reward terms that call an LLM role.
+SERVED_TERMS = {"rules": "judge.llm", "rubric": "rubric.grader"}
+# TRL GRPOConfig's loss_type values (token-level aggregation of the loss).
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+# The splits a rubric dataset's preprocess artifact holds.
+RUBRIC_SPLITS = ("train", "test")
 
 
 def terms(cfg: Any) -> list[str]:
@@ -243,6 +258,30 @@ def check(cfg: DictConfig) -> None:
     check_number(section.kl_coef, "grpo.kl_coef", integer=False, low=0)
     check_number(section.clip_range, "grpo.clip_range", integer=False, low=0, low_open=True)
     check_choice(section.scale_rewards, "grpo.scale_rewards", ("group", "batch", "none"))
+    check_number(section.top_p, "grpo.top_p", integer=False, low=0, high=1, low_open=True)
+    check_number(
+        section.num_iterations,
+        "grpo.num_iterations",
+        low=1,
+        meaning=" (0 would commit the SFT model untrained)",
+    )
+    check_choice(section.loss_type, "grpo.loss_type", LOSS_TYPES)
+    check_choice(section.vllm_mode, "grpo.vllm_mode", ("colocate", "server"))
+    weights = section.reward_weights
+    if weights is not None:
+        if len(weights) != len(section.rewards):
+            raise ConfigError(
+                f"grpo.reward_weights={list(weights)} has {len(weights)} values for the "
+                f"{len(section.rewards)} terms of grpo.rewards={list(section.rewards)}"
+            )
+        for i, weight in enumerate(weights):
+            check_number(weight, f"grpo.reward_weights[{i}]", integer=False)
+    repeated = sorted({n for n in section.rewards if list(section.rewards).count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"grpo.rewards={list(section.rewards)} lists {repeated} twice: each term once "
+            "(give it a larger weight in grpo.reward_weights instead)"
+        )
     rollout = int(section.prompts_per_rollout) * int(section.num_generations)
     per_step = int(section.micro_batch_size) * world_size(cfg)
     if rollout % per_step:
@@ -253,10 +292,6 @@ def check(cfg: DictConfig) -> None:
             f"{world_size(cfg)} processes"
         )
     trainer_args(section)  # reward weights against terms
-    if uses_term(cfg, "rules"):
-        from autorule.rewards.judge import check_settings
-
-        check_settings(cfg)
     check_rubric_data(cfg)
     if bool(section.eval_split) != bool(section.eval_steps):
         raise ConfigError(
@@ -266,6 +301,42 @@ def check(cfg: DictConfig) -> None:
     if section.eval_split and section.rubric_file:
         raise ConfigError("grpo.eval_split: a rubric file has no splits (set grpo.eval_split=null)")
     lora.check(section, "grpo")
+    if section.get("openrlhf") is not None:
+        from autorule.training.openrlhf import check_numbers
+
+        check_numbers(section.openrlhf)
+    check_prompt_split(cfg)
+    check_scoring(cfg)
+    check_files(cfg)
+
+
+def check_files(cfg: DictConfig) -> None:
+    """The rule file and the rubric file, read once up front: a format error names the file
+    and the key now, not after the models have loaded."""
+    from autorule.data.rubrics import read_jsonl
+    from autorule.rules.ruleset import read_rules_file
+
+    files = []
+    if uses_term(cfg, "rules") and cfg.get("rules") and cfg.rules.get("path"):
+        files.append(("rules.path", cfg.rules.path, read_rules_file))
+    if cfg.grpo.rubric_file:
+        files.append(("grpo.rubric_file", cfg.grpo.rubric_file, read_jsonl))
+    for key, path, read in files:
+        try:
+            read(Path(str(path)).expanduser())
+        except (OSError, ValueError) as err:  # format errors (yaml's too) name the file
+            raise ConfigError(f"{key}={path}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - a parser's own error (yaml) names the file
+            raise ConfigError(f"{key}={path}: {type(err).__name__}: {err}") from None
+
+
+def check_prompt_split(cfg: DictConfig) -> None:
+    """``grpo.prompt_split``: a split the preprocess stage writes (rubric data: train or test)."""
+    section = cfg.grpo
+    if section.rubric_file:
+        return  # a rubric file has no splits
+    splits = RUBRIC_SPLITS if section.rubric_dataset else list(cfg.preprocess.splits)
+    check_choice(section.prompt_split, "grpo.prompt_split", splits)
 
 
 def check_openrlhf(cfg: DictConfig) -> None:
@@ -633,6 +704,26 @@ def rule_table(history: list[dict], rules: Sequence[str]) -> list[dict[str, Any]
     return rows
 
 
+def reward_usage(trainer) -> dict[str, dict[str, Any]]:
+    """What the reward terms' LLM roles (the judge, the grader) cost, summed over processes:
+    each process calls its own backend."""
+    from autorule.llm.base import Usage, add_roles
+
+    used = {}
+    for func in trainer.reward_funcs:
+        add_roles(used, getattr(func, "llms", {}))
+    tallies = {role: llm.usage for role, llm in used.items()}
+    if trainer.accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        merged: dict[str, Usage] = {}
+        for part in gather_object([tallies]):
+            for role, usage in part.items():
+                merged.setdefault(role, Usage()).merge(usage)
+        tallies = merged
+    return {role: tallies[role].record(used[role].price) for role in tallies}
+
+
 def train(
     cfg: DictConfig, workdir: Path, inputs: dict[str, Path], callbacks: Sequence[Any] = ()
 ) -> dict[str, Any]:
@@ -659,6 +750,9 @@ def train(
         **reward_summary(history, names),
         "rewards": names,
     }
+    usage = reward_usage(trainer)
+    if usage:
+        metrics[USAGE_KEY] = usage
     if SPEC.reads_rules(cfg):
         metrics["steps_with_failed_verdicts"] = steps_with_failed_verdicts(history)
     if trainer.is_world_process_zero():

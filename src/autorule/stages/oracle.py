@@ -97,6 +97,11 @@ def annotator_kind(cfg: DictConfig) -> str:
     return resolve_kind(str(cfg.oracle.annotator), OmegaConf.select(cfg, "oracle.llm.model"))
 
 
+def roles_in_use(cfg: DictConfig) -> list[str]:
+    """The oracle's role, unless the heuristic stand-in ranks."""
+    return ["oracle.llm"] if annotator_kind(cfg) == "llm" else []
+
+
 def unused_keys(cfg: DictConfig) -> tuple[str, ...]:
     """The settings of the judge not used decide nothing."""
     if annotator_kind(cfg) == "heuristic":
@@ -184,7 +189,8 @@ def run(cfg: DictConfig) -> Path:
         labels.to_parquet(job.workdir / LABELS, index=False)
         counts.update(prompts=len(groups), identical_answers=identical)
         log.info("[oracle] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
-        return job.commit(counts, extra={"annotator": annotator.describe()})
+        usage = llms.record_usage(job.workdir, {"oracle.llm": getattr(annotator, "llm", None)})
+        return job.commit(counts, extra={"annotator": annotator.describe(), **usage})
 
 
 def answer_pairs(groups: list[dict]) -> tuple[list[dict], int]:

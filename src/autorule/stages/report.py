@@ -92,6 +92,7 @@ def render(cfg: DictConfig, evaluated: Path, workdir: Path) -> str:
 
     lines = [f"# {cfg.report.title}", ""]
     lines += run_section(metrics, evaluated)
+    lines += usage_section(usage_by_stage(evaluated), cfg)
     lines += win_rate_section(metrics, draw)
     lines += rm_score_section(metrics.get("rm_score"))
     lines += length_section(metrics.get("lengths") or {}, draw)
@@ -233,6 +234,72 @@ def hacking_section(hack: dict, agreement_info: dict | None, draw: Figures) -> l
         drawn,
         "fewer than two judged checkpoints (generate.checkpoints=true samples them)",
     )
+
+
+def usage_by_stage(evaluated: Path) -> list[tuple[str, str, dict]]:
+    """``(stage, role, usage record)`` of every artifact behind the evaluate artifact that
+    called an LLM role (the manifests' ``llm_usage``), following the recorded inputs."""
+    from autorule.core.artifacts import read_manifest
+
+    rows, seen, queue = [], set(), [Path(evaluated)]
+    while queue:
+        folder = queue.pop(0)
+        if folder in seen:
+            continue
+        seen.add(folder)
+        manifest = read_manifest(folder) or {}
+        for role, record in sorted((manifest.get("llm_usage") or {}).items()):
+            rows.append((str(manifest.get("stage", folder.parent.name)), role, record))
+        queue += [Path(v["path"]) for v in (manifest.get("inputs") or {}).values()]
+    order = ["extract", "oracle", "critiques", "feedback", "grpo", "generate", "evaluate"]
+    return sorted(rows, key=lambda r: (order.index(r[0]) if r[0] in order else len(order), r))
+
+
+def usage_section(rows: list[tuple[str, str, dict]], cfg: DictConfig | None = None) -> list[str]:
+    """The table of what each stage's LLM roles cost: calls, tokens, latency, an estimate. A
+    record made without a price is priced with the role's ``price`` in ``cfg`` (a price is
+    bookkeeping, so setting it later moves no artifact)."""
+    from omegaconf import OmegaConf
+
+    lines = ["## LLM calls and cost", ""]
+    if not rows:
+        return lines + ["No stage of this run called an LLM role.", ""]
+    lines += [
+        "| stage | role | calls | cache hits | failed | empty | input tokens | output tokens "
+        "| p50 s | p95 s | cost (USD) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for stage, role, r in rows:
+        unknown = r.get("unknown_token_calls") or 0
+
+        def tokens(key: str, r=r, unknown=unknown) -> str:
+            value = r.get(key)
+            if value is None:
+                return "unknown"
+            return f"{value}" + (f" (+{unknown} calls unknown)" if unknown else "")
+
+        cost = r.get("cost_usd")
+        price = OmegaConf.select(cfg, f"{role}.price") if cfg is not None else None
+        if cost is None and price and not unknown and r.get("input_tokens") is not None:
+            if price.get("input") is not None and price.get("output") is not None:
+                cost = (
+                    r["input_tokens"] * float(price["input"])
+                    + r["output_tokens"] * float(price["output"])
+                ) / 1e6
+        lines.append(
+            f"| {stage} | `{role}` | {r.get('calls')} | {r.get('cache_hits')} | "
+            f"{r.get('failed_calls')} | {r.get('empty_answers', 0)} | {tokens('input_tokens')} | "
+            f"{tokens('output_tokens')} | {_num(r.get('latency_p50_s'))} | "
+            f"{_num(r.get('latency_p95_s'))} | {'n/a' if cost is None else f'{cost:.4f}'} |"
+        )
+    lines += [
+        "",
+        "Tokens are the server's counts where it reports them, else counted with the model's "
+        "tokenizer, else unknown; latencies cover the calls sent (cache hits cost nothing). "
+        "A cost needs the role's `price` (USD per million input and output tokens).",
+        "",
+    ]
+    return lines
 
 
 def win_rate_table(rates: list[tuple[str, dict]]) -> list[str]:

@@ -96,6 +96,14 @@ def check(cfg: DictConfig) -> None:
     check_number(
         section.max_body_mb, "reward_server.max_body_mb", integer=False, low=0, low_open=True
     )
+    from autorule.rewards.settings import check_scoring
+
+    check_scoring(cfg)  # the terms' settings, the judge's and the grader's, with their roles
+
+
+def roles_in_use(cfg: DictConfig) -> list[str]:
+    """The judge's role, when the rules term is served (probed before the server starts)."""
+    return ["judge.llm"] if "rules" in terms(cfg) else []
 
 
 def build_server(cfg: DictConfig, inputs: dict[str, Path], port: int | None = None):

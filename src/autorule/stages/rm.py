@@ -12,8 +12,9 @@ model, which gets a new score head; ``rm.init=base`` starts from ``model.name_or
 The score is the head applied at eos, as OpenRLHF (which trained the released reward model) reads
 it: TRL ends every sequence with eos and drops, rather than cuts, pairs longer than
 ``rm.max_length``, and transformers reads the score at the last token that is not the pad token.
-That is eos only when the pad token differs from it (``model.pad_token``); padding with eos reads
-the last answer token instead, and the stage warns.
+That is eos only when the pad token differs from it: ``model.pad_token``, or else one the stage
+picks and logs when the tokenizer has none or pads with eos (an unused reserved special token of
+the vocabulary, else a new token with its embedding; ``data.models.ensure_score_pad_token``).
 
 After training, every filtered ``test_prefs`` pair is scored (TRL drops pairs longer than
 ``rm.max_length``) and :mod:`autorule.training.rm_metrics` gives the pairwise accuracy and the mean
@@ -37,7 +38,7 @@ from omegaconf import DictConfig
 from autorule.core.artifacts import artifact_path
 from autorule.core.config import check_choice, check_paths
 from autorule.core.stage import StageSpec
-from autorule.data.models import load_tokenizer, resolve
+from autorule.data.models import ADDED_PAD_TOKEN, ensure_score_pad_token, load_tokenizer, resolve
 from autorule.training import rm_metrics
 from autorule.training.arguments import MODEL, check_training, runtime_keys, sequence_kwargs
 from autorule.training.launch import artifact_state, check_launcher, run_training, world_size
@@ -127,15 +128,17 @@ def build_trainer(
 
     init = str(inputs["sft"] / MODEL) if cfg.rm.init == "sft" else resolve(cfg, "reward")
     tokenizer = load_tokenizer(cfg, name_or_path=init)  # TRL copies its pad token into the model
-    if tokenizer.pad_token_id == tokenizer.eos_token_id:
-        log.warning(
-            "[rm] the pad token is eos (%s), so the score is read at the last answer token, not "
-            "at eos; set model.pad_token to another special token of the vocabulary to read it "
-            "at eos",
-            tokenizer.eos_token,
-        )
+    model: Any = init
+    # The score is read at the last token that is not padding: eos only when the two differ.
+    if ensure_score_pad_token(tokenizer, where="rm") == ADDED_PAD_TOKEN:
+        # A new embedding: the model is loaded here, so it can be resized.
+        from transformers import AutoModelForSequenceClassification, set_seed
+
+        set_seed(int(cfg.rm.seed))  # the new score head, as TRL would seed it
+        model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
+        ensure_score_pad_token(tokenizer, model)
     return RewardTrainer(
-        model=init,
+        model=model,
         args=RewardConfig(**config_kwargs(cfg, "rm", workdir)),
         train_dataset=train_ds,
         eval_dataset=eval_ds,

@@ -85,15 +85,18 @@ def check_training(section: Mapping[str, Any], stage: str, world_size: int) -> N
             check_number(section[key], f"{stage}.{key}", **allowed)
 
     number("max_steps", meaning=" (> 0: train that many optimizer steps; <= 0: num_train_epochs)")
-    if int(section["max_steps"]) <= 0:
-        number(
-            "num_train_epochs",
-            integer=False,
-            low=0,
-            low_open=True,
-            meaning=f" (it sets the length while {stage}.max_steps <= 0)",
-        )
+    number(
+        "num_train_epochs",
+        integer=False,
+        low=0,
+        low_open=True,
+        meaning=f" (it sets the length while {stage}.max_steps <= 0)",
+    )
     number("learning_rate", integer=False, low=0, low_open=True)
+    for key in ("adam_beta1", "adam_beta2"):
+        number(key, integer=False, low=0, high=1, high_open=True)
+    number("adam_epsilon", integer=False, low=0, low_open=True)
+    number("weight_decay", integer=False, low=0)
     number("warmup_ratio", integer=False, low=0, high=1, high_open=True)
     number("max_grad_norm", integer=False, low=0, low_open=True)
     if "max_length" in section:  # the trainers that read sequences (sft, rm); null: no limit

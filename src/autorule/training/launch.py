@@ -271,4 +271,7 @@ def run_training(
                 return path
             metrics = json.loads((workdir / METRICS).read_text())
         counts = {k: int(metrics[k]) for k in COUNT_KEYS if metrics.get(k) is not None}
-        return job.commit(counts, extra={"metrics": metrics})
+        # What the stage's LLM roles cost (grpo's judge and grader) goes beside the counts, as
+        # the stages without training record it (autorule.llm.base.record_usage).
+        usage = {"llm_usage": metrics["llm_usage"]} if "llm_usage" in metrics else {}
+        return job.commit(counts, extra={"metrics": metrics, **usage})

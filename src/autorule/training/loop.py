@@ -80,11 +80,13 @@ def config_kwargs(
 def last_complete_checkpoint(folder: Path, remove_incomplete: bool = True) -> Path | None:
     """The newest complete ``checkpoint-<step>`` in ``folder`` (None when there is none).
 
-    A checkpoint is complete when its ``trainer_state.json`` exists and parses:
-    ``Trainer._save_checkpoint`` writes it last (after weights, optimizer, scheduler and RNG
-    states), and not atomically. A job killed while saving leaves a folder without it, which
-    transformers' ``get_last_checkpoint`` would still pick, failing every re-run with "Can't find a
-    valid checkpoint". Incomplete folders are logged and, with ``remove_incomplete``, deleted.
+    A checkpoint is complete when its ``trainer_state.json`` exists and parses
+    (``Trainer._save_checkpoint`` writes it last, and not atomically: a job killed while saving
+    leaves a folder without it, which transformers' ``get_last_checkpoint`` would still pick,
+    failing every re-run with "Can't find a valid checkpoint") and its weight and state files
+    are whole (a file cut short, by a full disk or an interrupted copy, would fail every resume
+    inside safetensors or torch). Incomplete or damaged folders are logged with the reason and,
+    with ``remove_incomplete``, deleted; the newest complete one before them is used.
     """
     if not folder.is_dir():
         return None
@@ -93,16 +95,62 @@ def last_complete_checkpoint(folder: Path, remove_incomplete: bool = True) -> Pa
         for path in folder.iterdir()
         if path.is_dir() and (step := _step_or_none(path)) is not None
     )
-    complete = [path for _, path in found if _has_trainer_state(path)]
+    complete = []
     for _, path in found:
-        if path not in complete:
-            action = "removing" if remove_incomplete else "skipping"
-            log.warning(
-                "incomplete checkpoint %s (no valid %s): %s it", path, TRAINER_STATE, action
-            )
-            if remove_incomplete:
-                shutil.rmtree(path, ignore_errors=True)
+        damage = checkpoint_damage(path)
+        if damage is None:
+            complete.append(path)
+            continue
+        action = "removing" if remove_incomplete else "skipping"
+        log.warning("incomplete checkpoint %s (%s): %s it", path, damage, action)
+        if remove_incomplete:
+            shutil.rmtree(path, ignore_errors=True)
+    if complete and complete[-1] != found[-1][1]:
+        log.warning("resuming from the newest complete checkpoint, %s", complete[-1])
     return complete[-1] if complete else None
+
+
+def checkpoint_damage(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from, or None when it can: no valid
+    ``trainer_state.json``, a ``*.safetensors`` file shorter than its header says, or a torch
+    file (``*.pt``, ``*.bin``: zip archives) without its closing directory. Reads headers only."""
+    import zipfile
+
+    try:
+        json.loads((checkpoint / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return f"no valid {TRAINER_STATE}"
+    for path in sorted(checkpoint.rglob("*")):
+        if path.suffix == ".safetensors":
+            why = _safetensors_damage(path)
+            if why:
+                return f"{path.name} {why}"
+        elif path.suffix in (".pt", ".bin") and path.is_file() and not zipfile.is_zipfile(path):
+            return f"{path.name} is cut short (not a whole torch archive)"
+    return None
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    """Why a safetensors file is not whole: its 8-byte header length, JSON header and tensor data
+    must all fit in the file."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if size < 8 or 8 + header_len > size:
+                return f"is cut short ({size} bytes, header of {header_len})"
+            header = json.loads(f.read(header_len))
+    except (OSError, ValueError) as err:
+        return f"has an unreadable header ({err})"
+    ends = [
+        entry["data_offsets"][1]
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+    ]
+    needed = 8 + header_len + max(ends, default=0)
+    if size < needed:
+        return f"is cut short ({size} of {needed} bytes)"
+    return None
 
 
 def _step_or_none(path: Path) -> int | None:
@@ -110,14 +158,6 @@ def _step_or_none(path: Path) -> int | None:
         return checkpoint_step(path)
     except ValueError:
         return None
-
-
-def _has_trainer_state(checkpoint: Path) -> bool:
-    try:
-        json.loads((checkpoint / TRAINER_STATE).read_text())
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def fit(trainer, workdir: Path) -> tuple[Any, int | None]:

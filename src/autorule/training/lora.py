@@ -26,9 +26,11 @@ TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")
 
 
 def check(section: Mapping[str, Any], stage: str) -> None:
-    """Refuses a rank below 1, an alpha not above 0, or a rank set without peft installed."""
+    """Refuses a rank below 1, an alpha not above 0, or a rank set without peft installed.
+    Without a rank the alpha is unused: only a value that is no number at all (NaN) is refused."""
     check_number(section["lora_rank"], f"{stage}.lora_rank", low=1, none_ok=True)
     if section["lora_rank"] is None:
+        check_number(section["lora_alpha"], f"{stage}.lora_alpha", integer=False)
         return
     check_number(section["lora_alpha"], f"{stage}.lora_alpha", integer=False, low=0, low_open=True)
     try:

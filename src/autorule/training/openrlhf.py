@@ -49,6 +49,35 @@ def require_ray() -> None:
         )
 
 
+def check_numbers(section: Mapping[str, Any]) -> None:
+    """Refuses numbers of ``grpo.openrlhf`` that cannot work (checked whatever the engine, as
+    every key of grpo), naming the key."""
+    from autorule.core.config import check_number
+
+    def number(key: str, **allowed: Any) -> None:
+        if key in section:
+            check_number(section[key], f"grpo.openrlhf.{key}", **allowed)
+
+    for key in (
+        "reward_num_gpus_per_node",
+        "micro_rollout_batch_size",
+        "prompt_max_len",
+        "max_samples",
+        "vllm_tensor_parallel_size",
+        "actor_num_nodes",
+        "actor_num_gpus_per_node",
+        "ref_num_nodes",
+        "ref_num_gpus_per_node",
+        "critic_num_nodes",
+        "critic_num_gpus_per_node",
+    ):
+        number(key, low=1)
+    number("vllm_num_engines", low=0)
+    number("critic_learning_rate", integer=False, low=0, low_open=True)
+    number("lambd", integer=False, low=0, high=1)
+    number("gamma", integer=False, low=0, high=1)
+
+
 def uses_critic(section: Mapping[str, Any]) -> bool:
     """Whether the run trains a critic (PPO's GAE)."""
     return str(section["openrlhf"]["advantage_estimator"]) == "gae"

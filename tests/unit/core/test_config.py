@@ -21,9 +21,11 @@ def test_check_number_names_the_key_and_the_allowed_range():
         (
             1.0,
             {"integer": False, "low": 0, "high": 1, "high_open": True},
-            "a.b=1.0 is not allowed: it must be a number in [0, 1)",
+            "a.b=1.0 is not allowed: it must be a finite number in [0, 1)",
         ),
         (0, {"low": 0, "low_open": True, "none_ok": True}, "an integer > 0 or null"),
+        (float("nan"), {"integer": False}, "a.b=nan is not allowed: it must be a finite number"),
+        (float("inf"), {"integer": False, "low": 0}, "a.b=inf is not allowed"),
     ):
         with pytest.raises(ConfigError) as err:
             check_number(value, "a.b", **allowed)

@@ -26,6 +26,10 @@ from autorule.core.stage import StageSpec
 SPEC = StageSpec(name="toy", inputs=("preprocess",), keys=("toy",), llm_roles=("toy.llm",))
 
 
+def roles_in_use(cfg):
+    return []  # its role is declared for the hash; the toy calls no LLM, so nothing to probe
+
+
 def run(cfg):
     with StageJob(cfg, SPEC.name) as job:
         if job.done:

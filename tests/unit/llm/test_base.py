@@ -281,3 +281,203 @@ def test_fake_server_is_quiet_when_a_client_hangs_up(capfd):
     err = capfd.readouterr().err
     assert "Traceback" in err and "ConnectionResetError" not in err and "BrokenPipe" not in err
     assert "KeyError: 'a bug in the reply function'" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Empty answers, keys named by role, and what each role's calls cost
+
+
+def served(protocol, server, tmp_path, monkeypatch, **kw):
+    """A served backend pointed at ``server``, built as its own class (no role set)."""
+    monkeypatch.setenv("AUTORULE_TEST_API_KEY", "sk-test-abcdefghijklmnopqrstuvwxyz")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKE1234")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-for-empty-answer-tests-0000")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    common = {
+        "temperature": 0.0,
+        "max_tokens": 16,
+        "retry": {"max_attempts": 8, "initial_wait": 0.01, "max_wait": 0.02, "jitter": 0},
+        "cache_dir": tmp_path / "cache",
+        "progress": False,
+        **kw,
+    }
+    if protocol == "openai":
+        from autorule.llm.openai_compat import OpenAICompatLLM
+
+        common.setdefault("model", "served")
+        return OpenAICompatLLM(
+            base_url=server.url + "/v1", api_key_env="AUTORULE_TEST_API_KEY", **common
+        )
+    from autorule.llm.bedrock import BedrockLLM
+
+    common.setdefault("model", "served")
+    return BedrockLLM(region="us-west-2", endpoint_url=server.url, **common)
+
+
+HI = [{"role": "user", "content": "say something"}]
+
+
+@pytest.mark.parametrize("protocol", ["openai", "bedrock"])
+def test_an_empty_answer_the_model_generated_is_its_answer(protocol, tmp_path, monkeypatch):
+    # A greedy model that emits only special tokens: "" with finish_reason "length" and tokens
+    # generated. Retrying at temperature 0 gives the same, so it is answered once, not cached.
+    from fakeserver import FakeLLMServer, FakeReply
+
+    reply = FakeReply(text="", finish_reason="length", output_tokens=16)
+    with FakeLLMServer(lambda r: reply) as server:
+        llm = served(protocol, server, tmp_path, monkeypatch)
+        [answer] = llm.complete_all([HI], desc=None)
+        assert len(server.requests) == 1
+    assert answer.ok and answer.empty and answer.text == "" and answer.retries == 0
+    assert answer.finish_reason in ("length", "max_tokens") and answer.output_tokens == 16
+    assert not list((tmp_path / "cache").rglob("*.json")), "an empty answer was cached"
+    assert llm.usage.record()["empty_answers"] == 1
+
+
+@pytest.mark.parametrize("protocol", ["openai", "bedrock"])
+def test_an_empty_answer_with_nothing_generated_is_asked_once_more(protocol, tmp_path, monkeypatch):
+    from fakeserver import FakeLLMServer, FakeReply
+
+    with FakeLLMServer(lambda r: FakeReply(text="")) as server:  # no tokens out
+        llm = served(protocol, server, tmp_path, monkeypatch)
+        [answer] = llm.complete_all([HI], desc=None)
+        assert len(server.requests) == 2  # once more, not retry.max_attempts=8 times
+    assert answer.ok and answer.empty and answer.retries == 1
+    assert not list((tmp_path / "cache").rglob("*.json"))
+
+
+def test_a_local_backend_returns_an_empty_answer_the_same_way(tmp_path):
+    from autorule.llm.base import Completion, LocalLLM
+
+    class Silent(LocalLLM):
+        backend = "silent"
+
+        def generate_batch(self, batch):
+            return [Completion(text="", finish_reason="stop", output_tokens=1) for _ in batch]
+
+    llm = Silent(model="m", temperature=0.0, max_tokens=8, cache_dir=tmp_path, progress=False)
+    [answer] = llm.complete_all([HI], desc=None)
+    assert answer.ok and answer.empty and answer.generated
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_errors_name_the_retry_key_of_the_role(make_cfg, monkeypatch):
+    from fakeserver import FakeLLMServer, FakeReply
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefghijklmnopqrstuvwxyz")
+    with FakeLLMServer(lambda r: FakeReply(status=503, message="down")) as server:
+        cfg = make_cfg(
+            "llm@judge.llm=openai",
+            f"judge.llm.base_url={server.url}/v1",
+            "judge.llm.retry.max_attempts=2",
+            "judge.llm.retry.initial_wait=0.01",
+            "judge.llm.retry.jitter=0",
+            "judge.llm.progress=false",
+        )
+        [failed] = llms.build(cfg, "judge.llm").complete_all([HI], desc=None)
+    assert "judge.llm.retry.max_attempts=2" in failed.error
+    assert failed.error.startswith("judge.llm (openai) call to")
+
+
+def test_usage_is_read_from_literal_usage_blocks(tmp_path, monkeypatch):
+    from fakeserver import FakeLLMServer, FakeReply
+
+    # The fake server's usage block: one token per word, prompt and answer.
+    replies = {"one two three": FakeReply(text="a b"), "four five": FakeReply(status=400)}
+    with FakeLLMServer(lambda r: replies[r.prompt]) as server:
+        llm = served("openai", server, tmp_path, monkeypatch, price={"input": 2.0, "output": 8.0})
+        requests = [[{"role": "user", "content": p}] for p in replies]
+        llm.complete_all(requests, desc=None)
+        llm.complete_all(requests[:1], desc=None)  # replayed from the cache: a hit, no tokens
+    record = llm.usage.record(llm.price)
+    assert record["calls"] == 3 and record["cache_hits"] == 1 and record["failed_calls"] == 1
+    assert (record["input_tokens"], record["output_tokens"]) == (3, 2)
+    assert record["cost_usd"] == pytest.approx((3 * 2.0 + 2 * 8.0) / 1e6)
+    assert (
+        record["latency_p50_s"] is not None and record["latency_p95_s"] >= record["latency_p50_s"]
+    )
+    assert llms.usage_record({"judge.llm": llm})["judge.llm"]["calls"] == 3
+
+
+def test_usage_without_a_usage_block_is_counted_or_marked_unknown(make_cfg, tmp_path, monkeypatch):
+    from autorule.data.models import resolve
+    from fakeserver import FakeLLMServer, FakeReply
+
+    with FakeLLMServer(lambda r: FakeReply(text="a short answer", usage=False)) as server:
+        unknown = served(
+            "openai", server, tmp_path / "a", monkeypatch, price={"input": 1, "output": 1}
+        )
+        unknown.complete_all([HI], desc=None)
+        record = unknown.usage.record(unknown.price)
+        assert record["input_tokens"] is None and record["output_tokens"] is None
+        assert record["unknown_token_calls"] == 1 and record["cost_usd"] is None
+        # A model whose tokenizer is on this machine: counted with it.
+        folder = resolve(make_cfg(), "policy")
+        counted = served("openai", server, tmp_path / "b", monkeypatch, model=str(folder))
+        [answer] = counted.complete_all([HI], desc=None)
+    assert answer.tokens_from == "tokenizer" and answer.output_tokens > 0
+    assert counted.usage.record()["unknown_token_calls"] == 0
+
+
+@pytest.mark.parametrize("backend", ["openai", "bedrock"])
+def test_roles_inside_the_training_loop_time_out_after_a_minute(backend, make_cfg, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefghijklmnopqrstuvwxyz")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKE1234")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-for-timeout-tests-000000")
+    cfg = make_cfg(
+        *(f"llm@{role}={backend}" for role in ("judge.llm", "rubric.grader", "extract.llm"))
+    )
+    for role in ("judge.llm", "rubric.grader"):
+        llm = llms.build(cfg, role)
+        if backend == "openai":
+            assert llm.client.timeout == 60
+        else:
+            assert llm.client.meta.config.read_timeout == 60
+    extract = llms.build(cfg, "extract.llm")  # outside the loop: the backend's own hour
+    timeout = (
+        extract.client.timeout if backend == "openai" else extract.client.meta.config.read_timeout
+    )
+    assert timeout == 3600
+
+
+def test_a_hung_judge_fails_within_its_timeout(make_cfg, monkeypatch):
+    from fakeserver import FakeLLMServer, FakeReply
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefghijklmnopqrstuvwxyz")
+    with FakeLLMServer(lambda r: FakeReply(text="late", delay=3.0)) as server:
+        cfg = make_cfg(
+            "llm@judge.llm=openai",
+            f"judge.llm.base_url={server.url}/v1",
+            "judge.llm.timeout=0.2",
+            "judge.llm.retry.max_attempts=2",
+            "judge.llm.retry.initial_wait=0.01",
+            "judge.llm.retry.jitter=0",
+            "judge.llm.progress=false",
+        )
+        [failed] = llms.build(cfg, "judge.llm").complete_all([HI], desc=None)
+    assert "APITimeoutError" in failed.error and "judge.llm.retry.max_attempts=2" in failed.error
+    assert failed.latency_s < 2.0
+
+
+def test_a_judge_that_emits_only_special_tokens_is_unparsed_not_retried(make_cfg, monkeypatch):
+    # The served judge's answer is "" with finish_reason "length": one call per verdict, each
+    # counted unparsed; nothing retried at temperature 0, nothing "failed", no crash.
+    from autorule.rewards.judge import RuleJudge
+    from fakeserver import FakeLLMServer, FakeReply
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefghijklmnopqrstuvwxyz")
+    silent = FakeReply(text="", finish_reason="length", output_tokens=1024)
+    with FakeLLMServer(lambda r: silent) as server:
+        cfg = make_cfg(
+            "llm@judge.llm=openai",
+            f"judge.llm.base_url={server.url}/v1",
+            "judge.llm.model=served-judge",
+            "judge.mode=generate",
+            "judge.llm.progress=false",
+            "judge.llm.retry.initial_wait=0.01",
+        )
+        result = RuleJudge(cfg).judge(["One answer.", "Another."], ["Rule A.", "Rule B."])
+        assert len(server.requests) == 4
+    assert result.unparsed == 4 and result.failed == 0

@@ -9,6 +9,8 @@ import sys
 import types
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from autorule.core.artifacts import artifact_path, read_manifest
 from autorule.training.launch import run_training
@@ -84,7 +86,7 @@ def test_a_failed_stage_finishes_its_run_as_failed(make_cfg, fake_wandb):
 def checkpoint(folder, step, state='{"global_step": 1}'):
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
-    (path / "model.safetensors").write_bytes(b"weights")
+    save_file({"w": torch.ones(2)}, str(path / "model.safetensors"))  # whole weights
     if state is not None:
         (path / "trainer_state.json").write_text(state)
     return path
@@ -110,3 +112,22 @@ def test_resume_only_reads_when_asked_not_to_remove(tmp_path):
     assert last_complete_checkpoint(folder, remove_incomplete=False) is None
     assert killed.exists()
     assert last_complete_checkpoint(tmp_path / "absent") is None
+
+
+def test_a_checkpoint_with_truncated_weights_falls_back_to_the_one_before(tmp_path, caplog):
+    folder = tmp_path / "checkpoints"
+    for step in (10, 20, 30):
+        path = checkpoint(folder, step, state=json.dumps({"global_step": step}))
+        save_file({"w": torch.ones(64, 64)}, str(path / "model.safetensors"))
+        torch.save({"step": step}, path / "optimizer.pt")
+    good, cut, torn = (folder / f"checkpoint-{s}" for s in (10, 20, 30))
+    # A full disk or an interrupted copy: the weights of 20 cut short, the optimizer of 30.
+    weights = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    optimizer = (torn / "optimizer.pt").read_bytes()
+    (torn / "optimizer.pt").write_bytes(optimizer[:-40])
+    with caplog.at_level(logging.WARNING):
+        assert last_complete_checkpoint(folder) == good
+    assert not cut.exists() and not torn.exists()
+    assert "model.safetensors is cut short" in caplog.text and "optimizer.pt" in caplog.text
+    assert "resuming from the newest complete checkpoint" in caplog.text
