@@ -7,6 +7,10 @@ TORCH_SPEC ?= torch==2.13.0
 # PyPI bundle CUDA (gigabytes); for the CPU build there, use
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
+# OpenRLHF release whose remote reward client the tests call (the AutoRule scripts' era), installed
+# without its dependencies (they pin CUDA builds and older transformers); the Ray job of
+# grpo.engine=openrlhf installs its own.
+OPENRLHF_SPEC ?= openrlhf==0.6.4
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROOT ?= outputs
@@ -28,6 +32,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "$(OPENRLHF_SPEC)" || echo "note: $(OPENRLHF_SPEC) has wheels \
+	for Python 3.10 and 3.11 only; the test against OpenRLHF's own reward client will skip"
 	touch $(STAMP)
 
 test: install

@@ -63,20 +63,26 @@ autorule_hostnames() {
   done
 }
 
+# autorule_hosts <nodelist>: the allocation's host names, one a line (scontrol, or in a dry run
+# off the cluster the expansion above).
+autorule_hosts() {
+  if command -v scontrol >/dev/null; then
+    scontrol show hostnames "$1"
+  elif [[ ${AUTORULE_DRY_RUN:-0} == 1 ]]; then
+    autorule_hostnames "$1"
+  else
+    echo "autorule: scontrol not found: run inside a SLURM allocation (or set AUTORULE_DRY_RUN=1)" >&2
+    return 1
+  fi
+}
+
 autorule_stage() {
   local stage=$1
   shift
   local nodelist=${SLURM_JOB_NODELIST:?run inside a SLURM allocation (sbatch), or fake SLURM_JOB_NODELIST}
   local dry_run=${AUTORULE_DRY_RUN:-0}
   local -a hosts
-  if command -v scontrol >/dev/null; then
-    mapfile -t hosts < <(scontrol show hostnames "$nodelist")
-  elif [[ $dry_run == 1 ]]; then
-    mapfile -t hosts < <(autorule_hostnames "$nodelist")
-  else
-    echo "autorule: scontrol not found: run inside a SLURM allocation (or set AUTORULE_DRY_RUN=1)" >&2
-    return 1
-  fi
+  mapfile -t hosts < <(autorule_hosts "$nodelist")
   if [[ ${#hosts[@]} -eq 0 ]]; then
     echo "autorule: no hosts in SLURM_JOB_NODELIST=$nodelist" >&2
     return 1
@@ -164,20 +170,128 @@ autorule_grpo() {
   local server=$!
   # shellcheck disable=SC2064  # the pid is fixed now
   trap "kill $server 2>/dev/null || true" EXIT
-  local waited=0 limit=${AUTORULE_JUDGE_TIMEOUT:-1800}
-  until curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null; do
-    if ! kill -0 "$server" 2>/dev/null; then
-      echo "autorule: the judge server (vllm serve $model) exited before answering" >&2
+  autorule_wait_for "http://127.0.0.1:$port/v1/models" "the judge server (vllm serve $model)" \
+    "$server" "${AUTORULE_JUDGE_TIMEOUT:-1800}" AUTORULE_JUDGE_TIMEOUT
+  echo "autorule: judge $model served on $host:$port (GPUs $train_gpus-$((total - 1)))" >&2
+  CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((train_gpus - 1))) SLURM_GPUS_ON_NODE=$train_gpus \
+    autorule_stage grpo "$@" "${judge[@]}"
+}
+
+# autorule_wait_for <url> <what> <pid> <seconds> <variable>: polls the URL until it answers;
+# fails when the process exits first or the seconds pass (<variable> names the setting).
+autorule_wait_for() {
+  local url=$1 what=$2 pid=$3 limit=$4 setting=$5 waited=0
+  until curl -sf "$url" >/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "autorule: $what exited before answering" >&2
       return 1
     fi
     if [[ $waited -ge $limit ]]; then
-      echo "autorule: the judge server did not answer within ${limit}s (AUTORULE_JUDGE_TIMEOUT)" >&2
+      echo "autorule: $what did not answer within ${limit}s ($setting)" >&2
       return 1
     fi
     sleep 10
     waited=$((waited + 10))
   done
-  echo "autorule: judge $model served on $host:$port (GPUs $train_gpus-$((total - 1)))" >&2
-  CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((train_gpus - 1))) SLURM_GPUS_ON_NODE=$train_gpus \
-    autorule_stage grpo "$@" "${judge[@]}"
+}
+
+# autorule_openrlhf [overrides...]: grpo.engine=openrlhf on the allocation (scripts/slurm/openrlhf.sh).
+# On the first node: the Ray head (its first GPUs), the reward server (AUTORULE_REWARD_GPUS, for
+# the rm term's model) and, when the rules term is used, the judge served by vLLM (the last
+# AUTORULE_JUDGE_GPUS); on every other node a Ray worker with all its GPUs. Then stage grpo submits
+# the OpenRLHF job to the head and waits for it; everything stops when the script ends.
+autorule_openrlhf() {
+  local dry_run=${AUTORULE_DRY_RUN:-0}
+  local nodelist=${SLURM_JOB_NODELIST:?run inside a SLURM allocation (sbatch), or fake SLURM_JOB_NODELIST}
+  local -a hosts
+  mapfile -t hosts < <(autorule_hosts "$nodelist")
+  if [[ ${#hosts[@]} -eq 0 ]]; then
+    echo "autorule: no hosts in SLURM_JOB_NODELIST=$nodelist" >&2
+    return 1
+  fi
+  local head=${hosts[0]}
+  local gpus=${SLURM_GPUS_ON_NODE:-}
+  if [[ -z $gpus ]] && command -v nvidia-smi >/dev/null; then
+    gpus=$(nvidia-smi --list-gpus | wc -l)
+  fi
+  gpus=${gpus:-$AUTORULE_DRY_RUN_GPUS}
+  local ray_port=${AUTORULE_RAY_PORT:-6379} rm_port=${AUTORULE_REWARD_PORT:-5000}
+  local judge_port=${AUTORULE_JUDGE_PORT:-8001}
+  local reward_gpus=${AUTORULE_REWARD_GPUS:-1} judge_gpus=${AUTORULE_JUDGE_GPUS:-4}
+  local rewards
+  rewards=$(autorule_config_value grpo.rewards stage=grpo "$@")
+  if [[ $rewards != *"- rules"* ]]; then
+    judge_gpus=0
+  fi
+  local ray_gpus=$((gpus - reward_gpus - judge_gpus))
+  if [[ $ray_gpus -le 0 ]]; then
+    echo "autorule: $gpus GPUs on $head leave none to Ray after AUTORULE_REWARD_GPUS=$reward_gpus" \
+      "and AUTORULE_JUDGE_GPUS=$judge_gpus" >&2
+    return 1
+  fi
+  local -a judge=() serve=()
+  if [[ $judge_gpus -gt 0 ]]; then
+    local model
+    model=$(autorule_config_value judge.llm.model stage=grpo "$@")
+    serve=(vllm serve "$model" --served-model-name "$model" --port "$judge_port"
+      --data-parallel-size "$judge_gpus" --enable-prefix-caching)
+    judge=("llm@judge.llm=openai" "judge.llm.model=$model" "judge.llm.base_url=http://$head:$judge_port/v1")
+  fi
+  local -a common=(
+    "reward_server.advertise_host=$head" "reward_server.port=$rm_port" "grpo.engine=openrlhf"
+  )
+  local -a head_cmd=(srun --overlap --nodes=1 --ntasks=1 -w "$head" ray start --head
+    "--node-ip-address=$head" "--port=$ray_port" "--num-gpus=$ray_gpus" --dashboard-host=0.0.0.0 --block)
+  local -a server=("${PYTHON:-python}" -m autorule stage=reward_server "${common[@]}" "${judge[@]}" "$@")
+  local -a submit=("${PYTHON:-python}" -m autorule stage=grpo "${common[@]}"
+    "grpo.openrlhf.ray_address=http://127.0.0.1:8265" "${judge[@]}" "$@")
+  local reward_devices judge_devices
+  reward_devices=$(seq -s, "$ray_gpus" $((ray_gpus + reward_gpus - 1)))
+  judge_devices=$(seq -s, $((ray_gpus + reward_gpus)) $((gpus - 1)))
+  if [[ $dry_run == 1 ]]; then
+    printf 'CUDA_VISIBLE_DEVICES=%s ' "$(seq -s, 0 $((ray_gpus - 1)))"
+    printf '%q ' "${head_cmd[@]}"
+    printf '&\n'
+    local host
+    for host in "${hosts[@]:1}"; do
+      printf '%q ' srun --overlap --nodes=1 --ntasks=1 -w "$host" ray start \
+        "--address=$head:$ray_port" "--num-gpus=$gpus" --block
+      printf '&\n'
+    done
+    if [[ $judge_gpus -gt 0 ]]; then
+      printf 'CUDA_VISIBLE_DEVICES=%s ' "$judge_devices"
+      printf '%q ' "${serve[@]}"
+      printf '&\n'
+    fi
+    printf 'CUDA_VISIBLE_DEVICES=%s ' "$reward_devices"
+    printf '%q ' "${server[@]}"
+    printf '&\n'
+    printf '%q ' "${submit[@]}"
+    printf '\n'
+    "${submit[@]}" dry_run=true
+    return
+  fi
+  local -a pids=()
+  # shellcheck disable=SC2064  # the pids are fixed when the trap runs
+  trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+  CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((ray_gpus - 1))) "${head_cmd[@]}" &
+  pids+=($!)
+  sleep "${AUTORULE_RAY_WAIT:-30}"
+  for host in "${hosts[@]:1}"; do
+    srun --overlap --nodes=1 --ntasks=1 -w "$host" ray start "--address=$head:$ray_port" \
+      "--num-gpus=$gpus" --block &
+    pids+=($!)
+  done
+  if [[ $judge_gpus -gt 0 ]]; then
+    CUDA_VISIBLE_DEVICES=$judge_devices "${serve[@]}" &
+    pids+=($!)
+    autorule_wait_for "http://127.0.0.1:$judge_port/v1/models" "the judge server (vllm serve)" \
+      "${pids[-1]}" "${AUTORULE_JUDGE_TIMEOUT:-1800}" AUTORULE_JUDGE_TIMEOUT
+  fi
+  CUDA_VISIBLE_DEVICES=$reward_devices "${server[@]}" &
+  pids+=($!)
+  autorule_wait_for "http://127.0.0.1:$rm_port/health" "the reward server" "${pids[-1]}" \
+    "${AUTORULE_SERVE_TIMEOUT:-1800}" AUTORULE_SERVE_TIMEOUT
+  echo "autorule: Ray head $head (+${#hosts[@]} node(s)), reward server http://$head:$rm_port" >&2
+  "${submit[@]}"
 }

@@ -191,3 +191,44 @@ def test_feedback_rm_dry_run_shows_the_protocol_and_the_batch(tmp_path):
     assert " -m accelerate.commands.launch --num_processes 1 --num_machines 1 " in out
     assert "\n  global_batch=12 (micro 1 x 1 processes x accumulation 12)\n" in out
     assert "/feedback_rm/.uf-" in out and "input feedback -> " in out
+
+
+def test_openrlhf_dry_run_on_two_nodes_starts_ray_the_servers_and_submits(tmp_path):
+    env = {"SLURM_JOB_NODELIST": "gpu-a[01-02]", "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "8"}
+    overrides = ("experiment=autorule_uf", f"paths.root={tmp_path / 'root'}")
+    result = run_script(tmp_path, "openrlhf", env, *overrides)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    head, worker, judge, server, submit = (shlex.split(line) for line in lines[:5])
+    # Ray: the head on the first node (GPUs 0-2: 1 for the reward server, 4 for the judge),
+    # a worker with all its GPUs on the second.
+    assert head[0] == "CUDA_VISIBLE_DEVICES=0,1,2" and head[-1] == "&"
+    assert head[1:7] == ["srun", "--overlap", "--nodes=1", "--ntasks=1", "-w", "gpu-a01"]
+    assert head[7:10] == ["ray", "start", "--head"] and "--num-gpus=3" in head
+    assert worker[5:9] == ["gpu-a02", "ray", "start", "--address=gpu-a01:6379"]
+    assert "--num-gpus=8" in worker
+    # The judge served by vLLM as grpo.sh does, the reward server, then stage grpo's submission.
+    assert judge[0] == "CUDA_VISIBLE_DEVICES=4,5,6,7" and judge[1:3] == ["vllm", "serve"]
+    assert server[0] == "CUDA_VISIBLE_DEVICES=3" and "stage=reward_server" in server
+    routed = [
+        "reward_server.advertise_host=gpu-a01",
+        "grpo.engine=openrlhf",
+        "judge.llm.base_url=http://gpu-a01:8001/v1",
+    ]
+    for override in (*routed, *overrides):
+        assert override in server and override in submit
+    assert submit[:4] == [sys.executable, "-m", "autorule", "stage=grpo"]
+    # ... and that submission's dry run: the Ray job, rewarded by the server on the head node.
+    out = "\n".join(lines[5:])
+    assert "ray job submit" in out and "-m openrlhf.cli.train_ppo_ray" in out
+    assert "--remote_rm_url http://gpu-a01:5000/get_reward" in out
+    assert "--advantage_estimator group_norm" in out
+
+
+def test_openrlhf_ppo_needs_no_judge_and_gives_ray_the_rest(tmp_path):
+    env = {"SLURM_JOB_NODELIST": "gpu-a01", "SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "8"}
+    result = run_script(tmp_path, "openrlhf", env, "experiment=ppo_baseline")
+    assert result.returncode == 0, result.stderr
+    assert "vllm serve" not in result.stdout
+    assert result.stdout.startswith("CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6 srun ")
+    assert "--advantage_estimator gae" in result.stdout

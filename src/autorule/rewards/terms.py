@@ -134,6 +134,7 @@ def rules_term(context: RewardContext):
     verdicts, watched by :class:`~autorule.rewards.judge.StepGuard` (failed calls stop the step
     before its update). A rule too long for the judge's budget is refused here, when the rule set
     is read.
+    The keyword ``per_rule``, a callable, gets the (responses x rules) satisfaction array.
     """
     rules = [str(r) for r in context.rules]
     if not rules:
@@ -154,6 +155,8 @@ def rules_term(context: RewardContext):
         metrics["judge/failed"] = result.failed / result.size
         metrics["judge/cut"] = result.cut / result.size
         log.add(metrics, len(completions), kwargs.get("log_metric"))
+        if kwargs.get("per_rule") is not None:  # each response's verdicts (the reward server)
+            kwargs["per_rule"](satisfied)
         return [rules_reward(share, offset, scale) for share in satisfied.mean(axis=1)]
 
     rules_fn.metrics, rules_fn.close = log.pop, judge.close

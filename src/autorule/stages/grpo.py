@@ -35,6 +35,10 @@ reward terms, per-rule rates, KL, lengths) and the manifest. Resuming and multi-
 work as for ``sft`` (:mod:`autorule.training.launch`).
 
 TRL differs from the released (OpenRLHF) setup in a few places; ``docs/rewards.md`` lists them.
+``grpo.engine=openrlhf`` trains with the released engine instead: the stage submits OpenRLHF's
+``train_ppo_ray`` as a Ray job (:mod:`autorule.training.openrlhf`), rewarded by the reward server
+(``stage=reward_server``), and commits the policy the job saved as ``model/``; with
+``grpo.openrlhf.advantage_estimator=gae`` that is PPO with a critic (``experiment=ppo_baseline``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,33 @@ def uses_term(cfg: Any, name: str) -> bool:
     return name in list(cfg.grpo.rewards)
 
 
+def on_openrlhf(cfg: Any) -> bool:
+    """Whether OpenRLHF trains (``grpo.engine=openrlhf``): the reward server then scores."""
+    return str(cfg.grpo.get("engine", "trl")) == "openrlhf"
+
+
+def scores_here(cfg: Any, name: str) -> bool:
+    """Whether this stage's own processes compute the term ``name`` (TRL only)."""
+    return uses_term(cfg, name) and not on_openrlhf(cfg)
+
+
+def reads_rm_on_openrlhf(cfg: Any) -> bool:
+    """OpenRLHF reads the rm artifact's model: the PPO critic starts from it, or OpenRLHF's own
+    reward actor scores with it (``grpo.openrlhf.reward=rm``)."""
+    from autorule.training.openrlhf import served_reward, uses_critic
+
+    if not on_openrlhf(cfg):
+        return False
+    critic = uses_critic(cfg.grpo) and cfg.grpo.openrlhf.critic_init == "rm"
+    return critic or not served_reward(cfg.grpo)
+
+
+def reward_server_used(cfg: Any) -> bool:
+    from autorule.training.openrlhf import served_reward
+
+    return on_openrlhf(cfg) and served_reward(cfg.grpo)
+
+
 # Sections that only one reward term reads, besides its own rewards.<term>.
 TERM_SECTIONS = {"rules": "judge", "rubric": "rubric"}
 
@@ -79,6 +110,9 @@ def unused_reward_settings(cfg: Any) -> tuple[str, ...]:
         if name not in used and isinstance(value, Mapping)
     ]
     keys += [section for term, section in TERM_SECTIONS.items() if term not in used]
+    # TRL runs hash as before the engine switch; on OpenRLHF the reward server (an input) covers
+    # the reward settings it reads.
+    keys += ["grpo.engine", "grpo.openrlhf"] if not on_openrlhf(cfg) else []
     return (*keys, *lora.unused_keys(cfg, "grpo"))
 
 
@@ -135,16 +169,18 @@ _RUNTIME = runtime_keys("grpo") + ("grpo.use_vllm", "grpo.vllm_mode")
 
 SPEC = StageSpec(
     name="grpo",
-    inputs=("preprocess", "sft", "rm", "cloud"),
+    inputs=("preprocess", "sft", "rm", "cloud", "reward_server"),
     only_if={
-        "rm": lambda cfg: uses_term(cfg, "rm"),
+        "rm": lambda cfg: scores_here(cfg, "rm") or reads_rm_on_openrlhf(cfg),
         # The cloud term reads this config's cloud artifact unless rewards.cloud.model names one.
-        "cloud": lambda cfg: uses_term(cfg, "cloud") and not cfg.rewards.cloud.model,
+        "cloud": lambda cfg: scores_here(cfg, "cloud") and not cfg.rewards.cloud.model,
         "preprocess": lambda cfg: not cfg.grpo.get("rubric_file"),
+        # On OpenRLHF the reward server scores, and its artifact records what it reads.
+        "reward_server": reward_server_used,
     },
     # Rubric prompts come from the preprocess artifact of the rubric dataset.
     input_datasets={"preprocess": "grpo.rubric_dataset"},
-    uses_rules=lambda cfg: uses_term(cfg, "rules"),
+    uses_rules=lambda cfg: scores_here(cfg, "rules"),
     keys=(
         "grpo",
         "rewards",
@@ -156,7 +192,13 @@ SPEC = StageSpec(
     ),
     # The rubric file is identified by its content (the fingerprint), not its path; the debug
     # view only prints.
-    ignore=(*_RUNTIME, "grpo.rubric_file", "rubric.debug_examples", "grpo.concurrent_rewards"),
+    ignore=(
+        *_RUNTIME,
+        "grpo.rubric_file",
+        "rubric.debug_examples",
+        "grpo.concurrent_rewards",
+        "grpo.openrlhf.ray_address",  # where the job is submitted, not what it trains
+    ),
     ignore_when=unused_reward_settings,
     fingerprint=rubric_file_fingerprint,
     llm_roles=("judge.llm", "rubric.grader"),
@@ -171,6 +213,10 @@ def check(cfg: DictConfig) -> None:
     from autorule.rewards.registry import REWARDS
 
     check_paths(cfg)
+    check_choice(cfg.grpo.engine, "grpo.engine", ("trl", "openrlhf"))
+    if on_openrlhf(cfg):
+        check_openrlhf(cfg)
+        return
     check_launcher(cfg)
     section = cfg.grpo
     check_training(section, SPEC.name, world_size(cfg))
@@ -214,6 +260,52 @@ def check(cfg: DictConfig) -> None:
     lora.check(section, "grpo")
 
 
+def check_openrlhf(cfg: DictConfig) -> None:
+    """``grpo.engine=openrlhf``: what OpenRLHF's trainer and the reward server can run; Ray's
+    job client must be installed unless this is a dry run."""
+    from autorule.training.openrlhf import (
+        CRITIC_INITS,
+        ESTIMATORS,
+        REWARDS,
+        ZERO_STAGES,
+        require_ray,
+        uses_critic,
+    )
+
+    section, engine = cfg.grpo, cfg.grpo.openrlhf
+    check_choice(engine.advantage_estimator, "grpo.openrlhf.advantage_estimator", ESTIMATORS)
+    check_choice(engine.critic_init, "grpo.openrlhf.critic_init", CRITIC_INITS)
+    check_choice(engine.reward, "grpo.openrlhf.reward", REWARDS)
+    if engine.reward == "rm" and list(section.rewards) != ["rm"]:
+        raise ConfigError(
+            f"grpo.openrlhf.reward=rm scores with the reward model alone, but grpo.rewards="
+            f"{list(section.rewards)}: serve the terms (grpo.openrlhf.reward=server)"
+        )
+    check_choice(engine.kl_estimator, "grpo.openrlhf.kl_estimator", ("k1", "k2", "k3"))
+    if section.deepspeed not in ZERO_STAGES:
+        raise ConfigError(
+            f"grpo.deepspeed={section.deepspeed}: OpenRLHF takes a ZeRO stage, one of "
+            f"{list(ZERO_STAGES)}"
+        )
+    # GAE needs no group; the group estimators need two samples per prompt at least.
+    low = 1 if uses_critic(section) else 2
+    check_number(section.num_generations, "grpo.num_generations", low=low)
+    for key in ("prompts_per_rollout", "global_batch_size", "micro_batch_size"):
+        check_number(section[key], f"grpo.{key}", low=1)
+    for key in ("micro_rollout_batch_size", "vllm_num_engines", "actor_num_gpus_per_node"):
+        check_number(engine[key], f"grpo.openrlhf.{key}", low=1)
+    for key, meaning in (
+        ("rubric_file", "rubric prompts"),
+        ("rubric_dataset", "rubric prompts"),
+        ("lora_rank", "LoRA"),
+        ("eval_split", "held-out evaluation"),
+    ):
+        if section.get(key):
+            raise ConfigError(f"grpo.{key}={section[key]}: {meaning} run with grpo.engine=trl only")
+    if not cfg.get("dry_run"):
+        require_ray()
+
+
 def check_rubric_data(cfg: DictConfig) -> None:
     """Rubric prompts: one source, a known rubric dataset, and rubric data for the rubric term."""
     from autorule.data.rubrics import RUBRIC_DATASETS
@@ -238,7 +330,60 @@ def check_rubric_data(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> Path:
     check(cfg)
+    if on_openrlhf(cfg):
+        return run_openrlhf(cfg)
     return run_training(cfg, SPEC.name, train, callbacks, describe=describe)
+
+
+def run_openrlhf(cfg: DictConfig) -> Path:
+    """Submits OpenRLHF's trainer as a Ray job and waits for it; its policy becomes ``model/``.
+
+    The reward server (``stage=reward_server``, same overrides) must be serving: its artifact
+    is an input, and ``--remote_rm_url`` points at it. The submitted command is kept as
+    ``launch/openrlhf.sh``; ``dry_run=true`` prints it and writes nothing.
+    """
+    import subprocess
+
+    from autorule.core.artifacts import StageJob, artifact_path, input_path, work_path
+    from autorule.core.files import write_text_atomic
+    from autorule.rewards.server import advertised_url
+    from autorule.training.arguments import METRICS
+    from autorule.training.launch import artifact_state
+    from autorule.training.openrlhf import dry_run_report, show, submit_command, uses_critic
+
+    names, url = SPEC.inputs_for(cfg), advertised_url(cfg.reward_server)
+    if cfg.get("dry_run"):
+        path = artifact_path(cfg, SPEC.name)
+        inputs = {name: input_path(cfg, SPEC.name, name) for name in names}
+        cmd = submit_command(cfg, work_path(path), inputs, url)
+        states = {name: f"{folder} ({artifact_state(folder)})" for name, folder in inputs.items()}
+        print(dry_run_report(cfg, cmd, states, url), flush=True)
+        return path
+    with StageJob(cfg, SPEC.name) as job:
+        if job.done:
+            return job.path
+        inputs = {name: job.input(name) for name in names}
+        cmd = submit_command(cfg, job.workdir, inputs, url)
+        script = job.workdir / "launch" / "openrlhf.sh"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(script, "#!/usr/bin/env bash\n" + show(cmd) + "\n")
+        log.info("[grpo] submitting to Ray: %s", " ".join(cmd))
+        subprocess.run(cmd, check=True)
+        model = job.workdir / MODEL
+        if not (model / "config.json").is_file():
+            raise RuntimeError(
+                f"the OpenRLHF job ended without a policy in {model} (its --save_path): "
+                f"see the job's logs (ray job logs, at {cfg.grpo.openrlhf.ray_address})"
+            )
+        metrics = {
+            "engine": "openrlhf",
+            "advantage_estimator": str(cfg.grpo.openrlhf.advantage_estimator),
+            "critic": uses_critic(cfg.grpo),
+            "rewards": list(cfg.grpo.rewards),
+            "reward_url": url,
+        }
+        write_text_atomic(job.workdir / METRICS, json.dumps(metrics, indent=2) + "\n")
+        return job.commit({}, extra={"metrics": metrics})
 
 
 def describe(cfg: DictConfig) -> list[str]:
