@@ -14,6 +14,10 @@ per request, for a server run in another process). ``tls=self_signed_cert(folder
 which botocore requires before it sends a Bedrock API key (``AWS_BEARER_TOKEN_BEDROCK``); point
 the client at the certificate with ``AWS_CA_BUNDLE``.
 
+Helpers for answers that misbehave: :func:`echoing_authorization` quotes the request's
+``Authorization`` header in every answer (with :func:`files_holding` to look for the key in an
+artifact), :func:`quoting_grader` quotes the graded reply after its score.
+
 OpenAI requests with ``logprobs: true`` get the reply's ``top_logprobs`` back in the API's format
 (``choices[0].logprobs.content[0].top_logprobs``, cut to the ``top_logprobs`` asked for).
 :class:`ScriptedJudge` is a rule judge for it: it says yes exactly for known (response, rule)
@@ -32,8 +36,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -128,6 +133,48 @@ def echo_rules(request: FakeRequest) -> FakeReply:
         "The reply is clear and concise.",
     ]
     return FakeReply(text=json.dumps(rules), reasoning=f"Thinking about request {digest[:16]}.")
+
+
+def echoing_authorization(reply: Callable[[FakeRequest], FakeReply]):
+    """``reply`` with the request's ``Authorization`` header quoted on the first line of every
+    ordinary answer, as a gateway's debug output might: for tests that no artifact keeps a key."""
+
+    def echo(request: FakeRequest) -> FakeReply:
+        answer = reply(request)
+        if answer.status != 200 or answer.raw_body is not None:
+            return answer
+        header = request.headers.get("authorization", "")
+        return replace(answer, text=f"(request sent with {header})\n{answer.text}")
+
+    return echo
+
+
+def quoting_grader(score: str):
+    """A rubric grader that gives ``score`` in ``<score>`` tags, then quotes the reply it graded
+    (found between ``<reply>`` tags in the grader prompt), as graders that explain themselves do:
+    a reply holding a score tag of its own then follows the grader's."""
+
+    def grade(request: FakeRequest) -> FakeReply:
+        reply = request.prompt.split("<reply>\n", 1)[-1].split("\n</reply>", 1)[0]
+        return FakeReply(text=f"<score>{score}</score>\nThe reply I graded:\n{reply}")
+
+    return grade
+
+
+def files_holding(folder, secret: str) -> list[str]:
+    """The files under ``folder`` whose content holds ``secret``: parquet tables read back as
+    text (their pages are compressed), every other file as bytes."""
+    import pandas as pd
+
+    found = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        if path.suffix == ".parquet":
+            data = pd.read_parquet(path).to_json().encode()
+        else:
+            data = path.read_bytes()
+        if secret.encode() in data or json.dumps(secret)[1:-1].encode() in data:
+            found.append(str(path.relative_to(folder)))
+    return found
 
 
 class _Server(ThreadingHTTPServer):

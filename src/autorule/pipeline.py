@@ -1,14 +1,17 @@
-"""Dispatch: run the selected stage, or every stage of ``pipeline.stages`` in order.
+"""Dispatch: run the selected stage, or every stage of ``pipeline.stages`` in order, after making
+the inputs a stage declares under a config of its own when they are missing or out of date.
+
+A stage's inputs under the run's own config are the user's to make (``stage=pipeline`` makes them
+in order; a stage started too early fails naming the command). An input a stage finds under a
+config of its own (``StageSpec.input_configs``: the feedback and oracle stages' samples,
+feedback_eval's reward model and picks of each protocol) cannot be made by running the
+pipeline's stages in order: :func:`missing_inputs` finds it, with whatever it needs in turn under
+that config, and :func:`run_stage` makes them first, so stages never run each other.
 
 With ``dry_run=true`` nothing runs and nothing is written: training stages print their launch
 command and trainer arguments (:mod:`autorule.training.launch`); every other stage (whose work
 would be hub downloads or paid LLM calls) is skipped here, and its command and artifact folder are
-printed.
-
-An input a stage finds under a config of its own (``StageSpec.input_configs``: the feedback
-stage's and the oracle stage's samples) cannot be made by running the pipeline's stages in
-order, so :func:`make_inputs` makes it first when it is missing or out of date, with whatever
-it needs in turn under that config."""
+printed; so are the inputs that would be made first."""
 
 from __future__ import annotations
 
@@ -18,9 +21,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from autorule.core.artifacts import artifact_path, is_up_to_date, make_command
+from autorule.core.artifacts import (
+    artifact_path,
+    is_up_to_date,
+    make_command,
+)
 from autorule.core.config import check_paths
-from autorule.core.stage import load
+from autorule.core.stage import get_spec, load
 
 log = logging.getLogger(__name__)
 
@@ -53,39 +60,65 @@ def dry_run_note(cfg: DictConfig, name: str) -> str:
     )
 
 
+def derived_inputs(cfg: DictConfig, name: str) -> list[tuple[str, DictConfig]]:
+    """(stage, config) of each input ``name`` reads under a config of its own, and theirs in
+    turn (whether their artifacts exist or not)."""
+    spec = get_spec(name, cfg)
+    found = []
+    for input_name in spec.inputs_for(cfg):
+        if input_name in spec.input_configs:
+            stage, input_cfg = spec.stage_of(input_name), spec.config_for_input(cfg, input_name)
+            found += [(stage, input_cfg), *derived_inputs(input_cfg, stage)]
+    return found
+
+
 def check_stages(cfg: DictConfig, names: list[str]) -> None:
-    """Runs every selected stage's ``check(cfg)`` (when its module has one) before any stage
-    runs, so a bad number in the last stage of a pipeline is refused before the first one
-    spends anything. Raises :class:`~autorule.core.config.ConfigError`."""
+    """Runs every selected stage's ``check(cfg)`` (when its module has one), and that of the
+    inputs each one derives a config for, under that config, before any stage runs, so a bad
+    number in the last stage of a pipeline is refused before the first one spends anything.
+    Raises :class:`~autorule.core.config.ConfigError`."""
     check_paths(cfg)
     for name in names:
-        check = getattr(load(name, cfg), "check", None)
-        if check is not None:
-            check(cfg)
+        for stage, stage_cfg in [(name, cfg), *derived_inputs(cfg, name)]:
+            check = getattr(load(stage, stage_cfg), "check", None)
+            if check is not None:
+                check(stage_cfg)
 
 
-def make_inputs(cfg: DictConfig, name: str) -> None:
-    """Makes the inputs of stage ``name`` found under a config of their own
-    (``StageSpec.input_configs``) when they are not complete and current, each with its own
-    missing inputs first (:func:`make`)."""
-    spec = load(name, cfg).SPEC
-    for upstream in spec.inputs_for(cfg):
-        if upstream in spec.input_configs:
-            make(spec.config_for_input(cfg, upstream), upstream)
+def missing_inputs(cfg: DictConfig, name: str) -> list[tuple[str, DictConfig]]:
+    """(stage, config) of each artifact to make before ``name`` runs under ``cfg``, in the order
+    to make them: the inputs it declares under a config of their own that are not complete and
+    up to date, each after whatever of its own inputs is not (under that config)."""
+    spec = get_spec(name, cfg)
+    plan: list[tuple[str, DictConfig]] = []
+    seen: set[Path] = set()
+    for input_name in spec.inputs_for(cfg):
+        if input_name in spec.input_configs:
+            stage = spec.stage_of(input_name)
+            plan += _needed(spec.config_for_input(cfg, input_name), stage, seen)
+    return plan
 
 
-def make(cfg: DictConfig, name: str) -> Path:
-    """Stage ``name``'s artifact under ``cfg``: reused when complete and current, else made
-    after whatever of its own inputs is missing."""
-    path = artifact_path(cfg, name)
-    if is_up_to_date(cfg, name, path)[0]:
-        return path
+def _needed(cfg: DictConfig, stage: str, seen: set[Path]) -> list[tuple[str, DictConfig]]:
+    """``stage`` under ``cfg`` and what it needs first, unless it is up to date (or planned)."""
+    path = artifact_path(cfg, stage)
+    if path in seen or is_up_to_date(cfg, stage, path)[0]:
+        return []
+    seen.add(path)
+    spec = get_spec(stage, cfg)
+    plan: list[tuple[str, DictConfig]] = []
+    for input_name in spec.inputs_for(cfg):
+        plan += _needed(spec.config_for_input(cfg, input_name), spec.stage_of(input_name), seen)
+    return [*plan, (stage, cfg)]
+
+
+def run_one(cfg: DictConfig, name: str, dry_run: bool) -> Path:
+    """Runs stage ``name`` under ``cfg`` (a dry run prints what it would do)."""
     module = load(name, cfg)
-    for upstream in module.SPEC.inputs_for(cfg):
-        make(module.SPEC.config_for_input(cfg, upstream), upstream)
-    log.info("[pipeline] making the input %s first: %s", name, make_command(cfg, name))
-    with open_dict(cfg):
-        cfg.stage = name
+    # Training stages honour dry_run themselves (autorule.training.launch.run_training).
+    if dry_run and not module.SPEC.trains:
+        print(dry_run_note(cfg, name), flush=True)
+        return artifact_path(cfg, name)
     return module.run(cfg)
 
 
@@ -94,19 +127,19 @@ def run_stage(cfg: DictConfig) -> dict[str, Path]:
     banner(cfg)
     names = list(cfg.pipeline.stages) if cfg.stage == "pipeline" else [cfg.stage]
     dry_run = bool(cfg.get("dry_run"))
-    modules = {name: load(name, cfg) for name in names}  # an unknown name fails before any work
+    for name in names:
+        load(name, cfg)  # an unknown name fails before any work
     check_stages(cfg, names)
     done: dict[str, Path] = {}
-    for name, module in modules.items():
+    for name in names:
         with open_dict(cfg):
             cfg.stage = name
-        # Training stages honour dry_run themselves (autorule.training.launch.run_training).
-        if dry_run and not module.SPEC.trains:
-            print(dry_run_note(cfg, name), flush=True)
-            done[name] = artifact_path(cfg, name)
-        else:
-            make_inputs(cfg, name)
-            done[name] = module.run(cfg)
+        for stage, input_cfg in missing_inputs(cfg, name):
+            log.info("[pipeline] %s needs the %s artifact: making it first", name, stage)
+            with open_dict(input_cfg):
+                input_cfg.stage = stage
+            run_one(input_cfg, stage, dry_run)
+        done[name] = run_one(cfg, name, dry_run)
     suffix = " (dry run, nothing written)" if dry_run else ""
     for name, path in done.items():
         print(f"[autorule] {name}: {path}{suffix}", flush=True)

@@ -9,7 +9,7 @@ import pytest
 from autorule.core.artifacts import read_manifest
 from autorule.core.config import compose
 from autorule.stages import critiques
-from fakeserver import FakeLLMServer, FakeReply
+from fakeserver import FakeLLMServer, FakeReply, echoing_authorization, files_holding
 
 pytestmark = pytest.mark.slow
 
@@ -105,3 +105,50 @@ def test_failed_calls_stop_the_stage_and_a_rerun_retries_only_them(root, tmp_pat
         path = critiques.run(cfg)
         assert len(server.requests) == before + 1  # only the failed call is sent again
         assert read_manifest(path)["counts"]["cached_calls"] == 5
+
+
+def test_a_key_the_judge_echoes_stays_out_of_the_artifact(root, tmp_path, monkeypatch):
+    # A variable whose name says nothing, holding a key of no known shape: only the key the
+    # openai backend registered can mask it.
+    secret = "gateway-Zq81mXk2pL0vT"
+    monkeypatch.setenv("GATEWAY", secret)
+    with FakeLLMServer(echoing_authorization(echo_answer)) as server:
+        cfg = config(
+            root,
+            server,
+            tmp_path / "cache",
+            "critique.num_pairs=2",
+            "critique.llm.api_key_env=GATEWAY",
+        )
+        path = critiques.run(cfg)
+        assert server.requests[0].headers["authorization"] == f"Bearer {secret}"
+    table = pd.read_parquet(path / "critiques.parquet")
+    assert table["chosen_feedback"].str.contains("request sent with Bearer").all()
+    assert files_holding(path, secret) == []
+
+
+def test_calls_allowed_to_fail_make_the_artifact_provisional(root, tmp_path):
+    """Pairs dropped for failed calls (critique.max_failed_calls) are not a finished artifact: a
+    later run (a strict one too) recomputes it, asking again only for the failed calls."""
+    failing = {"on": True}
+
+    def reply(request):
+        if failing["on"] and request.number % 4 == 0:
+            return FakeReply(status=500, message="overloaded")
+        return echo_answer(request)
+
+    with FakeLLMServer(reply) as server:
+        cache = tmp_path / "cache"
+        path = critiques.run(
+            config(root, server, cache, "critique.num_pairs=5", "critique.max_failed_calls=100")
+        )
+        manifest = read_manifest(path)
+        failed = manifest["counts"]["failed_calls"]
+        assert failed == 2 and manifest["counts"]["dropped_pairs"] >= 1
+        assert manifest["provisional"] is True
+        failing["on"] = False
+        before = len(server.requests)
+        path = critiques.run(config(root, server, cache, "critique.num_pairs=5"))
+        assert len(server.requests) == before + failed  # the rest replayed from the cache
+    manifest = read_manifest(path)
+    assert manifest["counts"]["pairs"] == 5 and "provisional" not in manifest

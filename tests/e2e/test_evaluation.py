@@ -3,8 +3,6 @@ pairwise judge (the real openai client), a stand-in grpo artifact (tests/standin
 stand-in rule judge with the RuleJudge API."""
 
 import json
-import sys
-import types
 from types import SimpleNamespace
 
 import numpy as np
@@ -281,23 +279,21 @@ def test_rm_scores_match_the_rm_stage(trained):
 
 
 def test_best_of_n_keeps_the_highest_scoring_sample(trained, monkeypatch):
-    """Against the reward registry's API (a stand-in term scoring answers by length)."""
+    """Against the reward registry's API (a stand-in term scoring answers by length, registered
+    for this test)."""
+    from autorule.rewards.registry import READS, REWARDS, TermReads
+
     calls = []
 
-    def build_reward_funcs(names, context):
+    def length_term(context):
         def length(prompts, completions, **kwargs):
             calls.append((list(prompts), list(completions)))
             return [float(len(c)) for c in completions]
 
-        return [length]
+        return length
 
-    registry = types.ModuleType("autorule.rewards.registry")
-    registry.RewardContext = lambda **kwargs: SimpleNamespace(**kwargs)
-    registry.build_reward_funcs = build_reward_funcs
-    import autorule.rewards
-
-    monkeypatch.setitem(sys.modules, "autorule.rewards.registry", registry)
-    monkeypatch.setattr(autorule.rewards, "registry", registry, raising=False)
+    monkeypatch.setitem(REWARDS, "length", length_term)
+    monkeypatch.setitem(READS, "length", TermReads())
     cfg = compose(
         [
             "stage=generate",

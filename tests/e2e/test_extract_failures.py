@@ -169,6 +169,32 @@ def test_fallback_rules_are_provisional_and_a_healthy_run_recomputes_them(root, 
         assert extract.run(cfg) == again and len(server.requests) == sent  # now complete
 
 
+def test_rules_extracted_despite_failed_calls_are_provisional(root, tmp_path):
+    """Calls allowed to fail (extract.max_failed_calls) leave rules from fewer pairs: the next
+    run recomputes them, sending again only the failed calls and the steps that follow them."""
+    outage = {"on": True}
+
+    def reply(request):
+        if outage["on"] and is_reason(request) and odd(request):
+            return FakeReply(status=500, message="overloaded")
+        return healthy(request)
+
+    with FakeLLMServer(reply) as server:
+        cfg = config(root, tmp_path, *openai(server), "extract.max_failed_calls=8")
+        first = extract.run(cfg)
+        manifest = read_manifest(first)
+        failed = manifest["counts"]["failed_calls"]
+        assert 0 < failed < 8 and manifest["provisional"] is True
+        assert manifest["extract"]["rules_origin"] == "extracted"
+        outage["on"] = False
+        sent = len(server.requests)
+        again = extract.run(cfg)
+        resent = [r for r in server.requests[sent:] if is_reason(r)]
+        assert len(resent) == failed and all(odd(r) for r in resent)
+    manifest = read_manifest(again)
+    assert manifest["counts"]["failed_calls"] == 0 and "provisional" not in manifest
+
+
 def test_an_answer_that_cannot_be_encoded_counts_as_one_failed_call(root, tmp_path):
     def reply(request):
         if is_reason(request) and odd(request):

@@ -223,20 +223,26 @@ def test_feedback_eval_two_by_two(root):
     assert "Disagreement:" in report and "best-of-4" in report
 
 
+# feedback_eval on picks of 2 prompts, best of 2
+SMALL_EVAL = [
+    "stage=feedback_eval",
+    "generate.model=base",
+    "generate.reference=null",
+    "generate.best_of_n=2",
+    "generate.best_of_reward=feedback_rm",
+    "generate.max_prompts=2",
+    "generate.max_new_tokens=4",
+    "feedback_eval.n_values=[1,2]",
+]
+
+
 def test_feedback_eval_makes_the_picks_it_lacks(root):
     """One command runs the study: picks not made yet (here: of 2 prompts) are sampled first,
-    under each protocol, with the reward models already trained."""
-    cfg = config(
-        root,
-        "stage=feedback_eval",
-        "generate.model=base",
-        "generate.reference=null",
-        "generate.best_of_n=2",
-        "generate.best_of_reward=feedback_rm",
-        "generate.max_prompts=2",
-        "generate.max_new_tokens=4",
-        "feedback_eval.n_values=[1,2]",
-    )
+    under each protocol, with the reward models already trained (the pipeline makes the inputs
+    the stage declares under a config of its own)."""
+    from autorule.pipeline import run_stage
+
+    cfg = config(root, *SMALL_EVAL)
     generated = {
         p: artifact_path(feedback_eval.with_protocol(cfg, p), "generate")
         for p in ("ratings", "rankings")
@@ -244,7 +250,7 @@ def test_feedback_eval_makes_the_picks_it_lacks(root):
     assert not any(folder.exists() for folder in generated.values())
     with FakeLLMServer(EvalAnnotator(set(), "", "")) as server:
         cfg.feedback.llm.base_url = f"{server.url}/v1"
-        path = feedback_eval.run(cfg)
+        path = run_stage(cfg)["feedback_eval"]
     result = json.loads((path / "win_rates.json").read_text())
     assert result["prompts"] == {"ratings": 2, "rankings": 2}
     for protocol, folder in generated.items():
@@ -429,3 +435,120 @@ def test_a_bedrock_annotator(root, monkeypatch, tmp_path):
     wins = sum(digest_wins(str(c), str(r)) == "A" for c, r in pairs)
     assert summary["table"]["x"] == {"x": wins, "y": n - wins, "equal": 0}
     assert summary["unparsed_ratings"] == 0 and summary["failed_calls"] == 0
+
+
+def plain_annotator(request) -> FakeReply:
+    if "[Response A]" in request.prompt:
+        return FakeReply(text="Weighing both.\nPreferred: A")
+    return FakeReply(text="Reasoning.\nRating: 4")
+
+
+def small(root, cache, *overrides):
+    """Feedback on 4 instructions with a fresh cache, recomputed whatever exists."""
+    return config(
+        root,
+        "stage=feedback",
+        "feedback.num_instructions=4",
+        "feedback.heldout_instructions=1",
+        f"feedback.llm.cache_dir={cache}",
+        *overrides,
+    )
+
+
+@pytest.mark.parametrize("key_env", [KEY_ENV, "GATEWAY"])
+def test_a_key_the_annotator_echoes_stays_out_of_ratings_and_rankings(
+    root, tmp_path, monkeypatch, key_env
+):
+    """Under a credential-named variable and under one whose name says nothing (only the key
+    the backend registered can mask that one)."""
+    from fakeserver import echoing_authorization, files_holding
+
+    secret = "annotator-Qw73nRt5vB2xL"
+    monkeypatch.setenv(key_env, secret)
+    cfg = small(root, tmp_path / "cache", f"feedback.llm.api_key_env={key_env}", "force=true")
+    with FakeLLMServer(echoing_authorization(plain_annotator)) as server:
+        cfg.feedback.llm.base_url = f"{server.url}/v1"
+        path = feedback.run(cfg)
+        assert server.requests[0].headers["authorization"] == f"Bearer {secret}"
+    ratings = pd.read_parquet(path / "ratings.parquet")
+    rankings = pd.read_parquet(path / "rankings.parquet")
+    assert ratings["answer"].str.contains("request sent with Bearer").all()
+    assert rankings["answer_x_as_a"].str.contains("request sent with Bearer").all()
+    assert ratings["rating"].tolist() == [4] * len(ratings)  # the verdicts still read
+    assert files_holding(path, secret) == []
+
+
+def test_an_oversized_rating_is_unparsed_and_a_healthy_rerun_works(root, tmp_path):
+    """5,000 digits after "Rating:" (past Python's int-digits limit) are an unreadable answer,
+    not a crash; the cached answer replays as unreadable."""
+    huge = {"on": True}
+
+    def reply(request):
+        if huge["on"] and "[Response A]" not in request.prompt:
+            return FakeReply(text="Reasoning.\nRating: " + "9" * 5000)
+        return plain_annotator(request)
+
+    cfg = small(root, tmp_path / "cache", "force=true")
+    with FakeLLMServer(reply) as server:
+        cfg.feedback.llm.base_url = f"{server.url}/v1"
+        path = feedback.run(cfg)
+        assert read_manifest(path)["counts"]["unparsed_ratings"] == 8
+        huge["on"] = False
+        path = feedback.run(cfg)
+    assert read_manifest(path)["counts"]["unparsed_ratings"] == 8  # replayed, read the same way
+
+
+def test_calls_allowed_to_fail_make_feedback_provisional(root, tmp_path):
+    failing = {"on": True}
+
+    def reply(request):
+        if failing["on"] and request.number % 5 == 0:
+            return FakeReply(status=500, message="overloaded")
+        return plain_annotator(request)
+
+    cfg = small(root, tmp_path / "cache", "feedback.max_failed_calls=100", "force=true")
+    with FakeLLMServer(reply) as server:
+        cfg.feedback.llm.base_url = f"{server.url}/v1"
+        path = feedback.run(cfg)
+        manifest = read_manifest(path)
+        failed = manifest["counts"]["failed_calls"]
+        assert failed == 3 and manifest["provisional"] is True  # 16 calls: 5, 10, 15 failed
+        failing["on"] = False
+        sent = len(server.requests)
+        cfg.force = False
+        path = feedback.run(cfg)
+        assert len(server.requests) == sent + failed
+    assert "provisional" not in read_manifest(path)
+
+
+def test_calls_allowed_to_fail_make_feedback_eval_provisional(root, tmp_path):
+    """The study's evaluation with a fresh annotator cache (the picks exist from the tests
+    above): failed judgments make it provisional, and the next run asks only for them."""
+    failing = {"on": True}
+    annotator = EvalAnnotator(set(), "", "")
+
+    def reply(request):
+        if failing["on"] and request.number % 4 == 0:
+            return FakeReply(status=500, message="overloaded")
+        return annotator(request)
+
+    cfg = config(
+        root,
+        *SMALL_EVAL,
+        "feedback_eval.max_failed_calls=100",
+        f"feedback.llm.cache_dir={tmp_path / 'cache'}",
+        "force=true",
+    )
+    with FakeLLMServer(reply) as server:
+        cfg.feedback.llm.base_url = f"{server.url}/v1"
+        path = feedback_eval.run(cfg)
+        manifest = read_manifest(path)
+        failed = manifest["counts"]["failed_calls"]
+        assert failed > 0 and manifest["provisional"] is True
+        failing["on"] = False
+        sent = len(server.requests)
+        cfg.force = False
+        path = feedback_eval.run(cfg)
+        # only failed calls are sent (a request asked twice in one batch is sent once)
+        assert sent < len(server.requests) <= sent + failed
+    assert "provisional" not in read_manifest(path)

@@ -306,7 +306,7 @@ def test_a_truncated_file_is_caught_before_use_and_recomputed(make_cfg, caplog):
     data.write_bytes(intact[: len(intact) // 2])
     with pytest.raises(StageInputError, match="file train_sft.parquet is corrupted: it has"):
         sft.run(make_cfg("stage=sft"))
-    with caplog.at_level(logging.INFO, logger="autorule.core.artifacts"):
+    with caplog.at_level(logging.INFO, logger="autorule.core.job"):
         assert preprocess.run(cfg) == path
     assert "train_sft.parquet is corrupted" in caplog.text and "nothing to do" not in caplog.text
     assert data.read_bytes() == intact  # the same data, recomputed

@@ -55,8 +55,14 @@ class StageSpec:
     name: str
     # Upstream stages whose artifacts this stage reads.
     inputs: tuple[str, ...] = ()
+    # Further inputs decided by config: config -> stage names (e.g. the artifacts of the reward
+    # terms in use, which autorule.rewards.registry derives from the terms' declarations).
+    inputs_when: Callable[[Any], tuple[str, ...]] | None = None
     # Dotted config keys whose values decide the output (hashed into the artifact's name).
     keys: tuple[str, ...] = ()
+    # Further keys hashed under some configs: config -> dotted keys (e.g. the settings of the
+    # reward terms in use, and of nothing else).
+    keys_when: Callable[[Any], tuple[str, ...]] | None = None
     # Dotted keys under ``keys`` that change only how the work runs, never its result.
     ignore: tuple[str, ...] = ()
     # Dotted config sections (under ``keys``) that hold an LLM role, e.g. ``extract.llm``: their
@@ -90,8 +96,21 @@ class StageSpec:
     # names a conf/dataset option for it (null: this run's own dataset), e.g. grpo's rubric data.
     input_datasets: Mapping[str, str] = field(default_factory=dict)
     # Inputs made under a config of their own: input name -> a function of this stage's config
-    # giving that input's config (e.g. the feedback stage's unranked samples to annotate).
+    # giving that input's config (e.g. the feedback stage's unranked samples to annotate). When
+    # such an input is missing, the pipeline makes it, and what it lacks in turn
+    # (autorule.pipeline); the other inputs are the user's to make first.
     input_configs: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    # Inputs named other than their stage: input name -> stage (one stage read under two
+    # configs, e.g. feedback_eval's ``generate_ratings`` and ``generate_rankings``).
+    input_stages: Mapping[str, str] = field(default_factory=dict)
+
+    def stage_of(self, name: str) -> str:
+        """The stage whose artifact input ``name`` is."""
+        return self.input_stages.get(name, name)
+
+    def hashed_keys(self, cfg: Any) -> tuple[str, ...]:
+        """The dotted keys whose values decide the output under ``cfg``."""
+        return self.keys + (self.keys_when(cfg) if self.keys_when else ())
 
     def ignored(self, cfg: Any) -> tuple[str, ...]:
         """The keys under ``keys`` that do not decide the output under ``cfg``."""
@@ -134,7 +153,9 @@ class StageSpec:
 
     def inputs_for(self, cfg: Any) -> tuple[str, ...]:
         """The upstream stages this stage reads under ``cfg``."""
-        names = [n for n in self.inputs if n not in self.only_if or self.only_if[n](cfg)]
+        declared = self.inputs + (self.inputs_when(cfg) if self.inputs_when else ())
+        names = [n for n in declared if n not in self.only_if or self.only_if[n](cfg)]
+        names = list(dict.fromkeys(names))
         if self.reads_rules(cfg) and self.rules_file(cfg) is None and RULES_STAGE not in names:
             names.append(RULES_STAGE)
         return tuple(names)
@@ -197,6 +218,12 @@ def builtin_stages() -> list[str]:
 
     package = importlib.import_module("autorule.stages")
     return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.ispkg)
+
+
+def known_stages() -> list[str]:
+    """Every stage name known without config: the modules of autorule.stages and the specs
+    registered by hand."""
+    return sorted(set(builtin_stages()) | set(_REGISTERED))
 
 
 def get_spec(name: str, cfg: Any = None) -> StageSpec:

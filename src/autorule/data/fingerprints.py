@@ -45,6 +45,18 @@ def folder_fingerprint(folder: Path) -> dict[str, str]:
     return out
 
 
+def folder_identity(folder: Path) -> dict[str, Any]:
+    """A model folder's identity by content: its autorule artifact's content hash when it lies
+    in one (cheap: read from the manifest), else the sha256 of its files."""
+    from autorule.core.artifacts import read_manifest
+
+    for parent in (folder, *folder.parents[:2]):
+        manifest = read_manifest(parent)
+        if manifest and manifest.get("artifact_hash"):
+            return {"artifact": manifest["artifact_hash"], "sub": str(folder.relative_to(parent))}
+    return {"files": folder_fingerprint(folder)}
+
+
 def dataset_source(path: str, revision: str | None) -> dict[str, Any]:
     """What identifies the dataset at ``path``: file contents for a local folder, else the hub id
     and revision (an unpinned hub id follows the default branch; pin ``dataset.revision`` to make

@@ -11,6 +11,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -115,3 +116,17 @@ def preference_rows(parquet, num_pairs: int | None = None) -> pd.DataFrame:
             raise ValueError(f"critique.num_pairs must be positive or null, got {num_pairs}")
         df = df.head(int(num_pairs))
     return df.rename(columns={"chosen_content": "chosen", "rejected_content": "rejected"})
+
+
+# The critiques artifact: each preference pair with the oracle's critique of each answer.
+CRITIQUES = "critiques.parquet"
+CRITIQUE_COLUMNS = ("prompt", "chosen", "rejected", "chosen_feedback", "rejected_feedback")
+
+
+def read_critiques(folder: Path) -> pd.DataFrame:
+    """The critiques artifact's table (in ``folder``), checked for its columns."""
+    df = pd.read_parquet(folder / CRITIQUES)
+    missing = [c for c in CRITIQUE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{folder / CRITIQUES} lacks the columns {missing}")
+    return df

@@ -7,14 +7,18 @@ One datapoint per JSONL line (the format of Thinking Machines' tinker-cookbook r
                {"role": "user", "content": "What is 12 + 30?"}],
      "rubric_items": [{"rubric_str": "Does the reply give 42 as the sum?",
                        "extraction_regex": "<score>(.*?)</score>",
-                       "grader_output_format_instruction": "..."}]}
+                       "grader_output_format_instruction": "...",
+                       "min_score": 0, "max_score": 1}]}
 
 ``convo`` is what the policy sees (it ends on a user turn); the policy writes the next assistant
 turn, and an LLM grader scores that answer against each rubric item
-(:mod:`autorule.rewards.rubric`). ``extraction_regex`` (its first group is the score) and
-``grader_output_format_instruction`` are optional; the defaults ask for a score between 0 and 1
-inside ``<score></score>``. Extra top-level keys (an id, a source) are allowed and ignored; an
-unknown key inside a rubric item is refused, since it is most likely a misspelt field.
+(:mod:`autorule.rewards.rubric`). ``extraction_regex`` (its first group is the score),
+``grader_output_format_instruction`` and the score's range ``min_score``/``max_score`` are
+optional; the defaults ask for a score between 0 and 1 inside ``<score></score>``. A grade outside
+the range is unreadable (:func:`autorule.rewards.rubric.parse_score`), so an item whose
+instruction asks for another scale declares it. Extra top-level keys (an id, a source) are allowed
+and ignored; an unknown key inside a rubric item is refused, since it is most likely a misspelt
+field.
 
 Also here, as pure functions: the conversions of Prometheus' Feedback-Collection and of the
 addition demo into this format (the preprocess stage writes them), and the rendering of a
@@ -28,8 +32,11 @@ import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from math import isfinite
 from pathlib import Path
 from typing import Any
+
+from autorule.core.files import read_utf8
 
 DEFAULT_EXTRACTION_REGEX = r"<score>(.*?)</score>"
 DEFAULT_FORMAT_INSTRUCTION = (
@@ -40,6 +47,7 @@ ROLES = ("system", "user", "assistant")
 # The dataset options (conf/dataset/) that preprocess converts to rubric data.
 RUBRIC_DATASETS = ("addition", "prometheus")
 ITEM_FIELDS = ("rubric_str", "extraction_regex", "grader_output_format_instruction")
+RANGE_FIELDS = ("min_score", "max_score")  # the scores a grade may take, both ends included
 
 
 class RubricFormatError(ValueError):
@@ -53,9 +61,11 @@ class RubricItem:
     rubric_str: str
     extraction_regex: str = DEFAULT_EXTRACTION_REGEX
     grader_output_format_instruction: str = DEFAULT_FORMAT_INSTRUCTION
+    min_score: float = 0.0
+    max_score: float = 1.0
 
-    def to_dict(self) -> dict[str, str]:
-        return {name: getattr(self, name) for name in ITEM_FIELDS}
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in (*ITEM_FIELDS, *RANGE_FIELDS)}
 
 
 @dataclass(frozen=True)
@@ -122,9 +132,10 @@ def parse_datapoint(obj: Any, where: str = "datapoint") -> RubricDatapoint:
 def _parse_item(item: Any, field: str, fail) -> RubricItem:
     if not isinstance(item, Mapping):
         raise fail(field, f"must be an object with rubric_str, got {_kind(item)}")
-    unknown = sorted(set(item) - set(ITEM_FIELDS))
+    allowed = [*ITEM_FIELDS, *RANGE_FIELDS]
+    unknown = sorted(set(item) - set(allowed))
     if unknown:
-        raise fail(f"{field}", f"has unknown keys {unknown}; allowed: {list(ITEM_FIELDS)}")
+        raise fail(f"{field}", f"has unknown keys {unknown}; allowed: {allowed}")
     text = item.get("rubric_str")
     if not isinstance(text, str) or not text.strip():
         raise fail(f"{field}.rubric_str", f"must be a non-empty string, got {_kind(text)}")
@@ -144,6 +155,17 @@ def _parse_item(item: Any, field: str, fail) -> RubricItem:
         ) from None
     if groups < 1:
         raise fail(f"{field}.extraction_regex", "needs a group: its first group is the score")
+    for name in RANGE_FIELDS:
+        value = item.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not isfinite(value):
+            raise fail(f"{field}.{name}", f"must be a finite number, got {_kind(value)}")
+        values[name] = float(value)
+    low = values.get("min_score", RubricItem.min_score)
+    high = values.get("max_score", RubricItem.max_score)
+    if not low < high:
+        raise fail(f"{field}.max_score", f"must be above min_score ({low:g}), got {high:g}")
     return RubricItem(**values)
 
 
@@ -162,17 +184,17 @@ def read_jsonl(path: str | Path) -> list[RubricDatapoint]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"rubric data file {path} does not exist")
+    text = read_utf8(path, "rubric data file", RubricFormatError)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"file {path}, line {number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RubricFormatError(f"{where}: not valid JSON ({err.msg})") from None
-            out.append(parse_datapoint(obj, where))
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON may hold U+2028
+        if not line.strip():
+            continue
+        where = f"file {path}, line {number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RubricFormatError(f"{where}: not valid JSON ({err.msg})") from None
+        out.append(parse_datapoint(obj, where))
     if not out:
         raise RubricFormatError(f"file {path} holds no datapoints")
     return out
@@ -260,7 +282,12 @@ def prometheus_datapoint(row: Mapping[str, Any], layout: str = "ours") -> Rubric
     return RubricDatapoint(
         convo=({"role": "user", "content": str(row["orig_instruction"])},),
         rubric_items=(
-            RubricItem(rubric_str="\n".join(lines), grader_output_format_instruction=instruction),
+            RubricItem(
+                rubric_str="\n".join(lines),
+                grader_output_format_instruction=instruction,
+                min_score=1.0,
+                max_score=5.0,
+            ),
         ),
     )
 

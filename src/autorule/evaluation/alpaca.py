@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from autorule.core.files import write_json_redacted, write_text_redacted
+
 OUTPUTS = "model_outputs.json"
 CONFIGS_DIR = "models_configs"
 # transformers' names of generate.dtype values, as AlpacaEval's config passes torch_dtype
@@ -106,12 +108,12 @@ def write(
 
     folder.mkdir(parents=True, exist_ok=True)
     outputs = folder / OUTPUTS
-    outputs.write_text(json.dumps(model_outputs(rows, name), indent=2, ensure_ascii=False) + "\n")
+    write_json_redacted(outputs, model_outputs(rows, name))
     config_dir = folder / CONFIGS_DIR / name
     config_dir.mkdir(parents=True, exist_ok=True)
     config = model_config(name, model_path, sampling)
-    (config_dir / "configs.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (config_dir / "prompt.txt").write_text(prompt_template(plain_template))
+    write_text_redacted(config_dir / "configs.yaml", yaml.safe_dump(config, sort_keys=False))
+    write_text_redacted(config_dir / "prompt.txt", prompt_template(plain_template))
     return {"outputs": str(outputs), "model_configs": str(config_dir / "configs.yaml")}
 
 

@@ -25,13 +25,25 @@ feedback.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from autorule.evaluation.feedback_protocols import RATING_MAX, RATING_MIN, parse_rating
+from omegaconf import DictConfig, OmegaConf
+
+from autorule.evaluation.feedback_protocols import (
+    RATING_LINES,
+    RATING_MAX,
+    RATING_MIN,
+    parse_rating,
+)
 from autorule.evaluation.pairwise import PairJudgment, judge_pairs, verdicts_from_answers
 from autorule.rules.prompts import fill, user
+
+log = logging.getLogger(__name__)
+
+ANNOTATORS = ("auto", "llm", "heuristic")  # feedback.annotator
 
 
 @dataclass
@@ -203,3 +215,91 @@ class HeuristicAnnotator(Annotator):
             "rank_margin": self.rank_margin,
             "note": "a stand-in computed from the text, not a language model",
         }
+
+
+# --------------------------------------------------------------------------------------------
+# The annotator of the ``feedback`` section (the feedback and feedback_eval stages both ask it)
+
+
+def annotator_kind(cfg: DictConfig) -> str:
+    """``llm`` or ``heuristic``: ``feedback.annotator``, with ``auto`` meaning the heuristic
+    stand-in when the role ``feedback.llm`` is the tiny random model (it never writes a readable
+    rating or ranking, so the study would have no feedback) and the LLM otherwise."""
+    return resolve_kind(str(cfg.feedback.annotator), OmegaConf.select(cfg, "feedback.llm.model"))
+
+
+def unused_settings(cfg: DictConfig) -> tuple[str, ...]:
+    """The settings of the annotator not used (:func:`annotator_kind`): they decide nothing."""
+    if annotator_kind(cfg) == "heuristic":
+        return (
+            "feedback.llm",
+            "feedback.rating_template",
+            "feedback.ranking_template",
+            "feedback.rating_line",
+        )
+    return ("feedback.heuristic",)
+
+
+def check_annotator(cfg: DictConfig) -> None:
+    """Refuses the ``feedback`` section's annotator settings that cannot work (a
+    :class:`~autorule.core.config.ConfigError` naming the key), before any call is paid for."""
+    from autorule.core.config import ConfigError, check_choice, check_number
+    from autorule.llm import check_role
+
+    section = cfg.feedback
+    for key, needed in (
+        ("rating_template", ("{instruction}", "{response}")),
+        ("ranking_template", ("{instruction}", "{response_a}", "{response_b}")),
+    ):
+        missing = [p for p in needed if p not in str(section[key])]
+        if missing:
+            raise ConfigError(f"feedback.{key} lacks the placeholder(s) {missing}")
+    check_choice(section.annotator, "feedback.annotator", ANNOTATORS)
+    check_choice(section.rating_line, "feedback.rating_line", RATING_LINES)
+    if annotator_kind(cfg) == "llm":
+        check_role(cfg, "feedback.llm")
+    else:
+        check_number(section.heuristic.rating_words, "feedback.heuristic.rating_words", low=1)
+        check_number(
+            section.heuristic.rank_margin,
+            "feedback.heuristic.rank_margin",
+            integer=False,
+            low=0,
+            high=1,
+            high_open=True,
+        )
+
+
+def build_annotator(cfg: DictConfig) -> Annotator:
+    """The annotator ``feedback.annotator`` names: the LLM role ``feedback.llm`` with the two
+    templates, or the heuristic stand-in (:class:`HeuristicAnnotator`)."""
+    from autorule import llm as llms
+
+    section = cfg.feedback
+    if annotator_kind(cfg) == "heuristic":
+        log.warning(
+            "[feedback] feedback.annotator=%s: the heuristic stand-in computed from the text "
+            "(ratings from length, rankings from distinct words), not a language model; its "
+            "feedback exercises the study, it measures nothing",
+            section.annotator,
+        )
+        return HeuristicAnnotator(
+            int(section.heuristic.rating_words), float(section.heuristic.rank_margin)
+        )
+    return LLMAnnotator(
+        llms.build(cfg, "feedback.llm"),
+        str(section.rating_template),
+        str(section.ranking_template),
+        str(section.rating_line),
+    )
+
+
+def annotator_line(described: dict[str, Any]) -> str:
+    """One line naming the annotator, for the Markdown outputs."""
+    if described["kind"] == "heuristic":
+        return (
+            "Annotator: the heuristic stand-in (ratings from length, rankings from the share of "
+            "distinct words), not a language model: these numbers exercise the study and measure "
+            "nothing."
+        )
+    return f"Annotator: {described.get('model')} ({described.get('backend')} backend)."

@@ -36,25 +36,31 @@ RATING_MIN, RATING_MAX = 1, 7  # the paper's 7-point scale
 # The three outcomes of a comparison of response X with response Y.
 X, Y, EQUAL = "x", "y", "equal"
 LABELS = (X, Y, EQUAL)
+# The feedback artifact's tables (written by the feedback stage, read by feedback_rm).
+RATINGS, RANKINGS = "ratings.parquet", "rankings.parquet"
 
 _DECORATION = r"[\s*_`#>\[\]()\"'.]*"
-# "Rating: 5", tolerating markdown emphasis, brackets and "5/7" or "5 out of 7".
+# "Rating: 5", tolerating markdown emphasis, brackets and "5/7" or "5 out of 7". Plain ASCII
+# digits, at most three: a longer run (5,000 digits would pass Python's int-digits limit) or a
+# full-width digit is no rating.
 RATING_LINE = re.compile(
-    rf"^{_DECORATION}rating{_DECORATION}\s*[:=]\s*{_DECORATION}(\d+)"
+    rf"^{_DECORATION}rating{_DECORATION}\s*[:=]\s*{_DECORATION}([0-9]{{1,3}})"
     rf"(?:\s*(?:/|out of)\s*7)?{_DECORATION}$",
     re.IGNORECASE,
 )
 
 
-# The rating alone on a line: "5" (the released study's prompts put it on the first line).
-BARE_RATING = re.compile(rf"^{_DECORATION}(\d+){_DECORATION}$")
+# The rating alone on a line: "5" (the released study's prompts put it on the first line). Plain
+# ASCII digits, at most three, as in RATING_LINE.
+BARE_RATING = re.compile(rf"^{_DECORATION}([0-9]{{1,3}}){_DECORATION}$")
 RATING_LINES = ("last", "first")
 
 
 def parse_rating(answer: str | None, line: str = "last") -> int | None:
     """The 1-7 rating on the answer's last non-empty line (``line="last"``: ``Rating: N``), or on
     its first (``line="first"``: ``N`` alone or ``Rating: N``, the released study's layout);
-    None for no such line, a number out of range, an empty or failed answer."""
+    None for no such line, a number out of range, another ``Rating:`` line that disagrees (the
+    judged response may have planted one), an empty or failed answer."""
     if line not in RATING_LINES:
         raise ValueError(f"feedback.rating_line={line!r}: one of {RATING_LINES}")
     if not answer or not answer.strip():
@@ -64,7 +70,10 @@ def parse_rating(answer: str | None, line: str = "last") -> int | None:
     match = RATING_LINE.match(chosen) or (BARE_RATING.match(chosen) if line == "first" else None)
     if not match:
         return None
+    copies = {int(m.group(1)) for m in map(RATING_LINE.match, lines) if m}
     value = int(match.group(1))
+    if copies - {value}:
+        return None
     return value if RATING_MIN <= value <= RATING_MAX else None
 
 

@@ -5,8 +5,10 @@ ranking as a list, ``[{"model": "A", "rank": 1}, {"model": "B", "rank": 2}]``.
 The list is model output, so it is read as data only, JSON or else a Python literal, never run
 (:func:`autorule.evaluation.pairwise.read_data`): the last bracketed list of the answer that
 reads. A list that is not exactly one rank 1 and one rank 2 for the outputs A and B is unparsed
-(and counted). Everything else (both orders, a disagreement counting as a tie, the Wilson
-interval) is :mod:`autorule.evaluation.pairwise`'s: this module only parses.
+(and counted), and so is an answer holding another well-formed ranking that names the other
+winner (copies that disagree, as with the pairwise verdict line). Everything else (both orders, a
+disagreement counting as a tie, the Wilson interval) is :mod:`autorule.evaluation.pairwise`'s:
+this module only parses.
 """
 
 from __future__ import annotations
@@ -23,13 +25,21 @@ _RANK_KEYS = ("rank", "position")
 
 def parse_ranking(answer: str) -> tuple[str | None, str]:
     """``("A" | "B", method)``: the output ranked first in the judge's list, or ``(None, "")``
-    when the answer holds no readable ranking of exactly the two outputs."""
-    for span in reversed(bracket_spans(answer or "")):
-        read = read_data(span)
-        if read is not None:  # the last list that reads is the answer, ranked well or not
-            best = _first(read[0])
-            return (best, read[1]) if best is not None else (None, "")
-    return None, ""
+    when the answer holds no readable ranking of exactly the two outputs, or when another
+    ranking in the answer (a quoted response's, say) names another winner: as with the pairwise
+    verdict lines, copies that disagree leave the answer unparsed."""
+    readings = [(span, read_data(span)) for span in bracket_spans(answer or "")]
+    readings = [read for _, read in readings if read is not None]
+    if not readings:
+        return None, ""
+    value, method = readings[-1]  # the last list that reads is the answer, ranked well or not
+    best = _first(value)
+    if best is None:
+        return None, ""
+    others = {_first(other) for other, _ in readings[:-1]} - {None}
+    if others - {best}:
+        return None, ""
+    return best, method
 
 
 def _first(value: Any) -> str | None:

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from autorule.core.files import write_jsonl
+
 TEMPLATE_NAME = "autorule-plain"
 PLAIN_TEMPLATE = "<|user|>{prompt}<|assistant|>"
 MARKER = "autorule"  # a model path or id containing it (any case) uses the adapter
@@ -124,9 +126,7 @@ def write_answers(
     """Writes ``<folder>/model_answer/<model_id>.jsonl`` (FastChat's layout under data/mt_bench)."""
     path = folder / "model_answer" / f"{model_id}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for record in answer_rows(rows, model_id, tstamp):
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_jsonl(path, answer_rows(rows, model_id, tstamp))
     return path
 
 

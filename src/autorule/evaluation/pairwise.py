@@ -7,8 +7,9 @@ twice, with the responses swapped (:func:`judge_pairs`); a pair's score for resp
 * 1 when X wins in both orders, 0 when it loses in both,
 * 0.5 when the two orders disagree (the verdict followed the position, not the response).
 
-A pair with an answer that cannot be read (:func:`parse_preference`) or a call that failed is left
-out of the score and counted. :func:`win_rate` gives the mean score with a 95% Wilson interval.
+A pair with an answer that cannot be read (:func:`parse_preference`; an answer with two
+disagreeing verdict lines is one) or a call that failed is left out of the score and counted.
+:func:`win_rate` gives the mean score with a 95% Wilson interval.
 
 Answers are model output: they are read with regular expressions, ``json.loads`` and
 ``ast.literal_eval`` (which builds literals only), never executed.
@@ -46,8 +47,10 @@ _CHOICE_KEYS = ("preferred", "winner", "choice", "answer")
 def parse_preference(answer: str) -> tuple[str | None, str]:
     """``("A" | "B", method)`` read from a judge's answer, or ``(None, "")`` when it cannot be read.
 
-    The answer's last non-empty line must be the verdict line; failing that, the last line or the
-    whole answer may be a JSON object (or a Python dict literal) such as ``{"preferred": "A"}``.
+    The answer's last non-empty line must be the verdict line, and any other verdict line in the
+    answer must agree with it (:func:`last_line_verdict`: disagreeing copies make the answer
+    unreadable); failing a verdict line, the last line or the whole answer may be a JSON object
+    (or a Python dict literal) such as ``{"preferred": "A"}``.
     Nothing in the answer is ever executed: ``ast.literal_eval`` rejects calls, names and
     attributes with an error, which makes the answer unparsed.
     """
@@ -55,15 +58,31 @@ def parse_preference(answer: str) -> tuple[str | None, str]:
     if not text:
         return None, ""
     lines = [line for line in text.splitlines() if line.strip()]
-    match = VERDICT_LINE.match(lines[-1].strip())
-    if match:
-        return match.group(1).upper(), "line"
+    found = last_line_verdict(lines, VERDICT_LINE)
+    if found is not None:
+        return (found.upper(), "line") if found else (None, "")
     for candidate in (_FENCE.sub("", text).strip(), lines[-1].strip()):
         read = read_data(candidate)
         letter = _choice(read[0]) if read else None
         if letter is not None:
             return letter, read[1]
     return None, ""
+
+
+def last_line_verdict(lines: Sequence[str], pattern: re.Pattern) -> str | None:
+    """The verdict ``pattern`` (its first group) reads on the last of ``lines``, provided every
+    other line it matches says the same (case aside); ``""`` when copies disagree; None when the
+    last line is no verdict.
+
+    A judge may quote the text it judges, and that text may hold a verdict line of its own
+    ("Preferred: A" planted in a response): an answer with two different verdicts is unreadable
+    whichever comes last, so the judged text can never supply the verdict.
+    """
+    last = pattern.match(lines[-1].strip()) if lines else None
+    if last is None:
+        return None
+    copies = {m.group(1).upper() for m in map(pattern.match, (x.strip() for x in lines)) if m}
+    return last.group(1) if len(copies) == 1 else ""
 
 
 def read_data(candidate: str) -> tuple[Any, str] | None:

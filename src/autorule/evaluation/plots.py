@@ -14,13 +14,18 @@ matplotlib.use("Agg")  # files only; set before pyplot is imported
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from autorule.core.secrets import redact, redact_text  # noqa: E402
 from autorule.evaluation import hacking  # noqa: E402
 
+# The PNG's text chunks; they pass the redaction like every artifact's text.
+PNG_METADATA = {"Software": f"autorule, matplotlib {matplotlib.__version__}"}
 
-def _save(fig, path: Path, dpi: int) -> Path:
+
+def save_figure(fig, path: Path, dpi: int) -> Path:
+    """Writes ``fig`` as a PNG (its metadata redacted) and closes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, metadata=redact(PNG_METADATA))
     plt.close(fig)
     return path
 
@@ -51,7 +56,7 @@ def reward_curves(series: dict[str, Any], path: Path, dpi: int, window: int) -> 
         ax.axis("off")
     if window > 1:
         axes.flat[0].legend(fontsize=8)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def rule_satisfaction(
@@ -80,7 +85,7 @@ def rule_satisfaction(
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def win_rates(rates: Sequence[tuple[str, dict]], path: Path, dpi: int) -> Path | None:
@@ -133,7 +138,7 @@ def win_rates(rates: Sequence[tuple[str, dict]], path: Path, dpi: int) -> Path |
     right.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def lengths(sets: dict[str, Sequence[int]], path: Path, dpi: int) -> Path | None:
@@ -150,7 +155,7 @@ def lengths(sets: dict[str, Sequence[int]], path: Path, dpi: int) -> Path | None
     ax.set_ylabel("responses")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def rule_agreement(rows: Sequence[dict], path: Path, dpi: int) -> Path | None:
@@ -181,7 +186,7 @@ def rule_agreement(rows: Sequence[dict], path: Path, dpi: int) -> Path | None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of held-out pairs")
     ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def rm_vs_win_rate(points: Sequence[dict], path: Path, dpi: int) -> Path | None:
@@ -211,8 +216,12 @@ def rm_vs_win_rate(points: Sequence[dict], path: Path, dpi: int) -> Path | None:
         twin.plot(steps, [p["rm_mean"] for p in usable], color="C0", marker="s", label="RM score")
         twin.set_ylabel("mean RM score", color="C0")
     ax.grid(alpha=0.3)
-    return _save(fig, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def _short(text: str, width: int = 60) -> str:
-    return textwrap.shorten(text, width=width, placeholder="...")
+    """Model text (a rule) as a label: secrets masked (drawn into pixels, it is past any later
+    redaction), shortened, and ``$`` escaped so that matplotlib does not read it as math (an
+    unbalanced formula would stop the drawing)."""
+    label = textwrap.shorten(redact_text(str(text)), width=width, placeholder="...")
+    return label.replace("$", r"\$")

@@ -18,10 +18,9 @@ message's content.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from autorule.rewards.registry import RewardContext, register
+from autorule.rewards.registry import RewardContext, register, term_model
 
 NAME = "cloud"
 
@@ -47,28 +46,7 @@ def response_text(completion: Any) -> str:
     return str(completion)
 
 
-def model_folder(context: RewardContext) -> Path:
-    """``rewards.cloud.model``, or the complete cloud artifact's ``model/`` of this config."""
-    from autorule.core.artifacts import artifact_path, is_complete, make_command, read_manifest
-    from autorule.training.arguments import MODEL
-
-    chosen = context.cfg.rewards.cloud.model
-    if chosen:
-        folder = Path(str(chosen)).expanduser()
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"rewards.cloud.model={chosen}: no saved CLoud model there")
-        return folder
-    artifact = artifact_path(context.cfg, "cloud")
-    if not is_complete(read_manifest(artifact)):
-        raise FileNotFoundError(
-            f"the reward term cloud reads the cloud artifact {artifact}, which is missing or "
-            f"incomplete; make it with:\n  {make_command(context.cfg, 'cloud')}\n"
-            "or point rewards.cloud.model at a saved CLoud model"
-        )
-    return artifact / MODEL
-
-
-@register(NAME)
+@register(NAME, stage="cloud", model_key="rewards.cloud.model")
 def cloud_term(context: RewardContext):
     """The CLoud model's reward of each completion, critique first."""
     import torch
@@ -77,7 +55,7 @@ def cloud_term(context: RewardContext):
 
     section = context.cfg.rewards.cloud
     device = context.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load(model_folder(context), device, str(section.dtype))
+    model, tokenizer = load(term_model(context, NAME), device, str(section.dtype))
     settings = GenerationSettings(
         max_new_tokens=int(section.max_new_tokens),
         repetition_penalty=float(section.repetition_penalty),

@@ -14,11 +14,10 @@ template again (the layout it was trained on).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from autorule.rewards.cloud import bare_prompt, response_text
-from autorule.rewards.registry import RewardContext, register
+from autorule.rewards.registry import RewardContext, register, term_model
 
 NAME = "feedback_rm"
 
@@ -48,34 +47,14 @@ def score_texts(model, tokenizer, texts: list[str], batch_size: int = 16) -> lis
     return out
 
 
-def model_folder(context: RewardContext) -> Path:
-    """``rewards.feedback_rm.model``, or the complete feedback_rm artifact's ``model/``."""
-    from autorule.core.artifacts import artifact_path, is_complete, make_command, read_manifest
-    from autorule.training.arguments import MODEL
-
-    chosen = context.cfg.rewards.feedback_rm.model
-    if chosen:
-        folder = Path(str(chosen)).expanduser()
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"rewards.feedback_rm.model={chosen}: no saved model there")
-        return folder
-    artifact = artifact_path(context.cfg, "feedback_rm")
-    if not is_complete(read_manifest(artifact)):
-        raise FileNotFoundError(
-            f"the reward term feedback_rm reads the feedback_rm artifact {artifact}, which is "
-            f"missing or incomplete; make it with:\n  {make_command(context.cfg, 'feedback_rm')}"
-        )
-    return artifact / MODEL
-
-
-@register(NAME)
+@register(NAME, stage="feedback_rm", model_key="rewards.feedback_rm.model")
 def feedback_rm_term(context: RewardContext):
     """The feedback reward model's raw score of each completion."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from autorule.data.models import ensure_pad_token
 
-    folder = model_folder(context)
+    folder = term_model(context, NAME)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(folder))
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     model.to(context.resolved_device())

@@ -13,8 +13,12 @@ e.g. ``rules/<i>``), ``f.close()`` (frees the models it holds) and ``f.show_exam
 Under TRL the same metrics also go to TRL's ``log_metric`` hook, which GRPOTrainer hands every
 reward function.
 
-Add a term with ``@register("name")`` on its factory in a module imported by
-``autorule.rewards`` (docs/rewards.md).
+Add a term with ``@register("name", ...)`` on its factory in a module imported by
+``autorule.rewards`` (docs/rewards.md). The registration also declares what the term reads
+(:class:`TermReads`: the stage whose artifact it loads, its config sections, the rule judge, a
+key naming a model folder instead), and the stages that use terms (grpo, generate's best-of-N)
+derive from it their inputs, the config their hash covers and the model folders they
+fingerprint: a term is its module, its config and this one entry.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from autorule.core.stage import known_stages
 
 
 class RewardFunc(Protocol):
@@ -47,6 +53,8 @@ class RewardContext:
     device: str | None = None  # where models run; None = cuda when available, else cpu
     tokenizer: Any = None  # the policy tokenizer (response lengths in policy tokens)
     max_completion_length: int | None = None  # the policy's token budget per answer (cut-offs)
+    # The artifacts the calling stage read, by stage (a term's TermReads.stage among them).
+    inputs: dict[str, Path] = field(default_factory=dict)
 
     def resolved_device(self) -> str:
         from autorule.data.models import resolve_device
@@ -54,20 +62,148 @@ class RewardContext:
         return resolve_device(self.device)
 
 
+@dataclass(frozen=True)
+class TermReads:
+    """What one reward term reads besides its own settings ``rewards.<term>``."""
+
+    # The stage whose artifact the term loads (rm, cloud, feedback_rm); None: no artifact.
+    stage: str | None = None
+    # Further config sections it reads (e.g. ``judge``): hashed only while the term is in use.
+    sections: tuple[str, ...] = ()
+    # It checks responses against the rule set with the rule judge.
+    rules: bool = False
+    # A dotted key naming a model folder used instead of the stage's artifact (e.g.
+    # ``rewards.cloud.model``): the folder is hashed by content, not by its path.
+    model_key: str | None = None
+
+
 Factory = Callable[[RewardContext], RewardFunc]
 REWARDS: dict[str, Factory] = {}
+READS: dict[str, TermReads] = {}
 
 
-def register(name: str) -> Callable:
-    """Registers a reward factory under ``name`` (a decorator)."""
+def register(
+    name: str,
+    *,
+    stage: str | None = None,
+    sections: Sequence[str] = (),
+    rules: bool = False,
+    model_key: str | None = None,
+) -> Callable:
+    """Registers a reward factory under ``name`` (a decorator), with what it reads
+    (:class:`TermReads`); a stage that does not exist is refused here, at import."""
+    if stage is not None and stage not in known_stages():
+        raise ValueError(
+            f"reward term {name!r} reads the artifact of stage {stage!r}, which is no stage; "
+            f"stages: {known_stages()}"
+        )
+    reads = TermReads(stage, tuple(sections), rules, model_key)
 
     def add(factory: Factory) -> Factory:
         if name in REWARDS and REWARDS[name] is not factory:
             raise ValueError(f"reward term {name!r} is registered twice")
         REWARDS[name] = factory
+        READS[name] = reads
         return factory
 
     return add
+
+
+# --------------------------------------------------------------------------------------------
+# What a stage that uses terms reads: derived from the terms it uses under a config
+# (``terms(cfg)``), so no stage keeps a table of terms.
+
+
+def reads_of(names: Sequence[str]) -> dict[str, TermReads]:
+    """The declarations of the known terms among ``names`` (unknown ones are the stage's check's
+    to refuse)."""
+    return {n: READS[n] for n in names if n in READS}
+
+
+def model_folder_of(cfg: Any, reads: TermReads) -> str | None:
+    """The model folder a term is pointed at (its ``model_key``), or None."""
+    if reads.model_key is None:
+        return None
+    value = OmegaConf.select(cfg, reads.model_key, default=None)
+    return str(value) if value else None
+
+
+def artifact_inputs(cfg: Any, names: Sequence[str]) -> tuple[str, ...]:
+    """The stages whose artifacts the terms ``names`` load under ``cfg`` (a term pointed at a
+    model folder loads none)."""
+    stages = [
+        reads.stage
+        for reads in reads_of(names).values()
+        if reads.stage is not None and model_folder_of(cfg, reads) is None
+    ]
+    return tuple(dict.fromkeys(stages))
+
+
+def uses_rules(names: Sequence[str]) -> bool:
+    """Whether one of the terms ``names`` checks the rule set."""
+    return any(reads.rules for reads in reads_of(names).values())
+
+
+def hashed_sections(names: Sequence[str]) -> tuple[str, ...]:
+    """The config the terms ``names`` read: ``rewards.<term>`` and their further sections."""
+    keys = [f"rewards.{name}" for name in names]
+    keys += [s for reads in reads_of(names).values() for s in reads.sections]
+    return tuple(dict.fromkeys(keys))
+
+
+def unhashed_keys(cfg: Any, names: Sequence[str]) -> tuple[str, ...]:
+    """The model-folder keys that are set: their folders are hashed by content
+    (:func:`model_fingerprints`), so moving a folder keeps the artifact."""
+    return tuple(
+        reads.model_key
+        for reads in reads_of(names).values()
+        if model_folder_of(cfg, reads) is not None
+    )
+
+
+def model_fingerprints(cfg: Any, names: Sequence[str]) -> dict[str, Any]:
+    """The content of each model folder a term is pointed at, by its key."""
+    from autorule.data.fingerprints import folder_identity
+
+    found: dict[str, Any] = {}
+    for name, reads in reads_of(names).items():
+        folder = model_folder_of(cfg, reads)
+        if folder is None:
+            continue
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"{reads.model_key}={folder} is not a folder (the reward term {name} reads a "
+                "saved model there)"
+            )
+        found[str(reads.model_key)] = folder_identity(path.resolve())
+    return found
+
+
+def term_model(context: RewardContext, name: str) -> Path:
+    """The model folder of term ``name``: the folder its ``model_key`` names, else ``model/`` of
+    the artifact of its stage (the stage's input, or, called outside a stage, the complete
+    artifact under this config)."""
+    from autorule.core.artifacts import artifact_path, is_complete, make_command, read_manifest
+
+    reads = READS[name]
+    chosen = model_folder_of(context.cfg, reads)
+    if chosen is not None:
+        folder = Path(chosen).expanduser()
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{reads.model_key}={chosen}: no saved model there")
+        return folder
+    stage = str(reads.stage)
+    artifact = context.inputs.get(stage)
+    if artifact is None:
+        artifact = artifact_path(context.cfg, stage)
+        if not is_complete(read_manifest(artifact)):
+            raise FileNotFoundError(
+                f"the reward term {name} reads the {stage} artifact {artifact}, which is "
+                f"missing or incomplete; make it with:\n  {make_command(context.cfg, stage)}"
+                + (f"\nor point {reads.model_key} at a saved model" if reads.model_key else "")
+            )
+    return Path(artifact) / "model"
 
 
 def build_reward_funcs(names: Sequence[str], context: RewardContext) -> list[RewardFunc]:

@@ -4,9 +4,11 @@ Rubric data (:mod:`autorule.data.rubrics`, docs/rubric.md) gives every prompt it
 rubric items. For each (answer, item) the grader, LLM role ``rubric.grader``, gets one user
 message (``rubric.prompt``): the conversation so far (every message before the policy's answer),
 then the policy's answer set apart as the only thing to grade, then the item and its format
-instruction. The score is the last match of the item's ``extraction_regex`` (first group,
-DOTALL) in the grader's answer; a grade with no match, or whose match is not a finite number,
-scores 0.0 and is counted as unparsed (a failed call scores 0.0 too, counted as failed).
+instruction. The score is the first group of the item's ``extraction_regex`` (DOTALL) in the
+grader's answer: a plain ASCII decimal number within the item's ``min_score``..``max_score``,
+the same in every match (:func:`parse_score`). A grade with no match, a match that is no such
+number, or disagreeing matches scores 0.0 and is counted as unparsed (a failed call scores 0.0
+too, counted as failed).
 
     reward = mean of the item scores + format_coef x (format_ok - 1)
 
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,21 +66,34 @@ def grader_prompt(
     )
 
 
-def parse_score(text: str, regex: str) -> float | None:
-    """The score in a grader's answer: the first group of the regex's *last* match (DOTALL), as
-    a finite float; None when nothing matches or the match is not a number.
+# A score as a grader should write it: plain ASCII digits, an optional sign and decimal point. No
+# exponent (1e308), no digit separators (1_000), no full-width or other Unicode digits (５), and
+# at most 32 characters, all of which float() would otherwise take.
+PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+MAX_SCORE_CHARS = 32
 
-    The last match wins because a grader may quote the format, or the graded answer, before it
-    gives its own score.
+
+def parse_score(text: str, regex: str, low: float = 0.0, high: float = 1.0) -> float | None:
+    """The score in a grader's answer: the first group of the regex's matches (DOTALL), a plain
+    number within [low, high] (the rubric item's ``min_score``/``max_score``); None otherwise.
+
+    Every match must give the same score: a grader may quote the graded answer after its own
+    score, and that answer may hold a score tag of its own, so an answer with disagreeing copies
+    is unreadable (the graded text must never supply the grade). A copy that is not a plain
+    number, or is out of range, makes the answer unreadable too.
     """
-    matches = list(re.finditer(regex, text, re.DOTALL))
-    if not matches:
+    found = {_plain_score(m.group(1), low, high) for m in re.finditer(regex, text, re.DOTALL)}
+    if len(found) != 1:
         return None
-    try:
-        value = float(matches[-1].group(1).strip())
-    except (TypeError, ValueError):
+    return found.pop()
+
+
+def _plain_score(group: str | None, low: float, high: float) -> float | None:
+    text = (group or "").strip()
+    if len(text) > MAX_SCORE_CHARS or not PLAIN_NUMBER.fullmatch(text):
         return None
-    return value if math.isfinite(value) else None
+    value = float(text)
+    return value if low <= value <= high else None
 
 
 def rubric_reward(scores: Sequence[float], format_ok: bool, format_coef: float = 0.1) -> float:
@@ -175,7 +189,130 @@ def _convo(value: Any, prompt: Any) -> list[dict[str, str]]:
     return [{"role": "user", "content": _as_text(prompt)}]
 
 
-@register("rubric")
+@dataclass
+class Batch:
+    """One call's answers, with what the grader needs for each."""
+
+    items: list[list[RubricItem]]  # the rubric items of each answer's datapoint
+    convos: list[list[dict[str, str]]]  # the conversation before each answer
+    answers: list[str]
+    format_ok: list[bool]
+
+
+@dataclass
+class Grades:
+    """The grader's answers to one batch, one per (answer, item), and the scores read from
+    them."""
+
+    requests: list[list[dict[str, str]]]
+    completions: list[Any]  # autorule.llm.Completion, in request order
+    parsed: list[float | None]  # the score read from each grade; None: unparsed or failed
+    scores: list[list[float]]  # per answer, its items' scores (0.0 for a grade without one)
+    unparsed: int  # grades that came back but held no readable score
+    failed: int  # calls that failed after their retries
+
+
+def read_batch(
+    prompts, completions, rubric_items, convo, completion_ids, stop_ids, budget
+) -> Batch:
+    """The call's keyword arguments (as TRL passes them) as a :class:`Batch`."""
+    n = len(completions)
+    if rubric_items is None:
+        raise ValueError(
+            "the reward term rubric needs each prompt's rubric items (keyword rubric_items): "
+            "train on rubric data (grpo.rubric_dataset or grpo.rubric_file)"
+        )
+    if len(rubric_items) != n:
+        raise ValueError(f"{len(rubric_items)} rubric_items for {n} completions")
+    items = [
+        _items(value, f"rubric_items of completion {i}") for i, value in enumerate(rubric_items)
+    ]
+    convos = [_convo(None if convo is None else convo[i], prompts[i]) for i in range(n)]
+    answers = [_as_text(c) for c in completions]
+    ids = completion_ids or [None] * n
+    ok = [answer_format_ok(answers[i], ids[i], stop_ids, budget) for i in range(n)]
+    return Batch(items, convos, answers, ok)
+
+
+def grade_all(grader, template: str, batch: Batch) -> Grades:
+    """Asks the grader about every (answer, item) at once and reads the scores; stops when every
+    call failed (the grader is down: training on zeros would be silent)."""
+    requests, owner = [], []
+    for i, items in enumerate(batch.items):
+        for j, item in enumerate(items):
+            prompt = grader_prompt(template, batch.convos[i], batch.answers[i], item)
+            requests.append([{"role": "user", "content": prompt}])
+            owner.append((i, j))
+    completions = grader.complete_all(requests, desc="rubric")
+    failed = sum(not c.ok for c in completions)
+    if completions and failed == len(completions):
+        raise LLMCallError(f"every rubric grader call failed; the first: {completions[0].error}")
+    if failed:
+        log.warning("rubric: %d of %d grader calls failed (scored 0)", failed, len(completions))
+    scores: list[list[float]] = [[] for _ in batch.answers]
+    parsed: list[float | None] = []
+    for (i, j), completion in zip(owner, completions, strict=True):
+        item = batch.items[i][j]
+        value = None
+        if completion.ok:
+            value = parse_score(
+                completion.text, item.extraction_regex, item.min_score, item.max_score
+            )
+        parsed.append(value)
+        scores[i].append(0.0 if value is None else value)
+    unparsed = sum(c.ok and v is None for c, v in zip(completions, parsed, strict=True))
+    return Grades(requests, completions, parsed, scores, unparsed, failed)
+
+
+def grade_metrics(batch: Batch, grades: Grades) -> list[tuple[dict[str, float], int]]:
+    """The call's metrics, each with the number of answers it averages over: the shares of
+    well-formed answers, unparsed and failed grades, the mean score, and each item's."""
+    total = len(grades.completions)
+    means = [float(np.mean(s)) for s in grades.scores]
+    overall = {
+        "rubric/format": float(np.mean(batch.format_ok)),
+        "rubric/score": float(np.mean(means)),
+        "rubric/unparsed": grades.unparsed / total,
+        "rubric/failed": grades.failed / total,
+    }
+    out = [(overall, len(batch.answers))]
+    for j in range(max(len(s) for s in grades.scores)):
+        column = [s[j] for s in grades.scores if len(s) > j]
+        out.append(({f"rubric/item_{j}": float(np.mean(column))}, len(column)))
+    return out
+
+
+def graded_examples(
+    batch: Batch, grades: Grades, rewards: Sequence[float], n_debug: int
+) -> list[GradedExample]:
+    """The first ``n_debug`` answers with everything their grader saw and said."""
+    examples, k = [], 0
+    for i in range(min(len(batch.answers), n_debug)):
+        example = GradedExample(batch.convos[i], batch.answers[i], batch.format_ok[i], rewards[i])
+        for _ in batch.items[i]:
+            completion = grades.completions[k]
+            example.grades.append(
+                {
+                    "prompt": grades.requests[k][0]["content"],
+                    "output": completion.text,
+                    "score": grades.parsed[k],
+                    "error": completion.error,
+                }
+            )
+            k += 1
+        examples.append(example)
+    return examples
+
+
+def build_grader(context: RewardContext):
+    """The LLM of role ``rubric.grader``, on the trainer's device when it runs locally."""
+    overrides = {}
+    if context.device and OmegaConf.select(context.cfg, "rubric.grader.device") == "auto":
+        overrides["device"] = context.device
+    return llms.build(context.cfg, "rubric.grader", overrides)
+
+
+@register("rubric", sections=("rubric",))
 def rubric_term(context: RewardContext):
     """Rubric items graded by the LLM of role ``rubric.grader`` (settings: ``rubric`` and
     ``rewards.rubric``).
@@ -193,10 +330,7 @@ def rubric_term(context: RewardContext):
     n_debug = int(section.debug_examples)
     if n_debug < 0:
         raise ValueError(f"rubric.debug_examples must be >= 0, got {n_debug}")
-    overrides = {}
-    if context.device and OmegaConf.select(cfg, "rubric.grader.device") == "auto":
-        overrides["device"] = context.device
-    grader = llms.build(cfg, "rubric.grader", overrides)
+    grader = build_grader(context)
     tokenizer = context.tokenizer
     stop_ids = [
         i
@@ -206,87 +340,30 @@ def rubric_term(context: RewardContext):
         )
         if i is not None
     ]
-    budget = context.max_completion_length
     metrics = MetricLog()
     kept: list[GradedExample] = []
 
     def rubric(
         prompts, completions, rubric_items=None, convo=None, completion_ids=None, **kwargs
     ) -> list[float]:
-        n = len(completions)
-        if rubric_items is None:
-            raise ValueError(
-                "the reward term rubric needs each prompt's rubric items (keyword rubric_items): "
-                "train on rubric data (grpo.rubric_dataset or grpo.rubric_file)"
-            )
-        if len(rubric_items) != n:
-            raise ValueError(f"{len(rubric_items)} rubric_items for {n} completions")
-        items = [
-            _items(value, f"rubric_items of completion {i}") for i, value in enumerate(rubric_items)
-        ]
-        convos = [_convo(None if convo is None else convo[i], prompts[i]) for i in range(n)]
-        answers = [_as_text(c) for c in completions]
-        ok = [
-            answer_format_ok(
-                answers[i], None if completion_ids is None else completion_ids[i], stop_ids, budget
-            )
-            for i in range(n)
-        ]
-        requests, owner = [], []
-        for i in range(n):
-            for j, item in enumerate(items[i]):
-                prompt = grader_prompt(template, convos[i], answers[i], item)
-                requests.append([{"role": "user", "content": prompt}])
-                owner.append((i, j))
-        grades = grader.complete_all(requests, desc="rubric")
-        failed = sum(not g.ok for g in grades)
-        if grades and failed == len(grades):
-            raise LLMCallError(f"every rubric grader call failed; the first: {grades[0].error}")
-        scores: list[list[float]] = [[] for _ in range(n)]
-        parsed: list[float | None] = []
-        unparsed = 0
-        for (i, j), grade in zip(owner, grades, strict=True):
-            value = parse_score(grade.text, items[i][j].extraction_regex) if grade.ok else None
-            unparsed += grade.ok and value is None
-            parsed.append(value)
-            scores[i].append(0.0 if value is None else value)
-        if failed:
-            log.warning("rubric: %d of %d grader calls failed (scored 0)", failed, len(grades))
-        rewards = [rubric_reward(scores[i], ok[i], coef) for i in range(n)]
-
-        log_metric = kwargs.get("log_metric")
-        means = [float(np.mean(s)) for s in scores]
-        metrics.add(
-            {
-                "rubric/format": float(np.mean(ok)),
-                "rubric/score": float(np.mean(means)),
-                "rubric/unparsed": unparsed / len(grades),
-                "rubric/failed": failed / len(grades),
-            },
-            n,
-            log_metric,
+        batch = read_batch(
+            prompts,
+            completions,
+            rubric_items,
+            convo,
+            completion_ids,
+            stop_ids,
+            context.max_completion_length,
         )
-        for j in range(max(len(s) for s in scores)):
-            column = [s[j] for s in scores if len(s) > j]
-            metrics.add({f"rubric/item_{j}": float(np.mean(column))}, len(column), log_metric)
-
+        grades = grade_all(grader, template, batch)
+        rewards = [
+            rubric_reward(scores, ok, coef)
+            for scores, ok in zip(grades.scores, batch.format_ok, strict=True)
+        ]
+        for values, weight in grade_metrics(batch, grades):
+            metrics.add(values, weight, kwargs.get("log_metric"))
         if n_debug:
-            kept.clear()
-            k = 0
-            for i in range(min(n, n_debug)):
-                example = GradedExample(convos[i], answers[i], ok[i], rewards[i])
-                for _ in items[i]:
-                    grade = grades[k]
-                    example.grades.append(
-                        {
-                            "prompt": requests[k][0]["content"],
-                            "output": grade.text,
-                            "score": parsed[k],
-                            "error": grade.error,
-                        }
-                    )
-                    k += 1
-                kept.append(example)
+            kept[:] = graded_examples(batch, grades, rewards, n_debug)
         return rewards
 
     def show_examples(step: int | None = None) -> int:

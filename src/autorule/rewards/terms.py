@@ -68,7 +68,7 @@ def rm_statistics(rm_folder: Path) -> tuple[float, float]:
     return mean, std
 
 
-@register("rm")
+@register("rm", stage="rm")
 def rm_term(context: RewardContext):
     """The rm artifact's normalised reward (settings: ``rewards.rm``)."""
     import torch
@@ -76,11 +76,12 @@ def rm_term(context: RewardContext):
 
     from autorule.data.models import load_tokenizer
 
-    if context.rm_folder is None:
+    rm_folder = context.rm_folder or context.inputs.get("rm")
+    if rm_folder is None:
         raise ValueError("the reward term rm needs the rm artifact (RewardContext.rm_folder)")
     section = context.cfg.rewards.rm
-    mean, std = rm_statistics(context.rm_folder)
-    model_dir = str(Path(context.rm_folder) / "model")
+    mean, std = rm_statistics(rm_folder)
+    model_dir = str(Path(rm_folder) / "model")
     device = context.resolved_device()
     dtype = str(section.dtype)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -124,7 +125,7 @@ def rm_term(context: RewardContext):
 # rules
 
 
-@register("rules")
+@register("rules", sections=("judge",), rules=True)
 def rules_term(context: RewardContext):
     """The judge's share of rules satisfied (settings: ``rewards.rules`` and ``judge``).
 

@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from autorule.core.files import read_utf8
+
 log = logging.getLogger(__name__)
 
 _SPACE = re.compile(r"\s+")
@@ -45,11 +47,19 @@ def read_rules_file(path: str | Path) -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"rule file {path} does not exist")
-    text = path.read_text()
+    text = read_utf8(path, "rule file")
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            # PyYAML names the text "<unicode string>"; say which file, and where in it. Its
+            # safe loader also refuses tags that build Python objects (!!python/...).
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise ValueError(f"rule file {path} is not plain YAML{where}: {problem}") from None
     else:
         try:
             data = json.loads(text)

@@ -48,7 +48,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from autorule.core.config import check_choice, check_number, check_paths
-from autorule.core.files import write_text_atomic
+from autorule.core.files import write_parquet_redacted, write_text_atomic
 from autorule.core.stage import StageSpec
 from autorule.data.models import load_tokenizer, resolve
 from autorule.data.pairs import preference_rows
@@ -180,7 +180,7 @@ def train(
     metrics: dict[str, Any] = {"mode": str(section.mode)}
 
     if is_cloud(cfg):
-        from autorule.stages.critiques import read_critiques
+        from autorule.data.pairs import read_critiques
 
         pairs = read_critiques(inputs["critiques"])
         # ---- 1. critique SFT on the oracle critiques
@@ -306,9 +306,7 @@ def self_critiques(cfg, workdir: Path, lm_folder: str, tokenizer, fmt, pairs) ->
         table = pairs[["prompt", "chosen", "rejected"]].copy()
         table["chosen_feedback"] = [found[i] for i in range(n)]
         table["rejected_feedback"] = [found[n + i] for i in range(n)]
-        partial = out.with_name(f".{out.name}.tmp")
-        table.to_parquet(partial, index=False)
-        partial.replace(out)
+        write_parquet_redacted(out, table)
         for index in range(state.num_processes):
             (workdir / f".self_critiques.part{index}.json").unlink(missing_ok=True)
     state.wait_for_everyone()

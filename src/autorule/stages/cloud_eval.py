@@ -27,7 +27,6 @@ RewardBench copy is identified by its content, a hub id by id and revision.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from omegaconf import DictConfig
 
 from autorule.core.artifacts import StageJob
 from autorule.core.config import check_choice, check_number, check_paths
+from autorule.core.files import write_json_redacted, write_parquet_redacted
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import preference_rows
 from autorule.evaluation import rewardbench
@@ -137,8 +137,8 @@ def run(cfg: DictConfig) -> Path:
         log.info("[cloud_eval] held-out accuracy %.3f", metrics["heldout"]["accuracy"])
 
         # ---- write the artifact
-        pd.concat(tables, ignore_index=True).to_parquet(job.workdir / SCORES, index=False)
-        (job.workdir / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_parquet_redacted(job.workdir / SCORES, pd.concat(tables, ignore_index=True))
+        write_json_redacted(job.workdir / METRICS, metrics)
         counts = {
             "heldout_pairs": len(heldout),
             "rewardbench_pairs": int(metrics.get("rewardbench", {}).get("pairs", 0)),

@@ -17,7 +17,8 @@ Calls go through the LLM layer (:mod:`autorule.llm`): concurrent for served judg
 local ones, and cached as they arrive, so an interrupted run re-run with the same command pays
 only for the calls it had not made. Calls that fail for good stop the stage before it commits
 (beyond ``critique.max_failed_calls``); a pair with a failed call is left out when failures are
-allowed.
+allowed, and the artifact is then provisional: the next run recomputes it, asking again only for
+the failed calls.
 
 Artifact: ``critiques.parquet`` (``prompt``, ``chosen``, ``rejected``, ``chosen_feedback``,
 ``rejected_feedback``), ``calls.jsonl`` (one record per call: side, row, latency, tokens,
@@ -27,24 +28,21 @@ input_tokens, output_tokens, empty_critiques.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-import pandas as pd
 from omegaconf import DictConfig
 
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
 from autorule.core.config import check_choice, check_number, check_paths
+from autorule.core.files import write_jsonl, write_parquet_redacted
 from autorule.core.stage import StageSpec
-from autorule.data.pairs import preference_rows
+from autorule.data.pairs import CRITIQUE_COLUMNS, CRITIQUES, preference_rows
 from autorule.rules.prompts import fill
 
 log = logging.getLogger(__name__)
 
-OUTPUT = "critiques.parquet"
-COLUMNS = ("prompt", "chosen", "rejected", "chosen_feedback", "rejected_feedback")
 SIDES = ("chosen", "rejected")
 
 # The critique section decides the critiques, its LLM role included (backend, model, sampling,
@@ -127,10 +125,10 @@ def run(cfg: DictConfig) -> Path:
         out["chosen_feedback"] = [c.text.strip() for c in answers[:n]]
         out["rejected_feedback"] = [c.text.strip() for c in answers[n:]]
         ok = [answers[i].ok and answers[n + i].ok for i in range(n)]
-        out = out[ok].reset_index(drop=True)[list(COLUMNS)]
+        out = out[ok].reset_index(drop=True)[list(CRITIQUE_COLUMNS)]
         if out.empty:
             raise RuntimeError(f"no pair has both critiques; see {job.workdir}/calls.jsonl")
-        out.to_parquet(job.workdir / OUTPUT, index=False)
+        write_parquet_redacted(job.workdir / CRITIQUES, out)
         counts = {
             "pairs": len(out),
             "calls": len(calls),
@@ -155,18 +153,3 @@ def critique_request(section: DictConfig, prompt: str, answer: str) -> list[dict
     if section.system_prompt:
         messages.insert(0, {"role": "system", "content": str(section.system_prompt)})
     return messages
-
-
-def read_critiques(folder: Path) -> pd.DataFrame:
-    """The critiques artifact's table, checked for its columns."""
-    df = pd.read_parquet(folder / OUTPUT)
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{folder / OUTPUT} lacks the columns {missing}")
-    return df
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")

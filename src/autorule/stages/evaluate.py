@@ -26,6 +26,9 @@ What it measures (docs/evaluation.md):
 5. **Hand-offs**: ``alpaca_eval/`` (outputs and model config, and AlpacaEval's length-controlled
    win rate when it can run) and, for MT-Bench question sets, ``mt_bench/model_answer/``.
 
+Judge calls that failed (the pairwise judge's or the rule judge's) make the artifact provisional:
+the next run recomputes it, replaying the cached answers and asking again only for those calls.
+
 Artifact: ``metrics.json`` (everything the report tabulates), ``judgments.jsonl`` (the judge's
 answers, one line per pair), ``rm_scores.json``, ``rule_agreement.json``, ``pruned_rules.json``,
 ``hacking.json``, ``alpaca_eval/``, ``mt_bench/``.
@@ -47,16 +50,15 @@ from omegaconf import DictConfig
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob, read_manifest
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
+from autorule.core.files import write_json_redacted, write_jsonl
 from autorule.core.stage import StageSpec
 from autorule.evaluation import agreement, alpaca, hacking, leaderboard, mt_bench, pairwise
-from autorule.stages.generate import (
-    CHECKPOINTS_DIR,
+from autorule.evaluation.responses import (
     MODEL_STAGES,
-    REFERENCE,
-    RESPONSES,
     SAMPLING,
-    read_jsonl,
-    write_jsonl,
+    prompt_formatter,
+    response_sets,
+    step_of,
 )
 
 log = logging.getLogger(__name__)
@@ -166,7 +168,7 @@ def run(cfg: DictConfig) -> Path:
         agreement_step(cfg, job.workdir, inputs, metrics, counts)
         hacking_step(cfg, job.workdir, inputs, points, metrics, counts)
         hand_off_step(cfg, job.workdir, generated, sets, info, metrics)
-        (job.workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json_redacted(job.workdir / "metrics.json", metrics)
         log.info("[evaluate] win rate: %s", metrics.get("win_rate"))
         return job.commit(counts, extra={"metrics": headline(metrics)})
 
@@ -195,7 +197,7 @@ def score_step(
     if not cfg.evaluate.rm_score:
         return {}
     scores = rm_score_sets(cfg, inputs["rm"], sets)
-    (workdir / "rm_scores.json").write_text(json.dumps(scores) + "\n")
+    write_json_redacted(workdir / "rm_scores.json", scores, indent=None)
     metrics["rm_score"] = {label: summary(values) for label, values in scores.items()}
     return scores
 
@@ -240,7 +242,9 @@ def win_rate_step(
     metrics["win_rate_checkpoints"] = {k: v for k, v in rates.items() if k != "model"}
     counts["judge_calls"] = 2 * sum(r["pairs"] for r in rates.values())
     counts["unparsed_judge_answers"] = sum(r["unparsed_answers"] for r in rates.values())
-    counts["failed_judge_calls"] = sum(r["failed_calls"] for r in rates.values())
+    counts["failed_calls"] = counts.get("failed_calls", 0) + sum(
+        r["failed_calls"] for r in rates.values()
+    )
     return checkpoint_points(cfg, inputs, rates, scores)
 
 
@@ -256,9 +260,10 @@ def agreement_step(
     found = rule_agreement(
         cfg, inputs["preprocess"], load_rules(cfg, inputs), rules_source(cfg, inputs)
     )
-    (workdir / "rule_agreement.json").write_text(json.dumps(found, indent=2) + "\n")
+    write_json_redacted(workdir / "rule_agreement.json", found)
     metrics["rule_agreement"] = {k: v for k, v in found.items() if k != "rules"}
     counts["agreement_pairs"] = found["overall"]["pairs"]
+    counts["failed_calls"] = counts.get("failed_calls", 0) + found["failed"]
     if section.prune_below is not None:
         metrics["pruned_rules"] = write_pruned(workdir, found, section.prune_below)
         counts["pruned_rules_kept"] = len(metrics["pruned_rules"]["kept"])
@@ -274,7 +279,7 @@ def hacking_step(
 ) -> None:
     """4. Reward hacking: the training log's curves and the checkpoints' points, with flags."""
     found = reward_hacking(cfg, inputs, points)
-    (workdir / "hacking.json").write_text(json.dumps(found, indent=2) + "\n")
+    write_json_redacted(workdir / "hacking.json", found)
     metrics["hacking_flags"] = found["flags"]
     counts["hacking_flags"] = len(found["flags"])
 
@@ -291,32 +296,6 @@ def hand_off_step(
     model_name, reference_name = names(info)
     metrics["alpaca_eval"] = alpaca_hand_off(cfg, workdir, sets, info, model_name)
     metrics["mt_bench"] = mt_bench_hand_off(workdir, sets, generated, model_name, reference_name)
-
-
-# --------------------------------------------------------------------------------------------
-# Response sets
-
-
-def response_sets(generated: Path, max_pairs: int | None) -> dict[str, list[dict]]:
-    """label -> rows: ``model``, ``reference`` (when sampled) and ``step-<N>`` checkpoints, each
-    cut to the first ``max_pairs`` prompts."""
-    sets = {"model": read_jsonl(generated / RESPONSES)}
-    if (generated / REFERENCE).is_file():
-        sets["reference"] = read_jsonl(generated / REFERENCE)
-    for path in sorted((generated / CHECKPOINTS_DIR).glob("step-*.jsonl"), key=step_of):
-        sets[path.stem] = read_jsonl(path)
-    if max_pairs is not None:
-        sets = {label: rows[: int(max_pairs)] for label, rows in sets.items()}
-    ids = [row["id"] for row in sets["model"]]
-    for label, rows in sets.items():
-        if [row["id"] for row in rows] != ids:
-            raise ValueError(f"{generated}: the {label} responses are not for the same prompts")
-    return sets
-
-
-def step_of(path: Path | str) -> int:
-    match = re.search(r"step-(\d+)", str(path))
-    return int(match.group(1)) if match else -1
 
 
 def names(info: dict[str, Any]) -> tuple[str, str | None]:
@@ -350,7 +329,6 @@ def summary(values: list[float]) -> dict[str, float | int | None]:
 
 def rm_score_sets(cfg: DictConfig, rm_folder: Path, sets: dict[str, list[dict]]) -> dict:
     from autorule.evaluation.scoring import rm_scores
-    from autorule.stages.generate import prompt_formatter
 
     format_prompt = prompt_formatter(cfg, str(rm_folder / "model"))
     out = {}
@@ -495,7 +473,7 @@ def write_pruned(workdir: Path, found: dict[str, Any], threshold: float) -> dict
         f"Rules whose agreement with the human preference on {found['split']} reached "
         f"{threshold} (evaluate.prune_below); {len(dropped)} dropped."
     )
-    path.write_text(json.dumps({"description": description, "rules": kept}, indent=2) + "\n")
+    write_json_redacted(path, {"description": description, "rules": kept})
     log.info(
         "[evaluate] pruned rule file: %d kept, %d dropped -> %s", len(kept), len(dropped), path
     )

@@ -47,7 +47,8 @@ When extraction yields no rules at all (the tiny profile's random model), ``extr
 names a rule file to use instead; the stage logs a warning and records the fallback in the counts
 and the manifest, which it marks ``provisional``: the next run of the stage recomputes it (replaying
 cached answers, asking again for the failed ones), so a later run with a working endpoint does not
-find "nothing to do". Without a fallback it fails, saying why.
+find "nothing to do". Without a fallback it fails, saying why. Rules extracted while calls failed
+(allowed by ``extract.max_failed_calls``) are provisional the same way.
 
 Everything the stage writes passes :func:`autorule.core.secrets.redact`: answers and error
 messages can carry what a server echoed back (an ``Authorization`` header, a token).
@@ -55,7 +56,6 @@ messages can carry what a server echoed back (an ``Authorization`` header, a tok
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -65,6 +65,7 @@ from omegaconf import DictConfig
 from autorule import llm as llms
 from autorule.core.artifacts import StageJob
 from autorule.core.config import check_choice, check_number, check_paths
+from autorule.core.files import write_json_redacted, write_jsonl
 from autorule.core.secrets import redact
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import Pair, mt_pairs, uf_pairs
@@ -146,63 +147,19 @@ def run(cfg: DictConfig) -> Path:
         if job.done:
             return job.path
         section = cfg.extract
-
-        # ---- load: the sampled pairs
-        pairs = load_pairs(cfg, job.input("preprocess"))
-        if not pairs:
-            raise ValueError(
-                f"extract: no pairs to reason about in {job.input('preprocess')} "
-                f"(dataset {cfg.dataset.name}); check the preprocess artifact's counts"
-            )
-        log.info("[extract] %d pairs from dataset %s", len(pairs), cfg.dataset.name)
+        allowed = int(section.max_failed_calls)
+        pairs = sampled_pairs(cfg, job)
         llm = llms.build(cfg, ROLE)
-        merge_room(
-            llm, section.prompts.merger, int(section.merge_context_tokens)
-        )  # fail before any call
+        merge_room(llm, section.prompts.merger, int(section.merge_context_tokens))  # fail early
         calls: list[dict] = []
 
-        def record(step: str, completions: list[llms.Completion]) -> None:
-            calls.extend(
-                {"step": step, "index": i, **c.record()} for i, c in enumerate(completions)
-            )
-
-        # ---- 1. reason: why did the user prefer the winner?
-        reasoned = llm.complete_all(
-            [reason_request(section.prompts.reasoner, p) for p in pairs], desc="extract: reason"
-        )
-        record("reason", reasoned)
-
-        # ---- 2. extract: rules from the reasoning (or the explanation)
-        examples = [example_row(p, c) for p, c in zip(pairs, reasoned, strict=True)]
-        todo = [i for i, c in enumerate(reasoned) if c.ok]
-        analyses = {i: pick_text(examples[i], section.rules_from) for i in todo}
-        todo = [i for i in todo if analyses[i]]
-        substituted = sum(1 for i in todo if examples[i]["rules_from_used"] != section.rules_from)
-        if substituted:
-            log.warning(
-                "[extract] %d of %d answers had no %s; extracting from their explanation "
-                "instead (counted as rules_from_substituted)",
-                substituted,
-                len(todo),
-                section.rules_from,
-            )
-        extracted = llm.complete_all(
-            [
-                extract_request(section.prompts.extractor, analyses[i], pairs[i].winner)
-                for i in todo
-            ],
-            desc="extract: rules",
-        )
-        record("extract", extracted)
-        for i, completion in zip(todo, extracted, strict=True):
-            apply_extraction(examples[i], completion)
-
+        reasoned = reason(llm, section, pairs, calls)
+        examples = extract_rules(llm, section, pairs, reasoned, calls)
         write_jsonl(job.workdir / "examples.jsonl", examples)
-        stop_on_failures(calls, int(section.max_failed_calls), job.workdir)
+        stop_on_failures(calls, allowed, job.workdir)
 
-        # ---- 3. merge: exact duplicates, then near-duplicates with the LLM
-        extracted_rules = [r for e in examples for r in e["rules"]]
-        unique = dedupe_rules(extracted_rules)
+        extracted = [r for e in examples for r in e["rules"]]
+        unique = dedupe_rules(extracted)  # exact duplicates, then near-duplicates with the LLM
         merged, merge = merge_rules(
             llm,
             unique,
@@ -211,51 +168,125 @@ def run(cfg: DictConfig) -> Path:
             section.merge_chunk_size,
         )
         calls.extend(merge.pop("calls"))
-        stop_on_failures(calls, int(section.max_failed_calls), job.workdir)
+        stop_on_failures(calls, allowed, job.workdir)
 
-        # ---- write the artifact
-        counts = {
-            "pairs": len(pairs),
-            "calls": len(calls),
-            "cached_calls": sum(1 for c in calls if c["cached"]),
-            "failed_calls": sum(1 for c in calls if c["error"]),
-            "retries": sum(c["retries"] for c in calls),
-            "input_tokens": sum(c["input_tokens"] for c in calls),
-            "output_tokens": sum(c["output_tokens"] for c in calls),
-            "parse_failures": sum(1 for e in examples if e["parse_error"])
-            + merge["parse_failures"],
-            "empty_rule_lists": sum(1 for e in examples if e["parsed"] and not e["rules"]),
-            "truncated_rule_lists": sum(1 for e in examples if e["parse_truncated"]),
-            "rules_from_substituted": sum(
-                1
-                for e in examples
-                if e["rules_from_used"] and e["rules_from_used"] != section.rules_from
-            ),
-            "rules_before_merge": len(extracted_rules),
-            "rules_after_dedupe": len(unique),
-            "rules_after_merge": len(merged),
-            "merge_calls": merge["calls_made"],
-            "merge_rounds": merge["rounds"],
-            "merge_split_rounds": merge["split_rounds"],
-            "merge_prompt_tokens_estimate": merge["prompt_tokens_estimate"],
-            "merge_parse_failures": merge["parse_failures"],
-            "fallback_rules_used": 0,
-        }
-        extra = {"rules_origin": "extracted"}
-        final = merged
+        counts = run_counts(section, pairs, calls, examples, extracted, unique, merged, merge)
+        final, extra = merged, {"rules_origin": "extracted"}
         if not final:
             # Name the folder examples.jsonl will be in: the artifact if the fallback commits it.
             final, extra = fallback(
                 section, counts, job.path if section.fallback_rules else job.workdir
             )
             counts["fallback_rules_used"] = 1
-        write_json(job.workdir / "rules.json", final)
-        write_json(job.workdir / "rules_unmerged.json", unique)
+        write_json_redacted(job.workdir / "rules.json", final)
+        write_json_redacted(job.workdir / "rules_unmerged.json", unique)
         write_jsonl(job.workdir / "calls.jsonl", calls)
         log.info("[extract] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         # Fallback rules stand in for extracted ones: the next run of the stage recomputes them.
         provisional = {"provisional": True} if counts["fallback_rules_used"] else {}
         return job.commit(counts, extra={"extract": extra, **provisional})
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+
+
+def sampled_pairs(cfg: DictConfig, job: StageJob) -> list[Pair]:
+    """The pairs to reason about, from the preprocess artifact; none is an error."""
+    pairs = load_pairs(cfg, job.input("preprocess"))
+    if not pairs:
+        raise ValueError(
+            f"extract: no pairs to reason about in {job.input('preprocess')} "
+            f"(dataset {cfg.dataset.name}); check the preprocess artifact's counts"
+        )
+    log.info("[extract] %d pairs from dataset %s", len(pairs), cfg.dataset.name)
+    return pairs
+
+
+def record(calls: list[dict], step: str, completions: list[llms.Completion]) -> None:
+    """Adds each call's record (step, index, tokens, latency, error) to ``calls``."""
+    calls.extend({"step": step, "index": i, **c.record()} for i, c in enumerate(completions))
+
+
+def reason(
+    llm: llms.LLM, section: DictConfig, pairs: list[Pair], calls: list[dict]
+) -> list[llms.Completion]:
+    """Step 1: why did the user prefer the winner? One answer per pair."""
+    reasoned = llm.complete_all(
+        [reason_request(section.prompts.reasoner, p) for p in pairs], desc="extract: reason"
+    )
+    record(calls, "reason", reasoned)
+    return reasoned
+
+
+def extract_rules(
+    llm: llms.LLM,
+    section: DictConfig,
+    pairs: list[Pair],
+    reasoned: list[llms.Completion],
+    calls: list[dict],
+) -> list[dict]:
+    """Step 2: a rule list from each reasoning (or explanation); one example row per pair."""
+    examples = [example_row(p, c) for p, c in zip(pairs, reasoned, strict=True)]
+    todo = [i for i, c in enumerate(reasoned) if c.ok]
+    analyses = {i: pick_text(examples[i], section.rules_from) for i in todo}
+    todo = [i for i in todo if analyses[i]]
+    substituted = sum(1 for i in todo if examples[i]["rules_from_used"] != section.rules_from)
+    if substituted:
+        log.warning(
+            "[extract] %d of %d answers had no %s; extracting from their explanation "
+            "instead (counted as rules_from_substituted)",
+            substituted,
+            len(todo),
+            section.rules_from,
+        )
+    extracted = llm.complete_all(
+        [extract_request(section.prompts.extractor, analyses[i], pairs[i].winner) for i in todo],
+        desc="extract: rules",
+    )
+    record(calls, "extract", extracted)
+    for i, completion in zip(todo, extracted, strict=True):
+        apply_extraction(examples[i], completion)
+    return examples
+
+
+def run_counts(
+    section: DictConfig,
+    pairs: list[Pair],
+    calls: list[dict],
+    examples: list[dict],
+    extracted: list[str],
+    unique: list[str],
+    merged: list[str],
+    merge: dict,
+) -> dict[str, int]:
+    """The manifest's counts: calls and their costs, parse outcomes, rules at each step."""
+    return {
+        "pairs": len(pairs),
+        "calls": len(calls),
+        "cached_calls": sum(1 for c in calls if c["cached"]),
+        "failed_calls": sum(1 for c in calls if c["error"]),
+        "retries": sum(c["retries"] for c in calls),
+        "input_tokens": sum(c["input_tokens"] for c in calls),
+        "output_tokens": sum(c["output_tokens"] for c in calls),
+        "parse_failures": sum(1 for e in examples if e["parse_error"]) + merge["parse_failures"],
+        "empty_rule_lists": sum(1 for e in examples if e["parsed"] and not e["rules"]),
+        "truncated_rule_lists": sum(1 for e in examples if e["parse_truncated"]),
+        "rules_from_substituted": sum(
+            1
+            for e in examples
+            if e["rules_from_used"] and e["rules_from_used"] != section.rules_from
+        ),
+        "rules_before_merge": len(extracted),
+        "rules_after_dedupe": len(unique),
+        "rules_after_merge": len(merged),
+        "merge_calls": merge["calls_made"],
+        "merge_rounds": merge["rounds"],
+        "merge_split_rounds": merge["split_rounds"],
+        "merge_prompt_tokens_estimate": merge["prompt_tokens_estimate"],
+        "merge_parse_failures": merge["parse_failures"],
+        "fallback_rules_used": 0,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,18 +405,6 @@ def stop_on_failures(calls: list[dict], allowed: int, workdir: Path) -> None:
         )
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """One JSON line per row, secrets masked (:func:`autorule.core.secrets.redact`)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for row in redact(rows):
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-
-
-def write_json(path: Path, obj) -> None:
-    """``obj`` as indented JSON, secrets masked."""
-    path.write_text(json.dumps(redact(obj), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 # --------------------------------------------------------------------------------------------
 # Merging
 
@@ -437,48 +456,10 @@ def merge_rules(
     while rules:
         info["rounds"] += 1
         parts = pack_rules(rules, room, int(chunk_size) if chunk_size else None)
-        needed = sum(rule_tokens(rules))
-        if needed > room:
+        if sum(rule_tokens(rules)) > room:
             info["split_rounds"] += 1
-            log.warning(
-                "[extract] merge round %d: %d rules (about %d tokens with the prompt) do not fit "
-                "the merge model's context (extract.merge_context_tokens=%d, less max_tokens=%d "
-                "for the answer); merging them in %d parts, then the results (counted as "
-                "merge_split_rounds)",
-                info["rounds"],
-                len(rules),
-                needed + template_tokens,
-                context_tokens,
-                llm.max_tokens,
-                len(parts),
-            )
-        answers = llm.complete_all(
-            [
-                user(fill(template, "extract.prompts.merger", rules=render_rules(part)))
-                for part in parts
-            ],
-            desc=f"extract: merge round {info['rounds']}",
-        )
-        info["calls"] += [
-            {"step": f"merge{info['rounds']}", "index": i, **c.record()}
-            for i, c in enumerate(answers)
-        ]
-        info["calls_made"] += len(answers)
-        merged: list[str] = []
-        for part, answer in zip(parts, answers, strict=True):
-            parsed = parse_rules(answer.text) if answer.ok else None
-            if parsed is None or not parsed.ok or not parsed.rules or parsed.truncated:
-                info["parse_failures"] += int(parsed is not None)
-                why = answer.error or (parsed.error if parsed else "") or "empty list"
-                if parsed is not None and parsed.truncated:
-                    why = "the merged list was cut off (token budget: llm.max_tokens)"
-                log.warning(
-                    "[extract] merge of %d rules failed (%s); keeping them unmerged", len(part), why
-                )
-                merged += part
-            else:
-                merged += parsed.rules
-        merged = dedupe_rules(merged)
+            warn_split(info["rounds"], rules, template_tokens, context_tokens, llm, len(parts))
+        merged = dedupe_rules(merge_round(llm, template, parts, info))
         if len(parts) == 1:
             return merged, info
         if len(merged) >= len(rules):
@@ -491,6 +472,52 @@ def merge_rules(
             return merged, info
         rules = merged
     return [], info
+
+
+def warn_split(
+    round_: int, rules: list[str], template_tokens: int, context_tokens: int, llm, parts: int
+) -> None:
+    log.warning(
+        "[extract] merge round %d: %d rules (about %d tokens with the prompt) do not fit "
+        "the merge model's context (extract.merge_context_tokens=%d, less max_tokens=%d "
+        "for the answer); merging them in %d parts, then the results (counted as "
+        "merge_split_rounds)",
+        round_,
+        len(rules),
+        sum(rule_tokens(rules)) + template_tokens,
+        context_tokens,
+        llm.max_tokens,
+        parts,
+    )
+
+
+def merge_round(llm: llms.LLM, template: str, parts: list[list[str]], info: dict) -> list[str]:
+    """One merge call per part; the merged rules of all parts (a part whose answer fails, cannot
+    be parsed or was cut off keeps its rules unmerged). Records the calls in ``info``."""
+    answers = llm.complete_all(
+        [
+            user(fill(template, "extract.prompts.merger", rules=render_rules(part)))
+            for part in parts
+        ],
+        desc=f"extract: merge round {info['rounds']}",
+    )
+    record(info["calls"], f"merge{info['rounds']}", answers)
+    info["calls_made"] += len(answers)
+    merged: list[str] = []
+    for part, answer in zip(parts, answers, strict=True):
+        parsed = parse_rules(answer.text) if answer.ok else None
+        if parsed is None or not parsed.ok or not parsed.rules or parsed.truncated:
+            info["parse_failures"] += int(parsed is not None)
+            why = answer.error or (parsed.error if parsed else "") or "empty list"
+            if parsed is not None and parsed.truncated:
+                why = "the merged list was cut off (token budget: llm.max_tokens)"
+            log.warning(
+                "[extract] merge of %d rules failed (%s); keeping them unmerged", len(part), why
+            )
+            merged += part
+        else:
+            merged += parsed.rules
+    return merged
 
 
 def fallback(section: DictConfig, counts: dict, folder: Path) -> tuple[list[str], dict]:

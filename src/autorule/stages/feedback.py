@@ -11,11 +11,12 @@ Several responses per instruction (five in Bansal et al., ICLR 2024): with
 ``feedback.num_instructions`` rows of ``feedback.split``; with ``feedback.source=generate``
 ``feedback.responses_per_instruction`` answers of ``generate.model`` sampled for each of the
 first ``feedback.num_instructions`` prompts of ``feedback.prompts`` (a generate artifact of its
-own, :func:`candidates_config`, made first when missing).
+own, :func:`candidates_config`, which the pipeline makes first when it is missing).
 
 The annotator (:mod:`autorule.evaluation.annotators`: the LLM role ``feedback.llm``, any backend,
-calls concurrent and cached, so a re-run pays only for what is missing; or the heuristic stand-in
-of ``feedback.annotator``) gives
+calls concurrent and cached, so a re-run pays only for what is missing, and calls allowed to fail
+(``feedback.max_failed_calls``) leave a provisional artifact that the next run completes; or the
+heuristic stand-in of ``feedback.annotator``) gives
 
 * a **rating** of each response alone (``feedback.rating_template``; the answer ends with
   ``Rating: <1-7>``; unparsed answers are counted);
@@ -37,38 +38,32 @@ Artifact: ``ratings.parquet`` (instruction, response, rating, answer, split), ``
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from autorule import llm as llms
 from autorule.core.artifacts import StageJob
-from autorule.core.config import (
-    ConfigError,
-    check_choice,
-    check_number,
-    check_paths,
-    with_values,
-)
+from autorule.core.config import ConfigError, check_choice, check_number, check_paths, with_values
+from autorule.core.files import write_json_redacted, write_parquet_redacted, write_text_redacted
 from autorule.core.stage import StageSpec
 from autorule.data.pairs import preference_rows
 from autorule.evaluation import feedback_protocols as fb
 from autorule.evaluation.annotators import (
     Annotator,
-    HeuristicAnnotator,
-    LLMAnnotator,
-    resolve_kind,
+    build_annotator,
+    check_annotator,
+    unused_settings,
 )
+from autorule.evaluation.feedback_protocols import RANKINGS, RATINGS
+from autorule.evaluation.responses import candidate_groups
 
 log = logging.getLogger(__name__)
 
-RATINGS, RANKINGS, CONSISTENCY = "ratings.parquet", "rankings.parquet", "consistency.json"
+CONSISTENCY = "consistency.json"
 SOURCES = ("preprocess", "generate")
-ANNOTATORS = ("auto", "llm", "heuristic")
 TRAIN, HELDOUT = "train", "heldout"
 
 SPEC = StageSpec(
@@ -77,11 +72,13 @@ SPEC = StageSpec(
     keys=("feedback",),
     llm_roles=("feedback.llm",),
     ignore=("feedback.max_failed_calls",),
-    ignore_when=lambda cfg: unused_keys(cfg),
+    ignore_when=lambda cfg: unused_settings(cfg),
     only_if={
         "preprocess": lambda cfg: cfg.feedback.source == "preprocess",
         "generate": lambda cfg: cfg.feedback.source == "generate",
     },
+    # The samples to annotate: a generate artifact of their own, made by the pipeline when
+    # missing (and checked with the feedback stage, before any call is paid for).
     input_configs={"generate": lambda cfg: candidates_config(cfg)},
 )
 
@@ -107,9 +104,8 @@ def candidates_config(cfg: DictConfig) -> DictConfig:
 
 
 def check(cfg: DictConfig) -> None:
-    """Refuses settings that cannot work before any call is paid for."""
-    from autorule.llm import check_role
-
+    """Refuses settings that cannot work before any call is paid for (the sampling of the
+    answers to annotate is the generate stage's check, which the pipeline runs beside this one)."""
     check_paths(cfg)
     section = cfg.feedback
     check_choice(section.source, "feedback.source", SOURCES)
@@ -122,174 +118,36 @@ def check(cfg: DictConfig) -> None:
             low=2,
             meaning=" (answers sampled per instruction: rankings need two)",
         )
-        from autorule.stages import generate
-
-        generate.check(candidates_config(cfg))  # the sampling, before any call is paid for
     check_number(section.num_instructions, "feedback.num_instructions", low=1, none_ok=True)
     check_number(section.heldout_instructions, "feedback.heldout_instructions", low=0)
     check_number(section.max_failed_calls, "feedback.max_failed_calls", low=0)
-    for key, needed in (
-        ("rating_template", ("{instruction}", "{response}")),
-        ("ranking_template", ("{instruction}", "{response_a}", "{response_b}")),
-    ):
-        missing = [p for p in needed if p not in str(section[key])]
-        if missing:
-            raise ConfigError(f"feedback.{key} lacks the placeholder(s) {missing}")
-    check_choice(section.annotator, "feedback.annotator", ANNOTATORS)
-    check_choice(section.rating_line, "feedback.rating_line", fb.RATING_LINES)
-    if annotator_kind(cfg) == "llm":
-        check_role(cfg, "feedback.llm")
-    else:
-        check_number(section.heuristic.rating_words, "feedback.heuristic.rating_words", low=1)
-        check_number(
-            section.heuristic.rank_margin,
-            "feedback.heuristic.rank_margin",
-            integer=False,
-            low=0,
-            high=1,
-            high_open=True,
-        )
-
-
-def annotator_kind(cfg: DictConfig) -> str:
-    """``llm`` or ``heuristic``: ``feedback.annotator``, with ``auto`` meaning the heuristic
-    stand-in when the role ``feedback.llm`` is the tiny random model (it never writes a readable
-    rating or ranking, so the study would have no feedback) and the LLM otherwise."""
-    return resolve_kind(str(cfg.feedback.annotator), OmegaConf.select(cfg, "feedback.llm.model"))
-
-
-def unused_keys(cfg: DictConfig) -> tuple[str, ...]:
-    """The settings of the annotator not used (:func:`annotator_kind`) decide nothing."""
-    if annotator_kind(cfg) == "heuristic":
-        return (
-            "feedback.llm",
-            "feedback.rating_template",
-            "feedback.ranking_template",
-            "feedback.rating_line",
-        )
-    return ("feedback.heuristic",)
-
-
-def build_annotator(cfg: DictConfig) -> Annotator:
-    """The annotator ``feedback.annotator`` names: the LLM role ``feedback.llm`` with the two
-    templates, or the heuristic stand-in (:class:`HeuristicAnnotator`)."""
-    section = cfg.feedback
-    if annotator_kind(cfg) == "heuristic":
-        log.warning(
-            "[feedback] feedback.annotator=%s: the heuristic stand-in computed from the text "
-            "(ratings from length, rankings from distinct words), not a language model; its "
-            "feedback exercises the study, it measures nothing",
-            section.annotator,
-        )
-        return HeuristicAnnotator(
-            int(section.heuristic.rating_words), float(section.heuristic.rank_margin)
-        )
-    return LLMAnnotator(
-        llms.build(cfg, "feedback.llm"),
-        str(section.rating_template),
-        str(section.ranking_template),
-        str(section.rating_line),
-    )
+    check_annotator(cfg)
 
 
 def run(cfg: DictConfig) -> Path:
-    from autorule.core.artifacts import artifact_path, read_manifest
-
     check(cfg)
-    if cfg.feedback.source == "generate":
-        samples = candidates_config(cfg)
-        if read_manifest(artifact_path(samples, "generate")) is None:
-            from autorule.stages import generate
-
-            log.info("[feedback] sampling the answers to annotate first")
-            generate.run(samples)
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
         section = cfg.feedback
-
-        # ---- load: several responses per instruction
         groups = load_groups(cfg, job)
-        held = int(section.heldout_instructions)
-        if held >= len(groups):
-            raise ConfigError(
-                f"feedback.heldout_instructions={held} leaves no training instruction of "
-                f"{len(groups)}"
-            )
-        splits = [TRAIN] * (len(groups) - held) + [HELDOUT] * held
-        log.info("[feedback] %d instructions, %d held out", len(groups), held)
+        splits = split_labels(len(groups), int(section.heldout_instructions))
         annotator = build_annotator(cfg)
-
-        # ---- ratings: each response alone
-        rated = [
-            (g, i, instruction, response)
-            for g, (instruction, responses) in enumerate(groups)
-            for i, response in enumerate(responses)
-        ]
-        answers = annotator.rate(
-            [q for _, _, q, _ in rated], [r for _, _, _, r in rated], desc="feedback: ratings"
-        )
-        ratings = pd.DataFrame(
-            {
-                "instruction_id": [g for g, _, _, _ in rated],
-                "response_id": [i for _, i, _, _ in rated],
-                "instruction": [q for _, _, q, _ in rated],
-                "response": [r for _, _, _, r in rated],
-                "answer": [a.answer for a in answers],
-                "rating": pd.array([a.rating for a in answers], dtype="Int64"),
-                "split": [splits[g] for g, _, _, _ in rated],
-            }
-        )
-        rating_of = {
-            (row.instruction_id, row.response_id): None if pd.isna(row.rating) else int(row.rating)
-            for row in ratings.itertuples()
-        }
-        failed = sum(a.failed for a in answers)
-
-        # ---- rankings: each pair of one instruction's responses, in both orders
-        pairs = [
-            (g, i, j)
-            for g, (_, responses) in enumerate(groups)
-            for i, j in itertools.combinations(range(len(responses)), 2)
-        ]
-        judged = annotator.rank(
-            [groups[g][0] for g, _, _ in pairs],
-            [groups[g][1][i] for g, i, _ in pairs],
-            [groups[g][1][j] for g, _, j in pairs],
-            desc="feedback: rankings",
-        )
-        failed += sum(j.verdict.failed for j in judged)
+        ratings, rating_answers = rate(annotator, groups, splits)
+        rankings, judged, implied, labels = rank(annotator, groups, splits, rating_of(ratings))
+        failed = sum(a.failed for a in rating_answers) + sum(j.verdict.failed for j in judged)
         if failed > int(section.max_failed_calls):
             raise RuntimeError(
                 f"{failed} annotator calls failed (feedback.max_failed_calls="
                 f"{section.max_failed_calls}); finished calls are cached: re-run the same "
                 "command to retry only the failed ones"
             )
-        labels = [fb.ranking_label(j.verdict) for j in judged]
-        implied = [fb.implied_ranking(rating_of[(g, i)], rating_of[(g, j)]) for g, i, j in pairs]
-        rankings = pd.DataFrame(
-            {
-                "instruction_id": [g for g, _, _ in pairs],
-                "x_id": [i for _, i, _ in pairs],
-                "y_id": [j for _, _, j in pairs],
-                "instruction": [groups[g][0] for g, _, _ in pairs],
-                "response_x": [groups[g][1][i] for g, i, _ in pairs],
-                "response_y": [groups[g][1][j] for g, _, j in pairs],
-                "label": labels,
-                "implied": implied,
-                "answer_x_as_a": [j.answer_x_as_a for j in judged],
-                "answer_x_as_b": [j.answer_x_as_b for j in judged],
-                "split": [splits[g] for g, _, _ in pairs],
-            }
-        )
-
-        # ---- consistency of the two protocols
         result = fb.consistency(implied, labels)
         summary: dict[str, Any] = {
             **result.as_dict(),
             "annotator": annotator.describe(),
             "rated_responses": len(ratings),
-            "unparsed_ratings": sum(a.unparsed for a in answers),
+            "unparsed_ratings": sum(a.unparsed for a in rating_answers),
             "ranked_pairs": len(rankings),
             "unparsed_rankings": sum(j.verdict.unparsed for j in judged),
             "failed_calls": failed,
@@ -300,12 +158,7 @@ def run(cfg: DictConfig) -> Path:
             result.pairs,
             fb.format_table(result),
         )
-
-        # ---- write the artifact
-        ratings.to_parquet(job.workdir / RATINGS, index=False)
-        rankings.to_parquet(job.workdir / RANKINGS, index=False)
-        (job.workdir / CONSISTENCY).write_text(json.dumps(summary, indent=2) + "\n")
-        (job.workdir / "consistency.md").write_text(consistency_markdown(result) + "\n")
+        write_artifact(job.workdir, ratings, rankings, summary, result)
         counts = {
             "instructions": len(groups),
             "rated_responses": len(ratings),
@@ -318,15 +171,105 @@ def run(cfg: DictConfig) -> Path:
         return job.commit(counts, extra={"consistency": summary})
 
 
-def annotator_line(described: dict[str, Any]) -> str:
-    """One line naming the annotator, for the Markdown outputs."""
-    if described["kind"] == "heuristic":
-        return (
-            "Annotator: the heuristic stand-in (ratings from length, rankings from the share of "
-            "distinct words), not a language model: these numbers exercise the study and measure "
-            "nothing."
+# --------------------------------------------------------------------------------------------
+# Steps
+
+
+def split_labels(instructions: int, held: int) -> list[str]:
+    """``train`` for each instruction but the last ``held``, which are ``heldout``."""
+    if held >= instructions:
+        raise ConfigError(
+            f"feedback.heldout_instructions={held} leaves no training instruction of {instructions}"
         )
-    return f"Annotator: {described.get('model')} ({described.get('backend')} backend)."
+    log.info("[feedback] %d instructions, %d held out", instructions, held)
+    return [TRAIN] * (instructions - held) + [HELDOUT] * held
+
+
+def rate(
+    annotator: Annotator, groups: list[tuple[str, list[str]]], splits: list[str]
+) -> tuple[pd.DataFrame, list]:
+    """A rating of each response alone: the table, and the annotator's answers."""
+    rated = [
+        (g, i, instruction, response)
+        for g, (instruction, responses) in enumerate(groups)
+        for i, response in enumerate(responses)
+    ]
+    answers = annotator.rate(
+        [q for _, _, q, _ in rated], [r for _, _, _, r in rated], desc="feedback: ratings"
+    )
+    ratings = pd.DataFrame(
+        {
+            "instruction_id": [g for g, _, _, _ in rated],
+            "response_id": [i for _, i, _, _ in rated],
+            "instruction": [q for _, _, q, _ in rated],
+            "response": [r for _, _, _, r in rated],
+            "answer": [a.answer for a in answers],
+            "rating": pd.array([a.rating for a in answers], dtype="Int64"),
+            "split": [splits[g] for g, _, _, _ in rated],
+        }
+    )
+    return ratings, answers
+
+
+def rating_of(ratings: pd.DataFrame) -> dict[tuple[int, int], int | None]:
+    """(instruction, response) -> its rating (None when unread)."""
+    return {
+        (row.instruction_id, row.response_id): None if pd.isna(row.rating) else int(row.rating)
+        for row in ratings.itertuples()
+    }
+
+
+def rank(
+    annotator: Annotator,
+    groups: list[tuple[str, list[str]]],
+    splits: list[str],
+    ratings: dict[tuple[int, int], int | None],
+) -> tuple[pd.DataFrame, list, list[str | None], list[str | None]]:
+    """A ranking of each pair of one instruction's responses, asked in both orders, beside the
+    ranking the ratings imply: the table, the annotator's judgments, the implied rankings and
+    the ranking labels (None where unread)."""
+    pairs = [
+        (g, i, j)
+        for g, (_, responses) in enumerate(groups)
+        for i, j in itertools.combinations(range(len(responses)), 2)
+    ]
+    judged = annotator.rank(
+        [groups[g][0] for g, _, _ in pairs],
+        [groups[g][1][i] for g, i, _ in pairs],
+        [groups[g][1][j] for g, _, j in pairs],
+        desc="feedback: rankings",
+    )
+    labels = [fb.ranking_label(j.verdict) for j in judged]
+    implied = [fb.implied_ranking(ratings[(g, i)], ratings[(g, j)]) for g, i, j in pairs]
+    rankings = pd.DataFrame(
+        {
+            "instruction_id": [g for g, _, _ in pairs],
+            "x_id": [i for _, i, _ in pairs],
+            "y_id": [j for _, _, j in pairs],
+            "instruction": [groups[g][0] for g, _, _ in pairs],
+            "response_x": [groups[g][1][i] for g, i, _ in pairs],
+            "response_y": [groups[g][1][j] for g, _, j in pairs],
+            "label": labels,
+            "implied": implied,
+            "answer_x_as_a": [j.answer_x_as_a for j in judged],
+            "answer_x_as_b": [j.answer_x_as_b for j in judged],
+            "split": [splits[g] for g, _, _ in pairs],
+        }
+    )
+    return rankings, judged, implied, labels
+
+
+def write_artifact(
+    workdir: Path,
+    ratings: pd.DataFrame,
+    rankings: pd.DataFrame,
+    summary: dict[str, Any],
+    result: fb.Consistency,
+) -> None:
+    write_parquet_redacted(workdir / RATINGS, ratings)
+    write_parquet_redacted(workdir / RANKINGS, rankings)
+    write_json_redacted(workdir / CONSISTENCY, summary)
+    write_text_redacted(workdir / "consistency.md", consistency_markdown(result) + "\n")
 
 
 def consistency_markdown(result: fb.Consistency) -> str:
@@ -353,16 +296,5 @@ def load_groups(cfg: DictConfig, job: StageJob) -> list[tuple[str, list[str]]]:
             for r in rows.itertuples()
             if str(r.chosen) != str(r.rejected)
         ]
-    from autorule.stages.generate import CANDIDATES, read_jsonl
-
-    path = job.input("generate") / CANDIDATES
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"feedback.source=generate reads {path}, which that generate artifact lacks; "
-            "delete the folder and re-run: the feedback stage samples it again"
-        )
-    prompts = {row["id"]: row["turns"][0] for row in read_jsonl(path.with_name("responses.jsonl"))}
-    groups = [
-        (str(prompts[row["id"]]), [str(c) for c in row["candidates"]]) for row in read_jsonl(path)
-    ]
+    groups = candidate_groups(job.input("generate"))
     return groups if limit is None else groups[: int(limit)]

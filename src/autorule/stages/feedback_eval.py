@@ -5,8 +5,9 @@ reference under both feedback protocols (the 2x2 of Bansal et al., ICLR 2024).
 
 For each training protocol (``ratings``, ``rankings``) the stage reads the generate artifact made
 with that protocol's reward model (``generate.best_of_reward=feedback_rm``, the config with
-``feedback_rm.protocol`` set to it); one missing is made first (feedback_rm, then generate, under
-that protocol), so one command runs the whole study. For each N of ``feedback_eval.n_values`` the
+``feedback_rm.protocol`` set to it): inputs under configs of their own, which the pipeline makes
+first when they are missing (feedback_rm, then generate, under that protocol), so one command
+runs the whole study. For each N of ``feedback_eval.n_values`` the
 pick is the best-scoring of the first N candidates of ``candidates.jsonl`` (the candidates are
 independent samples, so the first N are a best-of-N draw of their own).
 
@@ -26,7 +27,8 @@ The annotator (LLM role ``feedback.llm``, the feedback stage's templates) judges
 
 Win rate = (wins + 0.5 ties) / n with a 95% interval of 1.96 x SEM
 (:func:`autorule.evaluation.feedback_protocols.sem_win_rate`); unread or failed judgments are
-left out and counted.
+left out and counted, and failed ones make the artifact provisional (the next run asks again for
+them only).
 
 Artifact: ``win_rates.json`` (training protocol -> evaluation protocol -> N -> win rate),
 ``win_rate_vs_n.png`` and ``report.md`` (the feedback artifact's consistency table, each reward
@@ -44,10 +46,16 @@ from typing import Any
 from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_number, check_paths, with_values
+from autorule.core.files import read_jsonl, write_json_redacted, write_text_redacted
 from autorule.core.stage import StageSpec
 from autorule.evaluation import feedback_protocols as fb
-from autorule.evaluation.generation import best_index
-from autorule.stages import feedback
+from autorule.evaluation.annotators import (
+    annotator_line,
+    build_annotator,
+    check_annotator,
+    unused_settings,
+)
+from autorule.evaluation.responses import CANDIDATES, REFERENCE, RESPONSES, pick_for_n
 
 log = logging.getLogger(__name__)
 
@@ -88,30 +96,45 @@ def with_protocol(cfg: DictConfig, protocol: str) -> DictConfig:
     return with_values(cfg, {"feedback_rm.protocol": protocol})
 
 
-def fingerprint(cfg: DictConfig) -> dict[str, str | None]:
-    """The config hashes of the generate artifact of each protocol (the picks judged here), and
-    the content of the reference file when one is named."""
-    from autorule.core.artifacts import config_hash
-
-    found: dict[str, str | None] = {
-        p: config_hash(with_protocol(cfg, p), "generate") for p in PROTOCOLS
-    }
+def fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """What the references are, by content: AlpacaEval's (its files or hub id and revision) or
+    the reference file's (not its path)."""
     reference = cfg.feedback_eval.reference
-    if reference is not None and str(reference) == ALPACA_DAVINCI:
+    if reference is None:
+        return {}
+    if str(reference) == ALPACA_DAVINCI:
         from autorule.data.fingerprints import dataset_source
 
-        found["reference"] = dataset_source(*alpaca_location(cfg))
-    elif reference is not None:
-        from autorule.core.hashing import file_sha256
+        return {"reference": dataset_source(*alpaca_location(cfg))}
+    from autorule.core.hashing import file_sha256
 
-        path = Path(str(reference)).expanduser()
-        found["reference"] = file_sha256(path) if path.is_file() else None
-    return found
+    path = Path(str(reference)).expanduser()
+    return {"reference": file_sha256(path) if path.is_file() else None}
 
+
+def picks_configured(cfg: DictConfig) -> bool:
+    """Whether generate's settings rank best-of-N samples with a feedback reward model (the
+    picks this stage judges; :func:`check_picks` says what is wrong otherwise)."""
+    return int(cfg.generate.best_of_n) > 1 and cfg.generate.best_of_reward == "feedback_rm"
+
+
+# Each protocol's reward model and best-of-N picks: the feedback_rm and generate stages under
+# that protocol's config (made by the pipeline when missing).
+PER_PROTOCOL = {
+    f"{stage}_{protocol}": (stage, protocol)
+    for stage in ("feedback_rm", "generate")
+    for protocol in PROTOCOLS
+}
 
 SPEC = StageSpec(
     name="feedback_eval",
-    inputs=("feedback",),
+    inputs=("feedback", *PER_PROTOCOL),
+    input_stages={name: stage for name, (stage, _) in PER_PROTOCOL.items()},
+    input_configs={
+        name: (lambda cfg, p=protocol: with_protocol(cfg, p))
+        for name, (_, protocol) in PER_PROTOCOL.items()
+    },
+    only_if=dict.fromkeys(PER_PROTOCOL, picks_configured),
     keys=(
         "feedback_eval",
         "feedback.annotator",
@@ -124,7 +147,7 @@ SPEC = StageSpec(
     llm_roles=("feedback.llm",),
     # Where AlpacaEval is read: the fingerprint (content or hub id and revision) stands in.
     ignore=("feedback_eval.max_failed_calls", "feedback_eval.alpaca_eval"),
-    ignore_when=lambda cfg: feedback.unused_keys(cfg),
+    ignore_when=unused_settings,
     fingerprint=fingerprint,
 )
 
@@ -149,12 +172,12 @@ def check(cfg: DictConfig) -> None:
             f"feedback_eval.reference={reference} is not a file: name a JSON, JSONL or "
             f"parquet file of instructions and reference answers, {ALPACA_DAVINCI}, or null"
         )
-    feedback.check(cfg)  # the annotator's settings, as the feedback stage checks them
+    check_annotator(cfg)
 
 
 def check_picks(cfg: DictConfig) -> None:
     """The generate settings the picks need (checked when the stage runs: other stages run
-    with best_of_n=1)."""
+    with best_of_n=1; without them, the picks are no input and the pipeline makes nothing)."""
     section = cfg.feedback_eval
     if max(section.n_values) > int(cfg.generate.best_of_n):
         raise ConfigError(
@@ -169,20 +192,11 @@ def check_picks(cfg: DictConfig) -> None:
         )
 
 
-def pick_for_n(scores: Sequence[float], n: int) -> int:
-    """The index of the best-scoring of the first ``n`` candidates (the first on ties)."""
-    if not 1 <= n <= len(scores):
-        raise ValueError(f"best-of-{n} of {len(scores)} candidates")
-    return best_index(list(scores)[:n])
-
-
 def picks_and_references(
     folder: Path, n_values: Sequence[int], reference_file: tuple[str, dict[str, str]] | None = None
 ) -> dict[str, Any]:
     """Prompts, references and the pick of each N from one generate artifact; the references
     come from ``reference_file`` (its path, and its answers by instruction) when it is given."""
-    from autorule.stages.generate import CANDIDATES, REFERENCE, RESPONSES, read_jsonl
-
     if not (folder / CANDIDATES).is_file():
         raise FileNotFoundError(
             f"{folder / CANDIDATES} is missing: feedback_eval needs generate.best_of_n > 1"
@@ -235,29 +249,21 @@ def table(scores: dict[str, dict[str, dict[int, list[float | None]]]]) -> dict[s
 
 
 def run(cfg: DictConfig) -> Path:
-    from autorule.core.artifacts import StageJob, artifact_path, read_manifest
-    from autorule.stages import feedback_rm, generate
+    from autorule.core.artifacts import StageJob
 
     check(cfg)
     check_picks(cfg)
     section = cfg.feedback_eval
     n_values = sorted({int(n) for n in section.n_values})
-    configs = {p: with_protocol(cfg, p) for p in PROTOCOLS}
-    for protocol, pcfg in configs.items():
-        if read_manifest(artifact_path(pcfg, "generate")) is None:
-            log.info("[feedback_eval] making the %s reward model's best-of-N picks", protocol)
-            feedback_rm.run(pcfg)
-            generate.run(pcfg)
-
     with StageJob(cfg, SPEC.name) as job:
         if job.done:
             return job.path
         consistency_md = (job.input("feedback") / "consistency.md").read_text()
         reference_file = reference_answers(cfg)  # read once, for both protocols' picks
         data, accuracies, pair_counts = {}, {}, {}
-        for protocol, pcfg in configs.items():
-            folder = job.input_as(f"generate_{protocol}", "generate", pcfg)
-            rm = job.input_as(f"feedback_rm_{protocol}", "feedback_rm", pcfg)
+        for protocol in PROTOCOLS:
+            folder = job.input(f"generate_{protocol}")
+            rm = job.input(f"feedback_rm_{protocol}")
             data[protocol] = picks_and_references(folder, n_values, reference_file)
             metrics = json.loads((rm / "metrics.json").read_text())
             accuracies[protocol] = {
@@ -266,7 +272,7 @@ def run(cfg: DictConfig) -> Path:
             pair_counts[protocol] = {
                 k: metrics.get(f"heldout_{k}_pairs") for k in ("rankings", "ratings")
             }
-        annotator = feedback.build_annotator(cfg)
+        annotator = build_annotator(cfg)
         scores, failed, unread = judge_all(annotator, data, n_values)
         if failed > int(section.max_failed_calls):
             raise RuntimeError(
@@ -283,9 +289,9 @@ def run(cfg: DictConfig) -> Path:
             "heldout_pairs": pair_counts,
             "annotator": annotator.describe(),
         }
-        (job.workdir / WIN_RATES).write_text(json.dumps(result, indent=2) + "\n")
+        write_json_redacted(job.workdir / WIN_RATES, result)
         plot(result, job.workdir / PLOT)
-        (job.workdir / REPORT).write_text(report(result, consistency_md))
+        write_text_redacted(job.workdir / REPORT, report(result, consistency_md))
         return job.commit(
             {"prompts": sum(result["prompts"].values()), "failed_calls": failed, "unread": unread}
         )
@@ -346,7 +352,7 @@ def report(result: dict[str, Any], consistency_md: str) -> str:
     lines = [
         "# Ratings vs rankings",
         "",
-        feedback.annotator_line(result["annotator"]),
+        annotator_line(result["annotator"]),
         "",
         "## Consistency of the annotator's two protocols",
         "",
@@ -383,10 +389,7 @@ def report(result: dict[str, Any], consistency_md: str) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Win rate against N, a line per reward model and evaluation protocol, with intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from autorule.evaluation.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for trained, by_judged in result["win_rates"].items():
@@ -409,6 +412,4 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("N (best of N)")
     ax.set_ylabel("win rate against the reference")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

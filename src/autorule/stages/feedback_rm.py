@@ -249,7 +249,7 @@ def train(
     from transformers import TrainingArguments, set_seed
 
     from autorule.data.models import load_tokenizer, resolve
-    from autorule.stages.feedback import RANKINGS, RATINGS
+    from autorule.evaluation.feedback_protocols import RANKINGS, RATINGS
 
     section = cfg.feedback_rm
     protocol = str(section.protocol)

@@ -31,8 +31,8 @@ the models and the prompt set.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,10 +40,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from autorule.core.artifacts import StageJob, read_manifest
+from autorule.core.artifacts import StageJob
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
+from autorule.core.files import write_json_redacted, write_jsonl
 from autorule.core.hashing import file_sha256
 from autorule.core.stage import StageSpec
+from autorule.data.fingerprints import folder_identity
 from autorule.evaluation import prompt_sets
 from autorule.evaluation.generation import (
     BACKENDS,
@@ -53,23 +55,22 @@ from autorule.evaluation.generation import (
     Sample,
     Sampling,
     best_index,
-    later_turn_prompt,
 )
+from autorule.evaluation.responses import (
+    CANDIDATES,
+    CHECKPOINTS_DIR,
+    MODEL_STAGES,
+    REFERENCE,
+    RESPONSES,
+    SAMPLING,
+    prompt_formatter,
+)
+from autorule.rewards import registry as rewards
 
 log = logging.getLogger(__name__)
 
-# Stages whose artifact holds a policy in model/ (a value of generate.model names one of them).
-MODEL_STAGES = ("sft", "grpo")
 BASE = "base"  # generate.model=base: model.name_or_path, the untrained base model
 MODEL_DIR = "model"
-CHECKPOINTS_DIR = "checkpoints"  # a training stage's kept checkpoints: checkpoint-<step>/
-RESPONSES = "responses.jsonl"
-REFERENCE = "reference.jsonl"
-CANDIDATES = "candidates.jsonl"
-SAMPLING = "sampling.json"
-# Reward terms whose scores need an upstream artifact (best-of-N): term -> stage.
-TERM_INPUTS = {"rm": "rm", "feedback_rm": "feedback_rm"}
-RULE_TERMS = ("rules",)  # reward terms that check the rule set
 PROMPT_FORMATS = ("plain", "chat_template")  # preprocess.prompt_format
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 
@@ -99,30 +100,23 @@ def reads_prompt_split(cfg: DictConfig) -> bool:
     return prompt_sets.kind(str(cfg.generate.prompts)) == "split"
 
 
+def ranking_terms(cfg: DictConfig) -> list[str]:
+    """The reward term that ranks the samples, as a list (empty when none ranks them)."""
+    term = ranking_term(cfg)
+    return [] if term is None else [term]
+
+
 def ignored_keys(cfg: DictConfig) -> tuple[str, ...]:
-    keys: tuple[str, ...] = ()
-    if ranking_term(cfg) is None:  # the reward terms' settings matter only when they rank samples
-        keys += ("rewards", "judge")
+    keys = rewards.unhashed_keys(cfg, ranking_terms(cfg))
     if BASE not in model_values(cfg):  # the base model is read only as generate.model=base
         keys += ("model.name_or_path", "model.tiny")
     return keys
 
 
-def folder_identity(folder: Path) -> dict[str, Any]:
-    """A model folder's identity: its autorule artifact's content hash when it lies in one (cheap),
-    else the sha256 of its files."""
-    for parent in (folder, *folder.parents[:2]):
-        manifest = read_manifest(parent)
-        if manifest and manifest.get("artifact_hash"):
-            return {"artifact": manifest["artifact_hash"], "sub": str(folder.relative_to(parent))}
-    from autorule.data.fingerprints import folder_fingerprint
-
-    return {"files": folder_fingerprint(folder)}
-
-
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    """What generate reads from outside paths.root: model folders, hub ids, a prompt file."""
-    found: dict[str, Any] = {}
+    """What generate reads from outside paths.root: model folders (the policies and the ranking
+    term's), hub ids, a prompt file."""
+    found: dict[str, Any] = rewards.model_fingerprints(cfg, ranking_terms(cfg))
     for value in model_values(cfg):
         if value in MODEL_STAGES or value == BASE:
             continue
@@ -138,20 +132,21 @@ def fingerprint(cfg: DictConfig) -> dict[str, Any]:
 
 
 # The whole generate section decides the responses except the keys that only change speed or
-# where they run; a stage named as a model is an input (only when named), and so is the reward
-# model or the rule set that ranks best-of-N samples.
+# where they run; a stage named as a model is an input (only when named), and so is what the
+# reward term that ranks best-of-N samples reads (its artifact, its settings, the rule set: the
+# term's declaration in the reward registry).
 SPEC = StageSpec(
     name="generate",
-    inputs=("preprocess", *MODEL_STAGES, *TERM_INPUTS.values()),
+    inputs=("preprocess", *MODEL_STAGES),
+    inputs_when=lambda cfg: rewards.artifact_inputs(cfg, ranking_terms(cfg)),
     keys=(
         "generate",
         "preprocess.prompt_format",
         "preprocess.plain_template",
         "model.name_or_path",
         "model.tiny",
-        "rewards",
-        "judge",
     ),
+    keys_when=lambda cfg: rewards.hashed_sections(ranking_terms(cfg)),
     ignore=(
         "generate.backend",
         "generate.batch_size",
@@ -163,12 +158,8 @@ SPEC = StageSpec(
     only_if={
         "preprocess": reads_prompt_split,
         **{stage: (lambda cfg, s=stage: samples_stage(cfg, s)) for stage in MODEL_STAGES},
-        **{
-            stage: (lambda cfg, s=stage: TERM_INPUTS.get(ranking_term(cfg)) == s)
-            for stage in TERM_INPUTS.values()
-        },
     },
-    uses_rules=lambda cfg: ranking_term(cfg) in RULE_TERMS,
+    uses_rules=lambda cfg: rewards.uses_rules(ranking_terms(cfg)),
     ignore_when=ignored_keys,
     fingerprint=fingerprint,
 )
@@ -197,6 +188,8 @@ def check(cfg: DictConfig) -> None:
             f"generate.best_of_n={section.best_of_n} needs sampling (generate.temperature > 0): "
             "greedy decoding gives the same answer N times"
         )
+    for key in ("generate.model", "generate.reference"):
+        check_model_folder(OmegaConf.select(cfg, key), key)
     if section.checkpoints and str(section.model) not in MODEL_STAGES:
         raise ConfigError(
             f"generate.checkpoints=true samples the checkpoints a training stage kept; "
@@ -285,7 +278,7 @@ def run(cfg: DictConfig) -> Path:
             "reference": None if section.reference is None else str(section.reference),
             "models": records,
         }
-        (job.workdir / SAMPLING).write_text(json.dumps(info, indent=2) + "\n")
+        write_json_redacted(job.workdir / SAMPLING, info)
         return job.commit(counts, extra={"generate": {"backend": backend, "models": records}})
 
 
@@ -326,25 +319,6 @@ def stop_strings(cfg: DictConfig) -> tuple[str, ...]:
     return (head,) if head else ()
 
 
-def prompt_formatter(cfg: DictConfig, tokenizer_path: str) -> Callable:
-    """``format(turns, answers)``: the prompt of the next turn, as the policy was trained."""
-    if str(cfg.preprocess.prompt_format) == "plain":
-        template = str(cfg.preprocess.plain_template)
-        return lambda turns, answers: later_turn_prompt(template, turns, answers)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-
-    def chat(turns: Sequence[str], answers: Sequence[str]) -> str:
-        messages = []
-        for q, a in zip(turns, answers, strict=False):
-            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        messages.append({"role": "user", "content": turns[len(answers)]})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    return chat
-
-
 def category_temperatures(section: DictConfig, items: list[Conversation]) -> list[float] | None:
     """Per-prompt temperatures from ``generate.category_temperature`` (None: one for all)."""
     table = OmegaConf.to_container(section.category_temperature) or {}
@@ -372,6 +346,18 @@ def resolve_models(cfg: DictConfig, inputs: dict[str, Path]) -> dict[str, tuple[
         for step, folder in kept_checkpoints(inputs[value], value):
             models[f"step-{step}"] = (str(folder), tokenizer_of(folder, inputs[value] / MODEL_DIR))
     return models
+
+
+def check_model_folder(value: Any, key: str) -> None:
+    """Refuses a model path that is a symbolic link to nothing: read as a hub id, it would fail
+    later inside transformers without naming the link."""
+    if value is None or str(value) in (*MODEL_STAGES, BASE):
+        return
+    path = Path(str(value)).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(
+            f"{key}={value} is a symbolic link to {os.readlink(path)}, which does not exist"
+        )
 
 
 def resolve_model(
@@ -464,24 +450,20 @@ def score_with_term(
     cfg: DictConfig, inputs: dict[str, Path], term: str, flat: list[tuple[str, str]]
 ) -> list[float]:
     """Reward term ``term``'s scores of (formatted prompt, completion) pairs."""
-    from autorule.rewards import registry
-
     rules: list[str] = []
     source = "no rule set"
     if SPEC.reads_rules(cfg):
         from autorule.rules.ruleset import load_rules, rules_source
 
         rules, source = load_rules(cfg, inputs), rules_source(cfg, inputs)
-    context = registry.RewardContext(
-        cfg=cfg, rm_folder=inputs.get("rm"), rules=rules, rules_source=source
+    context = rewards.RewardContext(
+        cfg=cfg, rm_folder=inputs.get("rm"), rules=rules, rules_source=source, inputs=dict(inputs)
     )
-    [reward] = registry.build_reward_funcs([term], context)
+    [reward] = rewards.build_reward_funcs([term], context)
     try:
         scores = reward(prompts=[p for p, _ in flat], completions=[c for _, c in flat])
     finally:
-        close = getattr(registry, "close_all", None)
-        if close is not None:
-            close([reward])
+        rewards.close_all([reward])
     if len(scores) != len(flat):
         raise ValueError(f"reward term {term!r} gave {len(scores)} scores for {len(flat)}")
     return list(scores)
@@ -514,14 +496,3 @@ def output_file(workdir: Path, label: str) -> Path:
 
 def label_key(label: str) -> str:
     return label.replace("-", "_")
-
-
-def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]

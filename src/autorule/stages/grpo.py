@@ -53,7 +53,9 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_choice, check_number, check_paths
+from autorule.core.files import write_json_redacted, write_jsonl
 from autorule.core.stage import StageSpec
+from autorule.rewards import registry as rewards
 from autorule.training import lora
 from autorule.training.arguments import MODEL, check_training, runtime_keys
 from autorule.training.launch import check_launcher, run_training, world_size
@@ -64,8 +66,13 @@ RULE_TABLE = "rule_satisfaction.json"
 LOG_HISTORY = "log_history.jsonl"
 
 
+def terms(cfg: Any) -> list[str]:
+    """The reward terms in use: ``grpo.rewards``."""
+    return [str(name) for name in cfg.grpo.rewards]
+
+
 def uses_term(cfg: Any, name: str) -> bool:
-    return name in list(cfg.grpo.rewards)
+    return name in terms(cfg)
 
 
 def on_openrlhf(cfg: Any) -> bool:
@@ -73,9 +80,15 @@ def on_openrlhf(cfg: Any) -> bool:
     return str(cfg.grpo.get("engine", "trl")) == "openrlhf"
 
 
+def scored_terms(cfg: Any) -> list[str]:
+    """The terms this stage's own processes compute: all of ``grpo.rewards`` on TRL, none on
+    OpenRLHF (the reward server scores them, and its artifact is the input)."""
+    return [] if on_openrlhf(cfg) else terms(cfg)
+
+
 def scores_here(cfg: Any, name: str) -> bool:
     """Whether this stage's own processes compute the term ``name`` (TRL only)."""
-    return uses_term(cfg, name) and not on_openrlhf(cfg)
+    return name in scored_terms(cfg)
 
 
 def reads_rm_on_openrlhf(cfg: Any) -> bool:
@@ -95,38 +108,39 @@ def reward_server_used(cfg: Any) -> bool:
     return on_openrlhf(cfg) and served_reward(cfg.grpo)
 
 
-# Sections that only one reward term reads, besides its own rewards.<term>.
-TERM_SECTIONS = {"rules": "judge", "rubric": "rubric"}
+def read_artifacts(cfg: Any) -> tuple[str, ...]:
+    """The artifacts of the terms this stage computes (their declarations in the reward
+    registry), and the rm artifact when OpenRLHF reads it."""
+    found = rewards.artifact_inputs(cfg, scored_terms(cfg))
+    return (*found, "rm") if reads_rm_on_openrlhf(cfg) else found
 
 
-def unused_reward_settings(cfg: Any) -> tuple[str, ...]:
-    """Settings of reward terms this run does not use, and the judge or the rubric grader when no
-    term needs it: left out of the hash, so the baseline's artifact ignores the judge's model.
-    LoRA's alpha is left out too when no adapter is trained."""
-    used = set(cfg.grpo.rewards)
-    keys = [
-        f"rewards.{name}"
-        for name, value in (cfg.get("rewards") or {}).items()
-        if name not in used and isinstance(value, Mapping)
-    ]
-    keys += [section for term, section in TERM_SECTIONS.items() if term not in used]
-    # TRL runs hash as before the engine switch; on OpenRLHF the reward server (an input) covers
-    # the reward settings it reads.
-    keys += ["grpo.engine", "grpo.openrlhf"] if not on_openrlhf(cfg) else []
-    return (*keys, *lora.unused_keys(cfg, "grpo"))
+def unused_settings(cfg: Any) -> tuple[str, ...]:
+    """Keys that decide nothing under ``cfg``: a model-folder key of a term (its folder is
+    hashed by content instead), the engine's settings on TRL (TRL runs hash as before the
+    engine switch; on OpenRLHF the reward server, an input, covers what it reads), LoRA's alpha
+    when no adapter is trained."""
+    engine = ("grpo.engine", "grpo.openrlhf") if not on_openrlhf(cfg) else ()
+    return (
+        *rewards.unhashed_keys(cfg, scored_terms(cfg)),
+        *engine,
+        *lora.unused_keys(cfg, "grpo"),
+    )
 
 
-def rubric_file_fingerprint(cfg: Any) -> dict[str, str] | None:
-    """The content hash of ``grpo.rubric_file`` (its path is not hashed: two clones share)."""
+def fingerprint(cfg: Any) -> dict[str, Any] | None:
+    """What grpo reads from outside paths.root, by content: ``grpo.rubric_file`` and the model
+    folders reward terms are pointed at (their paths are not hashed: two clones share)."""
+    found: dict[str, Any] = rewards.model_fingerprints(cfg, scored_terms(cfg))
     path = cfg.grpo.get("rubric_file")
-    if not path:
-        return None
-    file = Path(str(path)).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"grpo.rubric_file={path} is not a file (a rubric JSONL file)")
-    from autorule.core.hashing import file_sha256
+    if path:
+        file = Path(str(path)).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"grpo.rubric_file={path} is not a file (a rubric JSONL file)")
+        from autorule.core.hashing import file_sha256
 
-    return {"rubric_file": file_sha256(file)}
+        found["rubric_file"] = file_sha256(file)
+    return found or None
 
 
 def trainer_args(section: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,29 +181,23 @@ def trainer_args(section: Mapping[str, Any]) -> dict[str, Any]:
 # Generation through vLLM or transformers samples the same distribution: speed, not output.
 _RUNTIME = runtime_keys("grpo") + ("grpo.use_vllm", "grpo.vllm_mode")
 
+# What the reward terms read (their artifacts, their settings, the rule set) comes from their
+# declarations in the reward registry, for the terms in use only: the baseline's artifact does
+# not move with the judge's settings, and a retrained reward model moves the artifact.
 SPEC = StageSpec(
     name="grpo",
-    inputs=("preprocess", "sft", "rm", "cloud", "reward_server"),
+    inputs=("preprocess", "sft", "reward_server"),
+    inputs_when=read_artifacts,
     only_if={
-        "rm": lambda cfg: scores_here(cfg, "rm") or reads_rm_on_openrlhf(cfg),
-        # The cloud term reads this config's cloud artifact unless rewards.cloud.model names one.
-        "cloud": lambda cfg: scores_here(cfg, "cloud") and not cfg.rewards.cloud.model,
         "preprocess": lambda cfg: not cfg.grpo.get("rubric_file"),
         # On OpenRLHF the reward server scores, and its artifact records what it reads.
         "reward_server": reward_server_used,
     },
     # Rubric prompts come from the preprocess artifact of the rubric dataset.
     input_datasets={"preprocess": "grpo.rubric_dataset"},
-    uses_rules=lambda cfg: scores_here(cfg, "rules"),
-    keys=(
-        "grpo",
-        "rewards",
-        "judge",
-        "rubric",
-        "model.name_or_path",
-        "model.tiny",
-        "model.pad_token",
-    ),
+    uses_rules=lambda cfg: rewards.uses_rules(scored_terms(cfg)),
+    keys=("grpo", "model.name_or_path", "model.tiny", "model.pad_token"),
+    keys_when=lambda cfg: rewards.hashed_sections(terms(cfg)),
     # The rubric file is identified by its content (the fingerprint), not its path; the debug
     # view only prints.
     ignore=(
@@ -199,8 +207,8 @@ SPEC = StageSpec(
         "grpo.concurrent_rewards",
         "grpo.openrlhf.ray_address",  # where the job is submitted, not what it trains
     ),
-    ignore_when=unused_reward_settings,
-    fingerprint=rubric_file_fingerprint,
+    ignore_when=unused_settings,
+    fingerprint=fingerprint,
     llm_roles=("judge.llm", "rubric.grader"),
     trains=True,
     resumable=True,
@@ -517,6 +525,7 @@ def reward_context(cfg: DictConfig, inputs: dict[str, Path], tokenizer):
         rm_folder=inputs.get("rm"),
         rules=load_rules(cfg, inputs) if reads else [],
         rules_source=rules_source(cfg, inputs) if reads else "no rule set",
+        inputs=dict(inputs),
         tokenizer=tokenizer,
         max_completion_length=int(cfg.grpo.max_completion_length),
     )
@@ -653,12 +662,10 @@ def train(
     if SPEC.reads_rules(cfg):
         metrics["steps_with_failed_verdicts"] = steps_with_failed_verdicts(history)
     if trainer.is_world_process_zero():
-        with open(workdir / LOG_HISTORY, "w") as f:
-            for entry in history:
-                f.write(json.dumps(entry, sort_keys=True) + "\n")
+        write_jsonl(workdir / LOG_HISTORY, history)
         if SPEC.reads_rules(cfg):
             table = rule_table(history, rules)
-            (workdir / RULE_TABLE).write_text(json.dumps(table, indent=2) + "\n")
+            write_json_redacted(workdir / RULE_TABLE, table)
             metrics["rules"] = len(table)
     save(trainer, workdir, metrics, keep_checkpoints=bool(cfg.grpo.keep_checkpoints))
     if cfg.grpo.lora_rank is not None:

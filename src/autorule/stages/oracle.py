@@ -53,6 +53,7 @@ from autorule.evaluation.annotators import (
     resolve_kind,
 )
 from autorule.evaluation.pairwise import PairJudgment
+from autorule.evaluation.responses import candidates
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,6 @@ def unused_keys(cfg: DictConfig) -> tuple[str, ...]:
 
 def check(cfg: DictConfig) -> None:
     """Refuses settings that cannot work before any call is paid for."""
-    from autorule.core.stage import load
     from autorule.llm import check_role
 
     check_paths(cfg)
@@ -128,8 +128,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"oracle.template lacks the placeholder(s) {missing}")
     if annotator_kind(cfg) == "llm":
         check_role(cfg, "oracle.llm")
-    samples = samples_config(cfg)
-    load("generate", samples).check(samples)  # the sampling, before any call is paid for
+    # The sampling is the generate stage's check, which the pipeline runs under samples_config
+    # beside this one (autorule.pipeline.check_stages), before any call is paid for.
 
 
 def build_annotator(cfg: DictConfig) -> Annotator:
@@ -153,7 +153,7 @@ def run(cfg: DictConfig) -> Path:
         section = cfg.oracle
 
         # ---- load: several answers per prompt, every pair of distinct answers
-        groups = load_groups(job.input("generate"))
+        groups = candidates(job.input("generate"))
         pairs, identical = answer_pairs(groups)
         log.info("[oracle] %d prompts, %d pairs to judge", len(groups), len(pairs))
 
@@ -185,23 +185,6 @@ def run(cfg: DictConfig) -> Path:
         counts.update(prompts=len(groups), identical_answers=identical)
         log.info("[oracle] %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         return job.commit(counts, extra={"annotator": annotator.describe()})
-
-
-def load_groups(folder: Path) -> list[dict]:
-    """(prompt id, prompt, answers) of each prompt of a generate artifact's candidates."""
-    from autorule.stages.generate import CANDIDATES, RESPONSES, read_jsonl
-
-    path = folder / CANDIDATES
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"the oracle reads {path}, which that generate artifact lacks; delete the folder "
-            "and re-run: the pipeline samples it again"
-        )
-    prompts = {row["id"]: str(row["turns"][0]) for row in read_jsonl(folder / RESPONSES)}
-    return [
-        {"id": str(row["id"]), "prompt": prompts[row["id"]], "answers": list(row["candidates"])}
-        for row in read_jsonl(path)
-    ]
 
 
 def answer_pairs(groups: list[dict]) -> tuple[list[dict], int]:

@@ -19,11 +19,9 @@ open batch is finished, the port closed). With an up-to-date artifact it serves 
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from omegaconf import DictConfig
 
 from autorule.core.config import ConfigError, check_number, check_paths
 from autorule.core.stage import StageSpec
+from autorule.rewards import registry as rewards
 from autorule.training.arguments import MODEL
 
 log = logging.getLogger(__name__)
@@ -38,43 +37,30 @@ log = logging.getLogger(__name__)
 SERVER_FILE = "server.json"
 
 
-def uses_term(cfg: Any, name: str) -> bool:
-    return name in list(cfg.grpo.rewards)
+def terms(cfg: Any) -> list[str]:
+    """The terms served: ``grpo.rewards``."""
+    return [str(name) for name in cfg.grpo.rewards]
 
 
-def unused_reward_settings(cfg: Any) -> tuple[str, ...]:
-    """Settings of terms not served, and of the judge or rubric grader when no term needs them."""
-    used = set(cfg.grpo.rewards)
-    keys = [
-        f"rewards.{name}"
-        for name, value in (cfg.get("rewards") or {}).items()
-        if name not in used and isinstance(value, Mapping)
-    ]
-    sections = {"rules": "judge", "rubric": "rubric"}
-    return (*keys, *(section for term, section in sections.items() if term not in used))
-
-
+# What the served terms read (their artifacts, settings, the rule set, model folders by
+# content) comes from their declarations in the reward registry.
 SPEC = StageSpec(
     name="reward_server",
-    inputs=("sft", "rm", "cloud"),
-    only_if={
-        "rm": lambda cfg: uses_term(cfg, "rm"),
-        "cloud": lambda cfg: uses_term(cfg, "cloud") and not cfg.rewards.cloud.model,
-    },
-    uses_rules=lambda cfg: uses_term(cfg, "rules"),
+    inputs=("sft",),
+    inputs_when=lambda cfg: rewards.artifact_inputs(cfg, terms(cfg)),
+    uses_rules=lambda cfg: rewards.uses_rules(terms(cfg)),
     keys=(
         "grpo.rewards",
         "grpo.reward_weights",
         "grpo.max_completion_length",
-        "rewards",
-        "judge",
-        "rubric",
         "model.name_or_path",
         "model.tiny",
         "model.pad_token",
     ),
+    keys_when=lambda cfg: rewards.hashed_sections(terms(cfg)),
     ignore=("rubric.debug_examples",),
-    ignore_when=unused_reward_settings,
+    ignore_when=lambda cfg: rewards.unhashed_keys(cfg, terms(cfg)),
+    fingerprint=lambda cfg: rewards.model_fingerprints(cfg, terms(cfg)) or None,
     llm_roles=("judge.llm", "rubric.grader"),
 )
 
@@ -126,6 +112,7 @@ def build_server(cfg: DictConfig, inputs: dict[str, Path], port: int | None = No
     context = RewardContext(
         cfg=cfg,
         rm_folder=inputs.get("rm"),
+        inputs=dict(inputs),
         rules=rules,
         device=section.device,
         tokenizer=tokenizer,
@@ -156,7 +143,7 @@ def prepare(cfg: DictConfig) -> tuple[Path, dict[str, Path]]:
     """Resolves the inputs and records them in the artifact (``server.json`` and the manifest);
     returns the artifact's folder and the inputs."""
     from autorule.core.artifacts import StageJob
-    from autorule.core.files import write_text_atomic
+    from autorule.core.files import write_json_redacted
     from autorule.rewards.server import advertised_url
     from autorule.rules.ruleset import load_rules
 
@@ -172,7 +159,7 @@ def prepare(cfg: DictConfig) -> tuple[Path, dict[str, Path]]:
                 "url": advertised_url(cfg.reward_server),
                 "inputs": {name: str(folder) for name, folder in inputs.items()},
             }
-            write_text_atomic(job.workdir / SERVER_FILE, json.dumps(record, indent=2) + "\n")
+            write_json_redacted(job.workdir / SERVER_FILE, record)
             job.commit({"terms": len(terms), "rules": len(rules)})
     return job.path, inputs
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from autorule.core.files import write_json_redacted
 from autorule.core.stage import get_spec
 from autorule.training.arguments import (
     CHECKPOINTS,
@@ -172,7 +173,7 @@ def save(trainer, workdir: Path, metrics: dict[str, Any], keep_checkpoints: bool
     trainer.save_model(str(workdir / MODEL))
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(str(workdir / MODEL))
-        (workdir / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_json_redacted(workdir / METRICS, metrics)
         if keep_checkpoints:
             keep_models_only(workdir / CHECKPOINTS)
         else:

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from omegaconf import open_dict
 
-from autorule.core import artifacts
+from autorule.core import job as job_module
 from autorule.core import stage as stage_registry
 from autorule.core.artifacts import (
     StageInputError,
@@ -91,7 +91,7 @@ def test_second_run_does_no_work_and_says_so(make_cfg, caplog):
     cfg = make_cfg()
     job, _ = run_up(cfg)
     mtime = (job.path / "manifest.json").stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="autorule.core.artifacts"):
+    with caplog.at_level(logging.INFO, logger="autorule.core.job"):
         _, ran = run_up(cfg)
     assert not ran
     assert "nothing to do" in caplog.text
@@ -206,7 +206,7 @@ def test_crash_mid_stage_leaves_nothing_complete(make_cfg):
 def test_crash_during_commit_swap_leaves_nothing_complete(make_cfg, monkeypatch):
     cfg = make_cfg()
     run_up(cfg)
-    real_rename = artifacts.os.rename
+    real_rename = job_module.os.rename
     calls = []
 
     def flaky(src, dst):
@@ -215,10 +215,10 @@ def test_crash_during_commit_swap_leaves_nothing_complete(make_cfg, monkeypatch)
             raise KeyboardInterrupt
         return real_rename(src, dst)
 
-    monkeypatch.setattr(artifacts.os, "rename", flaky)
+    monkeypatch.setattr(job_module.os, "rename", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_up(set_force(make_cfg()), nonce=True)
-    monkeypatch.setattr(artifacts.os, "rename", real_rename)
+    monkeypatch.setattr(job_module.os, "rename", real_rename)
     assert not artifact_path(cfg, "up").exists()
     assert not is_up_to_date(cfg, "up")[0]
 

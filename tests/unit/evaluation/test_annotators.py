@@ -5,7 +5,12 @@ import pytest
 
 from autorule.core.artifacts import config_hash
 from autorule.core.config import ConfigError
-from autorule.evaluation.annotators import HeuristicAnnotator, distinct_share, words
+from autorule.evaluation.annotators import (
+    HeuristicAnnotator,
+    annotator_kind,
+    distinct_share,
+    words,
+)
 from autorule.stages import feedback, feedback_eval
 
 
@@ -51,7 +56,7 @@ SERVED = ("llm@feedback.llm=openai", "feedback.llm.model=served-annotator")
 
 
 def test_auto_picks_the_stand_in_only_for_the_tiny_random_model(make_cfg):
-    kind = feedback.annotator_kind
+    kind = annotator_kind
     assert kind(make_cfg()) == "heuristic"  # the tiny profile's role is the tiny model
     assert kind(make_cfg(*SERVED)) == "llm"
     assert kind(make_cfg("feedback.llm.model=/models/annotator")) == "llm"
@@ -93,8 +98,12 @@ def test_only_the_annotator_in_use_decides_the_artifact(make_cfg, stage):
 
 
 def test_the_sampling_of_the_answers_to_annotate_is_checked_up_front(make_cfg):
+    """The samples are an input under a config of their own: the pipeline checks the generate
+    stage under that config with the feedback stage, before any call is paid for."""
+    from autorule.pipeline import check_stages
+
     cfg = make_cfg("feedback.source=generate", "generate.temperature=0")
     with pytest.raises(ConfigError, match="generate.best_of_n=5 needs sampling"):
-        feedback.check(cfg)
+        check_stages(cfg, ["feedback"])
     with pytest.raises(ConfigError, match="feedback.responses_per_instruction"):
         feedback.check(make_cfg("feedback.source=generate", "feedback.responses_per_instruction=1"))

@@ -21,6 +21,12 @@ from autorule.evaluation.pairwise import verdicts_from_answers
         ("Great answer.\nRating: 9", None),  # off the scale
         ("Great answer.\nRating: 0", None),
         ("I would give it a six.", None),
+        ("Rating: " + "9" * 5000, None),  # past Python's int-digits limit: no crash
+        ("Rating: 0006", None),  # more than three digits
+        ("Rating: \uff15", None),  # a full-width 5
+        ("Quoting the response: 'Rating: 7'\nRating: 2", 2),  # a quote that is not a line
+        ("The response ends:\nRating: 7\nMy verdict:\nRating: 2", None),  # copies disagree
+        ("Rating: 5\nTo repeat:\nRating: 5", 5),  # copies that agree
         ("", None),
         (None, None),
     ],

@@ -29,9 +29,14 @@ def test_rankings_are_read_as_data_and_malformed_ones_are_unparsed(answer, best)
     assert parse_ranking(answer)[0] == best
 
 
-def test_a_later_ranking_overrides_an_earlier_example():
-    answer = f"The form is {A_FIRST}. My ranking:\n{B_FIRST}"
-    assert parse_ranking(answer) == ("B", "literal")
+def test_rankings_that_disagree_leave_the_answer_unparsed_and_agreeing_ones_read():
+    # A ranking quoted from a response (or the form restated) that names the other winner must
+    # not decide the pair, whichever comes last: the answer is unparsed, as with verdict lines.
+    assert parse_ranking(f"The form is {A_FIRST}. My ranking:\n{B_FIRST}") == (None, "")
+    assert parse_ranking(f"{B_FIRST}\nThe response said: {A_FIRST}") == (None, "")
+    assert parse_ranking(f"The form is {A_FIRST}. Mine:\n{A_FIRST}") == ("A", "json")
+    # A list that is not a ranking (a response's data) does not count as a copy.
+    assert parse_ranking(f"It returned [1, 2]. {B_FIRST}") == ("B", "literal")
 
 
 def test_both_orders_a_disagreement_is_a_tie_and_unparsed_answers_are_counted():

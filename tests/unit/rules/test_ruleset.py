@@ -124,6 +124,29 @@ def test_rules_from_the_extract_artifact_are_a_recorded_input(tmp_path, rules_of
     assert manifest["inputs"]["extract"]["path"] == extract
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "problem"),
+    [
+        # a tag that would build a Python object: refused by the safe loader, with the file named
+        (
+            "rules.yaml",
+            b'!!python/object/apply:os.system ["echo owned"]\n',
+            "is not plain YAML (line 1, column 1): could not determine a constructor",
+        ),
+        ("rules.yaml", b"rules: [unclosed\n", "is not plain YAML (line 2, column 1)"),
+        ("rules.json", b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not UTF-8 text (byte 0"),
+        ("rules.yaml", b"- ok\n- caf\xe9\n", "is not UTF-8 text (byte 10"),
+    ],
+)
+def test_a_rule_file_that_cannot_be_read_is_named(tmp_path, name, content, problem):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        read_rules_file(path)
+    assert str(err.value).startswith(f"rule file {path} ")
+    assert problem in str(err.value)
+
+
 def test_the_manifest_records_the_rule_file_as_it_was_read(tmp_path, rules_of):
     from autorule.core.hashing import file_sha256
 

@@ -1,5 +1,7 @@
 """The evaluation stages refuse settings that cannot work, naming the key, before any work."""
 
+import re
+
 import pytest
 
 from autorule.core.config import ConfigError, compose
@@ -39,3 +41,15 @@ def test_bad_settings_fail_before_any_work(tmp_path, overrides, message):
     with pytest.raises((ConfigError, ValueError), match=message.replace("[", r"\[")):
         run_stage(cfg)
     assert not any(tmp_path.iterdir()), "nothing may be written"
+
+
+@pytest.mark.parametrize("key", ["generate.model", "generate.reference"])
+def test_a_dangling_symlink_as_the_model_is_named(tmp_path, key):
+    link = tmp_path / "my-model"
+    link.symlink_to(tmp_path / "deleted-checkpoint")
+    root = tmp_path / "root"
+    cfg = compose(["stage=generate", f"paths.root={root}", f"{key}={link}"])
+    message = f"{key}={link} is a symbolic link to {tmp_path / 'deleted-checkpoint'}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_stage(cfg)
+    assert not root.exists(), "nothing may be written"
