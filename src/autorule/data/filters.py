@@ -68,30 +68,30 @@ def filter_rows(
 ) -> tuple[list[int], dict[str, int]]:
     """Indices of the rows to keep and the number dropped per reason.
 
-    ``count_tokens`` maps a batch of texts to their token counts; it is only called for rows that
-    survive the cheap checks, which is most of the cost saved on real data.
+    ``count_tokens`` maps a batch of texts to their token counts (or to bounds on them that fall
+    on the same side of ``max_tokens``). The conditions are checked in order, each on the rows
+    still kept: a row dropped for its score or its prompt's length has no answer tokenized.
     """
     dropped = dict.fromkeys(REASONS, 0)
-    survivors = []
+    kept = []
     for i in range(len(prompts)):
         reason = cheap_reason(score_chosen[i], score_rejected[i], chosen[i], rejected[i], s)
         if reason:
             dropped[reason] += 1
         else:
-            survivors.append(i)
+            kept.append(i)
     if not s.length:
-        return survivors, dropped
-    n_p = count_tokens([prompts[i] for i in survivors])
-    n_c = count_tokens([chosen[i] for i in survivors])
-    n_r = count_tokens([rejected[i] for i in survivors])
-    keep = []
-    for j, i in enumerate(survivors):
-        reason = length_reason(n_p[j], n_c[j], n_r[j], s)
-        if reason:
-            dropped[reason] += 1
-        else:
-            keep.append(i)
-    return keep, dropped
+        return kept, dropped
+    for reason, texts in (
+        ("prompt_length", prompts),
+        ("chosen_length", chosen),
+        ("rejected_length", rejected),
+    ):
+        counts = count_tokens([texts[i] for i in kept])
+        short = [i for i, n in zip(kept, counts, strict=True) if n < s.max_tokens]
+        dropped[reason] += len(kept) - len(short)
+        kept = short
+    return kept, dropped
 
 
 def mt_question_split(

@@ -89,8 +89,9 @@ def test_filter_rows_counts_each_reason_once():
         "rejected_length": 1,
     }
     assert set(dropped) == set(REASONS)
-    # Only the 5 rows that pass the cheap checks are tokenized (prompt, chosen, rejected).
-    assert calls == [5, 5, 5]
+    # Only the 5 rows that pass the cheap checks have their prompt tokenized, only the 4 whose
+    # prompt is short their chosen answer, only the 3 whose chosen answer is short their rejected.
+    assert calls == [5, 4, 3]
 
 
 def test_mt_split_default():
@@ -150,3 +151,112 @@ def test_filter_drops_a_text_whose_encode_length_with_bos_is_512():
     # Counting the text's own tokens (our option) keeps all three.
     keep, _ = filter_rows(*cols, token_lengths(tok, S.count_special_tokens), S)
     assert keep == [0, 1, 2]
+
+
+def byte_level_tokenizer(prefix_space=False, bos=False, normalizer=None, added=(), missing=""):
+    """A byte-level BPE whose counts sit on both byte bounds: "aaaa" is one token (4 bytes, the
+    longest), every other byte its own token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = [c for c in pre_tokenizers.ByteLevel.alphabet() if c not in missing]
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab.update({"aa": len(vocab), "aaaa": len(vocab) + 1, "<bos>": len(vocab) + 2})
+    tok = Tokenizer(models.BPE(vocab, [("a", "a"), ("aa", "aa")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
+    tok.normalizer = normalizer
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
+        )
+    tok.add_tokens(list(added))
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+BOUNDARY_TEXTS = [
+    "",
+    "x",
+    "xyz",
+    "a" * 8,
+    "a" * 9,
+    "a" * 12 + "x",
+    "x" * 16,
+    "é",
+    "日本",
+    "🙂 a",
+    " " * 7,
+    "aaaa " * 4,
+]
+
+
+@pytest.mark.parametrize("prefix_space", [False, True])
+@pytest.mark.parametrize("special", [False, True])
+def test_byte_bounds_decide_as_tokenizing_does_at_the_boundary(prefix_space, special):
+    """For every threshold around each text's byte length, a text the byte bounds decide falls on
+    the same side of preprocess.filter.max_tokens as its real count; the bounds are tight here
+    (one token per byte, or per 4 bytes), so an off-by-one in either would show."""
+    from autorule.stages.preprocess import byte_bounds, length_counter, token_lengths
+
+    tok = byte_level_tokenizer(prefix_space=prefix_space, bos=special)
+    bounds = byte_bounds(tok)
+    assert bounds is not None
+    assert (bounds.prefix, bounds.longest, bounds.special) == (int(prefix_space), 5, int(special))
+    exact = token_lengths(tok, special)(BOUNDARY_TEXTS)
+    assert exact == [len(tok(t, add_special_tokens=special).input_ids) for t in BOUNDARY_TEXTS]
+    decided = 0
+    for max_tokens in range(1, 25):
+        counted = length_counter(tok, special, max_tokens)(BOUNDARY_TEXTS)
+        assert [n >= max_tokens for n in counted] == [n >= max_tokens for n in exact], max_tokens
+        decided += sum(c != e for c, e in zip(counted, exact, strict=True))
+    assert decided > 0  # the bounds did decide some texts without tokenizing them
+
+
+def test_byte_bounds_skip_tokenizing_only_undecided_texts():
+    from autorule.stages.preprocess import length_counter
+
+    tok = byte_level_tokenizer()
+    seen = []
+    backend = tok.backend_tokenizer
+    original = backend.encode_batch_fast
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(backend, name)
+
+        def encode_batch_fast(self, texts, **kwargs):
+            seen.extend(texts)
+            return original(texts, **kwargs)
+
+    tok._tokenizer = Spy()
+    count = length_counter(tok, False, 4)
+    # 3 bytes: under 4 whatever the tokenizer; 20 bytes: at least 20 / 5 = 4 tokens; 4 to 19
+    # bytes: only tokenizing tells ("aaaa" is one token, "xxxx" four).
+    assert count(["xyz", "x" * 20, "aaaa", "xxxx"])[2:] == [1, 4]
+    assert seen == ["aaaa", "xxxx"]
+
+
+def test_byte_bounds_are_off_where_they_would_not_hold():
+    """No bounds for a tokenizer that can make more tokens than bytes (a normalizer that
+    lengthens the text, a word-level model), and no lower bound where a token can swallow
+    spaces (an added token stripping them) or a byte can be dropped."""
+    from tokenizers import AddedToken, normalizers
+
+    from autorule.stages.preprocess import byte_bounds, length_counter, token_lengths
+
+    tripling = byte_level_tokenizer(normalizer=normalizers.Replace("x", "xxx"))
+    assert token_lengths(tripling)(["xxxx"]) == [12]  # more tokens than its 4 bytes
+    assert byte_bounds(tripling) is None
+    assert length_counter(tripling, False, 5)(["xxxx"]) == [12]
+    assert byte_bounds(bos_tokenizer()) is None  # word-level
+
+    stripping = byte_level_tokenizer(added=[AddedToken("<m>", lstrip=True)])
+    text = " " * 30 + "<m>"
+    assert token_lengths(stripping)([text]) == [1]  # 33 bytes in one token
+    bounds = byte_bounds(stripping)
+    assert bounds is not None and bounds.longest is None
+    assert length_counter(stripping, False, 5)([text]) == [1]
+
+    dropping = byte_level_tokenizer(missing="q")  # no symbol for "q": its bytes vanish
+    assert token_lengths(dropping)(["q" * 30]) == [0]
+    assert byte_bounds(dropping).longest is None
+    assert length_counter(dropping, False, 5)(["q" * 30]) == [0]
