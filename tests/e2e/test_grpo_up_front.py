@@ -80,7 +80,8 @@ def test_a_failure_ends_in_one_error_paragraph_with_the_traceback_in_the_log(tmp
     plugin = tmp_path / "plugin"
     plugin.mkdir()
     (plugin / "broken_stage_plugin.py").write_text(textwrap.dedent(BROKEN_STAGE))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), os.environ["PYTHONPATH"]])}
+    path = [str(plugin), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     root = tmp_path / "root"
     res = cli(
         "stage=pipeline",
