@@ -128,6 +128,11 @@ def model_folder_of(cfg: Any, reads: TermReads) -> str | None:
     return str(value) if value else None
 
 
+def grpo_terms(cfg: Any) -> list[str]:
+    """The terms ``grpo.rewards`` names: what GRPO (TRL) and the reward server (OpenRLHF) score."""
+    return [str(name) for name in cfg.grpo.rewards]
+
+
 def artifact_inputs(cfg: Any, names: Sequence[str]) -> tuple[str, ...]:
     """The stages whose artifacts the terms ``names`` load under ``cfg`` (a term pointed at a
     model folder loads none)."""

@@ -81,9 +81,7 @@ LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
 RUBRIC_SPLITS = ("train", "test")
 
 
-def terms(cfg: Any) -> list[str]:
-    """The reward terms in use: ``grpo.rewards``."""
-    return [str(name) for name in cfg.grpo.rewards]
+terms = rewards.grpo_terms  # the reward terms in use: grpo.rewards
 
 
 def uses_term(cfg: Any, name: str) -> bool:
@@ -99,11 +97,6 @@ def scored_terms(cfg: Any) -> list[str]:
     """The terms this stage's own processes compute: all of ``grpo.rewards`` on TRL, none on
     OpenRLHF (the reward server scores them, and its artifact is the input)."""
     return [] if on_openrlhf(cfg) else terms(cfg)
-
-
-def scores_here(cfg: Any, name: str) -> bool:
-    """Whether this stage's own processes compute the term ``name`` (TRL only)."""
-    return name in scored_terms(cfg)
 
 
 def reads_rm_on_openrlhf(cfg: Any) -> bool:

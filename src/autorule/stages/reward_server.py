@@ -23,7 +23,6 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
@@ -37,9 +36,7 @@ log = logging.getLogger(__name__)
 SERVER_FILE = "server.json"
 
 
-def terms(cfg: Any) -> list[str]:
-    """The terms served: ``grpo.rewards``."""
-    return [str(name) for name in cfg.grpo.rewards]
+terms = rewards.grpo_terms  # the terms served: grpo.rewards
 
 
 # What the served terms read (their artifacts, settings, the rule set, model folders by
