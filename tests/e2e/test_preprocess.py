@@ -15,6 +15,7 @@ from autorule.core.artifacts import StageInputError, is_up_to_date, read_manifes
 from autorule.core.config import ConfigError, compose
 from autorule.data.filters import REASONS
 from autorule.data.models import load_tokenizer
+from autorule.data.token_counts import PieceCounter, token_lengths
 from autorule.pipeline import run_stage
 from autorule.stages import preprocess, sft
 
@@ -222,20 +223,55 @@ def test_cli_refuses_credentials_before_anything_is_written(tmp_path):
 
 
 def test_fast_token_counts_match_the_tokenizer(make_cfg):
-    """The backend shortcut counts exactly what ``tokenizer(text)`` counts, and so does the
-    fallback used for slow tokenizers."""
+    """The backend shortcut counts exactly what ``tokenizer(text)`` counts, and so do the
+    fallback used for slow tokenizers and the count by pieces."""
     tok = load_tokenizer(make_cfg())
     df = pd.read_parquet(Path(make_cfg().dataset.path) / "data/train_prefs-00000-of-00001.parquet")
     texts = df["prompt"].tolist() + [m[-1]["content"] for m in df["chosen"]] + ["", "é 日本 🙂"]
     expected = [len(ids) for ids in tok(texts, add_special_tokens=False).input_ids]
     assert hasattr(tok.backend_tokenizer, "encode_batch_fast")
-    assert preprocess.token_lengths(tok)(texts) == expected
+    assert token_lengths(tok)(texts) == expected
+    counter = PieceCounter.of(tok, False, check_every=1)
+    by_pieces = counter.count(texts)
+    assert by_pieces[-1] is None  # not plain ASCII: the tokenizer's
+    assert [n for n in by_pieces if n is not None] == [
+        e for n, e in zip(by_pieces, expected, strict=True) if n is not None
+    ]
+    assert counter.counted > len(texts) // 2
 
     class Slow:  # no Rust backend: the plain call
         def __call__(self, texts, **kwargs):
             return tok(texts, **kwargs)
 
-    assert preprocess.token_lengths(Slow())(texts) == expected
+    assert token_lengths(Slow())(texts) == expected
+
+
+def test_counting_by_pieces_changes_no_output(make_cfg, tmp_path, monkeypatch):
+    """preprocess.count_by_pieces is speed only: every file is byte for byte the same without
+    it (the setting is outside the artifact's hash, so each run gets its own root). At
+    max_tokens=100 most of the bundled answers lie between the byte bounds, so the pieces decide
+    them."""
+    made = []
+    of = PieceCounter.of.__func__
+
+    def recording(*args, **kwargs):
+        made.append(of(PieceCounter, *args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(PieceCounter, "of", staticmethod(recording))
+    outputs = {}
+    for flag in ("true", "false"):
+        cfg = make_cfg(
+            f"preprocess.count_by_pieces={flag}",
+            "preprocess.filter.max_tokens=100",
+            root=tmp_path / flag,
+        )
+        out = preprocess.run(cfg)
+        outputs[flag] = {f.name: f.read_bytes() for f in sorted(out.glob("*.parquet"))}
+        assert read_manifest(out)["counts"]["train_prefs_dropped_chosen_length"] > 0
+    assert len(made) == 1 and made[0].counted > 1000 and made[0].checked > 0
+    assert outputs["true"] == outputs["false"]
+    assert len(outputs["true"]) == 6
 
 
 def test_an_empty_root_is_refused_before_anything_is_written(tmp_path):

@@ -46,10 +46,7 @@ its split, file, row and column.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +59,7 @@ from autorule.data import rubrics, sources
 from autorule.data.filters import FilterSettings, filter_rows, format_prompt, mt_question_split
 from autorule.data.models import load_tokenizer
 from autorule.data.sources import Split
+from autorule.data.token_counts import length_counter
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +139,7 @@ SPEC = StageSpec(
     keys=("dataset", "preprocess", "model.name_or_path", "model.tiny"),
     ignore=(
         "preprocess.batch_size",
+        "preprocess.count_by_pieces",
         "dataset.path",
         "dataset.hub_id",
         "dataset.local_copy",
@@ -316,7 +315,9 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
     # their prompts and chosen answers, so each distinct text is tokenized once.
     known: dict[str, int] = {}
 
-    lengths = length_counter(tokenizer, settings.count_special_tokens, settings.max_tokens)
+    lengths = length_counter(
+        tokenizer, settings.count_special_tokens, settings.max_tokens, bool(p.count_by_pieces)
+    )
 
     def count_tokens(texts: list[str]) -> list[int]:
         todo = list(dict.fromkeys(t for t in texts if t not in known))
@@ -384,123 +385,6 @@ def _ultrafeedback(cfg: DictConfig, out: Path) -> dict[str, int]:
             pq.write_table(subset, out / "test_subset.parquet")
             counts["test_subset_rows"] = len(subset)
     return counts
-
-
-def token_lengths(
-    tokenizer, count_special_tokens: bool = False
-) -> Callable[[list[str]], list[int]]:
-    """A function: texts -> their token counts, as ``tokenizer`` counts.
-
-    Without ``count_special_tokens`` a text's own tokens are counted; with it, also the special
-    tokens the tokenizer adds around a text (Llama-3: BOS), i.e. ``len(tokenizer.encode(text))``.
-
-    A fast tokenizer's Rust backend is called without offset tracking (``encode_batch_fast``),
-    which gives the same ids about 1.7x faster than ``tokenizer(texts)`` on the benchmark input;
-    tokenization is nearly all of this stage's time.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "encode_batch_fast"):
-        return lambda texts: [
-            len(e)
-            for e in backend.encode_batch_fast(texts, add_special_tokens=count_special_tokens)
-        ]
-    # verbose=False: counting long texts is the point, so the "longer than the model's maximum
-    # length" warning would only mislead.
-    return lambda texts: [
-        len(ids)
-        for ids in tokenizer(texts, add_special_tokens=count_special_tokens, verbose=False)[
-            "input_ids"
-        ]
-    ]
-
-
-@dataclass(frozen=True)
-class ByteBounds:
-    """Bounds on a byte-level BPE tokenizer's count of a text from its UTF-8 length ``b`` alone.
-
-    The pre-tokenizer turns each byte into one symbol and BPE merges only join symbols, so the
-    text has at most ``b + prefix`` tokens of its own (``prefix``: a space the pre-tokenizer
-    puts in front). When every byte's symbol is in the vocabulary (none is dropped) and no added
-    token swallows the spaces around it, a token covers at most ``longest`` bytes, so the text
-    has at least ``ceil(b / longest)``; ``longest`` is None where that does not hold. ``special``:
-    the tokens the post-processor adds around a text (Llama-3: BOS).
-    """
-
-    prefix: int
-    longest: int | None
-    special: int
-
-
-def byte_bounds(tokenizer) -> ByteBounds | None:
-    """The :class:`ByteBounds` of ``tokenizer``, or None unless it provably has them: a fast
-    tokenizer whose model is BPE (no dropout, no byte fallback), with no normalizer, no
-    truncation or padding, and a pre-tokenizer that is ByteLevel, alone or after Splits that keep
-    every character."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or backend.truncation or backend.padding:
-        return None
-    spec = json.loads(backend.to_str())
-    model, pre = spec["model"], spec.get("pre_tokenizer") or {}
-    if (
-        model.get("type") != "BPE"
-        or model.get("dropout")
-        or model.get("byte_fallback")
-        or spec.get("normalizer") is not None
-    ):
-        return None
-    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-    byte_level = [p for p in steps if p.get("type") == "ByteLevel"]
-    splits = [p for p in steps if p.get("type") == "Split" and p.get("behavior") != "Removed"]
-    if len(byte_level) != 1 or len(byte_level) + len(splits) != len(steps):
-        return None
-    alphabet = set(ByteLevel.alphabet())
-    vocab = model["vocab"]
-
-    def covers(token: str) -> int:  # most text bytes one token can stand for
-        return len(token) if set(token) <= alphabet else len(token.encode())
-
-    added = spec.get("added_tokens") or []
-    longest = None
-    if alphabet <= vocab.keys() and not any(t["lstrip"] or t["rstrip"] for t in added):
-        longest = max(map(covers, [*vocab, *(t["content"] for t in added)]))
-    special = len(backend.encode("a", add_special_tokens=True)) - len(
-        backend.encode("a", add_special_tokens=False)
-    )
-    return ByteBounds(int(bool(byte_level[0].get("add_prefix_space"))), longest, special)
-
-
-def length_counter(
-    tokenizer, count_special_tokens: bool, max_tokens: int
-) -> Callable[[list[str]], list[int]]:
-    """A function: texts -> their token counts (:func:`token_lengths`), except that a text whose
-    byte length alone shows it is under ``max_tokens`` or not (:func:`byte_bounds`) is not
-    tokenized and gets the bound instead, which falls on the same side of ``max_tokens``."""
-    exact = token_lengths(tokenizer, count_special_tokens)
-    bounds = byte_bounds(tokenizer)
-    if bounds is None:
-        return exact
-    special = bounds.special if count_special_tokens else 0
-
-    def count(texts: list[str]) -> list[int]:
-        counts, todo = [], []
-        for j, text in enumerate(texts):
-            n = len(text) if text.isascii() else len(text.encode())
-            most = n + bounds.prefix + special
-            least = -(-n // bounds.longest) + special if bounds.longest else 0
-            if most < max_tokens:
-                counts.append(most)
-            elif least >= max_tokens:
-                counts.append(least)
-            else:
-                counts.append(-1)
-                todo.append(j)
-        for j, n in zip(todo, exact([texts[j] for j in todo]), strict=True):
-            counts[j] = n
-        return counts
-
-    return count
 
 
 def _format_prompts(prompts: list[str], p: DictConfig, tokenizer) -> list[str]:
