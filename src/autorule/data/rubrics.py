@@ -201,13 +201,11 @@ def read_jsonl(path: str | Path) -> list[RubricDatapoint]:
 
 
 def write_jsonl(path: str | Path, datapoints: Iterable[RubricDatapoint]) -> int:
-    """Writes one datapoint per line; returns how many."""
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for datapoint in datapoints:
-            f.write(datapoint.to_json() + "\n")
-            n += 1
-    return n
+    """Writes one datapoint per line (every field, secrets masked, atomically: the artifact
+    writer of :mod:`autorule.core.files`); returns how many."""
+    from autorule.core.files import write_jsonl as write_rows
+
+    return write_rows(path, (datapoint.to_dict() for datapoint in datapoints))
 
 
 def dedupe(datapoints: Iterable[RubricDatapoint]) -> list[RubricDatapoint]:
