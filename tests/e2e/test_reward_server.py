@@ -230,3 +230,46 @@ def test_the_cli_says_where_it_listens_and_stops_cleanly_on_sigint(trained):
         out, err = server.communicate(timeout=60)
     assert server.returncode == 0, err
     assert "reward server stopped ({'ok': 1, 'refused': 0, 'failed': 0, 'reused': 0})" in out
+
+
+def test_the_sessions_llm_usage_counts_the_judges_calls(trained, tmp_path):
+    """A served rules term: the session folder of the artifact gets one score row per batch and
+    an llm_usage.json whose judge calls are the calls the judge server saw."""
+    from autorule.rewards import score_log
+
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps(RULES))
+    judge = ScriptedJudge(RESPONSES, RULES, YES)
+    with FakeLLMServer(judge) as llm:
+        cfg = compose(
+            [
+                "stage=reward_server",
+                f"paths.root={trained['sft'].parents[1]}",
+                f"rules.path={rules}",
+                "grpo.rewards=[rules]",
+                "llm@judge.llm=openai",
+                f"judge.llm.base_url={llm.url}/v1",
+                "judge.llm.model=scripted-judge",
+                "judge.llm.progress=false",
+                "judge.llm.cache=false",  # every verdict is a call to the server
+                "judge.mode=generate",
+                "reward_server.host=127.0.0.1",
+            ]
+        )
+        path, inputs = reward_server.prepare(cfg)
+        server, funcs, info = reward_server.build_server(cfg, inputs, port=0, artifact=path)
+        with server:
+            for i, response in enumerate(RESPONSES):
+                prompt = PROMPTS[i % 2]
+                request = {"query": [prompt + response], "prompts": [prompt]}
+                assert requests.post(server.url(), json=request, timeout=60).status_code == 200
+        close_all(funcs)
+        calls = len(llm.requests)
+    assert calls == len(RESPONSES) * len(RULES)
+    folder = path / "sessions" / info["session"]
+    usage = json.loads((folder / "llm_usage.json").read_text())
+    assert usage["judge.llm"]["calls"] == calls and usage["judge.llm"]["failed_calls"] == 0
+    rows = score_log.read_sessions(path)
+    assert [row["completions"] for row in rows] == [1] * len(RESPONSES)
+    for row, response in zip(rows, RESPONSES, strict=True):
+        assert row["rules/0"] == float((response, RULES[0]) in YES)

@@ -14,6 +14,7 @@ from autorule.core.identity import (  # noqa: F401
     LAUNCH_DIR,
     MANIFEST,
     RUN_RECORDS,
+    SESSIONS_DIR,
     StageInputError,
     artifact_path,
     config_hash,
@@ -51,6 +52,7 @@ from autorule.core.provenance import (  # noqa: F401
 __all__ = [
     "CONFIG_FILE",
     "LAUNCH_DIR",
+    "SESSIONS_DIR",
     "MANIFEST",
     "PACKAGES",
     "RUN_RECORDS",

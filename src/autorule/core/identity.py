@@ -123,9 +123,13 @@ def work_path(artifact: Path) -> Path:
 
 
 LAUNCH_DIR = "launch"  # the worker configs of a launched (multi-process) training run
+# What a serving stage (reward_server) logs after its artifact is committed: per-session score
+# rows and LLM usage. Written into the complete artifact, so never part of its content.
+SESSIONS_DIR = "sessions"
 # Files that record how a run was started (force=true, the overrides, checkpoint and logging
 # cadence, the tracker's run name) rather than what it made: two runs that produced the same
-# content differ in them, so the content hash leaves them out. By file name, plus LAUNCH_DIR.
+# content differ in them, so the content hash leaves them out. By file name, plus LAUNCH_DIR and
+# SESSIONS_DIR.
 # calls.jsonl (the extract stage's call log: latencies, retries, which answers were cached) is one
 # too, so re-running extraction from the cache leaves the rule set's content hash unchanged.
 # llm_usage.json (what each LLM role's calls cost: latencies, cache hits) is one too.
@@ -134,7 +138,9 @@ RUN_RECORDS = (CONFIG_FILE, "training_args.bin", "calls.jsonl", "llm_usage.json"
 
 def is_run_record(relpath: str) -> bool:
     """Whether the artifact file at ``relpath`` records how the run was started."""
-    return relpath.rsplit("/", 1)[-1] in RUN_RECORDS or relpath.startswith(f"{LAUNCH_DIR}/")
+    return relpath.rsplit("/", 1)[-1] in RUN_RECORDS or relpath.startswith(
+        (f"{LAUNCH_DIR}/", f"{SESSIONS_DIR}/")
+    )
 
 
 def content_hash(config_hash: str, files: dict[str, str]) -> str:

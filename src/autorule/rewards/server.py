@@ -33,6 +33,10 @@ for ``reward_server.reuse_s`` seconds, and the same body sent again while it is 
 waits for that scoring instead of starting another: the retries extend the client's patience
 rather than multiply the judge's work. Refused and failed requests are never kept.
 
+Each scored batch is handed to the serving session's log (``RewardServer.log_to``:
+:class:`~autorule.rewards.score_log.SessionLog`), which keeps the batch means grpo's training log
+on OpenRLHF is built from.
+
 The standard library's threading HTTP server is used: the reward path is one POST per
 micro-batch, and it needs no dependency beyond the package's own (FastAPI and uvicorn are not).
 """
@@ -192,8 +196,15 @@ class Batcher:
     """Collects the requests that arrive within ``wait_s`` of a batch's first one (at most
     ``max_batch`` responses) and scores them in one call of ``score``."""
 
-    def __init__(self, score: ScoreFn, wait_s: float, max_batch: int):
+    def __init__(
+        self,
+        score: ScoreFn,
+        wait_s: float,
+        max_batch: int,
+        on_scored: Callable[[list[float], dict[str, list[float]]], None] | None = None,
+    ):
         self.score, self.wait_s, self.max_batch = score, float(wait_s), int(max_batch)
+        self.on_scored = on_scored  # sees each scored batch (the session's score log)
         self._queue: list[_Pending] = []
         self._cond = threading.Condition()
         self._stop = False
@@ -244,6 +255,7 @@ class Batcher:
             try:
                 rewards, extra = self.score(prompts, responses)
                 self.batches += 1
+                self._record(rewards, extra)
                 start = 0
                 for item in batch:
                     end = start + len(item.responses)
@@ -258,6 +270,14 @@ class Batcher:
                     item.error = f"{type(err).__name__}: {err}"
             for item in batch:
                 item.done.set()
+
+    def _record(self, rewards: list[float], extra: dict[str, list[float]]) -> None:
+        if self.on_scored is None:
+            return
+        try:
+            self.on_scored(rewards, extra)
+        except Exception:  # noqa: BLE001 - a log that cannot be written does not fail the batch
+            log.exception("reward server: logging a scored batch failed")
 
     def stop(self) -> None:
         with self._cond:
@@ -282,7 +302,8 @@ class RewardServer:
     client gives up after 180 s and resends; a rollout's judging can take longer).
     ``special_tokens``: texts stripped from the end of each response (the policy tokenizer's
     eos and pad tokens); ``prompt_variants``: other spellings of a prompt that decoding may give
-    (:func:`split_response`). Use as a context manager, or ``start()`` / ``stop()``.
+    (:func:`split_response`). :meth:`log_to` hands each scored batch to a session log. Use as a
+    context manager, or ``start()`` / ``stop()``.
     """
 
     def __init__(
@@ -304,6 +325,7 @@ class RewardServer:
         self.prompt_variants = prompt_variants or (lambda prompt: ())
         self.max_batch, self.max_body_bytes = int(max_batch), int(max_body_bytes)
         self.info = dict(info or {})
+        self.session: Any = None
         self.batcher = Batcher(score, wait_s, max_batch)
         self.requests = {"ok": 0, "refused": 0, "failed": 0, "reused": 0}
         # Answers by request body, kept reuse_s seconds for clients that resend a request they
@@ -321,6 +343,12 @@ class RewardServer:
     def url(self, host: str | None = None) -> str:
         return f"http://{host or self._httpd.server_address[0]}:{self.port}{self.path}"
 
+    def log_to(self, session: Any) -> None:
+        """Hands each scored batch to ``session`` (a
+        :class:`~autorule.rewards.score_log.SessionLog`), which ``stop()`` closes."""
+        self.session = session
+        self.batcher.on_scored = session.add
+
     def start(self) -> RewardServer:
         # A short poll interval makes stop() quick (the default waits up to 0.5 s).
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
@@ -334,6 +362,8 @@ class RewardServer:
         self.batcher.stop()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self.session is not None:
+            self.session.close()
 
     def __enter__(self) -> RewardServer:
         return self.start()

@@ -37,7 +37,8 @@ work as for ``sft`` (:mod:`autorule.training.launch`).
 TRL differs from the released (OpenRLHF) setup in a few places; ``docs/rewards.md`` lists them.
 ``grpo.engine=openrlhf`` trains with the released engine instead: the stage submits OpenRLHF's
 ``train_ppo_ray`` as a Ray job (:mod:`autorule.training.openrlhf`), rewarded by the reward server
-(``stage=reward_server``), and commits the policy the job saved as ``model/``; with
+(``stage=reward_server``), and commits the policy the job saved as ``model/``, with a
+``log_history.jsonl`` of rollouts built from the reward server's score log; with
 ``grpo.openrlhf.advantage_estimator=gae`` that is PPO with a critic (``experiment=ppo_baseline``).
 """
 
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,8 @@ log = logging.getLogger(__name__)
 
 RULE_TABLE = "rule_satisfaction.json"
 LOG_HISTORY = "log_history.jsonl"
+# Where an OpenRLHF run's log_history.jsonl came from (metrics.json and the manifest).
+LOG_SOURCE = "log_source"
 
 
 def roles_in_use(cfg: Any) -> list[str]:
@@ -412,7 +416,9 @@ def run_openrlhf(cfg: DictConfig) -> Path:
 
     The reward server (``stage=reward_server``, same overrides) must be serving: its artifact
     is an input, and ``--remote_rm_url`` points at it. The submitted command is kept as
-    ``launch/openrlhf.sh``; ``dry_run=true`` prints it and writes nothing.
+    ``launch/openrlhf.sh``; ``dry_run=true`` prints it and writes nothing. The training log
+    comes from the server's rows scored while the job ran (:func:`server_log`), OpenRLHF's own
+    curves from ``tensorboard/``.
     """
     import subprocess
 
@@ -440,7 +446,9 @@ def run_openrlhf(cfg: DictConfig) -> Path:
         script.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(script, "#!/usr/bin/env bash\n" + show(cmd) + "\n")
         log.info("[grpo] submitting to Ray: %s", " ".join(cmd))
+        submitted = time.time()  # the window of the reward server's rows that are this job's
         subprocess.run(cmd, check=True)
+        ended = time.time()
         model = job.workdir / MODEL
         if not (model / "config.json").is_file():
             raise RuntimeError(
@@ -454,8 +462,64 @@ def run_openrlhf(cfg: DictConfig) -> Path:
             "rewards": list(cfg.grpo.rewards),
             "reward_url": url,
         }
+        server = inputs.get("reward_server")
+        if server is not None:
+            metrics.update(server_log(cfg, job.workdir, server, submitted, ended))
         write_text_atomic(job.workdir / METRICS, json.dumps(metrics, indent=2) + "\n")
-        return job.commit({}, extra={"metrics": metrics})
+        extra = {"metrics": metrics, LOG_SOURCE: metrics.get(LOG_SOURCE)}
+        if USAGE_KEY in metrics:
+            extra[USAGE_KEY] = metrics[USAGE_KEY]
+        return job.commit({}, extra=extra)
+
+
+def server_log(
+    cfg: DictConfig, workdir: Path, server: Path, start: float, end: float
+) -> dict[str, Any]:
+    """The training log of an OpenRLHF job, from the reward server's session logs
+    (:mod:`autorule.rewards.score_log`): the rows scored between ``start`` and ``end``, grouped
+    into rollouts, written as ``log_history.jsonl`` (and ``rule_satisfaction.json`` when the
+    rules term is served); returns what metrics.json gets: where the log came from, each
+    term's mean at the first and the last rollout, the judge's usage over the sessions that
+    scored in the window. No row in the window: no log, and a warning saying why."""
+    from autorule.rewards import score_log
+
+    rows = score_log.read_sessions(server)
+    window = score_log.in_window(rows, start, end)
+    if not window:
+        why = (
+            "the reward server that answered was not this artifact's (no session of it logged "
+            "a batch while the job ran), or the job scored nothing"
+            if score_log.sessions(server)
+            else "no reward server of this artifact has served (the one that answered was "
+            "another's, or older than session logs)"
+        )
+        log.warning(
+            "[grpo] no training log: the reward server artifact %s holds no scored batch "
+            "between the job's submission and its end; %s",
+            server,
+            why,
+        )
+        return {LOG_SOURCE: None}
+    size = int(cfg.grpo.prompts_per_rollout) * int(cfg.grpo.num_generations)
+    history = score_log.rollouts(window, size)
+    write_jsonl(workdir / LOG_HISTORY, history)
+    names = list(cfg.grpo.rewards)
+    out: dict[str, Any] = {
+        LOG_SOURCE: "reward_server",
+        "logged_rollouts": len(history),
+        "logged_completions": sum(row[score_log.COMPLETIONS] for row in history),
+        **reward_summary(history, names),
+    }
+    served_rules = score_log.served_rules(server)
+    if "rules" in names and served_rules:
+        table = rule_table(history, served_rules)
+        write_json_redacted(workdir / RULE_TABLE, table)
+        out["rules"] = len(table)
+        out["steps_with_failed_verdicts"] = steps_with_failed_verdicts(history)
+    usage = score_log.session_usage(server, {row[score_log.SESSION] for row in window})
+    if usage:
+        out[USAGE_KEY] = usage
+    return out
 
 
 def describe(cfg: DictConfig) -> list[str]:

@@ -15,6 +15,12 @@ Artifact: ``server.json`` (the terms, weights, rules and the URL it was first se
 manifest recording the artifacts it reads, so a run's rewards can be traced to the rm model and
 rule set behind them. The server then serves until SIGINT or SIGTERM, and stops cleanly (the
 open batch is finished, the port closed). With an up-to-date artifact it serves at once.
+
+Each serving session logs into ``sessions/<UTC start>-<pid>/`` of the artifact: ``scores.jsonl``
+(one row per scored batch: its size and the means of the total, each term and each rule) and
+``llm_usage.json`` (what the judge's calls cost, rewritten every ``reward_server.usage_every_s``
+seconds and on stop). They are run records, outside the content hash
+(:mod:`autorule.rewards.score_log`); grpo on OpenRLHF builds its training log from them.
 """
 
 from __future__ import annotations
@@ -29,12 +35,10 @@ from omegaconf import DictConfig
 from autorule.core.config import ConfigError, check_number, check_paths
 from autorule.core.stage import StageSpec
 from autorule.rewards import registry as rewards
+from autorule.rewards.score_log import SERVER_FILE
 from autorule.training.arguments import MODEL
 
 log = logging.getLogger(__name__)
-
-SERVER_FILE = "server.json"
-
 
 terms = rewards.grpo_terms  # the terms served: grpo.rewards
 
@@ -91,6 +95,9 @@ def check(cfg: DictConfig) -> None:
     check_number(section.max_batch, "reward_server.max_batch", low=1)
     check_number(section.reuse_s, "reward_server.reuse_s", integer=False, low=0)
     check_number(
+        section.usage_every_s, "reward_server.usage_every_s", integer=False, low=0, low_open=True
+    )
+    check_number(
         section.max_body_mb, "reward_server.max_body_mb", integer=False, low=0, low_open=True
     )
     from autorule.rewards.settings import check_scoring
@@ -103,11 +110,20 @@ def roles_in_use(cfg: DictConfig) -> list[str]:
     return ["judge.llm"] if "rules" in terms(cfg) else []
 
 
-def build_server(cfg: DictConfig, inputs: dict[str, Path], port: int | None = None):
+def build_server(
+    cfg: DictConfig,
+    inputs: dict[str, Path],
+    port: int | None = None,
+    artifact: Path | None = None,
+):
     """The :class:`~autorule.rewards.server.RewardServer` of this config (not started) and the
-    reward functions it holds (close them with ``close_all`` after stopping it)."""
+    reward functions it holds (close them with ``close_all`` after stopping it). With
+    ``artifact`` (the committed reward_server folder) it logs a session there
+    (:class:`~autorule.rewards.score_log.SessionLog`): each batch's means, the roles' usage."""
     from autorule.data.models import load_tokenizer
+    from autorule.llm.base import add_roles
     from autorule.rewards.registry import RewardContext, build_reward_funcs
+    from autorule.rewards.score_log import SessionLog
     from autorule.rewards.server import RewardServer, term_scorer
     from autorule.rules.ruleset import load_rules
 
@@ -141,6 +157,13 @@ def build_server(cfg: DictConfig, inputs: dict[str, Path], port: int | None = No
         reuse_s=float(section.reuse_s),
         info=info,
     )
+    if artifact is not None:  # opened once the port is bound: a failed start leaves no session
+        llms: dict = {}
+        for func in funcs:
+            add_roles(llms, getattr(func, "llms", {}))
+        session = SessionLog(artifact, terms, llms, float(section.usage_every_s))
+        server.log_to(session)
+        server.info["session"] = info["session"] = session.folder.name  # /health says it too
     return server, funcs, info
 
 
@@ -176,7 +199,7 @@ def run(cfg: DictConfig) -> Path:
 
     check(cfg)
     path, inputs = prepare(cfg)
-    server, funcs, info = build_server(cfg, inputs)
+    server, funcs, info = build_server(cfg, inputs, artifact=path)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _signals()}
     server.start()
@@ -192,7 +215,11 @@ def run(cfg: DictConfig) -> Path:
         close_all(funcs)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        print(f"[autorule] reward server stopped ({server.requests})", flush=True)
+        print(
+            f"[autorule] reward server stopped ({server.requests}); its log: "
+            f"{server.session.folder}",
+            flush=True,
+        )
     return path
 
 

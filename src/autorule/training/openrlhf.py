@@ -38,6 +38,7 @@ ESTIMATORS = ("group_norm", "gae", "rloo", "reinforce", "reinforce_baseline", "d
 CRITIC_INITS = ("rm", "sft")
 REWARDS = ("server", "rm")
 ZERO_STAGES = {None: 0, "zero2": 2, "zero3": 3}
+TENSORBOARD = "tensorboard"  # the folder of the artifact OpenRLHF logs its curves to
 
 
 def require_ray() -> None:
@@ -136,6 +137,9 @@ def train_args(
         ("reward_pretrain", local_rm),
         ("save_path", str(workdir / MODEL)),
         ("ckpt_path", str(workdir / "checkpoints")),
+        # OpenRLHF's own curves (KL, losses, lengths, its reward) land in the artifact; the
+        # per-term curves come from the reward server's log (autorule.rewards.score_log).
+        ("use_tensorboard", str(workdir / TENSORBOARD)),
         ("save_steps", section.save_steps),
         ("max_ckpt_num", section.save_total_limit),
         ("load_checkpoint", True),  # resumes from ckpt_path when a checkpoint is there

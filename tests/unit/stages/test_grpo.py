@@ -363,3 +363,72 @@ def test_the_steps_that_trained_with_failed_verdicts_are_listed():
         {"step": 4, "judge/failed": 1 / 16},
     ]
     assert grpo.steps_with_failed_verdicts(history) == [2, 4]
+
+
+def served_artifact(folder, rules, sessions):
+    """A reward_server artifact's files: server.json and, per session, score rows and usage."""
+    folder.mkdir()
+    (folder / "server.json").write_text(json.dumps({"terms": ["rules"], "rules": rules}))
+    for name, (rows, usage) in sessions.items():
+        session = folder / "sessions" / name
+        session.mkdir(parents=True)
+        (session / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if usage is not None:
+            (session / "llm_usage.json").write_text(json.dumps(usage))
+    return folder
+
+
+def test_openrlhf_log_comes_from_the_servers_rows_of_the_jobs_window(tmp_path, caplog):
+    cfg = compose(
+        [
+            "stage=grpo",
+            "grpo.engine=openrlhf",
+            "grpo.rewards=[rules]",
+            "grpo.prompts_per_rollout=2",
+            "grpo.num_generations=2",
+        ]
+    )
+
+    def row(time, n, rule0, failed=0.0):
+        return {
+            "time": time,
+            "completions": n,
+            "reward": rule0,
+            "rewards/rules/mean": rule0,
+            "rules/0": rule0,
+            "rules/1": 1.0,
+            "judge/failed": failed,
+        }
+
+    usage = {"judge.llm": {"calls": 12, "cost_usd": 0.25}}
+    rules = ["Be brief.", "Be kind."]
+    server = served_artifact(
+        tmp_path / "server",
+        rules,
+        {
+            "old": ([row(1.0, 4, 0.9)], {"judge.llm": {"calls": 99}}),  # an earlier run's
+            "now": ([row(10.0, 2, 0.0), row(11.0, 2, 1.0), row(12.0, 2, 0.5, failed=0.5)], usage),
+        },
+    )
+    workdir = tmp_path / "grpo"
+    workdir.mkdir()
+    metrics = grpo.server_log(cfg, workdir, server, start=5.0, end=20.0)
+    history = [json.loads(line) for line in (workdir / grpo.LOG_HISTORY).read_text().splitlines()]
+    steps = [(r["step"], r["completions"], r["rules/0"]) for r in history]
+    assert steps == [(1, 4, 0.5), (2, 2, 0.5)]
+    assert history[1]["partial"] is True and "partial" not in history[0]
+    assert metrics["log_source"] == "reward_server" and metrics["logged_rollouts"] == 2
+    assert metrics["llm_usage"] == usage  # only the session that scored in the window
+    assert metrics["steps_with_failed_verdicts"] == [2]
+    table = json.loads((workdir / grpo.RULE_TABLE).read_text())
+    assert [(t["rule"], t["start"], t["end"]) for t in table] == [
+        ("Be brief.", 0.5, 0.5),
+        ("Be kind.", 1.0, 1.0),
+    ]
+
+    # Nothing scored in the window: no log, and the warning says why.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert grpo.server_log(cfg, empty, server, start=30.0, end=40.0) == {"log_source": None}
+    assert not (empty / grpo.LOG_HISTORY).exists()
+    assert "not this artifact's" in caplog.text

@@ -73,6 +73,7 @@ def test_paper_grpo_job_carries_every_released_flag_and_the_server_url(capsys, t
     # The policy lands where generate and evaluate read a grpo artifact's model.
     partial = artifact_path(cfg, "grpo").with_name(f".{artifact_path(cfg, 'grpo').name}.partial")
     assert flags["save_path"] == [str(partial / "model")]
+    assert flags["use_tensorboard"] == [str(partial / "tensorboard")]  # OpenRLHF's own curves
     assert flags["prompt_data"][0].startswith(str(root / "preprocess"))
     assert f"rewards rm, rules from the reward server at {URL}" in out
     assert "input reward_server -> " in out and "input rm -> " not in out  # the server scores
