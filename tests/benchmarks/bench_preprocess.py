@@ -133,3 +133,97 @@ def _recording(of, cls, counters):
         return counter
 
     return staticmethod(record)
+
+
+# Llama-3's split pattern (its tokenizer.json): the paper's policy tokenizer has this shape.
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def zipf_texts(n: int, seed: int = 0) -> list[str]:
+    """``n`` answers of about 1,600 characters: 50,000 random lower-case words (2 to 10
+    letters) drawn by a Zipf law, capitalised after a full stop, with contractions, numbers of 1
+    to 6 digits, punctuation and paragraph breaks; every fifth answer holds a non-ASCII
+    character."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("etaoinshrdlcumwfgypbvkjxqz"))
+    weights = np.linspace(2.0, 0.2, len(letters))
+    weights /= weights.sum()
+    lengths = rng.integers(2, 11, size=50_000)
+    words = np.array(["".join(rng.choice(letters, size=k, p=weights)) for k in lengths])
+    ranks = np.arange(1, len(words) + 1, dtype=float) ** -1.05
+    ranks /= ranks.sum()
+    tails = np.array([" ", " ", " ", " ", " ", " ", " ", ", ", ". ", "'s ", "n't ", ".\n\n"])
+    texts = []
+    for i in range(n):
+        count = 200
+        body = np.char.add(
+            words[rng.choice(len(words), size=count, p=ranks)],
+            tails[rng.integers(0, len(tails), size=count)],
+        )
+        for j in rng.integers(0, count, size=4):
+            body[j] = f"{rng.integers(1, 10 ** rng.integers(1, 7))} "
+        text = "".join(body).strip()
+        texts.append(text.replace(" ", " \u00e9", 1) if i % 5 == 0 else text)
+    return texts
+
+
+def test_count_by_pieces_on_a_llama3_shaped_tokenizer():
+    """Counting by pieces against tokenizing every text, for a byte-level BPE of Llama-3's shape
+    (its split pattern, a ByteLevel without regex, BOS added, ignore_merges) and 32,000
+    entries, trained here on the benchmark's own text: the same length decisions, and the time
+    of each on 40,000 answers (both cores for the tokenizer, TOKENIZERS_PARALLELISM=true)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    from autorule.data.token_counts import length_counter, token_lengths
+
+    texts = zipf_texts(40_000)
+    backend = Tokenizer(models.BPE(ignore_merges=True))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = BpeTrainer(
+        vocab_size=32_000,
+        special_tokens=[
+            "<|begin_of_text|>",
+            *(f"<|reserved_special_token_{i}|>" for i in range(250)),
+        ],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts[:5_000], trainer)
+    bos = backend.token_to_id("<|begin_of_text|>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)]
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend)
+    max_tokens = 350  # near an answer's count and above its byte bound: every answer undecided
+    timings = {}
+    for name, count in (
+        ("tokenizing every text", token_lengths(tok, True)),
+        ("bounds, then pieces", length_counter(tok, True, max_tokens)),
+    ):
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        counts = [n for i in range(0, len(texts), 1000) for n in count(texts[i : i + 1000])]
+        timings[name] = (time.perf_counter() - t0, time.process_time() - cpu0, counts)
+    (whole, whole_cpu, exact), (fast, fast_cpu, counted) = timings.values()
+    assert [n >= max_tokens for n in counted] == [n >= max_tokens for n in exact]
+    mean = sum(exact) / len(exact)
+    load = os.getloadavg()[0]
+    print(
+        f"\n[bench] Llama-3-shaped BPE (32,000 entries), {len(texts)} answers of "
+        f"{sum(map(len, texts)) / len(texts):,.0f} characters, {mean:.0f} tokens on average: "
+        f"tokenizing every text {whole:.1f} s wall ({whole_cpu:.1f} s CPU), bounds then pieces "
+        f"{fast:.1f} s wall ({fast_cpu:.1f} s CPU): {whole / fast:.1f}x less wall time, "
+        f"{whole_cpu / fast_cpu:.1f}x less CPU; {sum(n >= max_tokens for n in exact)} answers "
+        f"at or over {max_tokens} tokens; 1-minute load average {load:.2f}"
+    )
+    assert fast < whole

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 # tokenizers' ByteLevel pre-tokenizer splits with this pattern when use_regex is true (GPT-2's,
@@ -326,8 +327,8 @@ class PieceCounter:
 
         return cls(tokenizer, pattern, skip, count_special_tokens, **kwargs)
 
-    def _learn(self, pieces: list[str]) -> None:
-        new = [p for p in dict.fromkeys(pieces) if p not in self.memo]
+    def _learn(self, pieces: set[str]) -> None:
+        new = [p for p in pieces if p not in self.memo]
         counts = self.backend.encode_batch_fast(new, add_special_tokens=False)
         self.memo.update((p, len(e) << _SHIFT | len(p)) for p, e in zip(new, counts, strict=True))
 
@@ -350,7 +351,10 @@ class PieceCounter:
                 continue
             counts.append(self._total(total, len(text)))
         if later:
-            self._learn([p for _, pieces in later for p in pieces if p not in memo])
+            distinct: set[str] = set()
+            for _, pieces in later:
+                distinct.update(pieces)
+            self._learn(distinct)
             for j, pieces in later:
                 counts[j] = self._total(sum(map(memo.__getitem__, pieces)), len(texts[j]))
         self.passed += counts.count(None)
@@ -413,10 +417,20 @@ def length_counter(
             counts.append(None)
             todo.append(j)
         if pieces is not None and todo:
-            by_pieces = pieces.count([texts[j] for j in todo])
-            for j, n in zip(todo, by_pieces, strict=True):
-                counts[j] = n
-            todo = [j for j in todo if counts[j] is None]
+            plain, other = [], []
+            for j in todo:
+                (other if pieces.skip(texts[j]) else plain).append(j)
+            # The tokenizer counts the texts the pieces cannot in a thread of its own: its Rust
+            # backend releases the GIL, so it runs while this thread splits the plain ones.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                whole = pool.submit(exact, [texts[j] for j in other]) if other else None
+                by_pieces = pieces.count([texts[j] for j in plain])
+                for j, n in zip(plain, by_pieces, strict=True):
+                    counts[j] = n
+                if whole is not None:
+                    for j, n in zip(other, whole.result(), strict=True):
+                        counts[j] = n
+            todo = [j for j in plain if counts[j] is None]  # a gap between the matches
         for j, n in zip(todo, exact([texts[j] for j in todo]), strict=True):
             counts[j] = n
         return counts
