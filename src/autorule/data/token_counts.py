@@ -431,8 +431,10 @@ def length_counter(
                     for j, n in zip(other, whole.result(), strict=True):
                         counts[j] = n
             todo = [j for j in plain if counts[j] is None]  # a gap between the matches
+            pieces.passed += len(other)
         for j, n in zip(todo, exact([texts[j] for j in todo]), strict=True):
             counts[j] = n
         return counts
 
+    count.pieces = pieces  # its tallies: texts counted, checked, left to the tokenizer
     return count

@@ -280,6 +280,10 @@ def test_texts_outside_plain_ascii_or_holding_an_added_token_are_left_to_the_tok
     assert counter.passed == 4
     # length_counter tokenizes those whole, so every decision is still the tokenizer's.
     exact = token_lengths(tok)(texts)
+    count = length_counter(tok, False, 5)  # the byte bounds decide none of these at 5
+    undecided = [*texts[:4], "plain words here"]
+    assert count(undecided) == token_lengths(tok)(undecided)
+    assert count.pieces.passed == 4 and count.pieces.counted == 1
     for max_tokens in range(2, 25):
         counted = length_counter(tok, False, max_tokens)(texts)
         assert [n >= max_tokens for n in counted] == [n >= max_tokens for n in exact]
