@@ -36,30 +36,40 @@ YES |= {(RESPONSES[3], RULES[1])}
 TERMS, WEIGHTS = ["rm", "rules", "length_penalty"], [1.0, 0.5, 2.0]
 
 
+def judged_server_config(trained, folder, llm, *overrides: str):
+    """The reward server's config on the trained tiny models, :data:`RULES` (written to
+    ``folder``) and the scripted judge served by ``llm`` (generate mode), plus ``overrides``."""
+    rules = folder / "rules.json"
+    rules.write_text(json.dumps(RULES))
+    return compose(
+        [
+            "stage=reward_server",
+            f"paths.root={trained['sft'].parents[1]}",
+            f"rules.path={rules}",
+            "llm@judge.llm=openai",
+            f"judge.llm.base_url={llm.url}/v1",
+            "judge.llm.model=scripted-judge",
+            "judge.llm.progress=false",
+            "judge.mode=generate",
+            "reward_server.host=127.0.0.1",
+            *overrides,
+        ]
+    )
+
+
 @pytest.fixture(scope="module")
 def served(trained, tmp_path_factory):
-    rules = tmp_path_factory.mktemp("rules") / "rules.json"
-    rules.write_text(json.dumps(RULES))
-    judge = ScriptedJudge(RESPONSES, RULES, YES)
-    with FakeLLMServer(judge) as llm:
-        cfg = compose(
-            [
-                "stage=reward_server",
-                f"paths.root={trained['sft'].parents[1]}",
-                f"rules.path={rules}",
-                f"grpo.rewards=[{','.join(TERMS)}]",
-                f"grpo.reward_weights=[{','.join(map(str, WEIGHTS))}]",
-                "llm@judge.llm=openai",
-                f"judge.llm.base_url={llm.url}/v1",
-                "judge.llm.model=scripted-judge",
-                "judge.llm.progress=false",
-                "judge.mode=generate",
-                "reward_server.host=127.0.0.1",
-                "reward_server.batch_wait_s=1.0",  # the concurrent posts below share one batch
-                "reward_server.max_body_mb=0.01",  # 10 KiB: the oversized request below
-                "rewards.rm.dtype=float32",
-                "rewards.length_penalty.norm=4",  # every token counts: no special token may stay
-            ]
+    with FakeLLMServer(ScriptedJudge(RESPONSES, RULES, YES)) as llm:
+        cfg = judged_server_config(
+            trained,
+            tmp_path_factory.mktemp("rules"),
+            llm,
+            f"grpo.rewards=[{','.join(TERMS)}]",
+            f"grpo.reward_weights=[{','.join(map(str, WEIGHTS))}]",
+            "reward_server.batch_wait_s=1.0",  # the concurrent posts below share one batch
+            "reward_server.max_body_mb=0.01",  # 10 KiB: the oversized request below
+            "rewards.rm.dtype=float32",
+            "rewards.length_penalty.norm=4",  # every token counts: no special token may stay
         )
         inputs = {"sft": trained["sft"], "rm": trained["rm"]}
         server, funcs, info = reward_server.build_server(cfg, inputs, port=0)
@@ -237,24 +247,13 @@ def test_the_sessions_llm_usage_counts_the_judges_calls(trained, tmp_path):
     an llm_usage.json whose judge calls are the calls the judge server saw."""
     from autorule.rewards import score_log
 
-    rules = tmp_path / "rules.json"
-    rules.write_text(json.dumps(RULES))
-    judge = ScriptedJudge(RESPONSES, RULES, YES)
-    with FakeLLMServer(judge) as llm:
-        cfg = compose(
-            [
-                "stage=reward_server",
-                f"paths.root={trained['sft'].parents[1]}",
-                f"rules.path={rules}",
-                "grpo.rewards=[rules]",
-                "llm@judge.llm=openai",
-                f"judge.llm.base_url={llm.url}/v1",
-                "judge.llm.model=scripted-judge",
-                "judge.llm.progress=false",
-                "judge.llm.cache=false",  # every verdict is a call to the server
-                "judge.mode=generate",
-                "reward_server.host=127.0.0.1",
-            ]
+    with FakeLLMServer(ScriptedJudge(RESPONSES, RULES, YES)) as llm:
+        cfg = judged_server_config(
+            trained,
+            tmp_path,
+            llm,
+            "grpo.rewards=[rules]",
+            "judge.llm.cache=false",  # every verdict is a call to the server
         )
         path, inputs = reward_server.prepare(cfg)
         server, funcs, info = reward_server.build_server(cfg, inputs, port=0, artifact=path)
